@@ -1,0 +1,43 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Installs and runs the main job: the virtual SMT line demo.
+demo: $(STAMP)
+	$(BIN)/emsedge demo
+
+# Installs everything (Python deps into .venv, mosquitto when missing) and runs the suite.
+test: $(STAMP) mosquitto
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
+	$(BIN)/pytest -q -m "not soak" -p no:cacheprovider
+
+soak: $(STAMP) mosquitto
+	$(BIN)/pytest -q -m soak
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mosquitto; \
+	    else sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto; fi; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy src
+
+bench: $(STAMP) mosquitto
+	$(BIN)/python benchmarks/pipeline.py
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

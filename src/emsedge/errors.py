@@ -1,0 +1,41 @@
+"""A small typed error hierarchy: callers decide on the type, humans read the message."""
+
+from __future__ import annotations
+
+
+class EmsedgeError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(EmsedgeError):
+    """A configuration file is invalid. `problems` holds one located message per fault."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class AdapterError(EmsedgeError):
+    """Talking to a piece of equipment failed.
+
+    `transient` errors (timeouts, refused connections, dropped sessions) are retried with backoff;
+    permanent ones (a node that does not exist, an untrusted certificate, a policy the server does not
+    offer) disable that equipment with one clear error until the config changes.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        self.transient = transient
+        super().__init__(message)
+
+
+class BufferError(EmsedgeError):  # noqa: A001 - the domain name; never shadows the builtin inside this package
+    """The durable buffer cannot accept or serve records (disk full, unwritable, corrupt)."""
+
+
+class PublishError(EmsedgeError):
+    """A message could not be published (not connected, timed out waiting for PUBACK, rejected)."""
+
+    def __init__(self, message: str, *, permanent: bool = False, reason_code: int | None = None) -> None:
+        self.permanent = permanent
+        self.reason_code = reason_code
+        super().__init__(message)

@@ -1,0 +1,25 @@
+"""Topic names from config. The prefix is validated (no wildcards); ids are validated by the config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emsedge.schema import GATEWAY_EQUIPMENT, Record
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    prefix: str
+
+    def telemetry(self, equipment: str) -> str:
+        return f"{self.prefix}/{equipment}/telemetry"
+
+    def events(self, equipment: str) -> str:
+        return f"{self.prefix}/{equipment}/events"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/{GATEWAY_EQUIPMENT}/status"
+
+    def for_record(self, record: Record) -> str:
+        return self.telemetry(record.equipment) if record.kind == "telemetry" else self.events(record.equipment)
