@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import yaml
@@ -46,7 +46,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 def parse_duration(value: object) -> float:
     """`500ms`, `1s`, `2m`, `1h` or a bare number of seconds -> seconds as float."""
     if isinstance(value, bool):
-        raise ValueError("expected a duration such as 500ms, 1s or 2m")
+        raise ValueError("expected a duration such as 500ms, 1s or 2m")  # noqa: TRY004 - pydantic wants ValueError
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
@@ -273,8 +273,10 @@ class EquipmentBase(_Model):
         for i, trig in enumerate(self.triggers):
             for ref in [trig.on_change, trig.serial, *trig.include]:
                 if ref is not None and ref not in known:
-                    raise ValueError(f"triggers[{i}] names signal {ref!r}, which is not configured{_did_you_mean(ref, known)}")
-        names = [s for s in self.signal_names()]
+                    raise ValueError(
+                        f"triggers[{i}] names signal {ref!r}, which is not configured{_did_you_mean(ref, known)}"
+                    )
+        names = self.signal_names()
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"signal names must be unique; repeated: {', '.join(sorted(dupes))}")
@@ -468,6 +470,9 @@ class ReportDefinition(_Model):
         return self
 
 
+_DEFAULT_PASS_VALUES: tuple[str | int | bool, ...] = ("PASS", "pass", "OK", "ok", "GOOD", 1, True)
+
+
 class CollectionEvent(_Model):
     name: str = Field(description="Name of the collection event.")
     ceid: int = Field(ge=0, description="Collection event id.")
@@ -477,7 +482,7 @@ class CollectionEvent(_Model):
     result: str | None = Field(None, description="Report value holding the pass/fail result.")
     defects: str | None = Field(None, description="Report value holding the defect list.")
     pass_values: list[str | int | bool] = Field(
-        default_factory=lambda: ["PASS", "pass", "OK", "ok", "GOOD", 1, True],
+        default_factory=lambda: list(_DEFAULT_PASS_VALUES),
         description="Raw results that mean pass; everything else is fail.",
     )
 
@@ -520,7 +525,11 @@ class Settings(BaseSettings):
     """The whole config. YAML is the base; EMSEDGE_* environment variables override it."""
 
     model_config = SettingsConfigDict(
-        env_prefix="EMSEDGE_", env_nested_delimiter="__", extra="forbid", frozen=True, nested_model_default_partial_update=True
+        env_prefix="EMSEDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        nested_model_default_partial_update=True,
     )
 
     gateway: GatewayConfig = Field(description="Who this gateway is; the default topic prefix uses it.")
@@ -626,8 +635,6 @@ def _model_at(path: tuple[str | int, ...], data: Any) -> type[BaseModel] | None:
 
 
 def _annotation_model(annotation: Any, value: Any) -> Any:
-    from typing import get_args, get_origin
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     args = get_args(annotation)
@@ -645,8 +652,6 @@ def _annotation_model(annotation: Any, value: Any) -> Any:
 
 
 def _flatten(args: tuple[Any, ...]) -> Iterator[Any]:
-    from typing import get_args
-
     for a in args:
         inner = get_args(a)
         if inner and not (isinstance(a, type) and issubclass(a, BaseModel)):
@@ -783,10 +788,9 @@ def _resolve_profiles(data: Any, file: Path, index: _PositionIndex) -> list[str]
             available = sorted(
                 str(p.relative_to(d).with_suffix("")) for d in search if d.is_dir() for p in d.glob("*/*.yaml")
             )
-            problems.append(
-                f"{where}: equipment[{i}].profile: profile {name!r} not found"
-                f" (hint: {_did_you_mean(name, available).removeprefix('; ') or 'available: ' + ', '.join(available[:12])})"
-            )
+            suggestion = _did_you_mean(name, available).removeprefix("; ")
+            hint = suggestion or "available: " + ", ".join(available[:12])
+            problems.append(f"{where}: equipment[{i}].profile: profile {name!r} not found (hint: {hint})")
             continue
         profile_data, profile_node = _load_yaml(found)
         if not isinstance(profile_data, dict):

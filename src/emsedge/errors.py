@@ -28,7 +28,7 @@ class AdapterError(EmsedgeError):
         super().__init__(message)
 
 
-class BufferError(EmsedgeError):  # noqa: A001 - the domain name; never shadows the builtin inside this package
+class BufferError(EmsedgeError):
     """The durable buffer cannot accept or serve records (disk full, unwritable, corrupt)."""
 
 

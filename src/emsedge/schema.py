@@ -90,7 +90,7 @@ def utc_iso(ts: float | datetime | None = None) -> str:
             ts = ts.replace(tzinfo=UTC)
         ts = ts.timestamp()
     whole = int(ts)
-    millis = int(round((ts - whole) * 1000))
+    millis = round((ts - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"

@@ -1,0 +1,103 @@
+"""Commands: run, check-config, config-schema, browse, probe, buffer, simulate, demo, opcua-cert.
+
+Every command that reads a config stops with exit status 78 (EX_CONFIG) and located messages
+(file:line:column: field: problem (hint)) when the file is invalid, before anything connects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+from typing import cast
+
+from emsedge import __version__
+from emsedge.errors import ConfigError
+
+EX_CONFIG = 78
+DEFAULT_CONFIG = Path("/etc/emsedge/emsedge.yaml")
+
+
+def _load_or_exit(path: Path) -> object:
+    from emsedge.config import load_config  # noqa: PLC0415 - keep `emsedge --help` fast
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"emsedge: configuration invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import anyio  # noqa: PLC0415
+
+    from emsedge.config import Settings  # noqa: PLC0415
+    from emsedge.logging import configure_logging  # noqa: PLC0415
+    from emsedge.runtime import Gateway  # noqa: PLC0415
+
+    settings = cast(Settings, _load_or_exit(args.config))
+    configure_logging(settings.logging)
+    anyio.run(Gateway(settings, args.config).run)
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from emsedge.config import Settings, summary  # noqa: PLC0415
+
+    settings = cast(Settings, _load_or_exit(args.file))
+    print(f"{args.file}: OK")
+    print(summary(settings))
+    if args.online:
+        from emsedge.tooling import main_check_online  # noqa: PLC0415
+
+        return int(main_check_online(settings))
+    return 0
+
+
+DELEGATED = {
+    "config-schema": ("emsedge.tooling:main_config_schema", "print the JSON Schema of the config"),
+    "browse": ("emsedge.adapters.opcua:main_browse", "print an OPC UA server's address space"),
+    "opcua-cert": ("emsedge.adapters.opcua:main_gen_cert", "generate a self-signed OPC UA client certificate"),
+    "probe": ("emsedge.adapters.modbus:main_probe", "one-off read, e.g. probe modbus://host:502 --address 0"),
+    "buffer": ("emsedge.tooling:main_buffer", "inspect the local buffer: stats | export | purge"),
+    "simulate": ("emsedge.simulate:main_simulate", "run the virtual SMT line (-c config/virtual-line.yaml)"),
+    "demo": ("emsedge.demo:main_demo", "virtual line + broker + gateway + live view of what MES receives"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emsedge", description="Edge gateway for SMT/EMS lines.")
+    parser.add_argument("--version", action="version", version=f"emsedge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG, help="config file (YAML)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and print a summary")
+    check.add_argument("file", type=Path)
+    check.add_argument("--online", action="store_true", help="also read every signal once and print a table")
+    check.set_defaults(func=cmd_check_config)
+
+    for name, (_target, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # listed in --help; dispatched in main()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] in DELEGATED:  # these parse their own options (argparse REMAINDER drops flags)
+            module, _, attr = DELEGATED[argv[0]][0].partition(":")
+            return int(getattr(importlib.import_module(module), attr)(argv[1:]))
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

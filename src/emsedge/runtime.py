@@ -1,0 +1,386 @@
+"""The supervisor: one task group, start order, signals, reload, drain.
+
+The pipeline, top to bottom:
+
+    equipment ─ adapter ─> Normaliser ─> Buffer.append (durable) ─> forward(): lease ─> publish_batch ─> ack
+
+Start order (each stage reports readiness through `TaskGroup.start()` before the next one starts):
+buffer writer, then MQTT publisher and the forwarder, then the health/metrics listener and the systemd
+watchdog, then every piece of equipment. `READY=1` goes to systemd once all of them started.
+
+Stop (SIGTERM/SIGINT), in reverse: equipment stops polling; every record already handed to the buffer is
+committed; the forwarder keeps publishing until the buffer is empty or `DRAIN_TIMEOUT` passes; the
+publisher publishes the retained `offline` status and disconnects; the buffer writer closes the database.
+Whatever was not delivered stays on disk and is replayed, oldest first, on the next start.
+
+Isolation: each piece of equipment runs in its own cancel scope under a supervisor loop. An adapter that
+raises is logged, reported as `connection_lost` and restarted with backoff; it never takes down the
+gateway or the other equipment. Reload (SIGHUP) restarts only the equipment whose config changed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from emsedge import __version__
+from emsedge.adapters import factory_for
+from emsedge.adapters.base import AdapterContext, EquipmentHealth, PolledAdapter, PushAdapter, backoff_delays
+from emsedge.buffer import Buffer, Lease
+from emsedge.config import Backoff, EquipmentBase, Settings, load_config
+from emsedge.errors import AdapterError, ConfigError
+from emsedge.normalise import Normaliser
+from emsedge.publish.mqtt import MqttPublisher
+from emsedge.scheduler import run_polled
+from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
+from emsedge.service import GatewayState, SystemdNotifier, run_watchdog, serve_http
+from emsedge.topics import Topics
+
+log = structlog.get_logger("emsedge.runtime")
+
+DRAIN_TIMEOUT = 5.0
+"""Seconds a clean stop keeps publishing the backlog before it leaves the rest on disk."""
+MAX_PUBLISH_ATTEMPTS = 3
+"""A record the broker rejects permanently this often goes to the dead-letter table."""
+STATUS_INTERVAL = 10.0
+"""Seconds between retained status updates (backlog depth, oldest age, drain ETA)."""
+
+
+@dataclass
+class _RunningEquipment:
+    config: EquipmentBase
+    scope: anyio.CancelScope
+    stopped: anyio.Event = field(default_factory=anyio.Event)
+
+
+class Gateway:
+    """One gateway process: owns the buffer, the publisher and every adapter for its lifetime."""
+
+    def __init__(self, settings: Settings, config_path: Path | None = None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.topics = Topics(settings.topic_prefix)
+        self.started_at = utc_iso()
+        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics)
+        self.publisher = MqttPublisher(
+            settings.mqtt,
+            client_id=settings.client_id,
+            status_topic=self.topics.status,
+            online_payload=lambda: self._status_payload("online"),
+            offline_payload=self._status_payload("offline"),
+        )
+        self.state = GatewayState(
+            gateway_id=settings.gateway.id,
+            version=__version__,
+            started_at=self.started_at,
+            equipment={},
+            equipment_info={},
+            buffer_stats=self.buffer.stats,
+            broker_connected=lambda: self.publisher.connected,
+            broker_url=lambda: getattr(self.publisher, "current_url", None),
+        )
+        self.notifier = SystemdNotifier()
+        self._equipment: dict[str, _RunningEquipment] = {}
+        self._equipment_tg: TaskGroup | None = None
+        self._stop = anyio.Event()
+        self._drain_rate = 0.0  # messages/s delivered recently, for the drain ETA
+
+    # ----------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        log.info(
+            "starting", gateway=self.settings.gateway.id, version=__version__,
+            equipment=len(self.settings.equipment), prefix=self.topics.prefix,
+        )
+        async with anyio.create_task_group() as core:
+            await core.start(self.buffer.run)
+            async with anyio.create_task_group() as link:
+                await link.start(self.publisher.run)
+                await link.start(self._forward)
+                await link.start(self._publish_status)
+                if self.settings.http.listen:
+                    await link.start(serve_http, self.settings.http.listen, self.state)
+                await link.start(run_watchdog, self.notifier, self.state)
+                link.start_soon(self._handle_signals)
+                async with anyio.create_task_group() as equipment_tg:
+                    self._equipment_tg = equipment_tg
+                    for equipment in self.settings.equipment:
+                        await self._start_equipment(equipment)
+                    self.notifier.ready()
+                    self.notifier.status(self.state.status_line())
+                    task_status.started()
+                    log.info("running", equipment=len(self._equipment))
+                    await self._stop.wait()
+                    self.notifier.stopping()
+                    log.info("stopping: equipment first, then drain the buffer")
+                    equipment_tg.cancel_scope.cancel()
+                await self._drain()
+                link.cancel_scope.cancel()
+            core.cancel_scope.cancel()
+        log.info("stopped", backlog=self.buffer.stats().count)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def _handle_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    log.info("signal received", signal=signal.Signals(signum).name)
+                    self.request_stop()
+                    return
+
+    async def _drain(self) -> None:
+        """Publish what can be published within DRAIN_TIMEOUT; the rest stays on disk."""
+        with anyio.move_on_after(DRAIN_TIMEOUT):
+            while self.publisher.connected:
+                stats = self.buffer.stats()
+                if stats.count == 0 and stats.leased == 0:
+                    return
+                await anyio.sleep(0.05)
+        log.info("drain ended", left_on_disk=self.buffer.stats().count)
+
+    # ----------------------------------------------------------------------------------------------
+    # Equipment supervision
+
+    async def _start_equipment(self, equipment: EquipmentBase) -> None:
+        assert self._equipment_tg is not None
+        health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
+        self.state.equipment_info[equipment.id] = (equipment.type, getattr(equipment, "adapter", "?"))
+        if not equipment.enabled:
+            health.disabled = True
+            log.info("equipment disabled in config", equipment=equipment.id)
+            return
+        running = _RunningEquipment(equipment, anyio.CancelScope())
+        self._equipment[equipment.id] = running
+        await self._equipment_tg.start(self._supervise, running, health)
+
+    async def _stop_equipment(self, equipment_id: str) -> None:
+        running = self._equipment.pop(equipment_id, None)
+        if running is not None:
+            running.scope.cancel()
+            await running.stopped.wait()
+
+    async def _supervise(
+        self, running: _RunningEquipment, health: EquipmentHealth, *, task_status: TaskStatus[None]
+    ) -> None:
+        """Run one adapter forever; anything it raises is contained here and retried with backoff."""
+        equipment = running.config
+        normaliser = Normaliser(equipment)
+        ctx = AdapterContext(equipment=equipment, emit=self._emitter(normaliser), health=health)
+        delays = backoff_delays(equipment.backoff)
+        task_status.started()
+        try:
+            with running.scope:
+                while True:
+                    try:
+                        adapter = factory_for(getattr(equipment, "adapter", ""))(ctx)
+                        if isinstance(adapter, PushAdapter):
+                            await self._start_child(adapter.run, ctx)
+                        elif isinstance(adapter, PolledAdapter):
+                            interval = getattr(equipment, "poll_interval", 1.0)
+                            await self._start_child(run_polled, adapter, ctx, interval)
+                        else:
+                            raise AdapterError(f"{type(adapter).__name__} is not an adapter", transient=False)
+                        if health.disabled:  # the adapter gave up for a permanent reason it logged
+                            await anyio.sleep_forever()
+                    except AdapterError as exc:
+                        if not exc.transient:
+                            health.disabled = True
+                            health.last_error = str(exc)
+                            log.error("equipment disabled", equipment=equipment.id, error=str(exc))
+                            await anyio.sleep_forever()
+                    except Exception as exc:  # one machine's fault never stops the gateway
+                        log.exception("adapter crashed; restarting", equipment=equipment.id)
+                        with suppress(Exception):
+                            await ctx.connection_lost(f"adapter error: {type(exc).__name__}: {exc}")
+                    await anyio.sleep(next(delays))
+        finally:
+            running.stopped.set()
+
+    async def _start_child(self, fn: Any, *args: Any) -> None:
+        """Run an adapter loop to completion in its own task group (so `task_status` is honoured)."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(fn, *args)
+
+    def _emitter(self, normaliser: Normaliser) -> Any:
+        async def emit(records: Sequence[Record]) -> None:
+            await self._append(normaliser.process(records))
+
+        return emit
+
+    async def _append(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        result = await self.buffer.append(records)
+        self.state.messages_buffered += result.accepted
+        if result.evicted:
+            self.state.messages_dropped += result.evicted
+            log.warning(
+                "buffer full: oldest records dropped", count=result.evicted,
+                by_equipment=result.evicted_by_equipment,
+            )
+            dropped = event(
+                GATEWAY_EQUIPMENT, "gateway", EventType.BUFFER_DROPPED, None,
+                count=result.evicted, by_equipment=result.evicted_by_equipment,
+                first_ts=result.evicted_first_ts, last_ts=result.evicted_last_ts, reason="max_bytes",
+            )
+            await self.buffer.append([dropped])
+
+    # ----------------------------------------------------------------------------------------------
+    # Forwarding: buffer -> broker, delete only after PUBACK
+
+    async def _forward(self, *, task_status: TaskStatus[None]) -> None:
+        task_status.started()
+        qos = self.settings.mqtt.qos
+        window = self.settings.mqtt.max_inflight
+        epoch = -1
+        delivered_window: list[tuple[float, int]] = []
+        while True:
+            await self.publisher.wait_connected()
+            if self.publisher.connection_epoch != epoch:
+                epoch = self.publisher.connection_epoch
+                self.buffer.begin_replay()
+                backlog = self.buffer.stats().backlog
+                if backlog:
+                    log.info("replaying backlog", backlog=backlog)
+            lease = await self.buffer.lease(window)
+            if not lease.messages:
+                await self.buffer.wait_for_messages(1.0)
+                continue
+            delivered = await self._publish_lease(lease, qos)
+            now = time.monotonic()
+            delivered_window.append((now, delivered))
+            delivered_window = [(t, n) for t, n in delivered_window if now - t < 10.0]
+            span = max(now - delivered_window[0][0], 1.0)
+            self._drain_rate = sum(n for _, n in delivered_window) / span
+
+    async def _publish_lease(self, lease: Lease, qos: int) -> int:
+        messages = lease.messages
+        results = await self.publisher.publish_batch([(m.topic, m.payload) for m in messages], qos=qos)
+        acked: list[int] = []
+        retry: list[int] = []
+        dead: list[tuple[int, str]] = []
+        now = time.time()
+        for message, result in zip(messages, results, strict=True):
+            if result.ok:
+                acked.append(message.seq)
+                self.state.observe_publish_latency(max(now - message.created, 0.0))
+            elif result.permanent and message.attempts + 1 >= MAX_PUBLISH_ATTEMPTS:
+                dead.append((message.seq, result.reason or "rejected by broker"))
+            else:
+                retry.append(message.seq)
+        if acked:
+            await self.buffer.ack(lease, acked)
+            self.state.messages_published += len(acked)
+        for seq, reason in dead:
+            await self.buffer.dead_letter([seq], reason)
+        if dead:
+            self.state.messages_dropped += len(dead)
+        if retry:
+            await self.buffer.nack(lease, retry)
+            if not any(r.ok for r in results):
+                await anyio.sleep(0.2)  # link trouble: let the publisher notice before leasing again
+        return len(acked)
+
+    # ----------------------------------------------------------------------------------------------
+    # Status
+
+    def _status_payload(self, state: str) -> bytes:
+        body: dict[str, Any] = {
+            "schema": SCHEMA_STATUS,
+            "gateway": self.settings.gateway.id,
+            "state": state,
+            "ts": utc_iso(),
+            "version": __version__,
+            "started_at": self.started_at,
+        }
+        if state == "online":
+            stats = self.buffer.stats()
+            body["backlog"] = stats.count
+            body["backlog_oldest_age_s"] = (
+                round(time.time() - stats.oldest_created, 3) if stats.oldest_created else 0.0
+            )
+            body["drain_eta_s"] = round(stats.count / self._drain_rate, 1) if self._drain_rate > 0 else None
+            body["dropped"] = stats.evicted_total
+            body["dead_letters"] = stats.dead_letters
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    async def _publish_status(self, *, task_status: TaskStatus[None]) -> None:
+        """Refresh the retained status while connected; log the backlog while there is one."""
+        task_status.started()
+        while True:
+            await anyio.sleep(STATUS_INTERVAL)
+            stats = self.buffer.stats()
+            self.notifier.status(self.state.status_line())
+            if stats.count > self.settings.mqtt.max_inflight:
+                log.info(
+                    "backlog", count=stats.count,
+                    oldest_age_s=round(time.time() - stats.oldest_created, 1) if stats.oldest_created else 0,
+                    drain_rate=round(self._drain_rate, 1),
+                )
+            if self.publisher.connected:
+                with anyio.move_on_after(5):
+                    await self.publisher.publish(
+                        self.topics.status, self._status_payload("online"), qos=1, retain=True
+                    )
+
+    # ----------------------------------------------------------------------------------------------
+    # Reload
+
+    async def reload(self) -> bool:
+        """Re-read the config. Valid: restart only changed equipment. Invalid: keep the old config."""
+        if self.config_path is None:
+            log.warning("reload requested but the gateway was not started from a file")
+            return False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: config invalid, old config stays in force", problem=problem)
+            self.notifier.ready()
+            return False
+        unchanged_sections = ("gateway", "mqtt", "buffer", "http", "logging")
+        for section in unchanged_sections:
+            if getattr(new, section) != getattr(self.settings, section):
+                log.warning("config section changed; it takes effect on restart, not reload", section=section)
+        old = {e.id: e for e in self.settings.equipment}
+        fresh = {e.id: e for e in new.equipment}
+        changed = [i for i in fresh if i in old and fresh[i] != old[i]]
+        removed = [i for i in old if i not in fresh]
+        added = [i for i in fresh if i not in old]
+        for equipment_id in removed + changed:
+            await self._stop_equipment(equipment_id)
+            if equipment_id in removed:
+                self.state.equipment.pop(equipment_id, None)
+                self.state.equipment_info.pop(equipment_id, None)
+        self.settings = self.settings.model_copy(update={"equipment": new.equipment})
+        for equipment_id in changed + added:
+            if equipment_id in changed:
+                self.state.equipment[equipment_id] = EquipmentHealth()
+            await self._start_equipment(fresh[equipment_id])
+        log.info("reloaded", changed=changed, added=added, removed=removed)
+        self.notifier.ready()
+        self.notifier.status(self.state.status_line())
+        return True
+
+
+async def run_gateway(settings: Settings, config_path: Path | None = None) -> None:
+    await Gateway(settings, config_path).run()
+
+
+__all__ = ["Backoff", "Gateway", "run_gateway"]
