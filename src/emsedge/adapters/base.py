@@ -15,6 +15,7 @@ An adapter never writes to equipment: the gateway is read-only by default.
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ class PushAdapter(Protocol):
 
 Adapter = PolledAdapter | PushAdapter
 
+POLL_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds (seconds) of the `emsedge_poll_duration_seconds` histogram; +Inf is implied."""
+
 
 @dataclass
 class EquipmentHealth:
@@ -59,6 +63,10 @@ class EquipmentHealth:
     reconnects: int = 0
     disabled: bool = False
     poll_durations: list[float] = field(default_factory=list)
+    # Cumulative histogram of every poll duration since start (non-cumulative counts per bucket of
+    # POLL_DURATION_BUCKETS, last slot is +Inf); `poll_durations` keeps only the recent ones.
+    poll_duration_counts: list[int] = field(default_factory=lambda: [0] * (len(POLL_DURATION_BUCKETS) + 1))
+    poll_duration_sum: float = 0.0
 
     def good_read(self, n_values: int, duration: float | None = None) -> None:
         self.last_good_read = utc_iso()
@@ -66,6 +74,8 @@ class EquipmentHealth:
         if duration is not None:
             self.poll_durations.append(duration)
             del self.poll_durations[:-256]
+            self.poll_duration_counts[bisect.bisect_left(POLL_DURATION_BUCKETS, duration)] += 1
+            self.poll_duration_sum += duration
 
 
 def backoff_delays(config: Backoff) -> Iterator[float]:
