@@ -1,0 +1,127 @@
+"""Poll loops for `PolledAdapter`s: a period without drift, a deadline per poll, skip on overrun, backoff.
+
+`run_polled` is adapter-agnostic (Modbus and OPC UA in poll mode share it). Its invariants:
+
+* **No drift.** Poll k of a session starts at `start + k * interval` (`anyio.current_time()`, monotonic),
+  never at "end of last poll + interval". When a poll (plus its emit) overruns, the slots it ran over are
+  skipped, not made up in a burst, and counted in `health.skipped_cycles`. A new session (after a
+  reconnect) starts a new grid.
+* **A deadline per poll.** `adapter.poll_deadline` when the adapter defines one, otherwise
+  `max(interval, connection timeout) * 3` (connection timeout when the equipment config has one, else
+  5 s). It is a backstop: adapters put their own deadline on every request. A poll past it counts as a
+  transient failure.
+* **Failures never escape.** A transient `AdapterError`, a deadline or any unexpected exception (logged
+  once with its traceback) leads to `ctx.connection_lost(reason, adapter.offline_records(reason))`,
+  leaving the adapter (close), a capped, jittered backoff sleep, and a new attempt. The backoff restarts
+  from its initial delay after every successful connect. A permanent `AdapterError` logs one error,
+  sets `health.disabled` and returns, so one bad machine never takes down the daemon.
+* **Readiness.** `task_status.started()` is called at once: the daemon does not wait for equipment.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import anyio
+from anyio import TASK_STATUS_IGNORED
+from anyio.abc import TaskStatus
+
+from emsedge.adapters.base import AdapterContext, PolledAdapter
+from emsedge.errors import AdapterError
+
+DEFAULT_TIMEOUT = 5.0
+
+
+def poll_deadline(adapter: PolledAdapter, ctx: AdapterContext, interval: float) -> float:
+    """The backstop deadline of one poll (see the module docstring)."""
+    own = getattr(adapter, "poll_deadline", None)
+    if isinstance(own, int | float) and own > 0:
+        return float(own)
+    connection = getattr(ctx.equipment, "connection", None)
+    timeout = getattr(connection, "timeout", None)
+    if not isinstance(timeout, int | float) or timeout <= 0:
+        timeout = DEFAULT_TIMEOUT
+    return max(interval, float(timeout)) * 3
+
+
+def next_slot(start: float, interval: float, k: int, now: float) -> tuple[int, int]:
+    """Index of the next grid slot after poll `k` finished at `now`, and how many slots were skipped.
+
+    Slot k+1 is taken when it is still ahead; otherwise the first slot strictly after `now`.
+    """
+    following = k + 1
+    if start + following * interval > now:
+        return following, 0
+    due = math.floor((now - start) / interval) + 1
+    return due, due - following
+
+
+async def run_polled(
+    adapter: PolledAdapter,
+    ctx: AdapterContext,
+    interval: float,
+    *,
+    task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
+) -> None:
+    """Connect, poll on a fixed grid and emit, forever, until cancelled (or a permanent error)."""
+    if interval <= 0:
+        raise ValueError("poll interval must be positive")
+    task_status.started()
+    health = ctx.health
+    deadline = poll_deadline(adapter, ctx, interval)
+    backoff: Iterator[float] = ctx.backoff()
+    logged_unexpected: str | None = None
+    while True:
+        try:
+            async with adapter:
+                backoff = ctx.backoff()
+                await ctx.connection_restored()
+                logged_unexpected = None
+                await _poll_session(adapter, ctx, interval, deadline)
+        except AdapterError as exc:
+            if not exc.transient:
+                health.disabled = True
+                health.connected = False
+                health.last_error = str(exc)
+                ctx.log.error("equipment disabled: permanent error; fix the config and restart", reason=str(exc))
+                return
+            reason = str(exc)
+        except TimeoutError:
+            reason = f"poll did not finish within its {deadline:g}s deadline"
+        except Exception as exc:
+            reason = f"unexpected error: {type(exc).__name__}: {exc}"
+            if reason != logged_unexpected:
+                ctx.log.exception("unexpected error in poll loop; treated as a transient failure", reason=reason)
+                logged_unexpected = reason
+        await ctx.connection_lost(reason, adapter.offline_records(reason))
+        await anyio.sleep(next(backoff))
+
+
+async def _poll_session(adapter: PolledAdapter, ctx: AdapterContext, interval: float, deadline: float) -> None:
+    """Poll on the grid of this session until an exception ends it."""
+    health = ctx.health
+    start = anyio.current_time()
+    k = 0
+    while True:
+        began = time.perf_counter()
+        try:
+            with anyio.fail_after(deadline):
+                records = await adapter.poll()
+        except Exception:
+            health.poll_errors += 1
+            raise
+        duration = time.perf_counter() - began
+        health.polls += 1
+        values = 0
+        for record in records:
+            readings = record.body.get("readings")
+            if readings is not None:
+                values += len(readings)
+        health.good_read(values, duration)
+        await ctx.emit(records)
+        k, skipped = next_slot(start, interval, k, anyio.current_time())
+        if skipped:
+            health.skipped_cycles += skipped
+        await anyio.sleep_until(start + k * interval)
