@@ -1,0 +1,146 @@
+"""Triggered events: a signal change becomes an MES event carrying a snapshot of named signals.
+
+Machines rarely announce "board X is done" in a protocol-level event. They expose a register or node
+that changes when it happens: the reflow oven's board-exit serial, a "cycle complete" flag, the board
+serial on the pick-and-place. A `Trigger` in the config names that signal (`on_change`), the event type
+to emit, the signal holding the board serial, and the signals to snapshot (`include`):
+
+    triggers:
+      - {on_change: board_exit_serial, emit: unit_processed, serial: board_exit_serial,
+         include: [zone1_top_actual, zone1_bottom_actual, conveyor_speed, o2_ppm]}
+
+The engine works with every adapter because it only looks at the telemetry records adapters emit. It
+keeps the latest reading of every signal of its equipment and, for each telemetry record, first takes in
+all of the record's readings and then checks the triggers whose signal is in that record, so a snapshot
+taken for a Modbus poll holds the values of that same poll.
+
+Invariants:
+* A trigger fires only on a good-quality, non-null value that differs from the previous good value of
+  that signal. Bad or uncertain readings neither fire nor replace the previous good value.
+* The first good value seen by this engine (gateway start) fires only when `skip_initial` is false: the
+  machine held that value before the gateway looked, and a previous gateway run may have reported it.
+* A lost connection does not forget the previous good value: when the link comes back with a different
+  value (a board left during the outage), the trigger fires once for the latest value; when it comes back
+  with the same value, nothing repeats. The field text "first value after (re)connect" therefore applies
+  to a gateway start; within one run the comparison is exact.
+* Events follow the telemetry record that caused them, in the order the changes were seen, and carry
+  that reading's timestamp.
+
+Event body: `{type: <emit>, serial, trigger: <signal>, value, previous, values: {name: value},
+units: {name: unit}, **fields}`. `values` holds the latest good value of each `include` signal (null
+when none has been seen, or the latest reading is not good; such names are listed in `missing`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from emsedge.config import EquipmentBase, SignalCommon, Trigger
+from emsedge.schema import Quality, Record, event
+
+_RESERVED = ("type", "serial", "trigger", "value", "previous", "values", "units", "missing")
+_UNSET: Any = object()
+
+
+@dataclass(slots=True)
+class _Latest:
+    value: Any
+    unit: str | None
+    good: bool
+
+
+def _configured_signals(equipment: EquipmentBase) -> list[SignalCommon]:
+    signals = getattr(equipment, "signals", None) or getattr(equipment, "status_variables", None) or []
+    return list(signals)
+
+
+def _clean(value: Any) -> Any:
+    """Serials read from registers often carry padding: NULs and spaces are not part of the serial."""
+    if isinstance(value, str):
+        return value.strip("\x00 \t\r\n")
+    return value
+
+
+class TriggerEngine:
+    """Turns signal changes of one piece of equipment into configured events (see module docstring)."""
+
+    def __init__(self, equipment: EquipmentBase) -> None:
+        self.equipment = equipment
+        self.triggers: list[Trigger] = list(equipment.triggers)
+        self._units = {s.name: s.unit for s in _configured_signals(equipment)}
+        self._latest: dict[str, _Latest] = {}
+        # Previous good value of each trigger's on_change signal, per trigger (index).
+        self._previous: list[Any] = [_UNSET] * len(self.triggers)
+        self._watched = {t.on_change for t in self.triggers}
+
+    def process(self, records: Sequence[Record]) -> list[Record]:
+        """Events caused by `records` (which are not modified), in order. Empty when nothing fired."""
+        out: list[Record] = []
+        for record in records:
+            if record.kind != "telemetry" or record.equipment != self.equipment.id:
+                continue
+            readings = record.body.get("readings") or []
+            changed: dict[str, dict[str, Any]] = {}
+            for r in readings:
+                name = r.get("signal")
+                if not isinstance(name, str):
+                    continue
+                good = r.get("quality", Quality.GOOD) == Quality.GOOD and r.get("value") is not None
+                previous = self._latest.get(name)
+                if good:
+                    self._latest[name] = _Latest(r["value"], r.get("unit") or self._units.get(name), True)
+                elif previous is not None:
+                    previous.good = False
+                else:
+                    self._latest[name] = _Latest(None, r.get("unit") or self._units.get(name), False)
+                if good and name in self._watched:
+                    changed[name] = r
+            for i, trig in enumerate(self.triggers):
+                r = changed.get(trig.on_change)
+                if r is None:
+                    continue
+                ev = self._check(i, trig, r, record)
+                if ev is not None:
+                    out.append(ev)
+        return out
+
+    def _check(self, i: int, trig: Trigger, r: dict[str, Any], record: Record) -> Record | None:
+        value = _clean(r["value"])
+        previous = self._previous[i]
+        self._previous[i] = value
+        if previous is _UNSET:
+            if trig.skip_initial:
+                return None
+        elif previous == value:
+            return None
+        if isinstance(value, str) and not value:
+            return None  # a cleared serial register ("no board") is not a board
+        return self._event(trig, value, None if previous is _UNSET else previous, r.get("ts") or record.ts)
+
+    def _event(self, trig: Trigger, value: Any, previous: Any, ts: str) -> Record:
+        values: dict[str, Any] = {}
+        units: dict[str, str] = {}
+        missing: list[str] = []
+        for name in trig.include:
+            latest = self._latest.get(name)
+            if latest is None or not latest.good:
+                values[name] = None
+                missing.append(name)
+            else:
+                values[name] = latest.value
+            unit = latest.unit if latest is not None else self._units.get(name)
+            if unit:
+                units[name] = unit
+        serial: Any = None
+        if trig.serial is not None:
+            latest = self._latest.get(trig.serial)
+            serial = _clean(latest.value) if latest is not None and latest.good else None
+        body: dict[str, Any] = {k: v for k, v in trig.fields.items() if k not in _RESERVED}
+        body.update(serial=serial, trigger=trig.on_change, value=value, previous=previous, values=values)
+        if units:
+            body["units"] = units
+        if missing:
+            body["missing"] = missing
+        return event(self.equipment.id, self.equipment.type, trig.emit, ts, **body)

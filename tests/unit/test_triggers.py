@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+from typing import Any
+
+from emsedge.config import ModbusEquipment
+from emsedge.schema import Quality, Record, event, reading, telemetry
+from emsedge.triggers import TriggerEngine
+
+
+def _oven(**trigger: Any) -> ModbusEquipment:
+    spec = {
+        "on_change": "board_exit_serial",
+        "emit": "unit_processed",
+        "serial": "board_exit_serial",
+        "include": ["zone1_top_actual", "conveyor_speed"],
+    }
+    spec.update(trigger)
+    return ModbusEquipment.model_validate(
+        {
+            "id": "reflow-1",
+            "type": "reflow_oven",
+            "adapter": "modbus",
+            "connection": {"host": "127.0.0.1"},
+            "signals": [
+                {"name": "board_exit_serial", "table": "holding", "address": 0, "type": "string", "length": 8},
+                {"name": "zone1_top_actual", "table": "holding", "address": 10, "type": "float32", "unit": "Cel"},
+                {"name": "conveyor_speed", "table": "holding", "address": 12, "unit": "cm/min"},
+            ],
+            "triggers": [spec],
+        }
+    )
+
+
+def _poll(serial: Any, temp: float = 245.0, speed: int = 80, *, quality: str = Quality.GOOD,
+          ts: str = "2026-11-24T20:00:00.000Z") -> Record:
+    return telemetry(
+        "reflow-1",
+        "reflow_oven",
+        [
+            reading("board_exit_serial", serial if quality == Quality.GOOD else None, quality=quality, ts=ts),
+            reading("zone1_top_actual", temp if quality == Quality.GOOD else None, unit="Cel", quality=quality,
+                    ts=ts),
+            reading("conveyor_speed", speed if quality == Quality.GOOD else None, unit="cm/min",
+                    quality=quality, ts=ts),
+        ],
+        ts,
+    )
+
+
+def _events(engine: TriggerEngine, *records: Record) -> list[dict[str, Any]]:
+    return [r.body["event"] for r in engine.process(records)]
+
+
+def test_board_exit_serial_change_emits_unit_processed_with_the_same_polls_snapshot() -> None:
+    engine = TriggerEngine(_oven())
+    assert _events(engine, _poll("PCB-2026-000001")) == []  # skip_initial: present before we looked
+    out = engine.process([_poll("PCB-2026-000002", temp=247.5, speed=82, ts="2026-11-24T20:00:05.000Z")])
+    assert len(out) == 1
+    record = out[0]
+    assert (record.kind, record.equipment, record.equipment_type) == ("event", "reflow-1", "reflow_oven")
+    assert record.ts == "2026-11-24T20:00:05.000Z"
+    assert record.body["event"] == {
+        "type": "unit_processed",
+        "serial": "PCB-2026-000002",
+        "trigger": "board_exit_serial",
+        "value": "PCB-2026-000002",
+        "previous": "PCB-2026-000001",
+        "values": {"zone1_top_actual": 247.5, "conveyor_speed": 82},
+        "units": {"zone1_top_actual": "Cel", "conveyor_speed": "cm/min"},
+    }
+
+
+def test_unchanged_value_does_not_fire_again() -> None:
+    engine = TriggerEngine(_oven())
+    assert _events(engine, _poll("A"), _poll("B"), _poll("B"), _poll("B")) == [
+        _events(TriggerEngine(_oven()), _poll("A"), _poll("B"))[0]
+    ]
+
+
+def test_first_value_fires_when_skip_initial_is_false() -> None:
+    events = _events(TriggerEngine(_oven(skip_initial=False)), _poll("PCB-1"))
+    assert [e["serial"] for e in events] == ["PCB-1"]
+    assert events[0]["previous"] is None
+
+
+def test_bad_quality_neither_fires_nor_forgets_the_previous_value() -> None:
+    engine = TriggerEngine(_oven())
+    engine.process([_poll("PCB-1")])
+    assert _events(engine, _poll(None, quality=Quality.BAD)) == []
+    # Same value after the outage: nothing repeats.
+    assert _events(engine, _poll("PCB-1")) == []
+    # A board left during the next outage: the latest one is reported once the link is back.
+    engine.process([_poll(None, quality=Quality.BAD)])
+    assert [e["serial"] for e in _events(engine, _poll("PCB-3"))] == ["PCB-3"]
+
+
+def test_included_signal_with_bad_latest_reading_is_null_and_listed_missing() -> None:
+    engine = TriggerEngine(_oven())
+    engine.process([_poll("PCB-1")])
+    ts = "2026-11-24T20:00:09.000Z"
+    record = telemetry(
+        "reflow-1",
+        "reflow_oven",
+        [
+            reading("zone1_top_actual", None, unit="Cel", quality=Quality.BAD, ts=ts),
+            reading("board_exit_serial", "PCB-2", ts=ts),
+        ],
+        ts,
+    )
+    (ev,) = _events(engine, record)
+    assert ev["values"] == {"zone1_top_actual": None, "conveyor_speed": 80}
+    assert ev["missing"] == ["zone1_top_actual"]
+
+
+def test_serial_padding_from_registers_is_stripped_and_an_empty_serial_is_not_a_board() -> None:
+    engine = TriggerEngine(_oven())
+    engine.process([_poll("PCB-1\x00\x00")])
+    assert _events(engine, _poll("")) == []
+    assert [e["serial"] for e in _events(engine, _poll("PCB-2  \x00"))] == ["PCB-2"]
+
+
+def test_constant_fields_are_added_but_cannot_override_computed_ones() -> None:
+    engine = TriggerEngine(_oven(fields={"result": "pass", "serial": "nope", "process": "reflow"}))
+    engine.process([_poll("A")])
+    (ev,) = _events(engine, _poll("B"))
+    assert (ev["result"], ev["process"], ev["serial"]) == ("pass", "reflow", "B")
+
+
+def test_snapshot_uses_latest_values_from_earlier_records_for_push_adapters() -> None:
+    """OPC UA subscriptions send one changed node at a time: the snapshot spans earlier records."""
+    equipment = _oven(on_change="board_exit_serial", include=["zone1_top_actual", "conveyor_speed"])
+    engine = TriggerEngine(equipment)
+    ts = "2026-11-24T20:00:00.000Z"
+    engine.process([telemetry("reflow-1", "reflow_oven", [reading("board_exit_serial", "A", ts=ts)], ts)])
+    engine.process([telemetry("reflow-1", "reflow_oven", [reading("zone1_top_actual", 250.0, unit="Cel", ts=ts)],
+                              ts)])
+    (ev,) = _events(engine, telemetry("reflow-1", "reflow_oven", [reading("board_exit_serial", "B", ts=ts)], ts))
+    assert ev["values"] == {"zone1_top_actual": 250.0, "conveyor_speed": None}
+    assert ev["missing"] == ["conveyor_speed"]
+    assert ev["units"] == {"zone1_top_actual": "Cel", "conveyor_speed": "cm/min"}  # unit from the config
+
+
+def test_records_of_other_equipment_and_events_are_ignored() -> None:
+    engine = TriggerEngine(_oven())
+    other = telemetry("reflow-2", "reflow_oven", [reading("board_exit_serial", "X", ts="t")], "t")
+    lost = event("reflow-1", "reflow_oven", "connection_lost", reason="timeout")
+    engine.process([_poll("A")])
+    assert _events(engine, other, lost) == []
+    assert [e["serial"] for e in _events(engine, _poll("B"))] == ["B"]
+
+
+def test_several_changes_in_one_batch_fire_in_order() -> None:
+    engine = TriggerEngine(_oven())
+    events = _events(engine, _poll("A"), _poll("B"), _poll("C"))
+    assert [(e["previous"], e["serial"]) for e in events] == [("A", "B"), ("B", "C")]
+
+
+def test_two_triggers_on_different_signals_fire_independently() -> None:
+    equipment = ModbusEquipment.model_validate(
+        {
+            "id": "pnp-1",
+            "type": "pick_and_place",
+            "adapter": "modbus",
+            "connection": {"host": "127.0.0.1"},
+            "signals": [
+                {"name": "board_serial", "table": "holding", "address": 0, "type": "string", "length": 8},
+                {"name": "cycle_complete", "table": "coil", "address": 0, "type": "bool"},
+                {"name": "slot1_reel_id", "table": "holding", "address": 20, "type": "string", "length": 8},
+            ],
+            "triggers": [
+                {"on_change": "board_serial", "emit": "materials_installed", "serial": "board_serial",
+                 "include": ["slot1_reel_id"], "fields": {"slots": {"1": {"ref_designators": ["R1", "R2"]}}}},
+                {"on_change": "cycle_complete", "emit": "components_placed", "serial": "board_serial"},
+            ],
+        }
+    )
+    engine = TriggerEngine(equipment)
+    ts = "2026-11-24T20:00:00.000Z"
+
+    def poll(serial: str, done: bool) -> Record:
+        return telemetry("pnp-1", "pick_and_place", [
+            reading("board_serial", serial, ts=ts), reading("cycle_complete", done, ts=ts),
+            reading("slot1_reel_id", "REEL-7", ts=ts),
+        ], ts)
+
+    engine.process([poll("A", False)])
+    first = _events(engine, poll("B", False))
+    assert [e["type"] for e in first] == ["materials_installed"]
+    assert first[0]["values"] == {"slot1_reel_id": "REEL-7"}
+    assert first[0]["slots"] == {"1": {"ref_designators": ["R1", "R2"]}}
+    second = _events(engine, poll("B", True))
+    assert [(e["type"], e["serial"], e["value"]) for e in second] == [("components_placed", "B", True)]
