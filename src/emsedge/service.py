@@ -1,0 +1,475 @@
+"""Being a well-behaved service: sd_notify, the systemd watchdog, `/healthz` and `/metrics`.
+
+* `SystemdNotifier` speaks the sd_notify protocol itself: one datagram per message on the AF_UNIX
+  socket named by `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace). Without that variable
+  every call is a no-op, so the same code runs under systemd, Docker and a terminal. A failed send is
+  logged once and never raised: losing a status line must not take the gateway down.
+* `run_watchdog` sends `WATCHDOG=1` at half of `$WATCHDOG_USEC` from a task on the main event loop. The
+  pings are only as alive as the loop: a blocked or hung loop stops them and systemd restarts the unit.
+* `serve_http` is a tiny HTTP/1.1 server on anyio streams (no threads, lives in the runtime's task group).
+  Every request is answered from the live `GatewayState` at request time; the Prometheus collector reads
+  the same objects at scrape time, so nothing is copied or cached between scrapes.
+
+Invariants: nothing here mutates `GatewayState` except `observe_publish_latency`; every network await has
+a deadline (request read, response write); one connection = one request (`Connection: close`).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import SocketStream, TaskStatus
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from emsedge.adapters.base import POLL_DURATION_BUCKETS, EquipmentHealth
+
+log = structlog.get_logger("emsedge.service")
+
+PUBLISH_LATENCY_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Seconds from a record's creation to its PUBACK; the tail covers replay of a backlog after an outage."""
+
+REQUEST_TIMEOUT = 5.0
+"""Deadline for reading one request and writing its answer; a slow client is dropped, never waited on."""
+
+MAX_REQUEST_BYTES = 16 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# Live state
+
+
+@dataclass
+class GatewayState:
+    """What the runtime knows about itself, read by /healthz, /metrics and systemd's STATUS= line.
+
+    The runtime owns and updates it; this module only reads it (except the publish-latency histogram,
+    which it fills through `observe_publish_latency`). The callables are evaluated at read time so the
+    figures are never stale.
+    """
+
+    gateway_id: str
+    version: str
+    started_at: str
+    equipment: dict[str, EquipmentHealth]
+    equipment_info: dict[str, tuple[str, str]]
+    buffer_stats: Callable[[], Any]
+    broker_connected: Callable[[], bool]
+    broker_url: Callable[[], str | None]
+    messages_buffered: int = 0
+    messages_published: int = 0
+    messages_dropped: int = 0
+    publish_latency_counts: list[int] = field(
+        default_factory=lambda: [0] * (len(PUBLISH_LATENCY_BUCKETS) + 1)
+    )
+    publish_latency_sum: float = 0.0
+    started_monotonic: float = field(default_factory=time.monotonic)
+
+    def observe_publish_latency(self, seconds: float) -> None:
+        self.publish_latency_counts[bisect.bisect_left(PUBLISH_LATENCY_BUCKETS, seconds)] += 1
+        self.publish_latency_sum += seconds
+
+    def _buffer(self) -> Any | None:
+        try:
+            return self.buffer_stats()
+        except Exception as exc:  # a closed or broken buffer must not break health reporting
+            log.debug("buffer stats unavailable", error=str(exc))
+            return None
+
+    def status_line(self) -> str:
+        """E.g. "5 equipment, 4 connected, backlog 0" (plus ", broker disconnected" when it is)."""
+        active = [h for h in self.equipment.values() if not h.disabled]
+        connected = sum(1 for h in active if h.connected)
+        stats = self._buffer()
+        backlog = _stat(stats, "count", "?")
+        line = f"{len(self.equipment)} equipment, {connected} connected, backlog {backlog}"
+        disabled = len(self.equipment) - len(active)
+        if disabled:
+            line += f", {disabled} disabled"
+        if not self.broker_connected():
+            line += ", broker disconnected"
+        return line
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON body) for /healthz.
+
+        `ok`: broker and every enabled piece of equipment connected, buffer writable. `degraded`: something
+        is down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
+        buffer cannot accept records, HTTP 503 so Docker or a load balancer notices.
+        """
+        stats = self._buffer()
+        writable = bool(_stat(stats, "writable", stats is not None))
+        broker = self.broker_connected()
+        equipment: dict[str, Any] = {}
+        all_up = True
+        for equipment_id, h in sorted(self.equipment.items()):
+            kind, adapter = self.equipment_info.get(equipment_id, ("?", "?"))
+            all_up &= h.connected or h.disabled
+            equipment[equipment_id] = {
+                "type": kind,
+                "adapter": adapter,
+                "connected": h.connected,
+                "disabled": h.disabled,
+                "last_good_read": h.last_good_read,
+                "last_error": h.last_error,
+                "polls": h.polls,
+                "poll_errors": h.poll_errors,
+                "reconnects": h.reconnects,
+            }
+        oldest = _stat(stats, "oldest_created", None)
+        status = "failing" if not writable else ("ok" if broker and all_up else "degraded")
+        body: dict[str, Any] = {
+            "status": status,
+            "gateway": self.gateway_id,
+            "version": self.version,
+            "started_at": self.started_at,
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
+            "broker": {"connected": broker, "url": self.broker_url()},
+            "buffer": {
+                "writable": writable,
+                "backlog": _stat(stats, "count", None),
+                "bytes": _stat(stats, "bytes", None),
+                "oldest_age_s": round(max(time.time() - oldest, 0.0), 1) if oldest else None,
+                "dead_letters": _stat(stats, "dead_letters", None),
+                "evicted": _stat(stats, "evicted_total", None),
+                "last_error": _stat(stats, "last_error", None),
+            },
+            "messages": {
+                "buffered": self.messages_buffered,
+                "published": self.messages_published,
+                "dropped": self.messages_dropped,
+            },
+            "equipment": equipment,
+        }
+        return (503 if status == "failing" else 200), body
+
+
+def _stat(stats: Any, name: str, default: Any) -> Any:
+    return getattr(stats, name, default) if stats is not None else default
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prometheus
+
+
+class GatewayCollector:
+    """A custom collector: every scrape reads `GatewayState` as it is now (no shadow counters)."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        labels = ["equipment", "type", "adapter"]
+        polls = CounterMetricFamily("emsedge_polls", "Polls (or push reads) completed.", labels=labels)
+        errors = CounterMetricFamily("emsedge_poll_errors", "Polls that failed.", labels=labels)
+        skipped = CounterMetricFamily("emsedge_skipped_cycles", "Poll cycles skipped on overrun.", labels=labels)
+        values = CounterMetricFamily("emsedge_values_collected", "Signal values read.", labels=labels)
+        reconnects = CounterMetricFamily("emsedge_reconnects", "Connections restored after a loss.", labels=labels)
+        connected = GaugeMetricFamily("emsedge_equipment_connected", "1 while connected.", labels=labels)
+        disabled = GaugeMetricFamily(
+            "emsedge_equipment_disabled", "1 when disabled (permanent error or config).", labels=labels
+        )
+        durations = HistogramMetricFamily(
+            "emsedge_poll_duration_seconds", "Duration of successful polls.", labels=labels
+        )
+        for equipment_id, h in sorted(s.equipment.items()):
+            kind, adapter = s.equipment_info.get(equipment_id, ("?", "?"))
+            lv = [equipment_id, kind, adapter]
+            polls.add_metric(lv, h.polls)
+            errors.add_metric(lv, h.poll_errors)
+            skipped.add_metric(lv, h.skipped_cycles)
+            values.add_metric(lv, h.values)
+            reconnects.add_metric(lv, h.reconnects)
+            connected.add_metric(lv, 1.0 if h.connected else 0.0)
+            disabled.add_metric(lv, 1.0 if h.disabled else 0.0)
+            counts = getattr(h, "poll_duration_counts", None) or [0] * (len(POLL_DURATION_BUCKETS) + 1)
+            durations.add_metric(
+                lv, _buckets(POLL_DURATION_BUCKETS, counts), sum_value=getattr(h, "poll_duration_sum", 0.0)
+            )
+        yield from (polls, errors, skipped, values, reconnects, connected, disabled, durations)
+
+        yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
+        yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)
+        yield _counter(
+            "emsedge_messages_dropped", "Messages lost: evicted from the buffer or dead-lettered.", s.messages_dropped
+        )
+        latency = HistogramMetricFamily("emsedge_publish_latency_seconds", "Record creation to broker PUBACK.")
+        latency.add_metric(
+            [], _buckets(PUBLISH_LATENCY_BUCKETS, s.publish_latency_counts), sum_value=s.publish_latency_sum
+        )
+        yield latency
+
+        stats = s._buffer()
+        if stats is not None:
+            oldest = _stat(stats, "oldest_created", None)
+            yield _gauge("emsedge_backlog_messages", "Undelivered records in the buffer.", _stat(stats, "count", 0))
+            yield _gauge("emsedge_buffer_bytes", "Size of the buffer's records.", _stat(stats, "bytes", 0))
+            yield _gauge(
+                "emsedge_backlog_oldest_age_seconds", "Age of the oldest undelivered record (0 when empty).",
+                max(time.time() - oldest, 0.0) if oldest else 0.0,
+            )
+            yield _counter("emsedge_buffer_evicted", "Records evicted by the size or age cap.",
+                           _stat(stats, "evicted_total", 0))
+            yield _gauge("emsedge_dead_letters", "Messages refused for good.", _stat(stats, "dead_letters", 0))
+            yield _gauge("emsedge_buffer_writable", "1 while the buffer accepts records.",
+                         1.0 if _stat(stats, "writable", True) else 0.0)
+        yield _gauge("emsedge_broker_connected", "1 while connected to the MQTT broker.",
+                     1.0 if s.broker_connected() else 0.0)
+        info = GaugeMetricFamily("emsedge_build_info", "Gateway id and version.", labels=["gateway", "version"])
+        info.add_metric([s.gateway_id, s.version], 1.0)
+        yield info
+        yield _gauge("emsedge_uptime_seconds", "Seconds since the gateway started.",
+                     time.monotonic() - s.started_monotonic)
+
+
+def _counter(name: str, documentation: str, value: float) -> Metric:
+    return CounterMetricFamily(name, documentation, value=float(value or 0))
+
+
+def _gauge(name: str, documentation: str, value: float) -> Metric:
+    return GaugeMetricFamily(name, documentation, value=float(value or 0))
+
+
+def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Per-bucket counts -> Prometheus' cumulative `le` buckets ending with +Inf."""
+    out: list[tuple[str, float]] = []
+    total = 0
+    for bound, n in zip([*map(_le, bounds), "+Inf"], counts, strict=False):
+        total += n
+        out.append((bound, float(total)))
+    return out
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def metrics_text(state: GatewayState) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(state))
+    return bytes(generate_latest(registry))
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) -> (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"http.listen {listen!r} is not host:port (e.g. 127.0.0.1:9108)")
+    host = host.strip("[]") or "0.0.0.0"  # an explicit ':port' asks for all interfaces
+    return host, int(port)
+
+
+async def serve_http(
+    listen: str, state: GatewayState, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve /healthz and /metrics until cancelled. Reports the bound port through `task_status`."""
+    host, port = parse_listen(listen)
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    async with listener:
+        bound = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_port)
+        log.info("http listening", address=f"{host}:{bound}", paths="/healthz /metrics")
+        task_status.started(bound)
+
+        async def handle(stream: SocketStream) -> None:
+            async with stream:
+                try:
+                    await _handle(stream, state)
+                except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError, OSError):
+                    pass  # the client went away; nothing to answer
+                except TimeoutError:
+                    log.debug("http client too slow, dropped")
+
+        await listener.serve(handle)
+
+
+async def _handle(stream: SocketStream, state: GatewayState) -> None:
+    with anyio.fail_after(REQUEST_TIMEOUT):
+        raw = b""
+        while b"\r\n\r\n" not in raw and b"\n\n" not in raw:
+            chunk = await stream.receive(4096)
+            raw += chunk
+            if len(raw) > MAX_REQUEST_BYTES:
+                await _respond(stream, 431, b"request too large\n", "text/plain")
+                return
+        request_line = raw.split(b"\n", 1)[0].decode("latin-1").strip()
+        parts = request_line.split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            await _respond(stream, 400, b"bad request\n", "text/plain")
+            return
+        method, target, _version = parts
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            await _respond(stream, 405, b"method not allowed\n", "text/plain", {"Allow": "GET, HEAD"})
+            return
+        head = method == "HEAD"
+        if path == "/healthz":
+            code, body = state.health()
+            payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+            await _respond(stream, code, payload, "application/json", head=head)
+        elif path == "/metrics":
+            await _respond(stream, 200, metrics_text(state), CONTENT_TYPE_LATEST, head=head)
+        elif path == "/":
+            await _respond(stream, 200, b"emsedge: /healthz /metrics\n", "text/plain", head=head)
+        else:
+            await _respond(stream, 404, b"not found\n", "text/plain", head=head)
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+
+
+async def _respond(
+    stream: SocketStream, code: int, body: bytes, content_type: str,
+    headers: Mapping[str, str] | None = None, *, head: bool = False,
+) -> None:
+    lines = [
+        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        "Cache-Control: no-store",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in (headers or {}).items()),
+    ]
+    await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+
+
+# ---------------------------------------------------------------------------------------------------
+# systemd
+
+
+class SystemdNotifier:
+    """sd_notify without libsystemd: `READY=1`, `STATUS=`, `WATCHDOG=1`, `STOPPING=1`, `RELOADING=1`.
+
+    Enabled only when `$NOTIFY_SOCKET` is set. Identical consecutive STATUS lines are sent once.
+    """
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        raw = env.get("NOTIFY_SOCKET") or None
+        self.address: str | bytes | None = None
+        if raw is not None:
+            self.address = ("\0" + raw[1:]) if raw.startswith("@") else raw
+        self._watchdog_usec = _watchdog_usec(env)
+        self._last_status: str | None = None
+        self._failed = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between pings: half of `$WATCHDOG_USEC` (systemd's advice), None without a watchdog."""
+        return self._watchdog_usec / 2e6 if self._watchdog_usec else None
+
+    def notify(self, message: str) -> bool:
+        """Send one datagram; False (logged once) when it cannot be delivered."""
+        if self.address is None:
+            return False
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.setblocking(False)
+                sock.sendto(message.encode(), self.address)
+        except OSError as exc:
+            if not self._failed:
+                log.warning("sd_notify failed", socket=os.environ.get("NOTIFY_SOCKET"), error=str(exc))
+                self._failed = True
+            return False
+        if self._failed:
+            log.info("sd_notify works again")
+            self._failed = False
+        return True
+
+    def ready(self) -> None:
+        self.notify(f"READY=1\nMAINPID={os.getpid()}")
+
+    def status(self, text: str) -> None:
+        if text == self._last_status:
+            return
+        if self.notify(f"STATUS={text}"):
+            self._last_status = text
+
+    def watchdog(self) -> None:
+        self.notify("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1\nSTATUS=stopping: draining the buffer")
+        self._last_status = None
+
+    def reloading(self) -> None:
+        # systemd >= 253 wants the monotonic time with RELOADING=1 to match it with the following READY=1.
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+
+
+def _watchdog_usec(env: Mapping[str, str]) -> int | None:
+    raw = env.get("WATCHDOG_USEC")
+    if not raw:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if pid and pid.isdigit() and int(pid) != os.getpid():
+        return None  # meant for another process (e.g. our parent)
+    try:
+        usec = int(raw)
+    except ValueError:
+        log.warning("ignoring WATCHDOG_USEC: not a number", value=raw)
+        return None
+    return usec if usec > 0 else None
+
+
+STATUS_EVERY = 10.0
+"""Without a watchdog, how often the STATUS= line is refreshed (only sent when it changed)."""
+
+
+async def run_watchdog(
+    notifier: SystemdNotifier, state: GatewayState, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Ping `WATCHDOG=1` and refresh `STATUS=` from the main loop until cancelled.
+
+    Runs on the event loop on purpose: if the loop hangs, the pings stop and systemd restarts the unit.
+    Without `$NOTIFY_SOCKET` it reports started and returns (nothing to do).
+    """
+    if not notifier.enabled:
+        task_status.started()
+        return
+    interval = notifier.watchdog_interval()
+    if interval is not None:
+        log.info("systemd watchdog enabled", ping_every_s=round(interval, 3))
+    task_status.started()
+    period = min(interval, STATUS_EVERY) if interval is not None else STATUS_EVERY
+    while True:
+        if interval is not None:
+            notifier.watchdog()
+        notifier.status(state.status_line())
+        await anyio.sleep(period)
+
+
+__all__ = [
+    "PUBLISH_LATENCY_BUCKETS",
+    "GatewayCollector",
+    "GatewayState",
+    "SystemdNotifier",
+    "metrics_text",
+    "parse_listen",
+    "run_watchdog",
+    "serve_http",
+]
