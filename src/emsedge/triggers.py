@@ -26,9 +26,10 @@ Invariants:
 * Events follow the telemetry record that caused them, in the order the changes were seen, and carry
   that reading's timestamp.
 
-Event body: `{type: <emit>, serial, trigger: <signal>, value, previous, values: {name: value},
-units: {name: unit}, **fields}`. `values` holds the latest good value of each `include` signal (null
-when none has been seen, or the latest reading is not good; such names are listed in `missing`).
+Event body (docs/mqtt-contract.md): `{type: <emit>, serial, trigger: <signal>, value, previous,
+values: {name: {value, unit}}, **fields}`. `values` holds the latest good value of each `include`
+signal; when none has been seen or the latest reading is not good, its value is null and it carries
+`quality` (bad or uncertain). Constant `fields` never override the computed keys.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 from emsedge.config import EquipmentBase, SignalCommon, Trigger
 from emsedge.schema import Quality, Record, event
 
-_RESERVED = ("type", "serial", "trigger", "value", "previous", "values", "units", "missing")
+_RESERVED = ("type", "serial", "trigger", "value", "previous", "values")
 _UNSET: Any = object()
 
 
@@ -49,6 +50,7 @@ class _Latest:
     value: Any
     unit: str | None
     good: bool
+    quality: str = str(Quality.GOOD)
 
 
 def _configured_signals(equipment: EquipmentBase) -> list[SignalCommon]:
@@ -87,14 +89,15 @@ class TriggerEngine:
                 name = r.get("signal")
                 if not isinstance(name, str):
                     continue
-                good = r.get("quality", Quality.GOOD) == Quality.GOOD and r.get("value") is not None
+                quality = str(r.get("quality", Quality.GOOD))
+                good = quality == Quality.GOOD and r.get("value") is not None
                 previous = self._latest.get(name)
                 if good:
                     self._latest[name] = _Latest(r["value"], r.get("unit") or self._units.get(name), True)
                 elif previous is not None:
-                    previous.good = False
+                    previous.good, previous.quality = False, quality
                 else:
-                    self._latest[name] = _Latest(None, r.get("unit") or self._units.get(name), False)
+                    self._latest[name] = _Latest(None, r.get("unit") or self._units.get(name), False, quality)
                 if good and name in self._watched:
                     changed[name] = r
             for i, trig in enumerate(self.triggers):
@@ -120,27 +123,20 @@ class TriggerEngine:
         return self._event(trig, value, None if previous is _UNSET else previous, r.get("ts") or record.ts)
 
     def _event(self, trig: Trigger, value: Any, previous: Any, ts: str) -> Record:
-        values: dict[str, Any] = {}
-        units: dict[str, str] = {}
-        missing: list[str] = []
+        values: dict[str, dict[str, Any]] = {}
         for name in trig.include:
             latest = self._latest.get(name)
-            if latest is None or not latest.good:
-                values[name] = None
-                missing.append(name)
-            else:
-                values[name] = latest.value
             unit = latest.unit if latest is not None else self._units.get(name)
-            if unit:
-                units[name] = unit
+            if latest is None:
+                values[name] = {"value": None, "unit": unit, "quality": str(Quality.BAD)}
+            elif not latest.good:
+                values[name] = {"value": None, "unit": unit, "quality": latest.quality}
+            else:
+                values[name] = {"value": latest.value, "unit": unit}
         serial: Any = None
         if trig.serial is not None:
             latest = self._latest.get(trig.serial)
             serial = _clean(latest.value) if latest is not None and latest.good else None
         body: dict[str, Any] = {k: v for k, v in trig.fields.items() if k not in _RESERVED}
         body.update(serial=serial, trigger=trig.on_change, value=value, previous=previous, values=values)
-        if units:
-            body["units"] = units
-        if missing:
-            body["missing"] = missing
         return event(self.equipment.id, self.equipment.type, trig.emit, ts, **body)

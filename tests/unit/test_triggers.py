@@ -65,8 +65,10 @@ def test_board_exit_serial_change_emits_unit_processed_with_the_same_polls_snaps
         "trigger": "board_exit_serial",
         "value": "PCB-2026-000002",
         "previous": "PCB-2026-000001",
-        "values": {"zone1_top_actual": 247.5, "conveyor_speed": 82},
-        "units": {"zone1_top_actual": "Cel", "conveyor_speed": "cm/min"},
+        "values": {
+            "zone1_top_actual": {"value": 247.5, "unit": "Cel"},
+            "conveyor_speed": {"value": 82, "unit": "cm/min"},
+        },
     }
 
 
@@ -94,7 +96,7 @@ def test_bad_quality_neither_fires_nor_forgets_the_previous_value() -> None:
     assert [e["serial"] for e in _events(engine, _poll("PCB-3"))] == ["PCB-3"]
 
 
-def test_included_signal_with_bad_latest_reading_is_null_and_listed_missing() -> None:
+def test_included_signal_with_bad_latest_reading_is_null_with_its_quality() -> None:
     engine = TriggerEngine(_oven())
     engine.process([_poll("PCB-1")])
     ts = "2026-11-24T20:00:09.000Z"
@@ -108,8 +110,10 @@ def test_included_signal_with_bad_latest_reading_is_null_and_listed_missing() ->
         ts,
     )
     (ev,) = _events(engine, record)
-    assert ev["values"] == {"zone1_top_actual": None, "conveyor_speed": 80}
-    assert ev["missing"] == ["zone1_top_actual"]
+    assert ev["values"] == {
+        "zone1_top_actual": {"value": None, "unit": "Cel", "quality": "bad"},
+        "conveyor_speed": {"value": 80, "unit": "cm/min"},
+    }
 
 
 def test_serial_padding_from_registers_is_stripped_and_an_empty_serial_is_not_a_board() -> None:
@@ -135,9 +139,10 @@ def test_snapshot_uses_latest_values_from_earlier_records_for_push_adapters() ->
     engine.process([telemetry("reflow-1", "reflow_oven", [reading("zone1_top_actual", 250.0, unit="Cel", ts=ts)],
                               ts)])
     (ev,) = _events(engine, telemetry("reflow-1", "reflow_oven", [reading("board_exit_serial", "B", ts=ts)], ts))
-    assert ev["values"] == {"zone1_top_actual": 250.0, "conveyor_speed": None}
-    assert ev["missing"] == ["conveyor_speed"]
-    assert ev["units"] == {"zone1_top_actual": "Cel", "conveyor_speed": "cm/min"}  # unit from the config
+    assert ev["values"] == {
+        "zone1_top_actual": {"value": 250.0, "unit": "Cel"},
+        "conveyor_speed": {"value": None, "unit": "cm/min", "quality": "bad"},  # unit from the config
+    }
 
 
 def test_records_of_other_equipment_and_events_are_ignored() -> None:
@@ -186,7 +191,7 @@ def test_two_triggers_on_different_signals_fire_independently() -> None:
     engine.process([poll("A", False)])
     first = _events(engine, poll("B", False))
     assert [e["type"] for e in first] == ["materials_installed"]
-    assert first[0]["values"] == {"slot1_reel_id": "REEL-7"}
+    assert first[0]["values"] == {"slot1_reel_id": {"value": "REEL-7", "unit": None}}
     assert first[0]["slots"] == {"1": {"ref_designators": ["R1", "R2"]}}
     second = _events(engine, poll("B", True))
     assert [(e["type"], e["serial"], e["value"]) for e in second] == [("components_placed", "B", True)]
