@@ -54,6 +54,7 @@ class EventType(StrEnum):
     CONNECTION_LOST = "connection_lost"  # gateway's own
     CONNECTION_RESTORED = "connection_restored"  # gateway's own
     BUFFER_DROPPED = "buffer_dropped"  # gateway's own
+    COLLECTION_EVENT = "collection_event"  # SECS/GEM event report for a CEID the config does not map
 
 
 # SEMI E58 / CFX ResourceState codes -> names used in station_state_changed events.
