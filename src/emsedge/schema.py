@@ -181,6 +181,9 @@ class ReadingModel(_Wire):
     quality: Quality
     ts: str = Field(description="When the value was sampled (source timestamp when the device gives one).")
     status: str | None = Field(default=None, description="Protocol status name, e.g. OPC UA BadNodeIdUnknown.")
+    server_ts: str | None = Field(
+        default=None, description="OPC UA ServerTimestamp, present only when it differs from `ts`."
+    )
 
 
 class _Envelope(_Wire):
