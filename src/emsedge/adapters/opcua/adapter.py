@@ -1,0 +1,371 @@
+"""The OPC UA adapter: subscriptions (PushAdapter) or Read polling (PolledAdapter).
+
+Subscribe mode (`OpcUaSubscriber.run`), one loop per equipment, forever:
+  connect (connect.py: exact security, deadlines) -> resolve node ids and browse paths (every connection,
+  because a restarted server may renumber them) -> one subscription, one monitored item per signal ->
+  consume notifications -> on loss: `connection_lost` + bad-quality readings, disconnect, back off, repeat.
+  asyncua's own auto_reconnect is off on purpose: it re-creates subscriptions with the *old* node ids,
+  which is how other gateways end up stuck on BadNodeIdUnknown after a server restart (DOMAIN.md §6.11-13).
+
+Batching invariant: asyncua's publish callback puts every notification of one PublishResponse into the
+subscription's queue synchronously, so the consumer takes one event, then drains what is already queued:
+that is one publishing cycle (or several, if the pipeline was busy), emitted as ONE telemetry record plus
+any fault events. Never one MQTT message per value.
+
+Permanent errors (a browse path or node that does not exist, an untrusted server certificate, a policy
+the server does not offer, a missing key file) are logged once as an error that names the signal or the
+setting, mark `health.disabled`, and are retried only at the backoff cap (`backoff.max`, 30 s by default):
+the equipment stays visible as broken, and recovers by itself if the server's address space or
+certificate is fixed, without restarting the gateway and without hammering the server.
+
+Poll mode (`OpcUaPoller`) is driven by `emsedge.scheduler.run_polled`: `__aenter__` connects and resolves,
+`poll()` issues one Read per `max_nodes_per_read` chunk (usually exactly one Read) and returns one record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskStatus
+from asyncua import Client, ua
+from asyncua.common.subscription import DataChangeEvent, OpcEvent, StatusChangeEvent, Subscription
+from asyncua.common.subscription import OverflowPolicy
+
+from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.opcua.connect import ResolvedSignal, classify, connect, disconnect, resolve
+from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, to_json
+from emsedge.config import OpcUaEquipment
+from emsedge.errors import AdapterError
+from emsedge.schema import EventType, Record, telemetry, utc_iso
+
+_HANDLE_BASE = 1_000_000  # our client handles; asyncua numbers its own (event items) from 200
+_ITEMS_PER_CALL = 1000  # CreateMonitoredItems chunk: servers cap items per call
+_UNKNOWN_NODE = {"BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid", "BadNotReadable"}
+
+
+def warn_security_once(ctx: AdapterContext, config: OpcUaEquipment) -> None:
+    conn = config.connection
+    if conn.security.policy == "None":
+        ctx.log.warning("OPC UA security is None: traffic is neither signed nor encrypted", url=conn.url)
+    elif conn.server_certificate is None and conn.trust_dir is None:
+        ctx.log.warning(
+            "server certificate is not verified: set server_certificate (pin) or trust_dir", url=conn.url
+        )
+
+
+def offline_readings(config: OpcUaEquipment, status: str = "BadNotConnected") -> list[dict[str, Any]]:
+    now = utc_iso()
+    return [bad_reading(s, status, now) for s in config.signals]
+
+
+class _Base:
+    def __init__(self, ctx: AdapterContext) -> None:
+        assert isinstance(ctx.equipment, OpcUaEquipment)
+        self.ctx = ctx
+        self.config: OpcUaEquipment = ctx.equipment
+
+    def offline_records(self, reason: str = "") -> Sequence[Record]:
+        """Bad-quality readings for every signal, emitted with `connection_lost`."""
+        return [telemetry(self.config.id, self.config.type, offline_readings(self.config))]
+
+    def _log_permanent(self, err: AdapterError) -> None:
+        if self.ctx.health.disabled and self.ctx.health.last_error == str(err):
+            return
+        self.ctx.health.disabled = True
+        self.ctx.log.error("equipment disabled until fixed; retrying slowly", error=str(err),
+                           retry_every_s=self.config.backoff.max)
+
+
+class OpcUaSubscriber(_Base):
+    """Push adapter for `mode: subscribe`. Owns its reconnect loop (see module docstring)."""
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        super().__init__(ctx)
+        self._fault_ids: dict[str, str] = {}
+        self.subscription_count = 0  # sessions that got a live subscription; tests and metrics read it
+
+    async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        warn_security_once(ctx, self.config)
+        delays = ctx.backoff()
+        reported = False
+        while True:
+            lost = anyio.Event()
+            reason: list[str] = []
+            try:
+                await self._session(lost, reason)
+                err = AdapterError(reason[0] if reason else "subscription ended")
+            except AdapterError as exc:
+                err = exc
+            except (OSError, TimeoutError, ConnectionError, ua.UaError, asyncio.TimeoutError) as exc:
+                err = classify(exc)
+            if self.ctx.health.connected:
+                delays = ctx.backoff()  # a session that worked resets the backoff
+                reported = False
+            if not err.transient:
+                self._log_permanent(err)
+            if not reported or (not err.transient and ctx.health.last_error != str(err)):
+                # once per outage (and once more if it turns out to need a human), not once per retry
+                await ctx.connection_lost(str(err), self.offline_records(str(err)))
+                reported = True
+            else:
+                ctx.health.last_error = str(err)
+            delay = self.config.backoff.max if not err.transient else next(delays)
+            await anyio.sleep(delay)
+
+    async def _session(self, lost: anyio.Event, reason: list[str]) -> None:
+        timeout = float(self.config.connection.timeout)
+        client, _ = await connect(self.config.connection)
+        try:
+
+            async def _on_lost(exc: Exception) -> None:
+                reason.append(f"connection lost: {classify(exc)}")
+                lost.set()
+
+            client.connection_lost_callback = _on_lost
+            resolved = await resolve(client, self.config.signals, timeout)
+            with anyio.fail_after(timeout * 4):
+                sub, handles = await self._subscribe(client, resolved)
+            self.ctx.health.disabled = False
+            self.subscription_count += 1
+            await self.ctx.connection_restored()
+            await self._consume(sub, handles, lost, reason)
+        finally:
+            await disconnect(client)
+
+    async def _subscribe(
+        self, client: Client, resolved: list[ResolvedSignal]
+    ) -> tuple[Subscription, dict[int, ResolvedSignal]]:
+        cfg = self.config
+        period_ms = float(cfg.publishing_interval) * 1000
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = period_ms
+        params.RequestedMaxKeepAliveCount = client.get_keepalive_count(period_ms)
+        params.RequestedLifetimeCount = params.RequestedMaxKeepAliveCount * 10
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        queue = max(20_000, 8 * sum(s.queue_size for s in cfg.signals))
+        sub = await client.create_subscription(params, None, queue_maxsize=queue, overflow=OverflowPolicy.DROP_OLDEST)
+        handles: dict[int, ResolvedSignal] = {}
+        requests: list[ua.MonitoredItemCreateRequest] = []
+        for i, r in enumerate(resolved):
+            handle = _HANDLE_BASE + i
+            handles[handle] = r
+            requests.append(_item_request(r, handle))
+        problems: list[str] = []
+        for start in range(0, len(requests), _ITEMS_PER_CALL):
+            chunk = requests[start : start + _ITEMS_PER_CALL]
+            results = await sub.create_monitored_items(chunk)
+            for req, result in zip(chunk, results, strict=True):
+                if isinstance(result, ua.StatusCode):
+                    r = handles[req.RequestedParameters.ClientHandle]
+                    problems.append(f"signal {r.signal.name!r} ({r.node_id.to_string()}): {result.name}")
+        if problems:
+            raise AdapterError("cannot monitor " + "; ".join(problems), transient=False)
+        for source in cfg.events:
+            try:
+                await sub.subscribe_events(ua.NodeId.from_string(source.node), ua.ObjectIds.BaseEventType)
+            except ua.UaStatusCodeError as exc:
+                raise AdapterError(
+                    f"cannot subscribe to events {source.name!r} at {source.node}: {classify(exc)}", transient=False
+                ) from None
+        self.ctx.log.info("subscribed", items=len(requests), events=len(cfg.events), publishing_interval_ms=period_ms)
+        return sub, handles
+
+    async def _consume(
+        self, sub: Subscription, handles: dict[int, ResolvedSignal], lost: anyio.Event, reason: list[str]
+    ) -> None:
+        queue = getattr(sub, "_event_queue", None)
+        drainable = isinstance(queue, asyncio.Queue)
+        cfg = self.config
+        while True:
+            try:
+                first = await sub.next_event(timeout=0.5)
+            except StopAsyncIteration:
+                return
+            if first is None:
+                if lost.is_set():
+                    return
+                continue
+            batch = [first]
+            if drainable:
+                assert isinstance(queue, asyncio.Queue)
+                while True:
+                    try:
+                        item = queue.get_nowait()
+                    except asyncio.QueueEmpty:
+                        break
+                    if item is None:
+                        lost.set()
+                        break
+                    batch.append(item)
+            received = time.time()
+            readings: list[dict[str, Any]] = []
+            records: list[Record] = []
+            for ev in batch:
+                if isinstance(ev, DataChangeEvent):
+                    r = handles.get(ev.data.monitored_item.ClientHandle)
+                    if r is not None:
+                        readings.append(reading_from_datavalue(r.signal, ev.data.monitored_item.Value, received))
+                elif isinstance(ev, OpcEvent):
+                    records.extend(self._fault_events(ev.event))
+                elif isinstance(ev, StatusChangeEvent):
+                    status = ev.notification.Status
+                    reason.append(f"subscription status {status.name}")
+                    lost.set()
+            if readings:
+                self.ctx.health.good_read(len(readings))
+                records.insert(0, telemetry(cfg.id, cfg.type, readings))
+            if records:
+                await self.ctx.emit(records)
+            if lost.is_set():
+                return
+
+    def _fault_events(self, event: Any) -> Iterator[Record]:
+        """Alarms & Conditions -> fault_occurred / fault_cleared, linked by fault_occurrence_id.
+
+        A condition is keyed by its ConditionId (the event's `NodeId` field) or, for servers that send
+        plain events, by source + condition/event type. `ActiveState/Id` decides occurred vs cleared;
+        an event without an active state is a one-shot fault_occurred.
+        """
+        fields = event.get_event_props_as_fields_dict() if hasattr(event, "get_event_props_as_fields_dict") else {}
+        get = fields.get
+
+        def val(name: str) -> Any:
+            v = get(name)
+            return v.Value if isinstance(v, ua.Variant) else v
+
+        condition_id = val("NodeId")
+        code = to_json(val("ConditionName")) or to_json(val("SourceName")) or to_json(val("EventType"))
+        key = str(to_json(condition_id)) if condition_id else f"{to_json(val('SourceNode'))}|{code}"
+        active = val("ActiveState/Id")
+        ts_raw = val("Time")
+        ts = utc_iso(ts_raw) if ts_raw is not None else None
+        common = {
+            "fault_code": code,
+            "message": to_json(val("Message")),
+            "severity": to_json(val("Severity")),
+            "source": to_json(val("SourceName")),
+        }
+        if active is False:
+            occurrence = self._fault_ids.pop(key, None)
+            if occurrence is None:
+                return
+            yield self.ctx.event(EventType.FAULT_CLEARED, ts, fault_occurrence_id=occurrence, **common)
+            return
+        if active is True and key in self._fault_ids:
+            return  # a re-notification (acknowledge, comment, refresh) of a fault already reported
+        event_id = val("EventId")
+        occurrence = str(uuid.UUID(bytes=bytes(event_id)[:16])) if isinstance(event_id, bytes) and len(event_id) >= 16 \
+            else str(uuid.uuid4())
+        if active is True:
+            self._fault_ids[key] = occurrence
+        yield self.ctx.event(EventType.FAULT_OCCURRED, ts, fault_occurrence_id=occurrence, **common)
+
+
+def _item_request(r: ResolvedSignal, handle: int) -> ua.MonitoredItemCreateRequest:
+    s = r.signal
+    rv = ua.ReadValueId()
+    rv.NodeId = r.node_id
+    rv.AttributeId = ua.AttributeIds.Value
+    mparams = ua.MonitoringParameters()
+    mparams.ClientHandle = handle
+    mparams.SamplingInterval = float(s.sampling_interval) * 1000 if s.sampling_interval is not None else -1.0
+    mparams.QueueSize = s.queue_size
+    mparams.DiscardOldest = True
+    if s.deadband is not None:
+        f = ua.DataChangeFilter()
+        f.Trigger = ua.DataChangeTrigger.StatusValue
+        f.DeadbandType = 1 if s.deadband.type == "absolute" else 2
+        f.DeadbandValue = float(s.deadband.value)
+        mparams.Filter = f
+    mir = ua.MonitoredItemCreateRequest()
+    mir.ItemToMonitor = rv
+    mir.MonitoringMode = ua.MonitoringMode.Reporting
+    mir.RequestedParameters = mparams
+    return mir
+
+
+class OpcUaPoller(_Base):
+    """Polled adapter for `mode: poll`: one Read per chunk of `max_nodes_per_read` per cycle."""
+
+    def __init__(self, ctx: AdapterContext) -> None:
+        super().__init__(ctx)
+        self._client: Client | None = None
+        self._resolved: list[ResolvedSignal] = []
+        self._warned = False
+
+    async def __aenter__(self) -> Self:
+        if not self._warned:
+            warn_security_once(self.ctx, self.config)
+            self._warned = True
+        timeout = float(self.config.connection.timeout)
+        try:
+            client, _ = await connect(self.config.connection)
+        except AdapterError as exc:
+            if not exc.transient:
+                self._log_permanent(exc)
+            raise
+        except Exception as exc:
+            raise classify(exc) from None
+        try:
+            self._resolved = await resolve(client, self.config.signals, timeout)
+        except AdapterError as exc:
+            await disconnect(client)
+            if not exc.transient:
+                self._log_permanent(exc)
+            raise
+        except Exception as exc:
+            await disconnect(client)
+            raise classify(exc) from None
+        self.ctx.health.disabled = False
+        self._client = client
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await disconnect(client)
+
+    async def poll(self) -> Sequence[Record]:
+        client = self._client
+        if client is None:
+            raise AdapterError("not connected")
+        timeout = float(self.config.connection.timeout)
+        chunk_size = self.config.max_nodes_per_read
+        readings: list[dict[str, Any]] = []
+        try:
+            for start in range(0, len(self._resolved), chunk_size):
+                chunk = self._resolved[start : start + chunk_size]
+                params = ua.ReadParameters()
+                params.TimestampsToReturn = ua.TimestampsToReturn.Both
+                for r in chunk:
+                    rv = ua.ReadValueId()
+                    rv.NodeId = r.node_id
+                    rv.AttributeId = ua.AttributeIds.Value
+                    params.NodesToRead.append(rv)
+                with anyio.fail_after(timeout):
+                    results = await client.uaclient.read(params)
+                received = time.time()
+                readings.extend(reading_from_datavalue(r.signal, dv, received)
+                                for r, dv in zip(chunk, results, strict=True))
+        except AdapterError:
+            raise
+        except Exception as exc:
+            raise classify(exc) from None
+        if readings and all(r.get("status") in _UNKNOWN_NODE for r in readings):
+            raise AdapterError("every node is unknown to the server (restarted?): reconnecting to re-resolve")
+        return [telemetry(self.config.id, self.config.type, readings)]
+
+
+def build(ctx: AdapterContext) -> OpcUaSubscriber | OpcUaPoller:
+    """Registry target `emsedge.adapters.opcua:build`: the adapter shape follows `mode`."""
+    equipment = ctx.equipment
+    if not isinstance(equipment, OpcUaEquipment):
+        raise TypeError(f"opcua adapter got a {type(equipment).__name__} config")
+    return OpcUaSubscriber(ctx) if equipment.mode == "subscribe" else OpcUaPoller(ctx)
