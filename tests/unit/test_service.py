@@ -1,0 +1,312 @@
+"""sd_notify against a fake notify socket, the watchdog task, and /healthz and /metrics served by serve_http."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from emsedge.adapters.base import EquipmentHealth
+from emsedge.service import GatewayState, SystemdNotifier, parse_listen, run_watchdog, serve_http
+
+
+@dataclass
+class FakeStats:
+    count: int = 0
+    bytes: int = 0
+    oldest_created: float | None = None
+    evicted_total: int = 0
+    dead_letters: int = 0
+    writable: bool = True
+    last_error: str | None = None
+
+
+def make_state(stats: FakeStats | None = None, broker: bool = True) -> GatewayState:
+    stats = stats or FakeStats()
+    up = EquipmentHealth(connected=True, polls=10, values=40, last_good_read="2026-01-01T00:00:00.000Z")
+    up.good_read(4, 0.003)
+    up.good_read(4, 0.2)
+    down = EquipmentHealth(connected=False, polls=3, poll_errors=2, last_error="connection refused", reconnects=1)
+    return GatewayState(
+        gateway_id="gw-1", version="0.1.0", started_at="2026-01-01T00:00:00.000Z",
+        equipment={"reflow-1": up, "aoi-1": down},
+        equipment_info={"reflow-1": ("reflow_oven", "modbus"), "aoi-1": ("aoi", "opcua")},
+        buffer_stats=lambda: stats, broker_connected=lambda: broker, broker_url=lambda: "mqtt://127.0.0.1:1883",
+        messages_buffered=100, messages_published=90, messages_dropped=2,
+    )
+
+
+class NotifySocket:
+    """A unix datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, address: str | bytes) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(address)
+        self.sock.settimeout(2.0)
+
+    def messages(self, timeout: float = 0.2) -> list[str]:
+        out = []
+        self.sock.settimeout(timeout)
+        while True:
+            try:
+                out.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                return out
+
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+BindNotify = Callable[[str | bytes], NotifySocket]
+
+
+@pytest.fixture
+def notify_path(tmp_path: Path) -> str:
+    return str(tmp_path / "notify.sock")
+
+
+@pytest.fixture
+def bind_notify() -> Iterator[BindNotify]:
+    sockets: list[NotifySocket] = []
+
+    def bind(address: str | bytes) -> NotifySocket:
+        sockets.append(NotifySocket(address))
+        return sockets[-1]
+
+    yield bind
+    for sock in sockets:
+        sock.close()
+
+
+def test_notifier_sends_ready_status_watchdog_stopping_and_reloading_as_datagrams(
+    notify_path: str, bind_notify: BindNotify
+) -> None:
+    fake = bind_notify(notify_path)
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_path})
+    notifier.ready()
+    notifier.status("5 equipment, 4 connected, backlog 0")
+    notifier.status("5 equipment, 4 connected, backlog 0")  # unchanged: not sent again
+    notifier.watchdog()
+    notifier.reloading()
+    notifier.stopping()
+    got = fake.messages()
+    assert got[0] == f"READY=1\nMAINPID={os.getpid()}"
+    assert got[1] == "STATUS=5 equipment, 4 connected, backlog 0"
+    assert got[2] == "WATCHDOG=1"
+    assert got[3].startswith("RELOADING=1\nMONOTONIC_USEC=")
+    assert int(got[3].split("=")[-1]) > 0
+    assert got[4].startswith("STOPPING=1")
+    assert len(got) == 5
+
+
+def test_notifier_reaches_an_abstract_namespace_socket(bind_notify: BindNotify) -> None:
+    name = f"emsedge-test-{uuid.uuid4().hex}"
+    fake = bind_notify("\0" + name)
+    SystemdNotifier({"NOTIFY_SOCKET": "@" + name}).ready()
+    assert fake.messages()[0].startswith("READY=1")
+
+
+def test_notifier_without_notify_socket_is_a_silent_no_op() -> None:
+    notifier = SystemdNotifier({})
+    assert not notifier.enabled
+    assert notifier.notify("READY=1") is False
+    assert notifier.watchdog_interval() is None
+
+
+def test_notifier_survives_a_missing_socket_and_reports_failure(tmp_path: Path) -> None:
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    assert notifier.notify("READY=1") is False
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"WATCHDOG_USEC": "20000000"}, 10.0),
+        ({"WATCHDOG_USEC": "0"}, None),
+        ({"WATCHDOG_USEC": "junk"}, None),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}, 1.0),
+        ({"WATCHDOG_USEC": "2000000", "WATCHDOG_PID": "1"}, None),
+    ],
+)
+def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(
+    env: dict[str, str], expected: float | None
+) -> None:
+    assert SystemdNotifier({"NOTIFY_SOCKET": "/nonexistent", **env}).watchdog_interval() == expected
+
+
+@pytest.mark.asyncio
+async def test_watchdog_task_pings_repeatedly_and_reports_status(notify_path: str, bind_notify: BindNotify) -> None:
+    fake = bind_notify(notify_path)
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "100000"})  # ping every 50 ms
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_watchdog, notifier, make_state())
+        await anyio.sleep(0.3)
+        tg.cancel_scope.cancel()
+    got = fake.messages()
+    assert got.count("WATCHDOG=1") >= 4
+    assert "STATUS=2 equipment, 1 connected, backlog 0" in got
+
+
+@pytest.mark.asyncio
+async def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_path: str, bind_notify: BindNotify) -> None:
+    import time  # noqa: PLC0415
+
+    fake = bind_notify(notify_path)
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "100000"})
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_watchdog, notifier, make_state())
+        await anyio.sleep(0.01)
+        fake.messages(timeout=0.01)
+        time.sleep(0.3)  # noqa: ASYNC251 - this is the hung loop under test
+        during = fake.messages(timeout=0.01)
+        tg.cancel_scope.cancel()
+    assert during.count("WATCHDOG=1") <= 1
+
+
+def test_status_line_counts_connected_equipment_backlog_and_broker() -> None:
+    assert make_state(FakeStats(count=7)).status_line() == "2 equipment, 1 connected, backlog 7"
+    assert make_state(broker=False).status_line().endswith(", broker disconnected")
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [("127.0.0.1:9108", ("127.0.0.1", 9108)), ("[::1]:80", ("::1", 80)), (":9108", ("0.0.0.0", 9108))],
+)
+def test_listen_addresses_are_parsed(listen: str, expected: tuple[str, int]) -> None:
+    assert parse_listen(listen) == expected
+
+
+def test_a_listen_address_without_port_is_refused() -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_listen("localhost")
+
+
+async def http_get(port: int, path: str, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    with anyio.fail_after(5):
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            raw = b""
+            try:
+                while True:
+                    raw += await stream.receive()
+            except anyio.EndOfStream:
+                pass
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, body
+
+
+async def serve_and(state: GatewayState, requests: list[tuple[str, str]]) -> list[tuple[int, dict[str, str], bytes]]:
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, "127.0.0.1:0", state)
+        out = [await http_get(port, path, method) for method, path in requests]
+        tg.cancel_scope.cancel()
+    return out
+
+
+@pytest.mark.asyncio
+async def test_healthz_reports_equipment_broker_backlog_and_dropped() -> None:
+    stats = FakeStats(count=12, oldest_created=1.0, dead_letters=1)
+    [(code, headers, body)] = await serve_and(make_state(stats), [("GET", "/healthz")])
+    assert code == 200
+    assert headers["Content-Type"] == "application/json"
+    health: dict[str, Any] = json.loads(body)
+    assert health["status"] == "degraded"  # aoi-1 is down
+    assert health["broker"] == {"connected": True, "url": "mqtt://127.0.0.1:1883"}
+    assert health["buffer"]["backlog"] == 12
+    assert health["buffer"]["oldest_age_s"] > 0
+    assert health["messages"] == {"buffered": 100, "published": 90, "dropped": 2}
+    assert health["equipment"]["reflow-1"]["connected"] is True
+    assert health["equipment"]["reflow-1"]["last_good_read"] is not None
+    assert health["equipment"]["aoi-1"] == {
+        "type": "aoi", "adapter": "opcua", "connected": False, "disabled": False, "last_good_read": None,
+        "last_error": "connection refused", "polls": 3, "poll_errors": 2, "reconnects": 1,
+    }
+
+
+@pytest.mark.asyncio
+async def test_healthz_is_ok_when_everything_is_up_and_503_when_the_buffer_cannot_write() -> None:
+    state = make_state()
+    state.equipment["aoi-1"].connected = True
+    [(code, _, body)] = await serve_and(state, [("GET", "/healthz")])
+    assert (code, json.loads(body)["status"]) == (200, "ok")
+    [(code, _, body)] = await serve_and(make_state(FakeStats(writable=False)), [("GET", "/healthz")])
+    assert (code, json.loads(body)["status"]) == (503, "failing")
+
+
+@pytest.mark.asyncio
+async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_time() -> None:
+    state = make_state(FakeStats(count=5, dead_letters=3))
+    state.observe_publish_latency(0.02)
+    state.observe_publish_latency(7.0)
+    [(code, headers, body)] = await serve_and(state, [("GET", "/metrics")])
+    assert code == 200
+    assert headers["Content-Type"].startswith("text/plain; version=")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+    reflow = (("adapter", "modbus"), ("equipment", "reflow-1"), ("type", "reflow_oven"))
+    aoi = (("adapter", "opcua"), ("equipment", "aoi-1"), ("type", "aoi"))
+    assert samples[("emsedge_polls_total", reflow)] == 10
+    assert samples[("emsedge_poll_errors_total", aoi)] == 2
+    assert samples[("emsedge_values_collected_total", reflow)] == 48
+    assert samples[("emsedge_reconnects_total", aoi)] == 1
+    assert samples[("emsedge_equipment_connected", reflow)] == 1
+    assert samples[("emsedge_equipment_connected", aoi)] == 0
+    assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.005")])))] == 1
+    assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.25")])))] == 2
+    assert samples[("emsedge_poll_duration_seconds_count", reflow)] == 2
+    assert samples[("emsedge_messages_buffered_total", ())] == 100
+    assert samples[("emsedge_messages_published_total", ())] == 90
+    assert samples[("emsedge_messages_dropped_total", ())] == 2
+    assert samples[("emsedge_backlog_messages", ())] == 5
+    assert samples[("emsedge_backlog_oldest_age_seconds", ())] == 0
+    assert samples[("emsedge_dead_letters", ())] == 3
+    assert samples[("emsedge_broker_connected", ())] == 1
+    assert samples[("emsedge_publish_latency_seconds_bucket", (("le", "0.05"),))] == 1
+    assert samples[("emsedge_publish_latency_seconds_bucket", (("le", "+Inf"),))] == 2
+    assert samples[("emsedge_publish_latency_seconds_sum", ())] == pytest.approx(7.02)
+
+    state.equipment["aoi-1"].connected = True  # live: the next scrape sees it without any copying
+    [(_, _, body)] = await serve_and(state, [("GET", "/metrics")])
+    assert 'emsedge_equipment_connected{adapter="opcua",equipment="aoi-1",type="aoi"} 1.0' in body.decode()
+
+
+@pytest.mark.asyncio
+async def test_unknown_paths_methods_and_garbage_get_http_errors_and_head_has_no_body() -> None:
+    got = await serve_and(make_state(), [("GET", "/nope"), ("POST", "/healthz"), ("HEAD", "/healthz")])
+    assert [code for code, _, _ in got] == [404, 405, 200]
+    assert got[2][2] == b""
+    assert int(got[2][1]["Content-Length"]) > 0
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, "127.0.0.1:0", make_state())
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"nonsense\r\n\r\n")
+            assert (await stream.receive()).startswith(b"HTTP/1.1 400")
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_a_broken_buffer_stats_callable_does_not_break_healthz() -> None:
+    state = make_state()
+
+    def broken() -> Any:
+        raise RuntimeError("database is closed")
+
+    state.buffer_stats = broken
+    [(code, _, body)] = await serve_and(state, [("GET", "/healthz")])
+    assert code == 503
+    assert json.loads(body)["buffer"]["writable"] is False
