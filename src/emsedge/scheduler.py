@@ -15,6 +15,9 @@
   leaving the adapter (close), a capped, jittered backoff sleep, and a new attempt. The backoff restarts
   from its initial delay after every successful connect. A permanent `AdapterError` logs one error,
   sets `health.disabled` and returns, so one bad machine never takes down the daemon.
+* **Connected means data flows.** `connection_restored` is emitted when the first poll of a session
+  succeeds, not when the socket opens: a device that accepts TCP but never answers must not flap
+  restored/lost on every retry. Its records follow the event.
 * **Readiness.** `task_status.started()` is called at once: the daemon does not wait for equipment.
 """
 
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -73,13 +76,15 @@ async def run_polled(
     deadline = poll_deadline(adapter, ctx, interval)
     backoff: Iterator[float] = ctx.backoff()
     logged_unexpected: str | None = None
+
+    def reset() -> None:
+        nonlocal backoff, logged_unexpected
+        backoff = ctx.backoff()
+        logged_unexpected = None
     while True:
         try:
             async with adapter:
-                backoff = ctx.backoff()
-                await ctx.connection_restored()
-                logged_unexpected = None
-                await _poll_session(adapter, ctx, interval, deadline)
+                await _poll_session(adapter, ctx, interval, deadline, reset)
         except AdapterError as exc:
             if not exc.transient:
                 health.disabled = True
@@ -99,7 +104,13 @@ async def run_polled(
         await anyio.sleep(next(backoff))
 
 
-async def _poll_session(adapter: PolledAdapter, ctx: AdapterContext, interval: float, deadline: float) -> None:
+async def _poll_session(
+    adapter: PolledAdapter,
+    ctx: AdapterContext,
+    interval: float,
+    deadline: float,
+    on_first_good_poll: Callable[[], None],
+) -> None:
     """Poll on the grid of this session until an exception ends it."""
     health = ctx.health
     start = anyio.current_time()
@@ -113,6 +124,9 @@ async def _poll_session(adapter: PolledAdapter, ctx: AdapterContext, interval: f
             health.poll_errors += 1
             raise
         duration = time.perf_counter() - began
+        if k == 0:
+            await ctx.connection_restored()
+            on_first_good_poll()
         health.polls += 1
         values = 0
         for record in records:

@@ -386,7 +386,7 @@ class ModbusAdapter:
         unit_id = self.connection.unit_id
         deadline = self.connection.timeout + 0.5  # pymodbus applies `timeout`; this is the backstop
         readers = self._readers
-        from pymodbus.exceptions import ModbusException  # noqa: PLC0415
+        from pymodbus.exceptions import ModbusException, ModbusIOException  # noqa: PLC0415
 
         for block in decoder.blocks:
             req = block.request
@@ -395,8 +395,14 @@ class ModbusAdapter:
                     rr = await readers[req.table](req.address, count=req.count, device_id=unit_id)
             except TimeoutError as exc:
                 raise AdapterError(f"no answer from {self.where} within {self.connection.timeout:g}s") from exc
+            except ModbusIOException as exc:
+                if "No response" in str(exc):  # pymodbus' own timeout (retries=0)
+                    raise AdapterError(
+                        f"no answer from {self.where} within {self.connection.timeout:g}s"
+                    ) from exc
+                raise AdapterError(f"connection to {self.where} failed: {exc}") from exc
             except (ModbusException, OSError) as exc:
-                raise AdapterError(f"connection to {self.where} failed: {type(exc).__name__}") from exc
+                raise AdapterError(f"connection to {self.where} lost: {type(exc).__name__}") from exc
             self.requests_sent += 1
             if rr.isError():
                 if not hasattr(rr, "exception_code"):
