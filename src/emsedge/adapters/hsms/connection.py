@@ -164,6 +164,8 @@ class HsmsLink:
         self.passive = passive
         self.session_id = config.session_id
         self.selected = False
+        self.answer_linktest = True
+        """Simulators set this False to play a peer that went silent (tests of the linktest)."""
         self._selected_event = anyio.Event()
         self._deselected_event = anyio.Event()
         self._pending: dict[int, _Pending] = {}
@@ -285,6 +287,8 @@ class HsmsLink:
 
     def _mark_deselected(self) -> None:
         self.selected = False
+        self.answer_linktest = True
+        """Simulators set this False to play a peer that went silent (tests of the linktest)."""
         self._selected_event = anyio.Event()
         self._deselected_event.set()
 
@@ -432,6 +436,8 @@ class HsmsLink:
             self._mark_deselected()
             self.log.info("hsms deselected by peer")
         elif stype == SType.LINKTEST_REQ:
+            if not self.answer_linktest:
+                return
             await self._send_raw_frame(frame(CONTROL_SESSION, 0, 0, SType.LINKTEST_RSP, system))
         elif stype in (SType.SELECT_RSP, SType.DESELECT_RSP, SType.LINKTEST_RSP):
             pending = self._pending.get(system)
@@ -476,12 +482,13 @@ class HsmsLink:
             target = system
             if body is not None and body.fmt == "B" and len(body.value) == 10:
                 target = int.from_bytes(body.value[6:10], "big")
-            self.log.warning("equipment reported an error", message=message.name, about=to_sml(body))
+            self.log.warning("peer reported an error", message=message.name, about=to_sml(body))
             pending = self._pending.get(target) or self._pending.get(system)
             if pending is not None:
                 pending.resolve(message)
-            return
-        if function == 0 or function % 2 == 0:
+                return
+            # not about an open transaction: the handler may still want to know (simulators record it)
+        elif function == 0 or function % 2 == 0:
             pending = self._pending.get(system)
             if pending is None:
                 self.log.warning("reply without an open transaction dropped", message=message.name)

@@ -1,0 +1,278 @@
+"""The HSMS host adapter against the project's own passive GEM equipment on a free port.
+
+These cover what secsgem cannot play: silent peers, Separate, broken frames, undecodable bodies,
+reconnects. The conformance run against secsgem is in test_hsms_secsgem.py.
+"""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from hsms_support import (
+    ALID_CONVEYOR,
+    CEID_BOARD_INSPECTED,
+    SV_INSPECTED,
+    Collector,
+    aoi_config,
+    aoi_simulator,
+    context,
+)
+
+from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.hsms import build
+from emsedge.adapters.hsms.connection import Message, TransactionRejected, frame
+from emsedge.adapters.hsms.equipment import GemEquipment
+from emsedge.adapters.hsms.secs2 import L, U4
+from emsedge.config import HsmsEquipment
+from emsedge.schema import EventMessage, Record, TelemetryMessage, encode
+
+
+def restored(c: Collector, n: int = 1) -> bool:
+    return len(c.events("connection_restored")) >= n
+
+
+@asynccontextmanager
+async def running(
+    eq: GemEquipment, collector: Collector, **connection: Any
+) -> AsyncIterator[tuple[HsmsEquipment, AdapterContext]]:
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(eq.serve)
+        config = aoi_config(port, **connection)
+        ctx = context(config, collector)
+        await tg.start(build(ctx).run, ctx)
+        await collector.wait_for(restored)
+        yield config, ctx
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_host_defines_links_and_enables_reports_and_alarms_after_establishing() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        assert eq.communicating
+        assert eq.reports == {100: [2001, 2002, 2003]}
+        assert eq.links == {CEID_BOARD_INSPECTED: [100]}
+        assert eq.enabled_events == {CEID_BOARD_INSPECTED}
+        assert eq.alarms[ALID_CONVEYOR].enabled
+
+
+@pytest.mark.asyncio
+async def test_status_variables_are_polled_into_one_telemetry_record_per_poll() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector) as (config, _):
+        await collector.wait_for(lambda c: len(c.telemetry()) >= 2)
+        record = collector.telemetry()[0]
+        readings = {r["signal"]: r for r in record.body["readings"]}
+        assert readings["process_state"]["value"] == 2
+        assert readings["inspected_boards"]["value"] == 17
+        assert readings["inspected_boards"]["unit"] == "boards"  # from the S1F12 namelist
+        assert all(r["quality"] == "good" for r in readings.values())
+        TelemetryMessage.model_validate_json(encode(record, gateway="gw", seq=1, message_id="m"))
+
+
+@pytest.mark.asyncio
+async def test_a_status_variable_answered_with_an_empty_item_is_bad_with_no_value() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        del eq.status_variables[SV_INSPECTED]
+        await collector.wait_for(
+            lambda c: any(r["signal"] == "inspected_boards" and r["quality"] == "bad"
+                          for t in c.telemetry() for r in t.body["readings"]))
+        bad = [r for t in collector.telemetry() for r in t.body["readings"]
+               if r["signal"] == "inspected_boards" and r["quality"] == "bad"]
+        assert bad[0]["value"] is None
+
+
+@pytest.mark.asyncio
+async def test_event_report_becomes_unit_inspected_with_serial_result_and_defects() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        eq.board.update(serial="PCB-42", result="FAIL", defects=3)  # type: ignore[attr-defined]
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+        eq.board.update(serial="PCB-43", result="PASS", defects=0)  # type: ignore[attr-defined]
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+        failed, passed = collector.events("unit_inspected")
+        assert failed["serial"] == "PCB-42"
+        assert failed["result"] == "fail"
+        assert failed["raw_result"] == "FAIL"
+        assert failed["defect_count"] == 3
+        assert failed["ceid"] == CEID_BOARD_INSPECTED
+        assert failed["name"] == "board_inspected"
+        assert failed["values"] == {"board_serial": "PCB-42", "result": "FAIL", "defect_count": 3}
+        assert passed["result"] == "pass"
+        record = next(r for r in collector.records if r.event_type == "unit_inspected")
+        EventMessage.model_validate_json(encode(record, gateway="gw", seq=1, message_id="m"))
+
+
+@pytest.mark.asyncio
+async def test_event_report_is_acknowledged_only_after_emit_returned() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    release = anyio.Event()
+    inner = collector.emit
+
+    async def slow_emit(records: Sequence[Record]) -> None:
+        if any(r.event_type == "unit_inspected" for r in records):
+            await release.wait()
+        await inner(records)
+
+    collector.emit = slow_emit  # type: ignore[method-assign]
+    async with running(eq, collector):
+        acks: list[int | None] = []
+
+        async def send() -> None:
+            acks.append(await eq.send_event(CEID_BOARD_INSPECTED))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send)
+            await anyio.sleep(0.2)
+            assert acks == []
+            release.set()
+        assert acks == [0]
+        assert len(collector.events("unit_inspected")) == 1
+
+
+@pytest.mark.asyncio
+async def test_unknown_ceid_is_acknowledged_and_emitted_as_a_generic_collection_event() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        eq.links[4242] = [100]
+        assert await eq.send_event(4242, force=True) == 0
+        (generic,) = collector.events("collection_event")
+        assert generic["ceid"] == 4242
+        assert generic["values"]["board_serial"] == "PCB-0001"
+
+
+@pytest.mark.asyncio
+async def test_alarm_set_and_clear_become_fault_events_linked_by_occurrence_id() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        assert await eq.set_alarm(ALID_CONVEYOR) == 0
+        assert await eq.clear_alarm(ALID_CONVEYOR) == 0
+        (occurred,) = collector.events("fault_occurred")
+        (cleared,) = collector.events("fault_cleared")
+        assert occurred["alid"] == ALID_CONVEYOR
+        assert occurred["altx"] == "conveyor jam"
+        assert occurred["alcd"] == 0x85
+        assert occurred["severity"] == "error"
+        assert cleared["fault_occurrence_id"] == occurred["fault_occurrence_id"]
+
+
+@pytest.mark.asyncio
+async def test_unknown_primaries_are_answered_s9f5_or_s9f3() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        assert eq.link is not None
+        with pytest.raises(TransactionRejected, match="S9F5"):
+            await eq.link.request(Message(7, 19))
+        with pytest.raises(TransactionRejected, match="S9F3"):
+            await eq.link.request(Message(99, 1))
+        reply = await eq.link.request(Message(1, 1))
+        assert reply.name == "S1F2"
+
+
+@pytest.mark.asyncio
+async def test_t3_timeout_on_a_silent_peer_ends_the_connection_and_the_adapter_reconnects() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector, t3="300ms"):
+        eq.mute.add((1, 3))
+        await collector.wait_for(lambda c: bool(c.events("connection_lost")))
+        (lost,) = collector.events("connection_lost")
+        assert "T3" in lost["reason"]
+        # the offline records: every status variable bad
+        offline = collector.telemetry()[-1].body["readings"]
+        assert {r["quality"] for r in offline} == {"bad"}
+        eq.mute.clear()
+        await collector.wait_for(lambda c: restored(c, 2))
+        assert eq.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_separate_from_the_equipment_ends_the_connection_and_the_adapter_reconnects() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        await eq.separate()
+        await collector.wait_for(lambda c: restored(c, 2))
+        assert collector.events("connection_lost")[0]["reason"] == "separate from peer"
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_peer_that_stops_answering_linktests_is_dropped() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector, linktest_interval="100ms", t6="300ms"):
+        assert eq.link is not None
+        eq.link.answer_linktest = False
+        await collector.wait_for(lambda c: bool(c.events("connection_lost")))
+        assert "T6" in collector.events("connection_lost")[0]["reason"]
+        await collector.wait_for(lambda c: restored(c, 2))
+
+
+@pytest.mark.asyncio
+async def test_oversized_frame_header_is_refused_before_any_allocation() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector, max_message_bytes="1MiB"):
+        tracemalloc.start()
+        try:
+            # declares a ~4 GB message and then sends nothing more
+            await eq.send_raw(struct.pack(">I", 0xFFFFFFF0) + bytes(10))
+            await collector.wait_for(lambda c: bool(c.events("connection_lost")))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert "exceeds max_message_bytes" in collector.events("connection_lost")[0]["reason"]
+        assert peak < 8 << 20
+        await collector.wait_for(lambda c: restored(c, 2))
+
+
+@pytest.mark.asyncio
+async def test_undecodable_body_is_answered_s9f7_and_the_connection_keeps_working() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        # S6F11 W with a list header that promises 200 items in 2 bytes
+        await eq.send_raw(frame(0, 0x80 | 6, 11, 0, 0xABCDEF, body=b"\x01\xc8\x01\xff"))
+        with anyio.fail_after(3):
+            while not any(m.name == "S9F7" for m in eq.received):
+                await anyio.sleep(0.01)
+        s9f7 = next(m for m in eq.received if m.name == "S9F7")
+        assert s9f7.body is not None
+        assert int.from_bytes(s9f7.body.value[6:10], "big") == 0xABCDEF
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+        assert collector.events("connection_lost") == []
+        assert len(collector.events("unit_inspected")) == 1
+
+
+@pytest.mark.asyncio
+async def test_structurally_wrong_event_report_is_answered_s9f7() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        assert eq.link is not None
+        with pytest.raises(TransactionRejected, match="S9F7"):
+            await eq.link.request(Message(6, 11, L(U4(1))))
+        assert collector.events("connection_lost") == []
+
+
+@pytest.mark.asyncio
+async def test_connect_refused_is_reported_once_and_retried_until_the_equipment_appears() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(eq.serve)
+        tg.cancel_scope.cancel()
+    # nothing listens on `port` now
+    config = aoi_config(port)
+    ctx = context(config, collector)
+    async with anyio.create_task_group() as tg:
+        await tg.start(build(ctx).run, ctx)
+        await collector.wait_for(lambda c: bool(c.events("connection_lost")))
+        await anyio.sleep(0.5)
+        assert len(collector.events("connection_lost")) == 1
+        assert ctx.health.connected is False
+        eq2 = aoi_simulator(port=port)
+        await tg.start(eq2.serve)
+        await collector.wait_for(restored)
+        tg.cancel_scope.cancel()
