@@ -1,0 +1,265 @@
+"""OPC UA adapter against a real asyncua pick-and-place server, up to the emit boundary.
+
+The plain server is shared by the module (asyncua servers take ~1 s to start); tests that stop it or need
+security start their own. Tests that change a shared node put it back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import anyio
+import pytest
+import pytest_asyncio
+from asyncua import ua
+from opcua_server import PnPServer
+
+from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.opcua import OpcUaPoller, OpcUaSubscriber, build
+from emsedge.config import OpcUaEquipment
+from emsedge.errors import AdapterError
+from emsedge.schema import Record, TelemetryMessage, utc_iso
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+NONE = {"policy": "None", "mode": "None"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server() -> AsyncIterator[PnPServer]:
+    srv = PnPServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+def equipment(url: str, signals: list[dict[str, Any]], **kw: Any) -> OpcUaEquipment:
+    connection = {"url": url, "security": NONE, "timeout": "2s", **kw.pop("connection", {})}
+    return OpcUaEquipment.model_validate({
+        "id": "pnp-1", "type": "pick_and_place", "adapter": "opcua", "connection": connection,
+        "publishing_interval": "50ms", "backoff": {"initial": "100ms", "max": "400ms"}, "signals": signals, **kw,
+    })
+
+
+class Collector:
+    """An AdapterContext whose emit collects records."""
+
+    def __init__(self, config: OpcUaEquipment) -> None:
+        self.records: list[Record] = []
+        self.ctx = AdapterContext(config, self._emit)
+
+    async def _emit(self, records: Sequence[Record]) -> None:
+        self.records.extend(records)
+
+    def telemetry(self) -> list[Record]:
+        return [r for r in self.records if r.kind == "telemetry"]
+
+    def readings(self, signal: str) -> list[dict[str, Any]]:
+        return [x for r in self.telemetry() for x in r.body["readings"] if x["signal"] == signal]
+
+    def events(self, type_: str) -> list[Record]:
+        return [r for r in self.records if r.event_type == type_]
+
+    async def wait(self, predicate: Callable[[], bool], timeout: float = 8.0) -> None:
+        with anyio.fail_after(timeout):
+            while not predicate():
+                await anyio.sleep(0.02)
+
+
+PNP_SIGNALS = [
+    {"name": "machine_state", "node": "ns=2;s=PnP.State", "event": "station_state", "map": {1: 1100, 2: 2000}},
+    {"name": "placed_components", "node": "ns=2;s=PnP.Counters.Placed", "sampling_interval": "20ms"},
+    {"name": "boards", "node": "ns=2;s=PnP.Counters.Boards"},
+    {"name": "board_serial", "node": "ns=2;s=PnP.BoardSerial"},
+    {"name": "reel_id", "browse_path": "0:Objects/2:PnP/2:Feeders/2:Feeder1/2:ReelId"},
+    {"name": "head1_vacuum", "browse_path": "0:Objects/2:PnP/2:Heads/2:Head1/2:Vacuum",
+     "deadband": {"type": "absolute", "value": 0.5}, "unit": "kPa"},
+]
+
+
+async def test_subscribe_mode_emits_one_telemetry_record_per_publishing_cycle(server: PnPServer) -> None:
+    c = Collector(equipment(server.url, PNP_SIGNALS))
+    adapter = build(c.ctx)
+    assert isinstance(adapter, OpcUaSubscriber)
+    async with anyio.create_task_group() as tg:
+        await tg.start(adapter.run, c.ctx)
+        await c.wait(lambda: len(c.readings("reel_id")) == 1)
+        initial = c.telemetry()[-1]
+        before = len(c.telemetry())
+        await server.tick()
+        await c.wait(lambda: any(x["value"] == f"SN{server.ticks:04d}" for x in c.readings("board_serial")))
+        await anyio.sleep(0.2)
+        tg.cancel_scope.cancel()
+    assert c.events("connection_restored")
+    assert {x["signal"] for x in initial.body["readings"]} == {s["name"] for s in PNP_SIGNALS}
+    cycle = c.telemetry()[before:]
+    # placed, boards and serial changed in one machine cycle: they travel together, not one record per value
+    assert len(cycle) == 1
+    changed = {x["signal"]: x for x in cycle[0].body["readings"]}
+    assert set(changed) == {"placed_components", "boards", "board_serial"}
+    assert changed["placed_components"]["value"] == server.ticks * 120 and changed["boards"]["quality"] == "good"
+    TelemetryMessage.model_validate({"schema": "emsedge/telemetry@1", "id": "x", "seq": 1, "gateway": "g",
+                                     "equipment": "pnp-1", "equipment_type": "pick_and_place", "ts": cycle[0].ts,
+                                     "readings": cycle[0].body["readings"]})
+
+
+async def test_reading_ts_is_the_source_timestamp_and_server_ts_is_kept_when_different(server: PnPServer) -> None:
+    c = Collector(equipment(server.url, [{"name": "board_serial", "node": "ns=2;s=PnP.BoardSerial"}]))
+    source = dt.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=dt.UTC)
+    async with anyio.create_task_group() as tg:
+        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await c.wait(lambda: len(c.readings("board_serial")) == 1)
+        await server.write("PnP.BoardSerial", "SN-TS", ua.VariantType.String, source_ts=source)
+        await c.wait(lambda: len(c.readings("board_serial")) == 2)
+        tg.cancel_scope.cancel()
+    reading = c.readings("board_serial")[-1]
+    assert reading["value"] == "SN-TS"
+    assert reading["ts"] == "2026-03-04T05:06:07.890Z"
+    assert reading["server_ts"] > reading["ts"]
+
+
+async def test_absolute_deadband_suppresses_changes_smaller_than_the_band(server: PnPServer) -> None:
+    vacuum = [{"name": "head1_vacuum", "node": "ns=2;s=PnP.Heads.Head1.Vacuum",
+               "deadband": {"type": "absolute", "value": 0.5}, "unit": "kPa"},
+              {"name": "boards", "node": "ns=2;s=PnP.Counters.Boards"}]
+    c = Collector(equipment(server.url, vacuum))
+    await server.write("PnP.Heads.Head1.Vacuum", -60.0, ua.VariantType.Double)
+    async with anyio.create_task_group() as tg:
+        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await c.wait(lambda: len(c.readings("head1_vacuum")) == 1)
+        for v in (-60.1, -60.3, -59.9, -59.2, -59.4):
+            await server.write("PnP.Heads.Head1.Vacuum", v, ua.VariantType.Double)
+            await anyio.sleep(0.06)
+        await server.write("PnP.Counters.Boards", 999, ua.VariantType.UInt32)  # a marker after the last change
+        await c.wait(lambda: any(x["value"] == 999 for x in c.readings("boards")))
+        await anyio.sleep(0.1)
+        tg.cancel_scope.cancel()
+    # -59.2 is the first value more than 0.5 from the last reported -60.0; -59.4 is within 0.5 of -59.2
+    assert [x["value"] for x in c.readings("head1_vacuum")] == [-60.0, pytest.approx(-59.2)]
+    assert c.readings("head1_vacuum")[0]["unit"] == "kPa"
+
+
+async def test_status_codes_map_to_quality_and_keep_the_status_name(server: PnPServer) -> None:
+    c = Collector(equipment(server.url, [{"name": "head1_vacuum", "node": "ns=2;s=PnP.Heads.Head1.Vacuum"}]))
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+            await c.wait(lambda: len(c.readings("head1_vacuum")) == 1)
+            await server.write("PnP.Heads.Head1.Vacuum", -61.0, ua.VariantType.Double,
+                               status=ua.StatusCodes.BadSensorFailure)
+            await c.wait(lambda: len(c.readings("head1_vacuum")) == 2)
+            await server.write("PnP.Heads.Head1.Vacuum", -62.0, ua.VariantType.Double,
+                               status=ua.StatusCodes.UncertainLastUsableValue)
+            await c.wait(lambda: len(c.readings("head1_vacuum")) == 3)
+            await server.write("PnP.Heads.Head1.Vacuum", float("nan"), ua.VariantType.Double)
+            await c.wait(lambda: len(c.readings("head1_vacuum")) == 4)
+            tg.cancel_scope.cancel()
+    finally:
+        await server.write("PnP.Heads.Head1.Vacuum", -60.0, ua.VariantType.Double)
+    good, bad, uncertain, nan = c.readings("head1_vacuum")
+    assert good["quality"] == "good" and "status" not in good
+    assert (bad["quality"], bad["status"], bad["value"]) == ("bad", "BadSensorFailure", None)
+    assert (uncertain["quality"], uncertain["status"], uncertain["value"]) == (
+        "uncertain", "UncertainLastUsableValue", -62.0)
+    assert (nan["quality"], nan["value"], nan["status"]) == ("bad", None, "BadOutOfRange")
+
+
+async def test_poll_mode_reads_every_signal_in_chunks_and_converts_variants(server: PnPServer) -> None:
+    signals = [*PNP_SIGNALS,
+               {"name": "state_text", "node": "ns=2;s=PnP.StateText"},
+               {"name": "nozzles", "node": "ns=2;s=PnP.NozzleIds"},
+               {"name": "last_board_at", "node": "ns=2;s=PnP.LastBoardAt"},
+               {"name": "missing", "node": "ns=2;s=PnP.DoesNotExist"}]
+    c = Collector(equipment(server.url, signals, mode="poll", max_nodes_per_read=4))
+    poller = build(c.ctx)
+    assert isinstance(poller, OpcUaPoller)
+    async with poller:
+        assert poller._client is not None
+        reads: list[int] = []
+        real_read = poller._client.uaclient.read
+
+        async def counting_read(params: ua.ReadParameters) -> list[ua.DataValue]:
+            reads.append(len(params.NodesToRead))
+            return await real_read(params)
+
+        poller._client.uaclient.read = counting_read  # type: ignore[method-assign]
+        records = await poller.poll()
+    assert reads == [4, 4, 2]
+    assert len(records) == 1
+    values = {x["signal"]: x for x in records[0].body["readings"]}
+    assert [x["signal"] for x in records[0].body["readings"]] == [s["name"] for s in signals]
+    assert values["state_text"]["value"] == "Running"
+    assert values["nozzles"]["value"] == [11, 12, 13]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", values["last_board_at"]["value"])
+    assert values["reel_id"]["value"] == "REEL-0001"
+    assert (values["missing"]["quality"], values["missing"]["status"]) == ("bad", "BadNodeIdUnknown")
+    offline = poller.offline_records("gone")[0].body["readings"]
+    assert {x["quality"] for x in offline} == {"bad"} and len(offline) == len(signals)
+
+
+async def test_a_browse_path_that_does_not_exist_is_a_permanent_error_naming_the_signal(server: PnPServer) -> None:
+    signals = [{"name": "board_serial", "node": "ns=2;s=PnP.BoardSerial"},
+               {"name": "head2_vacuum", "browse_path": "0:Objects/2:PnP/2:Heads/2:Head2/2:Vacuum"}]
+    c = Collector(equipment(server.url, signals, mode="poll"))
+    with pytest.raises(AdapterError) as err:
+        async with build(c.ctx):  # type: ignore[union-attr]
+            pass
+    assert not err.value.transient
+    assert "head2_vacuum" in str(err.value) and "0:Objects/2:PnP/2:Heads/2:Head2/2:Vacuum" in str(err.value)
+    assert c.ctx.health.disabled
+
+    c = Collector(equipment(server.url, signals))
+    async with anyio.create_task_group() as tg:
+        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await c.wait(lambda: bool(c.events("connection_lost")))
+        tg.cancel_scope.cancel()
+    assert "head2_vacuum" in c.events("connection_lost")[0].body["event"]["reason"]
+    assert c.ctx.health.disabled and not c.telemetry()[0].body["readings"][0]["value"]
+
+
+async def test_server_restart_gives_connection_events_and_a_recreated_subscription() -> None:
+    srv = PnPServer()
+    await srv.start()
+    c = Collector(equipment(srv.url, PNP_SIGNALS[:4]))
+    adapter = build(c.ctx)
+    assert isinstance(adapter, OpcUaSubscriber)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(adapter.run, c.ctx)
+            await c.wait(lambda: bool(c.events("connection_restored")) and bool(c.readings("board_serial")))
+            await srv.stop()
+            await c.wait(lambda: bool(c.events("connection_lost")))
+            bad = c.telemetry()[-1].body["readings"]
+            assert {x["quality"] for x in bad} == {"bad"} and {x["status"] for x in bad} == {"BadNotConnected"}
+            await anyio.sleep(0.5)  # a few failed reconnects while it is down: still one connection_lost
+            await srv.start()
+            await c.wait(lambda: len(c.events("connection_restored")) == 2)
+            srv.ticks = 40
+            await srv.tick()
+            await c.wait(lambda: any(x["value"] == "SN0041" for x in c.readings("board_serial")))
+            tg.cancel_scope.cancel()
+    finally:
+        await srv.stop()
+    assert len(c.events("connection_lost")) == 1
+    assert adapter.subscription_count == 2
+    assert c.ctx.health.connected and c.ctx.health.reconnects == 1
+
+
+async def test_a_dead_server_address_never_hangs_and_reports_cannot_connect() -> None:
+    from support import free_port
+
+    c = Collector(equipment(f"opc.tcp://127.0.0.1:{free_port()}", PNP_SIGNALS[:1]))
+    async with anyio.create_task_group() as tg:
+        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await c.wait(lambda: bool(c.events("connection_lost")), timeout=5)
+        await anyio.sleep(0.5)
+        tg.cancel_scope.cancel()
+    assert len(c.events("connection_lost")) == 1 and not c.ctx.health.disabled
+    assert c.telemetry()[0].body["readings"][0]["quality"] == "bad"
+
+
+async def test_utc_iso_helper_matches_opc_ua_datetimes() -> None:
+    assert utc_iso(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)) == "2026-01-01T00:00:00.000Z"
