@@ -46,9 +46,12 @@ class Collector:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self._changed = anyio.Event()
 
     async def emit(self, records: Sequence[Record]) -> None:
         self.records.extend(records)
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def events(self, type_: str) -> list[dict[str, Any]]:
         return [r.body["event"] for r in self.records if r.event_type == type_]
@@ -56,10 +59,10 @@ class Collector:
     def telemetry(self) -> list[Record]:
         return [r for r in self.records if r.kind == "telemetry"]
 
-    async def wait_for(self, predicate: Callable[[Collector], bool], timeout: float = 5.0) -> None:
-        with anyio.fail_after(timeout):
+    async def wait_for(self, predicate: Callable[[Collector], bool], within: float = 5.0) -> None:
+        with anyio.fail_after(within):
             while not predicate(self):
-                await anyio.sleep(0.01)
+                await self._changed.wait()
 
 
 def context(config: HsmsEquipment, collector: Collector) -> AdapterContext:

@@ -28,7 +28,7 @@ from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.hsms import build
 from emsedge.adapters.hsms.connection import Message, TransactionRejected, frame
 from emsedge.adapters.hsms.equipment import GemEquipment
-from emsedge.adapters.hsms.secs2 import L, U4
+from emsedge.adapters.hsms.secs2 import U4, L
 from emsedge.config import HsmsEquipment
 from emsedge.schema import EventMessage, Record, TelemetryMessage, encode
 
@@ -65,7 +65,7 @@ async def test_host_defines_links_and_enables_reports_and_alarms_after_establish
 @pytest.mark.asyncio
 async def test_status_variables_are_polled_into_one_telemetry_record_per_poll() -> None:
     eq, collector = aoi_simulator(), Collector()
-    async with running(eq, collector) as (config, _):
+    async with running(eq, collector) as _:
         await collector.wait_for(lambda c: len(c.telemetry()) >= 2)
         record = collector.telemetry()[0]
         readings = {r["signal"]: r for r in record.body["readings"]}
@@ -237,7 +237,7 @@ async def test_undecodable_body_is_answered_s9f7_and_the_connection_keeps_workin
         # S6F11 W with a list header that promises 200 items in 2 bytes
         await eq.send_raw(frame(0, 0x80 | 6, 11, 0, 0xABCDEF, body=b"\x01\xc8\x01\xff"))
         with anyio.fail_after(3):
-            while not any(m.name == "S9F7" for m in eq.received):
+            while not any(m.name == "S9F7" for m in eq.received):  # noqa: ASYNC110 - a plain list
                 await anyio.sleep(0.01)
         s9f7 = next(m for m in eq.received if m.name == "S9F7")
         assert s9f7.body is not None
