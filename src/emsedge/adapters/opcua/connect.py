@@ -142,9 +142,13 @@ async def connect(conn: OpcUaConnection, *, watchdog: float | None = None) -> tu
                     )
                 try:
                     own = load_cert(conn.certificate)
-                    key_bytes = conn.private_key.read_bytes()
-                except (OSError, ValueError) as exc:
-                    raise _permanent(f"cannot load client certificate or key: {exc}") from None
+                    key_data = conn.private_key.read_bytes()
+                    if b"-----BEGIN" in key_data:
+                        serialization.load_pem_private_key(key_data, None)
+                    else:
+                        serialization.load_der_private_key(key_data, None)
+                except (OSError, ValueError, TypeError) as exc:
+                    raise _permanent(f"cannot load client certificate or private key: {exc}") from None
                 client.application_uri = conn.application_uri or application_uri_of(own) or DEFAULT_APPLICATION_URI
                 endpoints = await client.connect_and_get_server_endpoints()
                 wanted = _POLICIES[policy].URI
@@ -165,7 +169,7 @@ async def connect(conn: OpcUaConnection, *, watchdog: float | None = None) -> tu
                 check_server_certificate(conn, server_der)
                 checked = conn.server_certificate is not None or conn.trust_dir is not None
                 await client.set_security(
-                    _POLICIES[policy], cert_der(own), key_bytes, None, server_der, ua_mode
+                    _POLICIES[policy], str(conn.certificate), str(conn.private_key), None, server_der, ua_mode
                 )
             elif conn.application_uri:
                 client.application_uri = conn.application_uri
