@@ -29,6 +29,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -58,7 +59,15 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    # The JSON Schema (emsedge config-schema) must accept what the YAML accepts: 500ms, 1s, 2m, or a number.
+    WithJsonSchema({"anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$", "examples": ["500ms", "1s", "2m"]},
+    ]}),
+]
 """Seconds; written in YAML as 500ms, 1s, 2m, 1h or a number of seconds."""
 
 
