@@ -26,6 +26,12 @@ Invariants:
 * Events follow the telemetry record that caused them, in the order the changes were seen, and carry
   that reading's timestamp.
 
+Fault signals: a trigger with `emit: fault_occurred` follows an alarm bit or alarm code. A change to a
+truthy value emits `fault_occurred` with a new `fault_occurrence_id` and `fault_code` (from `fields`, else
+the value for a code, else the signal name for a bit); a change away from it emits `fault_cleared` with
+the same id (and, for a code changing to another code, a new `fault_occurred`). Use `skip_initial: false`
+so a fault already active when the gateway starts is reported.
+
 Event body (docs/mqtt-contract.md): `{type: <emit>, serial, trigger: <signal>, value, previous,
 values: {name: {value, unit}}, **fields}`. `values` holds the latest good value of each `include`
 signal; when none has been seen or the latest reading is not good, its value is null and it carries
@@ -34,14 +40,15 @@ signal; when none has been seen or the latest reading is not good, its value is 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from emsedge.config import EquipmentBase, SignalCommon, Trigger
-from emsedge.schema import Quality, Record, event
+from emsedge.schema import EventType, Quality, Record, event
 
-_RESERVED = ("type", "serial", "trigger", "value", "previous", "values")
+_RESERVED = ("type", "serial", "trigger", "value", "previous", "values", "fault_occurrence_id")
 _UNSET: Any = object()
 
 
@@ -76,6 +83,7 @@ class TriggerEngine:
         # Previous good value of each trigger's on_change signal, per trigger (index).
         self._previous: list[Any] = [_UNSET] * len(self.triggers)
         self._watched = {t.on_change for t in self.triggers}
+        self._faults: dict[int, tuple[str, Any]] = {}  # trigger index -> (fault_occurrence_id, fault_code)
 
     def process(self, records: Sequence[Record]) -> list[Record]:
         """Events caused by `records` (which are not modified), in order. Empty when nothing fired."""
@@ -104,25 +112,43 @@ class TriggerEngine:
                 r = changed.get(trig.on_change)
                 if r is None:
                     continue
-                ev = self._check(i, trig, r, record)
-                if ev is not None:
-                    out.append(ev)
+                out.extend(self._check(i, trig, r, record))
         return out
 
-    def _check(self, i: int, trig: Trigger, r: dict[str, Any], record: Record) -> Record | None:
+    def _check(self, i: int, trig: Trigger, r: dict[str, Any], record: Record) -> list[Record]:
         value = _clean(r["value"])
         previous = self._previous[i]
         self._previous[i] = value
         if previous is _UNSET:
             if trig.skip_initial:
-                return None
+                return []
         elif previous == value:
-            return None
+            return []
+        ts = r.get("ts") or record.ts
+        before = None if previous is _UNSET else previous
+        if trig.emit == "fault_occurred":
+            return self._fault(i, trig, value, before, ts)
         if isinstance(value, str) and not value:
-            return None  # a cleared serial register ("no board") is not a board
-        return self._event(trig, value, None if previous is _UNSET else previous, r.get("ts") or record.ts)
+            return []  # a cleared serial register ("no board") is not a board
+        return [self._event(trig, trig.emit, value, before, ts)]
 
-    def _event(self, trig: Trigger, value: Any, previous: Any, ts: str) -> Record:
+    def _fault(self, i: int, trig: Trigger, value: Any, previous: Any, ts: str) -> list[Record]:
+        """A fault signal: a truthy value is an active fault (its value identifies it), falsy is none."""
+        out: list[Record] = []
+        active = self._faults.pop(i, None)
+        if active is not None:
+            occurrence, code = active
+            out.append(self._event(trig, EventType.FAULT_CLEARED, value, previous, ts,
+                                   fault_occurrence_id=occurrence, fault_code=code))
+        if value:
+            code = trig.fields.get("fault_code", trig.on_change if isinstance(value, bool) else value)
+            occurrence = str(uuid.uuid4())
+            self._faults[i] = (occurrence, code)
+            out.append(self._event(trig, EventType.FAULT_OCCURRED, value, previous, ts,
+                                   fault_occurrence_id=occurrence, fault_code=code))
+        return out
+
+    def _event(self, trig: Trigger, emit: str, value: Any, previous: Any, ts: str, **extra: Any) -> Record:
         values: dict[str, dict[str, Any]] = {}
         for name in trig.include:
             latest = self._latest.get(name)
@@ -138,5 +164,6 @@ class TriggerEngine:
             latest = self._latest.get(trig.serial)
             serial = _clean(latest.value) if latest is not None and latest.good else None
         body: dict[str, Any] = {k: v for k, v in trig.fields.items() if k not in _RESERVED}
+        body.update(extra)
         body.update(serial=serial, trigger=trig.on_change, value=value, previous=previous, values=values)
-        return event(self.equipment.id, self.equipment.type, trig.emit, ts, **body)
+        return event(self.equipment.id, self.equipment.type, emit, ts, **body)

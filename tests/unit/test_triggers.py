@@ -195,3 +195,64 @@ def test_two_triggers_on_different_signals_fire_independently() -> None:
     assert first[0]["slots"] == {"1": {"ref_designators": ["R1", "R2"]}}
     second = _events(engine, poll("B", True))
     assert [(e["type"], e["serial"], e["value"]) for e in second] == [("components_placed", "B", True)]
+
+
+def _alarm_equipment(skip_initial: bool = False) -> ModbusEquipment:
+    return ModbusEquipment.model_validate(
+        {
+            "id": "reflow-1",
+            "type": "reflow_oven",
+            "adapter": "modbus",
+            "connection": {"host": "127.0.0.1"},
+            "signals": [
+                {"name": "alarm_conveyor_stopped", "table": "holding", "address": 0, "type": "bool", "bit": 2},
+                {"name": "alarm_code", "table": "holding", "address": 1},
+            ],
+            "triggers": [
+                {"on_change": "alarm_conveyor_stopped", "emit": "fault_occurred", "skip_initial": skip_initial,
+                 "fields": {"fault_code": "REFLOW-CONVEYOR", "text": "Conveyor stopped", "severity": "error"}},
+                {"on_change": "alarm_code", "emit": "fault_occurred", "skip_initial": skip_initial},
+            ],
+        }
+    )
+
+
+def _alarms(bit: bool, code: int) -> Record:
+    ts = "2026-11-24T20:00:00.000Z"
+    return telemetry("reflow-1", "reflow_oven", [reading("alarm_conveyor_stopped", bit, ts=ts),
+                                                 reading("alarm_code", code, ts=ts)], ts)
+
+
+def test_alarm_bit_trigger_emits_fault_occurred_then_fault_cleared_with_the_same_occurrence_id() -> None:
+    engine = TriggerEngine(_alarm_equipment())
+    assert _events(engine, _alarms(False, 0)) == []  # no fault at start: nothing to report
+    (occurred,) = _events(engine, _alarms(True, 0))
+    assert occurred["type"] == "fault_occurred"
+    assert (occurred["fault_code"], occurred["text"], occurred["severity"]) == (
+        "REFLOW-CONVEYOR", "Conveyor stopped", "error")
+    assert _events(engine, _alarms(True, 0)) == []
+    (cleared,) = _events(engine, _alarms(False, 0))
+    assert cleared["type"] == "fault_cleared"
+    assert cleared["fault_occurrence_id"] == occurred["fault_occurrence_id"]
+    (again,) = _events(engine, _alarms(True, 0))
+    assert again["fault_occurrence_id"] != occurred["fault_occurrence_id"]
+
+
+def test_alarm_code_changing_to_another_code_clears_the_first_fault_and_raises_the_second() -> None:
+    engine = TriggerEngine(_alarm_equipment())
+    (first,) = _events(engine, _alarms(False, 3))  # skip_initial false: active at start is reported
+    assert (first["type"], first["fault_code"]) == ("fault_occurred", 3)
+    cleared, second = _events(engine, _alarms(False, 5))
+    assert (cleared["type"], cleared["fault_code"]) == ("fault_cleared", 3)
+    assert cleared["fault_occurrence_id"] == first["fault_occurrence_id"]
+    assert (second["type"], second["fault_code"]) == ("fault_occurred", 5)
+    (last,) = _events(engine, _alarms(False, 0))
+    assert (last["type"], last["fault_occurrence_id"]) == ("fault_cleared", second["fault_occurrence_id"])
+
+
+def test_fault_active_at_start_is_not_reported_when_skip_initial_is_true() -> None:
+    engine = TriggerEngine(_alarm_equipment(skip_initial=True))
+    assert _events(engine, _alarms(True, 4)) == []
+    # It was never reported, so its end is not reported either; the next one is.
+    assert _events(engine, _alarms(False, 0)) == []
+    assert [e["type"] for e in _events(engine, _alarms(True, 0))] == ["fault_occurred"]
