@@ -78,6 +78,7 @@ class PnPServer:
         ns = await server.register_namespace(NS_URI)
         objects = server.nodes.objects
         pnp = await objects.add_object(ua.NodeId("PnP", ns), ua.QualifiedName("PnP", ns))
+        self.nodes["PnP"] = pnp
 
         async def var(parent: Node, key: str, name: str, value: Any, vtype: ua.VariantType) -> Node:
             node = await parent.add_variable(ua.NodeId(key, ns), ua.QualifiedName(name, ns), ua.Variant(value, vtype))

@@ -263,3 +263,28 @@ async def test_a_dead_server_address_never_hangs_and_reports_cannot_connect() ->
 
 async def test_utc_iso_helper_matches_opc_ua_datetimes() -> None:
     assert utc_iso(dt.datetime(2026, 1, 1, tzinfo=dt.UTC)) == "2026-01-01T00:00:00.000Z"
+
+
+async def test_alarms_and_conditions_become_linked_fault_occurred_and_fault_cleared(server: PnPServer) -> None:
+    assert server.server is not None
+    c = Collector(equipment(server.url, PNP_SIGNALS[:1], events=[{"node": "ns=2;s=PnP", "name": "pnp-alarms"}]))
+    gen = await server.server.get_event_generator(ua.ObjectIds.AlarmConditionType, server.nodes["PnP"].nodeid)
+    gen.event.ConditionName = "E1042"
+    gen.event.Message = ua.LocalizedText("Vacuum low on head 1")
+    gen.event.Severity = 700
+    async with anyio.create_task_group() as tg:
+        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await c.wait(lambda: bool(c.events("connection_restored")))
+        await anyio.sleep(0.1)
+        for active in (True, True, False):  # the second True is a re-notification (e.g. an acknowledge)
+            setattr(gen.event, "ActiveState/Id", active)
+            await gen.trigger()
+            await anyio.sleep(0.1)
+        await c.wait(lambda: bool(c.events("fault_cleared")))
+        tg.cancel_scope.cancel()
+    occurred, cleared = c.events("fault_occurred"), c.events("fault_cleared")
+    assert len(occurred) == 1 and len(cleared) == 1
+    fault = occurred[0].body["event"]
+    assert (fault["fault_code"], fault["message"], fault["severity"]) == ("E1042", "Vacuum low on head 1", 700)
+    assert fault["fault_occurrence_id"] == cleared[0].body["event"]["fault_occurrence_id"]
+    assert re.fullmatch(r"\d{4}-.*Z", occurred[0].ts)

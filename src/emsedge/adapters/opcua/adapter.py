@@ -169,7 +169,9 @@ class OpcUaSubscriber(_Base):
             raise AdapterError("cannot monitor " + "; ".join(problems), transient=False)
         for source in cfg.events:
             try:
-                await sub.subscribe_events(ua.NodeId.from_string(source.node), ua.ObjectIds.BaseEventType)
+                await sub.subscribe_events(
+                    ua.NodeId.from_string(source.node), [ua.ObjectIds.ConditionType, ua.ObjectIds.AlarmConditionType]
+                )
             except ua.UaStatusCodeError as exc:
                 raise AdapterError(
                     f"cannot subscribe to events {source.name!r} at {source.node}: {classify(exc)}", transient=False
