@@ -105,7 +105,8 @@ class PnPServer:
             self.bulk_nodes = []
             for i in range(self.bulk):
                 self.bulk_nodes.append(await bulk.add_variable(
-                    ua.NodeId(f"PnP.Bulk.{i}", ns), ua.QualifiedName(f"Item{i:05d}", ns), ua.Variant(0.0, ua.VariantType.Double)))
+                    ua.NodeId(f"PnP.Bulk.{i}", ns), ua.QualifiedName(f"Item{i:05d}", ns),
+                    ua.Variant(0.0, ua.VariantType.Double)))
         self.server = server
         await server.start()
 

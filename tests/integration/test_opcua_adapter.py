@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from asyncua import ua
 from opcua_server import PnPServer
+from support import free_port
 
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.opcua import OpcUaPoller, OpcUaSubscriber, build
@@ -63,9 +64,9 @@ class Collector:
     def events(self, type_: str) -> list[Record]:
         return [r for r in self.records if r.event_type == type_]
 
-    async def wait(self, predicate: Callable[[], bool], timeout: float = 8.0) -> None:
-        with anyio.fail_after(timeout):
-            while not predicate():
+    async def wait(self, predicate: Callable[[], bool], limit: float = 8.0) -> None:
+        with anyio.fail_after(limit):
+            while not predicate():  # noqa: ASYNC110 - polls what emit collected; no event to wait on
                 await anyio.sleep(0.02)
 
 
@@ -100,7 +101,8 @@ async def test_subscribe_mode_emits_one_telemetry_record_per_publishing_cycle(se
     assert len(cycle) == 1
     changed = {x["signal"]: x for x in cycle[0].body["readings"]}
     assert set(changed) == {"placed_components", "boards", "board_serial"}
-    assert changed["placed_components"]["value"] == server.ticks * 120 and changed["boards"]["quality"] == "good"
+    assert changed["placed_components"]["value"] == server.ticks * 120
+    assert changed["boards"]["quality"] == "good"
     TelemetryMessage.model_validate({"schema": "emsedge/telemetry@1", "id": "x", "seq": 1, "gateway": "g",
                                      "equipment": "pnp-1", "equipment_type": "pick_and_place", "ts": cycle[0].ts,
                                      "readings": cycle[0].body["readings"]})
@@ -160,7 +162,8 @@ async def test_status_codes_map_to_quality_and_keep_the_status_name(server: PnPS
     finally:
         await server.write("PnP.Heads.Head1.Vacuum", -60.0, ua.VariantType.Double)
     good, bad, uncertain, nan = c.readings("head1_vacuum")
-    assert good["quality"] == "good" and "status" not in good
+    assert good["quality"] == "good"
+    assert "status" not in good
     assert (bad["quality"], bad["status"], bad["value"]) == ("bad", "BadSensorFailure", None)
     assert (uncertain["quality"], uncertain["status"], uncertain["value"]) == (
         "uncertain", "UncertainLastUsableValue", -62.0)
@@ -197,7 +200,8 @@ async def test_poll_mode_reads_every_signal_in_chunks_and_converts_variants(serv
     assert values["reel_id"]["value"] == "REEL-0001"
     assert (values["missing"]["quality"], values["missing"]["status"]) == ("bad", "BadNodeIdUnknown")
     offline = poller.offline_records("gone")[0].body["readings"]
-    assert {x["quality"] for x in offline} == {"bad"} and len(offline) == len(signals)
+    assert {x["quality"] for x in offline} == {"bad"}
+    assert len(offline) == len(signals)
 
 
 async def test_a_browse_path_that_does_not_exist_is_a_permanent_error_naming_the_signal(server: PnPServer) -> None:
@@ -208,7 +212,8 @@ async def test_a_browse_path_that_does_not_exist_is_a_permanent_error_naming_the
         async with build(c.ctx):  # type: ignore[union-attr]
             pass
     assert not err.value.transient
-    assert "head2_vacuum" in str(err.value) and "0:Objects/2:PnP/2:Heads/2:Head2/2:Vacuum" in str(err.value)
+    assert "head2_vacuum" in str(err.value)
+    assert "0:Objects/2:PnP/2:Heads/2:Head2/2:Vacuum" in str(err.value)
     assert c.ctx.health.disabled
 
     c = Collector(equipment(server.url, signals))
@@ -217,7 +222,8 @@ async def test_a_browse_path_that_does_not_exist_is_a_permanent_error_naming_the
         await c.wait(lambda: bool(c.events("connection_lost")))
         tg.cancel_scope.cancel()
     assert "head2_vacuum" in c.events("connection_lost")[0].body["event"]["reason"]
-    assert c.ctx.health.disabled and not c.telemetry()[0].body["readings"][0]["value"]
+    assert c.ctx.health.disabled
+    assert not c.telemetry()[0].body["readings"][0]["value"]
 
 
 async def test_server_restart_gives_connection_events_and_a_recreated_subscription() -> None:
@@ -233,7 +239,8 @@ async def test_server_restart_gives_connection_events_and_a_recreated_subscripti
             await srv.stop()
             await c.wait(lambda: bool(c.events("connection_lost")))
             bad = c.telemetry()[-1].body["readings"]
-            assert {x["quality"] for x in bad} == {"bad"} and {x["status"] for x in bad} == {"BadNotConnected"}
+            assert {x["quality"] for x in bad} == {"bad"}
+            assert {x["status"] for x in bad} == {"BadNotConnected"}
             await anyio.sleep(0.5)  # a few failed reconnects while it is down: still one connection_lost
             await srv.start()
             await c.wait(lambda: len(c.events("connection_restored")) == 2)
@@ -245,19 +252,19 @@ async def test_server_restart_gives_connection_events_and_a_recreated_subscripti
         await srv.stop()
     assert len(c.events("connection_lost")) == 1
     assert adapter.subscription_count == 2
-    assert c.ctx.health.connected and c.ctx.health.reconnects == 1
+    assert c.ctx.health.connected
+    assert c.ctx.health.reconnects == 1
 
 
 async def test_a_dead_server_address_never_hangs_and_reports_cannot_connect() -> None:
-    from support import free_port
-
     c = Collector(equipment(f"opc.tcp://127.0.0.1:{free_port()}", PNP_SIGNALS[:1]))
     async with anyio.create_task_group() as tg:
         await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
-        await c.wait(lambda: bool(c.events("connection_lost")), timeout=5)
+        await c.wait(lambda: bool(c.events("connection_lost")), limit=5)
         await anyio.sleep(0.5)
         tg.cancel_scope.cancel()
-    assert len(c.events("connection_lost")) == 1 and not c.ctx.health.disabled
+    assert len(c.events("connection_lost")) == 1
+    assert not c.ctx.health.disabled
     assert c.telemetry()[0].body["readings"][0]["quality"] == "bad"
 
 
@@ -283,7 +290,8 @@ async def test_alarms_and_conditions_become_linked_fault_occurred_and_fault_clea
         await c.wait(lambda: bool(c.events("fault_cleared")))
         tg.cancel_scope.cancel()
     occurred, cleared = c.events("fault_occurred"), c.events("fault_cleared")
-    assert len(occurred) == 1 and len(cleared) == 1
+    assert len(occurred) == 1
+    assert len(cleared) == 1
     fault = occurred[0].body["event"]
     assert (fault["fault_code"], fault["message"], fault["severity"]) == ("E1042", "Vacuum low on head 1", 700)
     assert fault["fault_occurrence_id"] == cleared[0].body["event"]["fault_occurrence_id"]

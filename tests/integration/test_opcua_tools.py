@@ -10,6 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from opcua_server import PnPServer
+from support import free_port
 
 from emsedge.adapters.opcua import main_browse, main_gen_cert
 
@@ -29,7 +30,9 @@ async def test_browse_prints_the_tree_with_node_ids_browse_paths_types_and_value
     lines = out.splitlines()
     assert lines[0].startswith("Objects  i=85  0:Objects")
     vacuum = next(line for line in lines if "Vacuum" in line)
-    assert vacuum == "        Vacuum  ns=2;s=PnP.Heads.Head1.Vacuum  0:Objects/2:PnP/2:Heads/2:Head1/2:Vacuum  Double = -60.0"
+    assert vacuum == (
+        "        Vacuum  ns=2;s=PnP.Heads.Head1.Vacuum  0:Objects/2:PnP/2:Heads/2:Head1/2:Vacuum  Double = -60.0"
+    )
     assert "  PnP  ns=2;s=PnP  0:Objects/2:PnP" in lines
     assert any(line.strip().startswith("NozzleIds") and line.endswith("Int32 = [11, 12, 13]") for line in lines)
     assert any(line.strip().startswith("StateText") and line.endswith('LocalizedText = "Running"') for line in lines)
@@ -38,8 +41,6 @@ async def test_browse_prints_the_tree_with_node_ids_browse_paths_types_and_value
 
 @pytest.mark.asyncio
 async def test_browse_of_a_dead_endpoint_fails_with_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
-    from support import free_port
-
     url = f"opc.tcp://127.0.0.1:{free_port()}"
     code = await anyio.to_thread.run_sync(main_browse, [url, "--security", "None", "--timeout", "1"])
     err = capsys.readouterr().err
@@ -57,7 +58,9 @@ def test_opcua_cert_writes_a_self_signed_certificate_with_the_application_uri(tm
     assert san.get_values_for_type(x509.DNSName) == ["gw7.local"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
     usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert usage.digital_signature and usage.key_encipherment and usage.data_encipherment
+    assert usage.digital_signature
+    assert usage.key_encipherment
+    assert usage.data_encipherment
     assert cert.issuer == cert.subject
     key_path = tmp_path / "client-key.pem"
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600

@@ -32,9 +32,12 @@ from typing import Any, Self
 
 import anyio
 from anyio.abc import TaskStatus
-from asyncua import Client, ua
-from asyncua.common.subscription import DataChangeEvent, OpcEvent, StatusChangeEvent, Subscription
-from asyncua.common.subscription import OverflowPolicy
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.subscription import DataChangeEvent, OpcEvent, OverflowPolicy, StatusChangeEvent, Subscription
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.opcua.connect import ResolvedSignal, classify, connect, disconnect, resolve
@@ -102,7 +105,7 @@ class OpcUaSubscriber(_Base):
                 err = AdapterError(reason[0] if reason else "subscription ended")
             except AdapterError as exc:
                 err = exc
-            except (OSError, TimeoutError, ConnectionError, ua.UaError, asyncio.TimeoutError) as exc:
+            except (OSError, TimeoutError, ConnectionError, UaError) as exc:
                 err = classify(exc)
             if self.ctx.health.connected:
                 delays = ctx.backoff()  # a session that worked resets the backoff
@@ -170,9 +173,9 @@ class OpcUaSubscriber(_Base):
         for source in cfg.events:
             try:
                 await sub.subscribe_events(
-                    ua.NodeId.from_string(source.node), [ua.ObjectIds.ConditionType, ua.ObjectIds.AlarmConditionType]
+                    ua.NodeId.from_string(source.node), [ObjectIds.ConditionType, ObjectIds.AlarmConditionType]
                 )
-            except ua.UaStatusCodeError as exc:
+            except UaStatusCodeError as exc:
                 raise AdapterError(
                     f"cannot subscribe to events {source.name!r} at {source.node}: {classify(exc)}", transient=False
                 ) from None
@@ -274,7 +277,7 @@ def _item_request(r: ResolvedSignal, handle: int) -> ua.MonitoredItemCreateReque
     s = r.signal
     rv = ua.ReadValueId()
     rv.NodeId = r.node_id
-    rv.AttributeId = ua.AttributeIds.Value
+    rv.AttributeId = AttributeIds.Value
     mparams = ua.MonitoringParameters()
     mparams.ClientHandle = handle
     mparams.SamplingInterval = float(s.sampling_interval) * 1000 if s.sampling_interval is not None else -1.0
@@ -349,7 +352,7 @@ class OpcUaPoller(_Base):
                 for r in chunk:
                     rv = ua.ReadValueId()
                     rv.NodeId = r.node_id
-                    rv.AttributeId = ua.AttributeIds.Value
+                    rv.AttributeId = AttributeIds.Value
                     params.NodesToRead.append(rv)
                 with anyio.fail_after(timeout):
                     results = await client.uaclient.read(params)

@@ -16,12 +16,17 @@ configuration problems (untrusted certificate, missing policy, unreadable key) t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+
 import anyio
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
 from asyncua.crypto import security_policies
+from asyncua.ua.object_ids import ObjectIds
+from asyncua.ua.uaerrors import UaStatusCodeError, UaStringParsingError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -80,7 +85,7 @@ def _trusted_by_dir(cert: x509.Certificate, trust_dir: Path) -> bool:
         if trusted.subject == cert.issuer and trusted.subject != cert.subject:
             try:
                 cert.verify_directly_issued_by(trusted)
-            except (ValueError, TypeError, Exception):  # noqa: BLE001 - any failure means "not issued by"
+            except (ValueError, TypeError, Exception):
                 continue
             return True
     return False
@@ -200,11 +205,8 @@ def _first_certificate(der: bytes | None) -> bytes:
 
 
 async def _quiet_disconnect(client: Client) -> None:
-    with anyio.move_on_after(2, shield=True):
-        try:
-            await client.disconnect()
-        except Exception:  # noqa: BLE001 - best effort on an already failing connection
-            pass
+    with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
+        await client.disconnect()  # best effort: the connection may already be gone
 
 
 async def disconnect(client: Client) -> None:
@@ -215,7 +217,7 @@ def classify(exc: BaseException) -> AdapterError:
     """Map a library exception to an AdapterError with the right transient flag and a clear message."""
     if isinstance(exc, AdapterError):
         return exc
-    if isinstance(exc, ua.UaStatusCodeError):
+    if isinstance(exc, UaStatusCodeError):
         name = ua.StatusCode(exc.code).name
         permanent = name in {
             "BadCertificateUntrusted", "BadCertificateInvalid", "BadSecurityChecksFailed",
@@ -236,7 +238,7 @@ class ResolvedSignal:
     node_id: ua.NodeId
 
 
-async def resolve(client: Client, signals: list[OpcUaSignal], timeout: float) -> list[ResolvedSignal]:
+async def resolve(client: Client, signals: list[OpcUaSignal], deadline_s: float) -> list[ResolvedSignal]:
     """NodeIds for every signal: parse `node`, translate every `browse_path` in one service call.
 
     Raises a permanent AdapterError naming each signal whose node id does not parse or whose browse path
@@ -250,19 +252,20 @@ async def resolve(client: Client, signals: list[OpcUaSignal], timeout: float) ->
         if s.node is not None:
             try:
                 resolved.append(ResolvedSignal(s, ua.NodeId.from_string(s.node)))
-            except (ValueError, ua.UaStringParsingError) as exc:
+            except (ValueError, UaStringParsingError) as exc:
                 problems.append(f"signal {s.name!r}: node {s.node!r} is not a NodeId ({exc})")
                 resolved.append(None)
             continue
         assert s.browse_path is not None
         try:
             paths.append((i, s, ua.RelativePath.from_string("/" + s.browse_path.lstrip("/"))))
-        except (ValueError, ua.UaStringParsingError) as exc:
+        except (ValueError, UaStringParsingError) as exc:
             problems.append(f"signal {s.name!r}: browse_path {s.browse_path!r} does not parse ({exc})")
         resolved.append(None)
     if paths:
-        with anyio.fail_after(timeout):
-            results = await client.translate_browsepaths(ua.NodeId(ua.ObjectIds.RootFolder), [p for _, _, p in paths])
+        root = ua.NodeId(ua.Int32(ObjectIds.RootFolder))
+        with anyio.fail_after(deadline_s):
+            results = await client.translate_browsepaths(root, [p for _, _, p in paths])
         for (i, s, _), result in zip(paths, results, strict=True):
             if not result.StatusCode.is_good() or not result.Targets:
                 problems.append(

@@ -24,12 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from asyncua import Client, ua
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIdNames, ObjectIds
+from asyncua.ua.uaerrors import UaError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from emsedge.adapters.opcua.connect import connect, disconnect
 from emsedge.adapters.opcua.convert import quality_of, status_name, to_json
@@ -149,8 +153,8 @@ class BrowseEntry:
         return text
 
 
-async def browse_tree(client: Client, start: ua.NodeId, start_path: str, depth: int, max_nodes: int,
-                      include_server: bool, timeout: float) -> tuple[list[BrowseEntry], bool]:
+async def browse_tree(client: Client, start: ua.NodeId, start_path: str, *, depth: int, max_nodes: int,
+                      include_server: bool, deadline_s: float) -> tuple[list[BrowseEntry], bool]:
     """Depth-first walk over hierarchical references; values and data types read in bulk afterwards."""
     entries: list[BrowseEntry] = []
     truncated = False
@@ -159,11 +163,11 @@ async def browse_tree(client: Client, start: ua.NodeId, start_path: str, depth: 
         nonlocal truncated
         if level > depth or truncated:
             return
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(deadline_s):
             refs = await client.get_node(node_id).get_children_descriptions()
         for ref in refs:
             child = ua.NodeId(ref.NodeId.Identifier, ref.NodeId.NamespaceIndex)
-            if not include_server and child == ua.NodeId(ua.ObjectIds.Server):
+            if not include_server and child == ua.NodeId(ua.Int32(ObjectIds.Server)):
                 continue
             if len(entries) >= max_nodes:
                 truncated = True
@@ -179,10 +183,10 @@ async def browse_tree(client: Client, start: ua.NodeId, start_path: str, depth: 
     type_names: dict[ua.NodeId, str] = {}
     for i in range(0, len(variables), 500):
         chunk = variables[i : i + 500]
-        with anyio.fail_after(timeout):
+        with anyio.fail_after(deadline_s):
             values = await client.read_attributes([client.get_node(e.node_id) for e in chunk])
             types = await client.read_attributes([client.get_node(e.node_id) for e in chunk],
-                                                 ua.AttributeIds.DataType)
+                                                 AttributeIds.DataType)
         for e, dv, tv in zip(chunk, values, types, strict=True):
             if quality_of(dv.StatusCode).value == "good":
                 e.value = to_json(dv.Value.Value if dv.Value is not None else None)
@@ -192,9 +196,9 @@ async def browse_tree(client: Client, start: ua.NodeId, start_path: str, depth: 
             if isinstance(type_id, ua.NodeId):
                 if type_id not in type_names:
                     if type_id.NamespaceIndex == 0 and isinstance(type_id.Identifier, int):
-                        type_names[type_id] = ua.ObjectIdNames.get(type_id.Identifier, type_id.to_string())
+                        type_names[type_id] = ObjectIdNames.get(type_id.Identifier, type_id.to_string())
                     else:
-                        with anyio.fail_after(timeout):
+                        with anyio.fail_after(deadline_s):
                             bn = await client.get_node(type_id).read_browse_name()
                         type_names[type_id] = bn.Name
                 e.data_type = type_names[type_id]
@@ -233,11 +237,11 @@ def _connection_from_args(args: argparse.Namespace) -> OpcUaConnection:
         mode = parts[1] if len(parts) > 1 else ("None" if policy == "None" else "SignAndEncrypt")
     return OpcUaConnection(
         url=args.url,
-        security=OpcUaSecurity(policy=policy, mode=mode),  # type: ignore[arg-type]
+        security=OpcUaSecurity(policy=policy, mode=mode),
         certificate=args.certificate, private_key=args.private_key,
         server_certificate=args.server_certificate, trust_dir=args.trust_dir,
         application_uri=args.application_uri, username=args.username,
-        password=None if args.password_file else None if args.username is None else SecretStr(""),
+        password=None,
         password_file=args.password_file, allow_insecure_password=args.allow_insecure_password,
         timeout=args.timeout,
     )
@@ -252,8 +256,9 @@ async def _browse(args: argparse.Namespace) -> int:
             bn = await client.get_node(start).read_browse_name()
         start_path = f"{bn.NamespaceIndex}:{bn.Name}"
         print(f"{bn.Name}  {start.to_string()}  {start_path}")
-        entries, truncated = await browse_tree(client, start, start_path, args.depth, args.max_nodes,
-                                               args.include_server, conn.timeout)
+        entries, truncated = await browse_tree(client, start, start_path, depth=args.depth,
+                                               max_nodes=args.max_nodes, include_server=args.include_server,
+                                               deadline_s=conn.timeout)
         for e in entries:
             print(e.line())
         if truncated:
@@ -274,6 +279,6 @@ def main_browse(argv: list[str]) -> int:
     except AdapterError as exc:
         print(f"error: {args.url}: {exc}", file=sys.stderr)
         return 1
-    except (OSError, TimeoutError, ua.UaError) as exc:
+    except (OSError, TimeoutError, UaError) as exc:
         print(f"error: {args.url}: cannot browse: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
