@@ -1,0 +1,286 @@
+"""Technician commands: `config-schema`, `check-config --online` and `buffer stats|export|purge`.
+
+`check-config --online` builds each enabled adapter exactly as the gateway would and reads once:
+* an adapter with `read_once()` (Modbus) does connect, poll, close;
+* any other `PolledAdapter` is entered and polled once;
+* a `PushAdapter` (OPC UA subscriptions, HSMS) runs under a deadline until it hands over its first
+  telemetry, reports a lost connection, or the deadline passes. Connected without values is reported
+  as "connected; no one-shot read" and is not a failure; not reaching the endpoint is.
+Nothing is written to the equipment, the buffer or the broker. Exit status 0 only when every enabled
+piece of equipment answered and every signal read with good quality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from emsedge.config import EquipmentBase, LoggingConfig, Settings
+from emsedge.errors import BufferError, EmsedgeError
+from emsedge.schema import EventType, Record
+
+ONLINE_TIMEOUT = 15.0
+"""Deadline for one piece of equipment in `check-config --online` (connect and first values)."""
+
+SCHEMA_ID = "https://emsedge.invalid/config.schema.json"
+
+
+# ---------------------------------------------------------------------------------------------------
+# config-schema
+
+
+def config_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of the YAML config, for editors (VS Code YAML) and CI checks.
+
+    An equipment entry with `profile:` gets its remaining fields from the profile, so such an entry only
+    needs `id` and `profile` here; every other entry is checked against its adapter's model.
+    """
+    schema = Settings.model_json_schema()
+    items = schema["properties"]["equipment"]["items"]
+    schema["properties"]["equipment"]["items"] = {
+        "anyOf": [
+            items,
+            {
+                "type": "object",
+                "title": "Equipment from a profile",
+                "description": "An entry whose remaining fields come from `profile: <type>/<model>`.",
+                "required": ["id", "profile"],
+                "properties": {"id": {"type": "string"}, "profile": {"type": "string"}},
+            },
+        ]
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        **schema,
+    }
+
+
+def render_schema() -> str:
+    return json.dumps(config_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def main_config_schema(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="emsedge config-schema",
+        description="Print the JSON Schema of the config. Reference it from a config file with "
+        "'# yaml-language-server: $schema=<path or URL>' for completion and inline errors.",
+    )
+    parser.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    args = parser.parse_args(argv)
+    text = render_schema()
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# check-config --online
+
+
+@dataclass
+class OnlineResult:
+    equipment: str
+    adapter: str
+    readings: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+    note: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(r.get("quality") == "good" for r in self.readings)
+
+
+def _readings(records: Sequence[Record]) -> list[dict[str, Any]]:
+    return [r for rec in records if rec.kind == "telemetry" for r in rec.body.get("readings", [])]
+
+
+async def read_equipment(equipment: EquipmentBase, deadline: float = ONLINE_TIMEOUT) -> OnlineResult:
+    """Read every signal of one piece of equipment once through its adapter (see module docstring)."""
+    from emsedge.adapters import factory_for  # noqa: PLC0415 - imports every adapter's libraries
+    from emsedge.adapters.base import AdapterContext, PolledAdapter, PushAdapter  # noqa: PLC0415
+
+    adapter_name = str(getattr(equipment, "adapter", "?"))
+    result = OnlineResult(equipment.id, adapter_name)
+    started = time.monotonic()
+    emitted: list[Record] = []
+    got_values = anyio.Event()
+    lost: list[str] = []
+
+    async def emit(records: Sequence[Record]) -> None:
+        emitted.extend(records)
+        for rec in records:
+            if rec.kind == "event" and rec.event_type == EventType.CONNECTION_LOST:
+                lost.append(str(rec.body["event"].get("reason", "connection lost")))
+                got_values.set()
+        if any(r.get("quality") == "good" for r in _readings(records)):
+            got_values.set()
+
+    ctx = AdapterContext(equipment=equipment, emit=emit)
+    try:
+        adapter: Any = factory_for(adapter_name)(ctx)
+        with anyio.fail_after(deadline):
+            read_once = getattr(adapter, "read_once", None)
+            if callable(read_once) and not inspect.signature(read_once).parameters:
+                result.readings = list(await read_once())
+            elif isinstance(adapter, PolledAdapter):
+                async with adapter:
+                    result.readings = _readings(await adapter.poll())
+            elif isinstance(adapter, PushAdapter):
+                async with anyio.create_task_group() as tg:
+                    await tg.start(adapter.run, ctx)
+                    with anyio.move_on_after(deadline - 0.5):
+                        await got_values.wait()
+                    tg.cancel_scope.cancel()
+                good = [r for r in _readings(emitted) if r.get("quality") == "good"]
+                if good:
+                    latest = {r["signal"]: r for r in good}
+                    result.readings = list(latest.values())
+                elif lost:
+                    result.error = lost[0]
+                elif ctx.health.connected:
+                    result.note = "connected; no one-shot read for this adapter (no values within the deadline)"
+                else:
+                    result.error = f"no connection within {deadline:g}s"
+            else:
+                result.note = "not supported"
+    except TimeoutError:
+        result.error = f"no answer within {deadline:g}s"
+    except (EmsedgeError, OSError, KeyError, TypeError, ValueError) as exc:
+        result.error = str(exc) or type(exc).__name__
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def print_table(results: Sequence[OnlineResult], out: TextIO) -> None:
+    rows: list[tuple[str, ...]] = [("EQUIPMENT", "SIGNAL", "VALUE", "UNIT", "QUALITY")]
+    for res in results:
+        if res.error is not None:
+            rows.append((res.equipment, "-", f"FAILED: {res.error}", "", "bad"))
+        elif res.note is not None and not res.readings:
+            rows.append((res.equipment, "-", res.note, "", ""))
+        for r in res.readings:
+            quality = str(r.get("quality", "?"))
+            status = r.get("status")
+            if status and quality != "good":
+                quality += f" ({status})"
+            value = r.get("value")
+            text = "null" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+            rows.append((res.equipment, str(r.get("signal", "?")), text, str(r.get("unit") or ""), quality))
+    widths = [min(max(len(row[i]) for row in rows), 60) for i in range(5)]
+    for row in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+async def check_online(settings: Settings, deadline: float = ONLINE_TIMEOUT) -> list[OnlineResult]:
+    """Read all enabled equipment concurrently (the slowest one bounds the wait); results in config order."""
+    enabled = [e for e in settings.equipment if e.enabled]
+    results: list[OnlineResult | None] = [None] * len(enabled)
+
+    async def one(i: int, equipment: EquipmentBase) -> None:
+        results[i] = await read_equipment(equipment, deadline)
+
+    async with anyio.create_task_group() as tg:
+        for i, equipment in enumerate(enabled):
+            tg.start_soon(one, i, equipment)
+    return [r for r in results if r is not None]
+
+
+def main_check_online(settings: Settings, *, timeout: float = ONLINE_TIMEOUT, out: TextIO | None = None) -> int:
+    from emsedge.logging import configure_logging  # noqa: PLC0415
+
+    out = out or sys.stdout
+    configure_logging(LoggingConfig(level="warning", format=settings.logging.format), stream=sys.stderr)
+    if not any(e.enabled for e in settings.equipment):
+        out.write("online check: no enabled equipment\n")
+        return 0
+    results = anyio.run(check_online, settings, timeout)
+    out.write("\n")
+    print_table(results, out)
+    failed = [r for r in results if not r.ok]
+    out.write(
+        f"\nonline check: {len(results) - len(failed)} of {len(results)} equipment OK"
+        + (f"; failed: {', '.join(r.equipment for r in failed)}" if failed else "")
+        + "\n"
+    )
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# buffer stats | export | purge
+
+
+def main_buffer(argv: list[str]) -> int:
+    from emsedge import buffer  # noqa: PLC0415
+
+    parser = argparse.ArgumentParser(prog="emsedge buffer", description="Inspect the local buffer file.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    for name, text in (
+        ("stats", "counts: records, bytes, oldest, seq, evictions, dead letters"),
+        ("export", "every record as one JSON object per line, oldest first"),
+        ("purge", "delete buffered records (data loss: the gateway must be stopped)"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--path", type=Path, default=Path("/var/lib/emsedge/buffer.db"), help="buffer file")
+        if name == "stats":
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        if name in ("export", "purge"):
+            p.add_argument("--dead-letters", action="store_true", help="only the dead letters")
+        if name == "purge":
+            p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "stats":
+            stats = buffer.file_stats(args.path)
+            if args.json:
+                sys.stdout.write(json.dumps(stats, indent=2, default=str) + "\n")
+            else:
+                oldest = stats.get("oldest_created")
+                stats = {**stats, "oldest_age_s": round(time.time() - oldest, 1) if oldest else None}
+                for key, value in stats.items():
+                    sys.stdout.write(f"{key:<22} {value}\n")
+        elif args.action == "export":
+            for item in buffer.export(args.path, dead_letters=args.dead_letters):
+                sys.stdout.write(json.dumps(item, default=str) + "\n")
+        else:
+            what = "dead letters" if args.dead_letters else "ALL buffered records and dead letters"
+            if not args.yes:
+                if not sys.stdin.isatty():
+                    sys.stderr.write("emsedge buffer purge: refusing without --yes when not on a terminal\n")
+                    return 2
+                answer = input(f"Delete {what} in {args.path}? This loses data. Type 'purge': ")
+                if answer.strip() != "purge":
+                    sys.stderr.write("not purged\n")
+                    return 1
+            n = buffer.purge(args.path, dead_letters_only=args.dead_letters)
+            sys.stdout.write(f"purged {n} rows from {args.path}\n")
+    except BufferError as exc:
+        sys.stderr.write(f"emsedge buffer: {exc}\n")
+        return 1
+    except BrokenPipeError:  # `emsedge buffer export | head`
+        return 0
+    return 0
+
+
+__all__ = [
+    "OnlineResult",
+    "check_online",
+    "config_schema",
+    "main_buffer",
+    "main_check_online",
+    "main_config_schema",
+    "read_equipment",
+    "render_schema",
+]
