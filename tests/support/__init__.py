@@ -76,8 +76,8 @@ class Mosquitto:
             self.extra_config,
         ]
         conf.write_text("\n".join(lines) + "\n")
-        log = open(self.workdir / f"mosquitto-{self.port}.log", "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
+        with open(self.workdir / f"mosquitto-{self.port}.log", "ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=log)
         wait_for_port(self.port)
 
     def stop(self, kill: bool = False) -> None:

@@ -78,11 +78,11 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(
-            [EMSEDGE, "run", "-c", str(self.config)],
-            stdout=log, stderr=log, env={**os.environ, **self.env},
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                [EMSEDGE, "run", "-c", str(self.config)],
+                stdout=log, stderr=log, env={**os.environ, **self.env},
+            )
 
     def signal(self, sig: int) -> None:
         assert self.process is not None
