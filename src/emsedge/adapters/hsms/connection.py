@@ -317,11 +317,12 @@ class HsmsLink:
     # ------------------------------------------------------------------------------------------------
     # data messages
 
-    async def request(self, message: Message) -> Message:
+    async def request(self, message: Message, *, close_on_t3: bool = True) -> Message:
         """Send a primary with the W-bit and return its reply; T3 without reply ends the connection.
 
-        Raises `TransactionRejected` when the peer answers S9Fx, SxF0 or Reject.req, `HsmsClosed` when
-        the connection ends first.
+        Raises `TransactionRejected` when the peer answers S9Fx, SxF0 or Reject.req (or on T3 when
+        `close_on_t3` is false: for optional services some equipment silently ignores), `HsmsClosed`
+        when the connection ends first.
         """
         message.wbit = True
         system = self._next_system()
@@ -332,6 +333,8 @@ class HsmsLink:
             with anyio.move_on_after(self.config.t3):
                 await pending.event.wait()
             if not pending.event.is_set():
+                if not close_on_t3:
+                    raise TransactionRejected(f"T3 timeout waiting for the reply to {message.name}")
                 self.close(f"T3 timeout waiting for the reply to {message.name}")
                 raise HsmsClosed(self._closed_reason)
         finally:

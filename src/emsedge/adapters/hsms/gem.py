@@ -186,10 +186,12 @@ class HsmsAdapter:
         self._dataid = self._dataid % 0xFFFFFFFF + 1
         return self._dataid
 
-    async def _checked(self, link: HsmsLink, message: Message, what: str) -> Message | None:
+    async def _checked(
+        self, link: HsmsLink, message: Message, what: str, *, close_on_t3: bool = True
+    ) -> Message | None:
         """Request whose non-zero ack is logged, not fatal: a host cannot fix the equipment's config."""
         try:
-            reply = await link.request(message)
+            reply = await link.request(message, close_on_t3=close_on_t3)
         except TransactionRejected as exc:
             self.log.warning(f"{what} rejected", error=str(exc))
             return None
@@ -205,7 +207,7 @@ class HsmsAdapter:
             raise TransactionRejected(f"S1F13 denied with COMMACK {commack}")
         model = reply.body[1].to_python() if reply.body is not None and len(reply.body) > 1 else []
         self.log.info("communication established", model=model)
-        await self._checked(link, Message(1, 1), "S1F1 are-you-there")
+        await self._checked(link, Message(1, 1), "S1F1 are-you-there", close_on_t3=False)
 
         ceids = [U4(ev.ceid) for ev in self.config.events]
         await self._checked(link, Message(2, 37, L(BOOLEAN(False), L())), "S2F37 disable all events")
@@ -232,11 +234,17 @@ class HsmsAdapter:
                     return
             except TransactionRejected:
                 pass  # some equipment (secsgem) refuses the empty "all alarms" ALID: enable one by one
-            try:
-                listing = await link.request(Message(5, 5, U4()))
-                alids = [entry[1].to_python() for entry in (listing.body.items if listing.body else ())]
-            except (TransactionRejected, TypeError, IndexError) as exc:
-                self.log.warning("cannot list alarms to enable them", error=str(exc))
+            alids = []
+            # E5 says S5F5 carries an ALID vector (U4[0] = all); secsgem wants a list (L[0]): try both
+            for request_body in (L(), U4()):
+                try:
+                    listing = await link.request(Message(5, 5, request_body), close_on_t3=False)
+                    alids = [entry[1].to_python() for entry in (listing.body.items if listing.body else ())]
+                    break
+                except (TransactionRejected, TypeError, IndexError) as exc:
+                    self.log.debug("alarm list request failed", error=str(exc))
+            if not alids:
+                self.log.warning("cannot list the equipment's alarms to enable them")
                 return
         for alid in alids:
             alid_item = U4(alid) if isinstance(alid, int) else Item("A", str(alid))
@@ -244,7 +252,7 @@ class HsmsAdapter:
 
     async def _read_clock(self, link: HsmsLink) -> None:
         try:
-            reply = await link.request(Message(2, 17))
+            reply = await link.request(Message(2, 17), close_on_t3=False)
         except TransactionRejected as exc:
             self.log.debug("equipment has no clock service", error=str(exc))
             return
@@ -260,7 +268,7 @@ class HsmsAdapter:
         if not svs:
             return
         try:
-            reply = await link.request(Message(1, 11, L(*[U4(sv.svid) for sv in svs])))
+            reply = await link.request(Message(1, 11, L(*[U4(sv.svid) for sv in svs])), close_on_t3=False)
             entries = reply.body.items if reply.body is not None else ()
             for sv, entry in zip(svs, entries, strict=False):
                 name, units = entry[1].to_python(), entry[2].to_python()
@@ -401,7 +409,9 @@ class HsmsAdapter:
             occurrence = self._active_alarms.pop(alid, "") or str(uuid.uuid4())
             record = self.ctx.event(EventType.FAULT_CLEARED, fault_occurrence_id=occurrence, **fields)
         await self.ctx.emit([record])
-        await self._ack_if_wanted(link, msg, B(0))
+        # S5F1 is always answered: E5 requires the W-bit on it, but some equipment (secsgem 0.3.0)
+        # sends it without one and still waits T3 for the S5F2.
+        await link.reply(msg, 5, 2, B(0))
 
 
 def _is_pass(raw: Any, pass_values: Sequence[Any]) -> bool:
