@@ -20,6 +20,9 @@ certificate is fixed, without restarting the gateway and without hammering the s
 
 Poll mode (`OpcUaPoller`) is driven by `emsedge.scheduler.run_polled`: `__aenter__` connects and resolves,
 `poll()` issues one Read per `max_nodes_per_read` chunk (usually exactly one Read) and returns one record.
+There the scheduler's policy applies to permanent errors (it logs once and stops that equipment until the
+config is reloaded); a Read where *every* node is BadNodeIdUnknown is treated as transient, so a restarted
+server that renumbered its nodes gets a fresh connection and fresh resolution instead of bad data forever.
 """
 
 from __future__ import annotations
@@ -313,8 +316,7 @@ class OpcUaPoller(_Base):
         try:
             client, _ = await connect(self.config.connection)
         except AdapterError as exc:
-            if not exc.transient:
-                self._log_permanent(exc)
+            self.ctx.health.disabled = not exc.transient  # run_polled logs it and stops this equipment
             raise
         except Exception as exc:
             raise classify(exc) from None
@@ -322,8 +324,7 @@ class OpcUaPoller(_Base):
             self._resolved = await resolve(client, self.config.signals, timeout)
         except AdapterError as exc:
             await disconnect(client)
-            if not exc.transient:
-                self._log_permanent(exc)
+            self.ctx.health.disabled = not exc.transient
             raise
         except Exception as exc:
             await disconnect(client)
