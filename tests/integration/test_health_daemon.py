@@ -111,7 +111,7 @@ def test_http_listen_null_turns_the_listener_off(tmp_path: Path, mosquitto: Mosq
     daemon = Daemon(gateway_config(tmp_path, mosquitto.url, equipment.port), tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(lambda: '"running"' in daemon.log() or "running" in daemon.log(), 20)
+        wait_until(lambda: '"event": "running"' in daemon.log(), 20)
         assert not answers(port)
         assert "http listening" not in daemon.log()
         assert daemon.stop() == 0
