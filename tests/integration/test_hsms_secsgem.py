@@ -15,10 +15,12 @@ from pathlib import Path
 import anyio
 import pytest
 from hsms_support import Collector, aoi_config, context
-from support import free_port
+from support import Mosquitto, Subscriber, free_port
+from support.daemon import Daemon, gateway_config
 
 from emsedge.adapters.hsms import build
 from emsedge.config import HsmsEquipment
+from emsedge.schema import EventMessage
 
 HERE = Path(__file__).parent
 SV_PROCESS_STATE, SV_INSPECTED = 2101, 2102
@@ -129,3 +131,36 @@ async def test_secsgem_alarm_set_and_clear_become_linked_fault_events(secsgem_ao
         assert occurred["alcd"] & 0x80
         assert not cleared["alcd"] & 0x80
         assert cleared["fault_occurrence_id"] == occurred["fault_occurrence_id"]
+
+
+def test_secsgem_board_result_arrives_at_mqtt_as_unit_inspected_through_the_daemon(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber: Subscriber, secsgem_aoi: SecsgemAoi
+) -> None:
+    equipment = secsgem_config(secsgem_aoi.port).model_dump(mode="json", exclude_defaults=True)
+    equipment.update(adapter="hsms", id="aoi-1", type="aoi")
+    config = gateway_config(tmp_path, mosquitto.url, 0, equipment=[equipment])
+    daemon = Daemon(config, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        subscriber.wait_for(
+            lambda ps: any(p["event"]["type"] == "connection_restored" for p in ps), suffix="/aoi-1/events")
+        secsgem_aoi.command_sync("board PCB-9001 PASS 0")
+        secsgem_aoi.command_sync("event")
+        got = subscriber.wait_for(
+            lambda ps: any(p["event"]["type"] == "unit_inspected" for p in ps), suffix="/aoi-1/events")
+        states = subscriber.wait_for(
+            lambda ps: any(p["event"]["type"] == "station_state_changed" for p in ps), suffix="/aoi-1/events")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    inspected = next(EventMessage.model_validate(p) for p in got if p["event"]["type"] == "unit_inspected")
+    assert inspected.equipment == "aoi-1"
+    assert inspected.equipment_type == "aoi"
+    body = inspected.event.model_dump()
+    assert body["serial"] == "PCB-9001"
+    assert body["result"] == "pass"
+    assert body["defect_count"] == 0
+    assert body["values"] == {"board_serial": "PCB-9001", "result": "PASS", "defect_count": 0}
+    state = next(p["event"] for p in states if p["event"]["type"] == "station_state_changed")
+    assert (state["signal"], state["raw_value"], state["state"], state["state_name"]) == (
+        "process_state", 2, 1100, "productive")
