@@ -1,0 +1,100 @@
+"""`emsedge check-config FILE --online` against real equipment: a Modbus process and an OPC UA server."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from opcua_server import PnPServer
+from support.daemon import EMSEDGE, Equipment, gateway_config
+
+from emsedge.config import OpcUaEquipment
+from emsedge.tooling import read_equipment
+
+
+@pytest.fixture
+def equipment() -> Iterator[Equipment]:
+    eq = Equipment()
+    eq.start()
+    yield eq
+    eq.stop()
+
+
+def check_online(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EMSEDGE, "check-config", str(config), "--online"], check=False, capture_output=True,
+                          text=True, timeout=60)
+
+
+def table_rows(stdout: str) -> dict[tuple[str, str], list[str]]:
+    rows = {}
+    for line in stdout.splitlines():
+        cells = line.split()
+        if len(cells) >= 3 and cells[0].startswith("reflow"):
+            rows[(cells[0], cells[1])] = cells[2:]
+    return rows
+
+
+def test_online_check_reads_every_signal_once_and_prints_a_table(tmp_path: Path, equipment: Equipment) -> None:
+    result = check_online(gateway_config(tmp_path, "mqtt://127.0.0.1:1", equipment.port))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "EQUIPMENT  SIGNAL" in result.stdout
+    rows = table_rows(result.stdout)
+    assert rows[("reflow-1", "zone1_top_temp")] == ["215.5", "Cel", "good"]
+    assert rows[("reflow-1", "conveyor_speed")] == ["72.5", "cm/min", "good"]
+    assert rows[("reflow-1", "board_count")] == ["123456", "good"]
+    assert "1 of 1 equipment OK" in result.stdout
+
+
+def test_online_check_fails_for_unreachable_equipment_and_bad_signals(tmp_path: Path, equipment: Equipment) -> None:
+    path = gateway_config(tmp_path, "mqtt://127.0.0.1:1", equipment.port)
+    config = yaml.safe_load(path.read_text())
+    dead = {**config["equipment"][0], "id": "reflow-dead",
+            "connection": {"host": "127.0.0.1", "port": 1, "timeout": "500ms"}}
+    config["equipment"][0]["signals"].append({"name": "beyond_the_table", "table": "holding", "address": 900})
+    config["equipment"].append(dead)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = check_online(path)
+    assert result.returncode == 1
+    rows = table_rows(result.stdout)
+    assert rows[("reflow-1", "zone1_top_temp")][-1] == "good"
+    assert rows[("reflow-1", "beyond_the_table")][1].startswith("bad")
+    assert rows[("reflow-dead", "-")][0] == "FAILED:"
+    assert "0 of 2 equipment OK; failed: reflow-1, reflow-dead" in result.stdout
+
+
+@pytest.mark.asyncio
+async def test_online_check_reads_a_push_adapter_through_its_first_subscription_values() -> None:
+    server = PnPServer()
+    await server.start()
+    try:
+        config = OpcUaEquipment.model_validate({
+            "id": "pnp-1", "type": "pick_and_place", "adapter": "opcua", "mode": "subscribe",
+            "connection": {"url": server.url, "security": {"policy": "None", "mode": "None"}, "timeout": "2s"},
+            "publishing_interval": "50ms",
+            "signals": [
+                {"name": "placed_components", "node": "ns=2;s=PnP.Counters.Placed"},
+                {"name": "vacuum", "node": "ns=2;s=PnP.Heads.Head1.Vacuum", "unit": "kPa"},
+            ],
+        })
+        result = await read_equipment(config, 10.0)
+    finally:
+        await server.stop()
+    assert result.ok, result
+    assert {r["signal"] for r in result.readings} == {"placed_components", "vacuum"}
+    assert all(r["quality"] == "good" for r in result.readings)
+
+
+@pytest.mark.asyncio
+async def test_online_check_of_a_push_adapter_fails_when_the_endpoint_is_unreachable() -> None:
+    config = OpcUaEquipment.model_validate({
+        "id": "pnp-1", "type": "pick_and_place", "adapter": "opcua", "mode": "subscribe",
+        "connection": {"url": "opc.tcp://127.0.0.1:1/none", "security": {"policy": "None", "mode": "None"},
+                       "timeout": "1s"},
+        "signals": [{"name": "placed_components", "node": "ns=2;s=PnP.Counters.Placed"}],
+    })
+    result = await read_equipment(config, 5.0)
+    assert not result.ok
+    assert result.error
