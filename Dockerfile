@@ -30,7 +30,7 @@ RUN groupadd --system --gid 10001 emsedge \
  && install -d -o emsedge -g emsedge -m 0750 /var/lib/emsedge \
  && install -d -m 0755 /etc/emsedge
 COPY --from=build /opt/emsedge /opt/emsedge
-USER emsedge:emsedge
+USER 10001:10001
 WORKDIR /var/lib/emsedge
 # config (mount read-only) and the durable buffer (a named volume survives container replacement)
 VOLUME ["/etc/emsedge", "/var/lib/emsedge"]
