@@ -224,3 +224,19 @@ async def test_connecting_to_a_closed_port_raises_a_transient_adapter_error() ->
     offline = adapter.offline_records("gone")[0].body["readings"]
     assert offline[0]["quality"] == "bad"
     assert offline[0]["value"] is None
+
+
+@pytest.mark.asyncio
+async def test_register_answers_are_kept_as_raw_bytes_and_decoded_in_one_call() -> None:
+    image = RegisterImage()
+    image.put(0, "uint32", 0x01020304)
+    signals = [{"name": "v", "table": "input", "address": 0, "type": "uint32", "word_order": "little"}]
+    async with ModbusTestServer(input=image.registers(4)) as server:
+        adapter = ModbusAdapter(context(equipment(server.port, signals)))
+        async with adapter:
+            rr = await adapter._client.read_input_registers(0, count=2, device_id=1)
+            records = await adapter.poll()
+    assert rr.raw == bytes([1, 2, 3, 4])
+    assert rr.registers == [0x0102, 0x0304]
+    assert "registers=2" in str(rr)
+    assert records[0].body["readings"][0]["value"] == 0x03040102

@@ -255,12 +255,21 @@ class ModbusDecoder:
         self.names = [s.name for s in self.signals]
         self.units = [s.unit for s in self.signals]
 
-    def decode_registers(self, block: CompiledBlock, registers: Sequence[int], ts: str,
+    def decode_registers(self, block: CompiledBlock, registers: Sequence[int] | bytes, ts: str,
                          out: list[dict[str, Any] | None]) -> None:
-        """Decode one register block into `out[signal index]`."""
+        """Decode one register block (register values, or the raw big-endian bytes of the answer)
+        into `out[signal index]`."""
         fmt = block.pack_format
-        buf = struct.pack(fmt, *registers)
-        swapped = struct.pack("<" + fmt[1:], *registers) if block.need_swapped else buf
+        if isinstance(registers, bytes):
+            buf = registers
+            if block.need_swapped:
+                swapped = struct.pack("<" + fmt[1:], *struct.unpack(fmt, buf))
+        else:
+            buf = struct.pack(fmt, *registers)
+            if block.need_swapped:
+                swapped = struct.pack("<" + fmt[1:], *registers)
+        if not block.need_swapped:
+            swapped = buf
         for lane in block.lanes:
             values = lane.unpack_from(swapped if lane.swapped else buf)
             bad: list[int] | None = None
@@ -302,13 +311,52 @@ class ModbusDecoder:
 # The adapter
 
 
+_FAST_RESPONSES: list[type[Any]] = []
+
+
+def _fast_register_responses() -> list[type[Any]]:
+    """Register-read responses that keep the raw bytes and decode them in one C call.
+
+    pymodbus' own responses unpack every register with its own `struct.unpack` call and format the
+    whole register list into a debug message (`str(pdu)`) even when debug logging is off; at 125
+    registers a response that is most of the client's CPU. These subclasses are registered per client
+    with pymodbus' public `client.register()` (meant for custom responses) and replace nothing globally.
+    """
+    if _FAST_RESPONSES:
+        return _FAST_RESPONSES
+    from pymodbus.exceptions import ModbusIOException  # noqa: PLC0415
+    from pymodbus.pdu.register_message import (  # noqa: PLC0415
+        ReadHoldingRegistersResponse,
+        ReadInputRegistersResponse,
+    )
+
+    def decode(self: Any, data: bytes) -> None:
+        size = data[0]
+        if size >= len(data) or size % 2:
+            raise ModbusIOException(f"byte_count {size} > length of packet {len(data)}",
+                                    function_code=self.function_code)
+        self.raw = bytes(data[1 : 1 + size])
+        self.registers = list(struct.unpack(f">{size // 2}H", self.raw))
+
+    def brief(self: Any) -> str:
+        return f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, " \
+               f"registers={len(self.registers)})"
+
+    for base in (ReadHoldingRegistersResponse, ReadInputRegistersResponse):
+        _FAST_RESPONSES.append(type(f"Fast{base.__name__}", (base,), {"decode": decode, "__str__": brief}))
+    return _FAST_RESPONSES
+
+
 def _new_client(conn: ModbusConnection) -> Any:
     from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415 - keep `import emsedge` light
 
     # reconnect_delay=0 and retries=0: the scheduler owns reconnects and backoff, not pymodbus.
-    return AsyncModbusTcpClient(
+    client = AsyncModbusTcpClient(
         conn.host, port=conn.port, timeout=conn.timeout, retries=0, reconnect_delay=0, name="emsedge"
     )
+    for response in _fast_register_responses():
+        client.register(response)
+    return client
 
 
 def _exception_status(rr: Any) -> str:
@@ -411,8 +459,8 @@ class ModbusAdapter:
             elif block.bit_meta:
                 decoder.decode_bits(block, rr.bits, ts, out)
             else:
-                regs = rr.registers
-                if len(regs) < req.count:
+                regs = getattr(rr, "raw", None) or rr.registers
+                if len(regs) < req.count * (2 if isinstance(regs, bytes) else 1):
                     decoder.mark_bad(block, "ShortResponse", ts, out)
                 else:
                     decoder.decode_registers(block, regs, ts, out)
