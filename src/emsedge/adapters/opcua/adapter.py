@@ -153,7 +153,7 @@ class OpcUaSubscriber(_Base):
         params.RequestedPublishingInterval = period_ms
         params.RequestedMaxKeepAliveCount = client.get_keepalive_count(period_ms)
         params.RequestedLifetimeCount = params.RequestedMaxKeepAliveCount * 10
-        params.MaxNotificationsPerPublish = 0
+        params.MaxNotificationsPerPublish = 10_000  # servers split bigger cycles (MoreNotifications)
         params.PublishingEnabled = True
         queue = max(20_000, 8 * sum(s.queue_size for s in cfg.signals))
         sub = await client.create_subscription(params, None, queue_maxsize=queue, overflow=OverflowPolicy.DROP_OLDEST)
