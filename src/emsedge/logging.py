@@ -136,6 +136,8 @@ class RepeatLimiter:
             for _start, count, fields, level in due:
                 logger = structlog.get_logger(str(fields.get("logger_name", fields.get("logger", "emsedge"))))
                 extra = {k: v for k, v in fields.items() if k not in _SUMMARY_SKIP}
+                if "logger_name" in fields:  # a library's record: say whose
+                    extra["logger"] = fields["logger_name"]
                 method = level if level in ("warning", "error", "critical") else "warning"
                 getattr(logger, method)(str(fields.get("event", "")), **extra, repeats=count, window_s=self.window)
         finally:

@@ -107,13 +107,16 @@ def test_flush_reports_pending_counts_at_shutdown(captured: Any) -> None:
 
 
 def test_library_log_records_go_through_the_same_json_and_rate_limit(captured: Any) -> None:
-    stream, _, _ = captured
+    stream, limiter, _ = captured
     for _ in range(5):
         logging.getLogger("pymodbus.client").error("Connection to (10.0.0.5, 502) failed")
     logging.getLogger("pymodbus.client").info("chatter")  # libraries are held at WARNING
     [line] = lines(stream)
     assert line["event"] == "Connection to (10.0.0.5, 502) failed"
     assert line["logger"] == "pymodbus.client"
+    limiter.flush()
+    summary = lines(stream)[-1]
+    assert (summary["event"], summary["logger"], summary["repeats"]) == (line["event"], "pymodbus.client", 4)
 
 
 @pytest.mark.parametrize(
