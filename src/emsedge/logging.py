@@ -17,6 +17,8 @@ Invariants:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import logging
 import os
 import re
@@ -272,9 +274,13 @@ def configure_logging(
 
 
 def flush_repeats() -> None:
-    """Report pending repeat counts (called by the runtime at shutdown)."""
+    """Report pending repeat counts; runs at interpreter exit, so held-back counts are never lost."""
     if _limiter is not None:
-        _limiter.flush()
+        with contextlib.suppress(Exception):  # the stream may be closed this late
+            _limiter.flush()
+
+
+atexit.register(flush_repeats)
 
 
 __all__ = ["RepeatLimiter", "choose_format", "configure_logging", "flush_repeats", "redact_secrets"]
