@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""A reference MES-side subscriber for emsedge: de-duplicate, detect gaps, join board data by serial.
+
+For integrators: this is the small amount of logic a consumer of emsedge needs, with no dependency but
+paho-mqtt (`pip install paho-mqtt`). Run it against a gateway's broker:
+
+    python examples/mes_subscriber.py --url mqtt://127.0.0.1:1883 --prefix ems/demo-plant/smt/virtual-line
+
+and it prints one JSON line per board once placement, reflow and inspection have all been seen:
+
+    {"serial": "PCB-2026-000123",
+     "placement": {"equipment": "pnp-1", "ts": "...", "program": "MAIN-CTRL-REV-C",
+                   "materials": [{"slot": 1, "reel_id": "REEL-100551", "part_number": "RES-0402-10K",
+                                  "ref_designators": ["R1", "R2", ...]}, ...]},
+     "reflow": {"equipment": "reflow-1", "ts": "...", "profile": {"zone1_top_actual": 150.2, ...},
+                "units": {"zone1_top_actual": "Cel", ...}},
+     "inspection": {"equipment": "aoi-1", "ts": "...", "result": "pass", "defects": []}}
+
+What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file does it:
+
+* **At-least-once delivery**: a message can arrive twice (after a reconnect the gateway re-sends what
+  the broker had not acknowledged). Every message has a UUID `id` that is stable across re-delivery:
+  `MesSubscriber` remembers recent ids and drops repeats.
+* **Gaps**: every message of one gateway has a `seq`, strictly increasing and persisted across gateway
+  restarts. A missing number means a message never arrived (for example a broker that dropped it);
+  `gaps()` lists them. Backlog replayed after an outage carries `"replayed": true` and may interleave
+  with live messages, so numbers are tracked as a set, not as "last + 1".
+* **Traceability**: the three machines report the same board serial in their own events
+  (`materials_installed`, `unit_processed`, `unit_inspected`); joining them by `serial` gives the
+  record of each board down to the reel of every component.
+
+`MesSubscriber.handle(topic, payload)` is pure (no network) so it can be unit-tested and reused; the
+paho wiring is in `connect()` and `main()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+FEEDER_VALUE = re.compile(r"^(?:feeder|slot)_?(\d+)_(reel_id|part_number|ref_designators|lot_id)$")
+SEEN_IDS = 100_000
+"""How many recent message ids are remembered for de-duplication."""
+
+
+@dataclass
+class GatewaySeq:
+    """Sequence numbers of one gateway: everything below `next` was seen; `ahead` holds seen ones above."""
+
+    first: int
+    next: int
+    ahead: set[int] = field(default_factory=set)
+    late: int = 0
+
+    def add(self, seq: int) -> bool:
+        """Record `seq`; False when it was already seen (or precedes what this subscriber saw first)."""
+        if seq < self.next or seq in self.ahead:
+            if seq < self.first:
+                self.late += 1
+            return False
+        self.ahead.add(seq)
+        while self.next in self.ahead:
+            self.ahead.discard(self.next)
+            self.next += 1
+        return True
+
+    def missing(self) -> list[int]:
+        if not self.ahead:
+            return []
+        return [s for s in range(self.next, max(self.ahead)) if s not in self.ahead]
+
+    @property
+    def highest(self) -> int:
+        return max(self.ahead) if self.ahead else self.next - 1
+
+
+def plain_values(values: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """`values` of an event as {name: value} and {name: unit}.
+
+    Triggered events carry {name: {"value": v, "unit": u}}; SECS/GEM event reports carry {name: v}.
+    """
+    plain: dict[str, Any] = {}
+    units: dict[str, str] = {}
+    if not isinstance(values, dict):
+        return plain, units
+    for name, v in values.items():
+        if isinstance(v, dict) and "value" in v:
+            plain[name] = v.get("value")
+            if v.get("unit"):
+                units[name] = v["unit"]
+        else:
+            plain[name] = v
+    return plain, units
+
+
+def parse_defect(defect: Any) -> dict[str, Any]:
+    """"C12:tombstone", ["C12", "tombstone"] or {"refdes": ..., "code": ...} -> {"refdes", "code"}."""
+    if isinstance(defect, dict):
+        return defect
+    if isinstance(defect, str):
+        refdes, _, code = defect.partition(":")
+        return {"refdes": refdes, "code": code or None}
+    if isinstance(defect, list | tuple) and defect:
+        return {"refdes": defect[0], "code": defect[1] if len(defect) > 1 else None}
+    return {"refdes": None, "code": defect}
+
+
+class MesSubscriber:
+    """Everything MES keeps from the stream; feed it with `handle(topic, payload)`."""
+
+    def __init__(self, on_board: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self.on_board = on_board
+        self.lock = threading.Lock()
+        self.received = 0
+        self.duplicates = 0
+        self.invalid = 0
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self.seqs: dict[str, GatewaySeq] = {}
+        self.boards: dict[str, dict[str, Any]] = {}
+        self.completed: list[str] = []
+        self.states: dict[str, dict[str, Any]] = {}
+        self.state_changes: list[dict[str, Any]] = []
+        self.active_faults: dict[str, dict[str, Any]] = {}
+        self.faults: list[dict[str, Any]] = []
+        self.connections: list[dict[str, Any]] = []
+        self.latest: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, dict[str, Any]] = {}
+
+    # --------------------------------------------------------------------------------------------
+    # intake
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            self.invalid += 1
+            return
+        if not isinstance(message, dict):
+            self.invalid += 1
+            return
+        with self.lock:
+            if topic.endswith("/_gateway/status"):
+                self.status[str(message.get("gateway"))] = message
+                return
+            message_id = message.get("id")
+            if message_id is None or "seq" not in message:
+                self.invalid += 1
+                return
+            if message_id in self._ids:
+                self.duplicates += 1
+                return
+            self._ids[message_id] = None
+            if len(self._ids) > SEEN_IDS:
+                self._ids.popitem(last=False)
+            self.received += 1
+            gateway = str(message.get("gateway"))
+            seq = int(message["seq"])
+            if gateway not in self.seqs:
+                self.seqs[gateway] = GatewaySeq(first=seq, next=seq)
+            self.seqs[gateway].add(seq)
+            if "readings" in message:
+                self._telemetry(message)
+            elif isinstance(message.get("event"), dict):
+                self._event(message)
+
+    def _telemetry(self, message: dict[str, Any]) -> None:
+        latest = self.latest.setdefault(message["equipment"], {})
+        for r in message["readings"]:
+            latest[r["signal"]] = {"value": r.get("value"), "unit": r.get("unit"), "quality": r.get("quality"),
+                                   "ts": r.get("ts")}
+
+    def _event(self, message: dict[str, Any]) -> None:
+        ev = message["event"]
+        kind = ev.get("type")
+        equipment = message.get("equipment")
+        ts = message.get("ts")
+        if kind == "materials_installed":
+            self._placement(message, ev)
+        elif kind == "unit_processed":
+            values, units = plain_values(ev.get("values"))
+            skip = ("type", "serial", "values", "trigger", "value", "previous")
+            self._stage(ev.get("serial"), "reflow", {
+                "equipment": equipment, "ts": ts, "profile": values, "units": units,
+                **{k: v for k, v in ev.items() if k not in skip},
+            })
+        elif kind in ("unit_inspected", "unit_tested"):
+            defects = ev.get("defects") or []
+            self._stage(ev.get("serial"), "inspection" if kind == "unit_inspected" else "test", {
+                "equipment": equipment, "ts": ts, "result": ev.get("result"),
+                "defects": [parse_defect(d) for d in (defects if isinstance(defects, list) else [defects])],
+            })
+        elif kind == "station_state_changed":
+            change = {"equipment": equipment, "ts": ts, "state": ev.get("state"), "state_name": ev.get("state_name"),
+                      "old_state_name": ev.get("old_state_name")}
+            self.states[str(equipment)] = change
+            self.state_changes.append(change)
+        elif kind == "fault_occurred":
+            fault = {"equipment": equipment, "ts": ts, **{k: v for k, v in ev.items() if k != "type"}}
+            self.faults.append({"type": kind, **fault})
+            self.active_faults[str(ev.get("fault_occurrence_id"))] = fault
+        elif kind == "fault_cleared":
+            self.faults.append({"type": kind, "equipment": equipment, "ts": ts,
+                                **{k: v for k, v in ev.items() if k != "type"}})
+            self.active_faults.pop(str(ev.get("fault_occurrence_id")), None)
+        elif kind in ("connection_lost", "connection_restored"):
+            self.connections.append({"type": kind, "equipment": equipment, "ts": ts, "reason": ev.get("reason")})
+
+    def _placement(self, message: dict[str, Any], ev: dict[str, Any]) -> None:
+        values, _units = plain_values(ev.get("values"))
+        slots: dict[int, dict[str, Any]] = {}
+        other: dict[str, Any] = {}
+        for name, value in values.items():
+            m = FEEDER_VALUE.match(name)
+            if m is None:
+                other[name] = value
+                continue
+            slots.setdefault(int(m.group(1)), {"slot": int(m.group(1))})[m.group(2)] = value
+        self._stage(ev.get("serial"), "placement", {
+            "equipment": message.get("equipment"), "ts": message.get("ts"),
+            "program": other.pop("program", None), "materials": [slots[k] for k in sorted(slots)],
+            **({"values": other} if other else {}),
+        })
+
+    def _stage(self, serial: Any, stage: str, data: dict[str, Any]) -> None:
+        if not serial:
+            return
+        serial = str(serial)
+        board = self.boards.setdefault(serial, {"serial": serial})
+        board[stage] = data
+        if serial not in self.completed and self.is_complete(board):
+            self.completed.append(serial)
+            if self.on_board is not None:
+                self.on_board(board)
+
+    # --------------------------------------------------------------------------------------------
+    # queries
+
+    @staticmethod
+    def is_complete(board: dict[str, Any]) -> bool:
+        return all(stage in board for stage in ("placement", "reflow", "inspection"))
+
+    def gaps(self) -> dict[str, list[int]]:
+        """Missing sequence numbers per gateway (between the first and the highest seen)."""
+        with self.lock:
+            return {gw: missing for gw, s in self.seqs.items() if (missing := s.missing())}
+
+    def inspected_serials(self) -> list[str]:
+        with self.lock:
+            return [s for s, b in self.boards.items() if "inspection" in b]
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "received": self.received,
+                "duplicates": self.duplicates,
+                "invalid": self.invalid,
+                "gaps": {gw: s.missing() for gw, s in self.seqs.items()},
+                "boards": len(self.boards),
+                "complete_boards": len(self.completed),
+                "active_faults": len(self.active_faults),
+                "states": {eq: s.get("state_name") for eq, s in self.states.items()},
+            }
+
+
+# ------------------------------------------------------------------------------------------------
+# MQTT wiring (paho-mqtt 2.x)
+
+
+def connect(sub: MesSubscriber, url: str, prefix: str, *, client_id: str | None = None,
+            persistent: bool = False) -> Any:
+    """A started paho client feeding `sub`. Call `client.loop_stop(); client.disconnect()` to stop.
+
+    With `persistent` (and a fixed `client_id`) the broker keeps the subscription and queues QoS 1
+    messages while this subscriber is away, so nothing is missed across its own restarts.
+    """
+    import paho.mqtt.client as mqtt  # noqa: PLC0415 - keeps `MesSubscriber` importable without paho
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    parts = urlsplit(url)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or "", clean_session=not persistent,
+                         protocol=mqtt.MQTTv311)
+    connected = threading.Event()
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        client.subscribe(f"{prefix}/#", qos=1)
+        connected.set()
+
+    def on_message(client: Any, userdata: Any, msg: Any) -> None:
+        sub.handle(msg.topic, msg.payload)
+
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.reconnect_delay_set(0.2, 5)
+    if parts.scheme in ("mqtts", "ssl"):
+        client.tls_set()
+    client.connect(parts.hostname or "127.0.0.1", parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883),
+                   keepalive=30)
+    client.loop_start()
+    if not connected.wait(10):
+        client.loop_stop()
+        raise TimeoutError(f"cannot connect to {url}")
+    return client
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Reference MES subscriber for emsedge.")
+    parser.add_argument("--url", default="mqtt://127.0.0.1:1883", help="broker URL")
+    parser.add_argument("--prefix", default="ems/+/+/+", help="topic prefix of the gateway(s)")
+    parser.add_argument("--client-id", default=None, help="fixed client id (with --persistent)")
+    parser.add_argument("--persistent", action="store_true", help="keep the session while away")
+    args = parser.parse_args(argv)
+
+    def print_board(board: dict[str, Any]) -> None:
+        print(json.dumps(board), flush=True)
+
+    sub = MesSubscriber(on_board=print_board)
+    client = connect(sub, args.url, args.prefix, client_id=args.client_id, persistent=args.persistent)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        print(json.dumps({"summary": sub.summary()}), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
