@@ -23,12 +23,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
 import anyio
 import anyio.abc
 from anyio.abc import SocketListener, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message, TransactionRejected
@@ -41,6 +43,8 @@ __all__ = ["ALARM_SET", "HsmsAdapter", "alarm_severity", "build", "parse_event_r
 ALARM_SET: Final = 0x80
 _KNOWN_STREAMS: Final = frozenset({1, 2, 5, 6, 7, 9, 10})
 _UNIT_EVENTS: Final = frozenset({"unit_inspected", "unit_tested"})
+_BATCH_MAX: Final = 1000
+_EMIT_DEADLINE: Final = 30.0
 
 # SEMI E5 ALCD categories (bits 0-6) -> severity words
 _SEVERITY: Final[dict[int, str]] = {
@@ -57,6 +61,15 @@ _SEVERITY: Final[dict[int, str]] = {
 
 def alarm_severity(alcd: int) -> str:
     return _SEVERITY.get(alcd & 0x7F, "error")
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """A record waiting for the buffer, and the reply (stream, function) owed once it is durable."""
+
+    record: Record
+    message: Message
+    reply: tuple[int, int] | None
 
 
 class MalformedMessage(ValueError):
@@ -104,6 +117,7 @@ class HsmsAdapter:
         self._units: dict[int, str | None] = {sv.svid: sv.unit for sv in self.config.status_variables}
         self._dataid = 0
         self.event_reports = 0
+        self._deliveries: MemoryObjectSendStream[_Delivery] | None = None
 
     # ------------------------------------------------------------------------------------------------
     # lifecycle
@@ -156,6 +170,14 @@ class HsmsAdapter:
 
     async def _session(self, stream: anyio.abc.ByteStream, *, passive: bool) -> tuple[str, bool]:
         link = HsmsLink(stream, self.config.connection, self.log, self._on_primary, passive=passive)
+        send, receive = anyio.create_memory_object_stream[_Delivery](_BATCH_MAX)
+        self._deliveries = send
+        with send, receive:
+            return await self._serve_session(link, receive, passive=passive)
+
+    async def _serve_session(
+        self, link: HsmsLink, receive: MemoryObjectReceiveStream[_Delivery], *, passive: bool
+    ) -> tuple[str, bool]:
         established = False
         async with anyio.create_task_group() as tg:
 
@@ -163,6 +185,7 @@ class HsmsAdapter:
                 await link.run()
                 tg.cancel_scope.cancel()
 
+            tg.start_soon(self._deliver_loop, link, receive)
             tg.start_soon(serve_link)
             try:
                 if passive:
@@ -366,9 +389,8 @@ class HsmsAdapter:
             for i, item in enumerate(items):
                 name = names[i] if names is not None and i < len(names) else f"rpt{rptid}_{i}"
                 values[name] = item.to_python()
-        await self.ctx.emit([self._event_record(ceid, values)])
+        await self._deliver(_Delivery(self._event_record(ceid, values), msg, (6, 12) if msg.wbit else None))
         self.event_reports += 1
-        await self._ack_if_wanted(link, msg, B(0))
 
     def _event_record(self, ceid: Any, values: dict[str, Any]) -> Record:
         config = self._events.get(ceid)
@@ -408,10 +430,50 @@ class HsmsAdapter:
         else:
             occurrence = self._active_alarms.pop(alid, "") or str(uuid.uuid4())
             record = self.ctx.event(EventType.FAULT_CLEARED, fault_occurrence_id=occurrence, **fields)
-        await self.ctx.emit([record])
         # S5F1 is always answered: E5 requires the W-bit on it, but some equipment (secsgem 0.3.0)
         # sends it without one and still waits T3 for the S5F2.
-        await link.reply(msg, 5, 2, B(0))
+        await self._deliver(_Delivery(record, msg, (5, 2)))
+
+    async def _deliver(self, delivery: _Delivery) -> None:
+        if self._deliveries is None:
+            raise RuntimeError("no HSMS session is running")
+        await self._deliveries.send(delivery)
+
+    async def _deliver_loop(self, link: HsmsLink, receive: MemoryObjectReceiveStream[_Delivery]) -> None:
+        """Emit queued event and alarm records in batches, then acknowledge each one, in arrival order.
+
+        Batching is what lets an equipment with several open S6F11 transactions go faster than one
+        buffer commit per report. The emit is shielded so a closing connection never leaves it unknown
+        whether a record was made durable; records still queued when the connection ends are emitted
+        too (unacknowledged: the equipment may resend them, a duplicate beats a loss).
+        """
+        batch: list[_Delivery] = []
+        try:
+            with receive:
+                async for first in receive:
+                    batch = [first]
+                    while len(batch) < _BATCH_MAX:
+                        try:
+                            batch.append(receive.receive_nowait())
+                        except anyio.WouldBlock:
+                            break
+                    with anyio.CancelScope(shield=True), anyio.move_on_after(_EMIT_DEADLINE):
+                        await self.ctx.emit([d.record for d in batch])
+                    emitted, batch = batch, []
+                    for delivery in emitted:
+                        if delivery.reply is not None:
+                            await link.reply(delivery.message, *delivery.reply, B(0))
+        except HsmsClosed:
+            pass
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_EMIT_DEADLINE):
+                while True:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                        break
+                if batch:
+                    await self.ctx.emit([d.record for d in batch])
 
 
 def _is_pass(raw: Any, pass_values: Sequence[Any]) -> bool:

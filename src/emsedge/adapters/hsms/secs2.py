@@ -89,12 +89,13 @@ _NUMERIC: Final[dict[str, tuple[str, int]]] = {
 MAX_LENGTH: Final = 0xFFFFFF
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=True)
 class Item:
     """One SECS-II item.
 
     `value` by format: `L` -> tuple of `Item`; `B` -> bytes; `A`/`J` -> str; `BOOLEAN` -> tuple of bool;
     numeric formats -> tuple of int (I*/U*) or float (F*). Arrays are tuples; a scalar is a 1-tuple.
+    Treat it as immutable (not frozen only because frozen dataclasses are slow to build on the hot path).
     """
 
     fmt: str
@@ -261,17 +262,30 @@ def encode(item: Item) -> bytes:
 # decode
 
 
-def _decode_leaf(fmt: str, data: bytes) -> Item:
-    if fmt in ("A", "J"):
+_SINGLE: Final[dict[str, struct.Struct]] = {name: struct.Struct(">" + st) for name, (st, _) in _NUMERIC.items()}
+
+# format byte -> (format name, number of length bytes, numeric element size or 0); None: invalid byte
+_FORMAT_BYTES: Final[list[tuple[str, int, int] | None]] = [
+    (_NAMES[fb >> 2], fb & 3, _NUMERIC[_NAMES[fb >> 2]][1] if _NAMES[fb >> 2] in _NUMERIC else 0)
+    if fb >> 2 in _NAMES and fb & 3
+    else None
+    for fb in range(256)
+]
+
+
+def _decode_leaf(fmt: str, size: int, data: bytes) -> Item:
+    if size:
+        n = len(data)
+        if n == size:
+            return Item(fmt, _SINGLE[fmt].unpack(data))
+        if n % size:
+            raise Secs2DecodeError(f"{fmt} item of {n} bytes is not a multiple of {size}")
+        return Item(fmt, struct.unpack(f">{n // size}{_NUMERIC[fmt][0]}", data))
+    if fmt in {"A", "J"}:
         return Item(fmt, data.decode("latin-1"))
     if fmt == "B":
         return Item("B", data)
-    if fmt == "BOOLEAN":
-        return Item("BOOLEAN", tuple(b != 0 for b in data))
-    st, size = _NUMERIC[fmt]
-    if len(data) % size:
-        raise Secs2DecodeError(f"{fmt} item of {len(data)} bytes is not a multiple of {size}")
-    return Item(fmt, struct.unpack(f">{len(data) // size}{st}", data))
+    return Item("BOOLEAN", tuple(b != 0 for b in data))
 
 
 def decode(data: bytes | bytearray | memoryview) -> Item:
@@ -279,23 +293,27 @@ def decode(data: bytes | bytearray | memoryview) -> Item:
     buf = bytes(data)
     end = len(buf)
     pos = 0
+    formats = _FORMAT_BYTES
     # stack of (children collected so far, children expected)
     stack: list[tuple[list[Item], int]] = []
-    result: Item | None = None
     while True:
         if pos + 2 > end:
             raise Secs2DecodeError(f"truncated item header at offset {pos}")
-        fb = buf[pos]
-        n_len = fb & 0x03
-        name = _NAMES.get(fb >> 2)
-        if name is None:
+        spec = formats[buf[pos]]
+        if spec is None:
+            fb = buf[pos]
+            if fb & 3 == 0:
+                raise Secs2DecodeError(f"format byte at offset {pos} declares no length bytes")
             raise Secs2DecodeError(f"unknown format code 0o{fb >> 2:02o} at offset {pos}")
-        if n_len == 0:
-            raise Secs2DecodeError(f"format byte at offset {pos} declares no length bytes")
-        if pos + 1 + n_len > end:
-            raise Secs2DecodeError(f"truncated length at offset {pos}")
-        length = int.from_bytes(buf[pos + 1 : pos + 1 + n_len], "big")
-        pos += 1 + n_len
+        name, n_len, size = spec
+        if n_len == 1:
+            length = buf[pos + 1]
+            pos += 2
+        else:
+            if pos + 1 + n_len > end:
+                raise Secs2DecodeError(f"truncated length at offset {pos}")
+            length = int.from_bytes(buf[pos + 1 : pos + 1 + n_len], "big")
+            pos += 1 + n_len
         if name == "L":
             # every child takes at least two bytes: refuse impossible counts before building anything
             if length * 2 > end - pos:
@@ -307,24 +325,20 @@ def decode(data: bytes | bytearray | memoryview) -> Item:
         else:
             if length > end - pos:
                 raise Secs2DecodeError(f"{name} item of {length} bytes but only {end - pos} left")
-            item = _decode_leaf(name, buf[pos : pos + length])
+            item = _decode_leaf(name, size, buf[pos : pos + length])
             pos += length
         # attach the finished item to its parents, closing every list it completes
-        while True:
-            if not stack:
-                result = item
-                break
+        while stack:
             children, expected = stack[-1]
             children.append(item)
             if len(children) < expected:
                 break
             stack.pop()
             item = Item("L", tuple(children))
-        if result is not None:
-            break
-    if pos != end:
-        raise Secs2DecodeError(f"{end - pos} trailing bytes after the item")
-    return result
+        else:
+            if pos != end:
+                raise Secs2DecodeError(f"{end - pos} trailing bytes after the item")
+            return item
 
 
 # ---------------------------------------------------------------------------------------------------
