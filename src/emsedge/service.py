@@ -175,7 +175,13 @@ class GatewayCollector:
 
     def collect(self) -> Iterator[Metric]:
         s = self.state
-        labels = ["equipment", "type", "adapter"]
+        # Only `equipment` on the per-poll series: type and adapter live on emsedge_equipment_info (join on
+        # equipment in PromQL). Fewer labels per sample keeps a scrape, which runs on the event loop, short.
+        labels = ["equipment"]
+        info = GaugeMetricFamily(
+            "emsedge_equipment_info", "Kind and adapter of each piece of equipment.",
+            labels=["equipment", "type", "adapter"],
+        )
         polls = CounterMetricFamily("emsedge_polls", "Polls (or push reads) completed.", labels=labels)
         errors = CounterMetricFamily("emsedge_poll_errors", "Polls that failed.", labels=labels)
         skipped = CounterMetricFamily("emsedge_skipped_cycles", "Poll cycles skipped on overrun.", labels=labels)
@@ -190,7 +196,8 @@ class GatewayCollector:
         )
         for equipment_id, h in sorted(s.equipment.items()):
             kind, adapter = s.equipment_info.get(equipment_id, ("?", "?"))
-            lv = [equipment_id, kind, adapter]
+            info.add_metric([equipment_id, kind, adapter], 1.0)
+            lv = [equipment_id]
             polls.add_metric(lv, h.polls)
             errors.add_metric(lv, h.poll_errors)
             skipped.add_metric(lv, h.skipped_cycles)
@@ -202,7 +209,7 @@ class GatewayCollector:
             durations.add_metric(
                 lv, _buckets(POLL_DURATION_BUCKETS, counts), sum_value=getattr(h, "poll_duration_sum", 0.0)
             )
-        yield from (polls, errors, skipped, values, reconnects, connected, disabled, durations)
+        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, durations)
 
         yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
         yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)
@@ -231,9 +238,9 @@ class GatewayCollector:
                          1.0 if _stat(stats, "writable", True) else 0.0)
         yield _gauge("emsedge_broker_connected", "1 while connected to the MQTT broker.",
                      1.0 if s.broker_connected() else 0.0)
-        info = GaugeMetricFamily("emsedge_build_info", "Gateway id and version.", labels=["gateway", "version"])
-        info.add_metric([s.gateway_id, s.version], 1.0)
-        yield info
+        build = GaugeMetricFamily("emsedge_build_info", "Gateway id and version.", labels=["gateway", "version"])
+        build.add_metric([s.gateway_id, s.version], 1.0)
+        yield build
         yield _gauge("emsedge_uptime_seconds", "Seconds since the gateway started.",
                      time.monotonic() - s.started_monotonic)
 

@@ -58,7 +58,7 @@ def answers(port: int) -> bool:
     return True
 
 
-REFLOW = (("adapter", "modbus"), ("equipment", "reflow-1"), ("type", "reflow_oven"))
+REFLOW = (("equipment", "reflow-1"),)
 
 
 def test_healthz_and_metrics_follow_equipment_going_down_and_coming_back(

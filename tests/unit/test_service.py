@@ -258,8 +258,9 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
         for family in text_string_to_metric_families(body.decode())
         for s in family.samples
     }
-    reflow = (("adapter", "modbus"), ("equipment", "reflow-1"), ("type", "reflow_oven"))
-    aoi = (("adapter", "opcua"), ("equipment", "aoi-1"), ("type", "aoi"))
+    reflow = (("equipment", "reflow-1"),)
+    aoi = (("equipment", "aoi-1"),)
+    assert samples[("emsedge_equipment_info", (("adapter", "opcua"), ("equipment", "aoi-1"), ("type", "aoi")))] == 1
     assert samples[("emsedge_polls_total", reflow)] == 10
     assert samples[("emsedge_poll_errors_total", aoi)] == 2
     assert samples[("emsedge_values_collected_total", reflow)] == 48
@@ -282,7 +283,7 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
 
     state.equipment["aoi-1"].connected = True  # live: the next scrape sees it without any copying
     [(_, _, body)] = await serve_and(state, [("GET", "/metrics")])
-    assert 'emsedge_equipment_connected{adapter="opcua",equipment="aoi-1",type="aoi"} 1.0' in body.decode()
+    assert 'emsedge_equipment_connected{equipment="aoi-1"} 1.0' in body.decode()
 
 
 @pytest.mark.asyncio
