@@ -196,6 +196,15 @@ class HttpConfig(_Model):
         "127.0.0.1:9108", description="host:port of /healthz and /metrics; null turns the listener off."
     )
 
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None:
+            _host, sep, port = v.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError("write host:port, e.g. 127.0.0.1:9108 (or :9108 for every interface)")
+        return v
+
 
 class LoggingConfig(_Model):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
