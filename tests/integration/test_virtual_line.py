@@ -1,0 +1,170 @@
+"""End to end: `emsedge simulate` (the virtual line) -> `emsedge run -c config/demo.yaml` -> mosquitto -> MES.
+
+The line runs with compressed cycle times, a fixed seed, six boards and a fault schedule (a jam, an AOI
+alarm, an oven alarm bit, an oven outage). Its `--events` log is the ground truth the reference MES
+subscriber (examples/mes_subscriber.py) is compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from support import REPO, Mosquitto
+from support.daemon import EMSEDGE, Daemon, wait_until
+
+from emsedge.config import load_config
+from emsedge.simulate import load_virtual_line
+
+sys.path.insert(0, str(REPO / "examples"))
+from mes_subscriber import MesSubscriber, connect
+
+PREFIX = "ems/demo-plant/smt/virtual-line"
+BOARDS = 6
+
+
+def fast_line(tmp_path: Path) -> Path:
+    """The demo line's ports with test-sized cycle times and a fault schedule, as a config file."""
+    ports = load_virtual_line(REPO / "config" / "virtual-line.yaml")
+    config = {
+        "line": {"speed": 1, "tick": "50ms", "seed": 7, "first_serial": 501, "board_interval": "1s",
+                 "max_boards": BOARDS},
+        "pick_and_place": {"port": ports.pick_and_place.port, "setup_time": "3.5s", "transfer_time": "100ms",
+                           "placement_time": "900ms", "pick_error_rate": 0.01},
+        "reflow_oven": {"port": ports.reflow_oven.port, "dwell_time": "2s", "min_spacing": "300ms"},
+        "aoi": {"port": ports.aoi.port, "inspection_time": "300ms", "defect_rate": 0.4},
+        "schedule": {"faults": [
+            {"at": "4.8s", "machine": "pick_and_place", "fault": "jam", "duration": "800ms"},
+            {"at": "7s", "machine": "aoi", "fault": "alarm", "code": 7, "duration": "1s"},
+            {"at": "8s", "machine": "reflow_oven", "fault": "alarm", "code": 3, "duration": "1s"},
+            {"at": "9.5s", "machine": "reflow_oven", "fault": "outage", "duration": "300ms"},
+        ]},
+    }
+    path = tmp_path / "line.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Simulator:
+    def __init__(self, config: Path, tmp_path: Path) -> None:
+        self.events = tmp_path / "line-events.jsonl"
+        self.log_path = tmp_path / "simulate.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([EMSEDGE, "simulate", "-c", str(config), "--events", str(self.events)],
+                                        stdout=self.log, stderr=self.log)
+
+    def up(self) -> bool:
+        return b"virtual line up" in self.log_path.read_bytes()
+
+    def truth(self) -> list[dict[str, Any]]:
+        if not self.events.exists():
+            return []
+        return [json.loads(line) for line in self.events.read_text().splitlines() if line.strip()]
+
+    def inspected(self) -> list[dict[str, Any]]:
+        return [e["board"] for e in self.truth() if e["kind"] == "board_inspected"]
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=15)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.log.close()
+
+
+@pytest.fixture
+def mes(mosquitto: Mosquitto) -> Iterator[MesSubscriber]:
+    sub = MesSubscriber()
+    client = connect(sub, mosquitto.url, PREFIX)
+    yield sub
+    client.loop_stop()
+    client.disconnect()
+
+
+def test_demo_config_and_virtual_line_agree_on_every_port() -> None:
+    line = load_virtual_line(REPO / "config" / "virtual-line.yaml")
+    gateway = {e.id: e for e in load_config(REPO / "config" / "demo.yaml").equipment}
+    assert gateway["pnp-1"].connection.url.endswith(f":{line.pick_and_place.port}/emsedge/pnp")  # type: ignore[union-attr]
+    assert gateway["reflow-1"].connection.port == line.reflow_oven.port  # type: ignore[union-attr]
+    assert gateway["aoi-1"].connection.port == line.aoi.port  # type: ignore[union-attr]
+
+
+def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_inspection_joined_by_serial(
+    tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
+) -> None:
+    env = {"EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", "")}
+    gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env)
+    gateway.start()
+    simulator = Simulator(fast_line(tmp_path), tmp_path)
+    try:
+        wait_until(simulator.up, 20)
+        wait_until(lambda: len(simulator.inspected()) >= BOARDS, 40)
+        wait_until(lambda: len(mes.inspected_serials()) >= BOARDS, 15)
+        wait_until(lambda: sum(c["type"] == "connection_restored" and c["equipment"] == "reflow-1"
+                               for c in mes.connections) >= 2, 15)
+        assert gateway.stop() == 0
+    finally:
+        gateway.kill()
+        simulator_status = simulator.stop()
+    assert simulator_status == 0
+
+    truth = simulator.inspected()
+    assert [b["serial"] for b in truth] == [f"PCB-2026-{n:06d}" for n in range(501, 501 + BOARDS)]
+    for board in truth:
+        record = mes.boards.get(board["serial"])
+        assert record is not None, f"{board['serial']} never reached MES"
+        assert MesSubscriber.is_complete(record), f"{board['serial']} incomplete: {sorted(record)}"
+        placement, reflow, inspection = record["placement"], record["reflow"], record["inspection"]
+        # Traceability down to the component: every slot's reel, part number and reference designators.
+        assert placement["equipment"] == "pnp-1"
+        assert placement["program"] == "MAIN-CTRL-REV-C"
+        assert {str(m["slot"]): {k: m[k] for k in ("reel_id", "part_number", "ref_designators")}
+                for m in placement["materials"]} == board["materials"]
+        # The zone profile the board saw, from the oven's registers at the moment it left.
+        assert reflow["equipment"] == "reflow-1"
+        assert reflow["profile"]["recipe"] == "SAC305-STD"
+        for zone in range(1, 11):
+            for side in ("top", "bottom"):
+                assert 90 < reflow["profile"][f"zone{zone}_{side}_actual"] < 270
+                assert reflow["units"][f"zone{zone}_{side}_actual"] == "Cel"
+        assert reflow["profile"]["conveyor_speed"] == pytest.approx(80.0)
+        # The inspection verdict and defects exactly as the AOI decided them.
+        assert inspection["equipment"] == "aoi-1"
+        assert inspection["result"] == board["result"].lower()
+        assert inspection["defects"] == board["defects"]
+        assert placement["ts"] <= reflow["ts"] <= inspection["ts"]
+    assert any(b["result"] == "FAIL" for b in truth)
+    assert any(b["result"] == "PASS" for b in truth)
+
+    assert mes.gaps() == {}
+    assert mes.received > 100
+
+    pnp_states = [c["state_name"] for c in mes.state_changes if c["equipment"] == "pnp-1"]
+    assert pnp_states[:4] == ["setup", "productive", "unscheduled_down", "productive"]
+    assert pnp_states[-1] == "starved"  # the loader stopped after the last board
+
+    def faults(equipment: str) -> list[tuple[str, Any, str]]:
+        return [(f["type"], f.get("fault_code", f.get("alid")), f["fault_occurrence_id"])
+                for f in mes.faults if f["equipment"] == equipment]
+
+    for equipment, code in (("pnp-1", 1201), ("aoi-1", 7), ("reflow-1", "REFLOW-3")):
+        got = faults(equipment)
+        assert [(kind, c) for kind, c, _ in got] == [("fault_occurred", code), ("fault_cleared", code)], got
+        assert got[0][2] == got[1][2]  # linked by the fault occurrence id
+    assert not mes.active_faults
+
+    reflow = [c["type"] for c in mes.connections if c["equipment"] == "reflow-1"]
+    assert "connection_lost" in reflow
+    assert reflow[-1] == "connection_restored"
