@@ -287,11 +287,22 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 
 async def serve_http(
-    listen: str, state: GatewayState, *, task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED
+    listen: str, state: GatewayState, *, task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve /healthz and /metrics until cancelled. Reports the bound port through `task_status`."""
+    """Serve /healthz and /metrics until cancelled. Reports the bound port through `task_status`.
+
+    A listener that cannot bind (port taken, address not on this host) is logged as an error and the
+    gateway runs on without it (started with None): collecting data matters more than observing it, and
+    a restart loop would not free the port.
+    """
     host, port = parse_listen(listen)
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    try:
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+    except OSError as exc:
+        log.error("http listener not started: cannot bind; /healthz and /metrics are unavailable",
+                  address=listen, error=exc.strerror or str(exc))
+        task_status.started(None)
+        return
     async with listener:
         bound = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_port)
         log.info("http listening", address=f"{host}:{bound}", paths="/healthz /metrics")

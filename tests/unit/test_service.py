@@ -311,3 +311,13 @@ async def test_a_broken_buffer_stats_callable_does_not_break_healthz() -> None:
     [(code, _, body)] = await serve_and(state, [("GET", "/healthz")])
     assert code == 503
     assert json.loads(body)["buffer"]["writable"] is False
+
+
+@pytest.mark.asyncio
+async def test_a_listener_that_cannot_bind_is_reported_and_does_not_stop_the_gateway() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with anyio.create_task_group() as tg:
+            assert await tg.start(serve_http, f"127.0.0.1:{port}", make_state()) is None
