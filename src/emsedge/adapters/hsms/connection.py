@@ -201,10 +201,10 @@ class HsmsLink:
                         await self._read_loop()
                     except HsmsClosed as exc:
                         self.close(str(exc))
+                    except TimeoutError:  # before OSError, of which it is a subclass
+                        self.close("T8 inter-character timeout")
                     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                         self.close("connection closed by peer")
-                    except TimeoutError:
-                        self.close("T8 inter-character timeout")
         finally:
             if self._closed_reason is None:
                 self._closed_reason = "connection ended"
