@@ -177,7 +177,10 @@ def print_table(results: Sequence[OnlineResult], out: TextIO) -> None:
             if status and quality != "good":
                 quality += f" ({status})"
             value = r.get("value")
-            text = "null" if value is None else (f"{value:.6g}" if isinstance(value, float) else str(value))
+            if value is None or value == "":
+                text = "null" if value is None else '""'
+            else:
+                text = f"{value:.6g}" if isinstance(value, float) else str(value)
             rows.append((res.equipment, str(r.get("signal", "?")), text, str(r.get("unit") or ""), quality))
     widths = [min(max(len(row[i]) for row in rows), 60) for i in range(5)]
     for row in rows:

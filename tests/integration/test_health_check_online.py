@@ -1,4 +1,5 @@
-"""`emsedge check-config FILE --online` against real equipment: a Modbus process and an OPC UA server."""
+"""`emsedge check-config FILE --online` against real equipment: a Modbus process, an OPC UA server and the
+virtual line (OPC UA, Modbus and HSMS simulators)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from opcua_server import PnPServer
-from support.daemon import EMSEDGE, Equipment, gateway_config
+from support import REPO, free_port
+from support.daemon import EMSEDGE, Equipment, gateway_config, wait_until
 
 from emsedge.config import OpcUaEquipment
 from emsedge.tooling import read_equipment
@@ -98,3 +100,36 @@ async def test_online_check_of_a_push_adapter_fails_when_the_endpoint_is_unreach
     result = await read_equipment(config, 5.0)
     assert not result.ok
     assert result.error
+
+
+def test_online_check_reads_the_virtual_line_through_all_three_protocols(tmp_path: Path) -> None:
+    ports = {"pick_and_place": free_port(), "reflow_oven": free_port(), "aoi": free_port()}
+    line = yaml.safe_load((REPO / "config" / "virtual-line.yaml").read_text())
+    for machine, port in ports.items():
+        line[machine]["port"] = port
+    line_file = tmp_path / "line.yaml"
+    line_file.write_text(yaml.safe_dump(line))
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    overrides = {
+        "pnp-1": {"url": f"opc.tcp://127.0.0.1:{ports['pick_and_place']}/emsedge/pnp"},
+        "reflow-1": {"port": ports["reflow_oven"]},
+        "aoi-1": {"port": ports["aoi"]},
+    }
+    for entry in demo["equipment"]:
+        entry["connection"] = overrides[entry["id"]]
+    gateway_file = tmp_path / "demo.yaml"
+    gateway_file.write_text(yaml.safe_dump(demo))
+    log_path = tmp_path / "simulate.log"
+    with log_path.open("wb") as log:
+        simulator = subprocess.Popen([EMSEDGE, "simulate", "-c", str(line_file)], stdout=log, stderr=log)
+    try:
+        wait_until(lambda: b"virtual line up" in log_path.read_bytes(), 20)
+        result = check_online(gateway_file)
+    finally:
+        simulator.terminate()
+        simulator.wait(timeout=15)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 of 3 equipment OK" in result.stdout
+    rows = [line.split() for line in result.stdout.splitlines()]
+    read = {cells[0] for cells in rows if len(cells) >= 3 and cells[-1] == "good"}
+    assert {"pnp-1", "reflow-1"} <= read
