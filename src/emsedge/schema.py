@@ -221,3 +221,5 @@ class StatusMessage(_Wire):
     backlog: int | None = None
     backlog_oldest_age_s: float | None = None
     drain_eta_s: float | None = None
+    dropped: int | None = Field(default=None, description="Records evicted from the buffer since it was created.")
+    dead_letters: int | None = Field(default=None, description="Records the broker rejected for good.")
