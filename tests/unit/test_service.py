@@ -148,11 +148,15 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process(
 async def test_watchdog_task_pings_repeatedly_and_reports_status(notify_path: str, bind_notify: BindNotify) -> None:
     fake = bind_notify(notify_path)
     notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "100000"})  # ping every 50 ms
+    got: list[str] = []
     async with anyio.create_task_group() as tg:
         await tg.start(run_watchdog, notifier, make_state())
-        await anyio.sleep(0.3)
+        with anyio.fail_after(5):
+            while got.count("WATCHDOG=1") < 4:
+                await anyio.sleep(0.05)
+                got += fake.messages(timeout=0.001)
         tg.cancel_scope.cancel()
-    got = fake.messages()
+    got += fake.messages()
     assert got.count("WATCHDOG=1") >= 4
     assert "STATUS=2 equipment, 1 connected, backlog 0" in got
 
