@@ -161,6 +161,16 @@ class _RepeatFilter(logging.Filter):
         return self.limiter.allow(fields, record.levelname)
 
 
+_FIRST = ("timestamp", "level", "event", "equipment")
+
+
+def order_keys(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """timestamp, level, event, equipment first: what a human scanning `journalctl` reads first."""
+    head = {k: event_dict.pop(k) for k in _FIRST if k in event_dict}
+    head.update(event_dict)
+    return head
+
+
 def add_timestamp(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     event_dict.setdefault("timestamp", utc_iso())
     return event_dict
@@ -225,7 +235,12 @@ def configure_logging(
     _limiter = limiter
     renderer: Processor
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer(default=str)
+        json_renderer = structlog.processors.JSONRenderer(default=str)
+
+        def render_json(logger: WrappedLogger, method: str, event_dict: EventDict) -> str:
+            return str(json_renderer(logger, method, order_keys(logger, method, event_dict)))
+
+        renderer = render_json
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=getattr(out, "isatty", lambda: False)())
     if fmt == "json" and under_journal(out, environ):

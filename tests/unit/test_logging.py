@@ -47,6 +47,7 @@ def test_every_event_is_one_json_line_with_utc_millisecond_timestamp(captured: A
     stream, _, _ = captured
     structlog.get_logger("t").info("connected", equipment="reflow-1", detail="two\nlines")
     [line] = lines(stream)
+    assert list(line)[:4] == ["timestamp", "level", "event", "equipment"]
     assert line["event"] == "connected"
     assert line["equipment"] == "reflow-1"
     assert line["level"] == "info"
