@@ -3,7 +3,10 @@
 `run_polled` is adapter-agnostic (Modbus and OPC UA in poll mode share it). Its invariants:
 
 * **No drift.** Poll k of a session starts at `start + k * interval` (`anyio.current_time()`, monotonic),
-  never at "end of last poll + interval". When a poll (plus its emit) overruns, the slots it ran over are
+  never at "end of last poll + interval". The first poll of a session runs at once; `start` is the
+  session start plus a per-equipment phase (`phase_offset`, stable, from the equipment id) so that many
+  machines spread their polls over the period instead of all firing in the same instant.
+  When a poll (plus its emit) overruns, the slots it ran over are
   skipped, not made up in a burst, and counted in `health.skipped_cycles`. A new session (after a
   reconnect) starts a new grid.
 * **A deadline per poll.** `adapter.poll_deadline` when the adapter defines one, otherwise
@@ -13,7 +16,7 @@
 * **Failures never escape.** A transient `AdapterError`, a deadline or any unexpected exception (logged
   once with its traceback) leads to `ctx.connection_lost(reason, adapter.offline_records(reason))`,
   leaving the adapter (close), a capped, jittered backoff sleep, and a new attempt. The backoff restarts
-  from its initial delay after every successful connect. A permanent `AdapterError` logs one error,
+  from its initial delay after the first good poll of a session. A permanent `AdapterError` logs one error,
   sets `health.disabled` and returns, so one bad machine never takes down the daemon.
 * **Connected means data flows.** `connection_restored` is emitted when the first poll of a session
   succeeds, not when the socket opens: a device that accepts TCP but never answers must not flap
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import zlib
 from collections.abc import Callable, Iterator
 
 import anyio
@@ -47,6 +51,15 @@ def poll_deadline(adapter: PolledAdapter, ctx: AdapterContext, interval: float) 
     if not isinstance(timeout, int | float) or timeout <= 0:
         timeout = DEFAULT_TIMEOUT
     return max(interval, float(timeout)) * 3
+
+
+def phase_offset(equipment_id: str, interval: float) -> float:
+    """Where in the period this equipment polls: a stable spread in [0, interval) from its id.
+
+    Equipment started together would otherwise poll in the same instant every period and hit the
+    buffer and the broker in one burst (the last machine's readings waiting behind all the others).
+    """
+    return zlib.crc32(equipment_id.encode()) / 2**32 * interval
 
 
 def next_slot(start: float, interval: float, k: int, now: float) -> tuple[int, int]:
@@ -111,10 +124,10 @@ async def _poll_session(
     deadline: float,
     on_first_good_poll: Callable[[], None],
 ) -> None:
-    """Poll on the grid of this session until an exception ends it."""
+    """Poll at once, then on the (phase-shifted) grid of this session until an exception ends it."""
     health = ctx.health
-    start = anyio.current_time()
-    k = 0
+    start = anyio.current_time() + phase_offset(ctx.equipment.id, interval)
+    k = 0  # the first poll runs now, ahead of slot 0; the next one takes slot 1
     while True:
         began = time.perf_counter()
         try:

@@ -11,7 +11,7 @@ import pytest
 from emsedge.adapters.base import AdapterContext
 from emsedge.config import ModbusEquipment
 from emsedge.errors import AdapterError
-from emsedge.scheduler import next_slot, poll_deadline, run_polled
+from emsedge.scheduler import next_slot, phase_offset, poll_deadline, run_polled
 from emsedge.schema import Record, telemetry
 
 
@@ -80,6 +80,14 @@ async def run_for(adapter: Any, ctx: AdapterContext, interval: float, seconds: f
         tg.cancel_scope.cancel()
 
 
+def test_phases_spread_equipment_over_the_period_and_stay_stable() -> None:
+    phases = [phase_offset(f"machine-{n}", 1.0) for n in range(200)]
+    assert all(0 <= p < 1.0 for p in phases)
+    assert phase_offset("machine-7", 1.0) == phases[7]
+    assert len({int(p * 10) for p in phases}) == 10  # every tenth of the period is used
+    assert phase_offset("machine-7", 2.0) == 2 * phases[7]
+
+
 def test_next_slot_skips_the_slots_an_overrun_poll_missed() -> None:
     assert next_slot(0.0, 1.0, 0, 0.3) == (1, 0)
     assert next_slot(0.0, 1.0, 3, 3.99) == (4, 0)
@@ -96,9 +104,12 @@ async def test_polls_stay_on_their_grid_when_each_poll_takes_a_third_of_the_peri
     await run_for(adapter, ctx, 0.06, 0.75)
     starts = adapter.starts
     assert len(starts) >= 10
-    # Drifting by the poll duration would put poll 10 at 10 * 0.08 = 0.8 s; the grid puts it at 0.6 s.
-    for k, t in enumerate(starts):
-        assert abs(t - starts[0] - k * 0.06) < 0.03, (k, t - starts[0])
+    # Poll 0 runs at once; polls 1.. sit on the grid. Drifting by the poll duration would put poll 10
+    # at 9 * 0.08 = 0.72 s after poll 1; the grid puts it at 0.54 s.
+    for k, t in enumerate(starts[1:]):
+        assert abs(t - starts[1] - k * 0.06) < 0.03, (k, t - starts[1])
+    phase = phase_offset("oven", 0.06)
+    assert abs(starts[1] - starts[0] - (0.06 + phase)) < 0.03
     assert ctx.health.skipped_cycles == 0
     assert ctx.health.polls == len(starts) or ctx.health.polls == len(starts) - 1
     assert ctx.health.values == ctx.health.polls
@@ -109,11 +120,11 @@ async def test_polls_stay_on_their_grid_when_each_poll_takes_a_third_of_the_peri
 @pytest.mark.asyncio
 async def test_an_overrunning_poll_skips_the_missed_slots_counts_them_and_returns_to_the_grid() -> None:
     ctx = AdapterContext(equipment=equipment(timeout="2s"), emit=Recorder().emit)
-    adapter = FakeAdapter([0.01, 0.01, 0.25, 0.01])  # poll 2 overruns 0.1 s slots 3 and 4
-    await run_for(adapter, ctx, 0.1, 0.75)
-    t0 = adapter.starts[0]
-    offsets = [round((t - t0) / 0.1, 1) for t in adapter.starts]
-    assert offsets[:4] == pytest.approx([0, 1, 2, 5], abs=0.3)
+    adapter = FakeAdapter([0.01, 0.01, 0.25, 0.01])  # poll 2 (slot 2) overruns slots 3 and 4
+    await run_for(adapter, ctx, 0.1, 0.85)
+    t1 = adapter.starts[1]  # slot 1: polls 1.. are on the grid
+    offsets = [round((t - t1) / 0.1, 1) for t in adapter.starts[1:]]
+    assert offsets[:4] == pytest.approx([0, 1, 4, 5], abs=0.3)
     assert ctx.health.skipped_cycles == 2
     assert all(abs(o - round(o)) < 0.3 for o in offsets)
 

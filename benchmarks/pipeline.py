@@ -1,0 +1,403 @@
+"""Pipeline benchmark: Modbus server -> gateway (`emsedge run`) -> mosquitto -> subscriber, on this machine.
+
+For each size (default 1k, 10k, 50k signals; equipment of 1,000 signals each: float32/uint16 alternating,
+in holding and input registers of one pymodbus server running in its own process) it prints:
+
+* bare:    a bare pymodbus client (one connection per equipment, the same read requests as the gateway
+           plans) reading flat out for a few seconds: values/s and values per CPU-second of that client.
+* 1s poll: the gateway polling every equipment once a second: values/s delivered to the subscriber,
+           poll-to-delivery latency p50/p99 (subscriber receive time - reading `ts`, which is the poll
+           start), gateway CPU (cores used, CPU seconds per 100k values, values per CPU-second), peak RSS.
+* max:     the gateway with a 1 ms poll interval (every cycle overruns: as fast as it can), values/s
+           delivered and the ratio gateway/bare.
+
+Gateway CPU and RSS come from /proc/<pid>/stat and /proc/<pid>/status (VmHWM) of the `emsedge run`
+subprocess. The server, mosquitto and this process (subscriber) run on the same cores and are not counted
+in the gateway figures. Run: `.venv/bin/python benchmarks/pipeline.py [--sizes 1000,10000,50000]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from calendar import timegm
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "integration")]
+
+import paho.mqtt.client as mqtt  # noqa: E402
+import yaml  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from emsedge.adapters.modbus import plan_requests  # noqa: E402
+from emsedge.config import ModbusEquipment  # noqa: E402
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PREFIX = "ems/bench/smt/line-1"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layout: N signals as equipment of `per_equipment` signals, alternating float32 / uint16.
+
+
+def layout(n_signals: int, per_equipment: int) -> list[dict[str, Any]]:
+    equipment = []
+    for e, first in enumerate(range(0, n_signals, per_equipment)):
+        count = min(per_equipment, n_signals - first)
+        table = "holding" if e % 2 == 0 else "input"
+        address = (e // 2) * ((per_equipment * 3 + 1) // 2)
+        signals = []
+        for j in range(count):
+            type_ = "float32" if j % 2 == 0 else "uint16"
+            signals.append({"name": f"s{j}", "table": table, "address": address, "type": type_, "unit": "Cel"})
+            address += 2 if type_ == "float32" else 1
+        equipment.append({"id": f"eq-{e:03d}", "table": table, "signals": signals})
+    if any(s["address"] >= 65535 for eq in equipment for s in eq["signals"]):
+        raise SystemExit("too many signals for one server's two register tables")
+    return equipment
+
+
+def equipment_config(eq: dict[str, Any], port: int, interval: str) -> dict[str, Any]:
+    return {
+        "id": eq["id"], "type": "reflow_oven", "adapter": "modbus",
+        "connection": {"host": "127.0.0.1", "port": port, "unit_id": 1, "timeout": "2s"},
+        "poll_interval": interval, "signals": eq["signals"],
+    }
+
+
+def gateway_config(layout_: list[dict[str, Any]], modbus_port: int, mqtt_port: int, workdir: Path,
+                   interval: str) -> Path:
+    config = {
+        "gateway": {"id": "bench-gw", "site": "bench", "area": "smt", "line": "line-1"},
+        "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "client_id": f"bench-gw-{time.monotonic_ns()}"},
+        "buffer": {"path": str(workdir / f"buffer-{time.monotonic_ns()}.db")},
+        "http": {"listen": None},
+        "logging": {"level": "warning", "format": "json"},
+        "equipment": [equipment_config(eq, modbus_port, interval) for eq in layout_],
+    }
+    path = workdir / f"gateway-{len(layout_)}-{interval}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Modbus server (own process: `pipeline.py --serve PORT --signals N --per-equipment M`)
+
+
+def serve(port: int, n_signals: int, per_equipment: int) -> None:
+    from modbus_server import ModbusTestServer, RegisterImage  # noqa: PLC0415
+
+    images = {"holding": RegisterImage(), "input": RegisterImage()}
+    size = {"holding": 1, "input": 1}
+    for eq in layout(n_signals, per_equipment):
+        for n, s in enumerate(eq["signals"]):
+            value = 20.0 + n / 8 if s["type"] == "float32" else n % 65536
+            images[s["table"]].put(s["address"], s["type"], value)
+            size[s["table"]] = max(size[s["table"]], s["address"] + 2)
+
+    async def main() -> None:
+        server = ModbusTestServer(
+            holding=images["holding"].registers(size["holding"]),
+            input=images["input"].registers(size["input"]),
+            port=port,
+        )
+        await server.start()
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_mem_mb(pid: int, field_: str) -> float:
+    """VmHWM (peak) or VmRSS (now) of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def bare_client(port: int, layout_: list[dict[str, Any]], seconds: float) -> tuple[float, float]:
+    """(values/s, values per CPU-second) of bare pymodbus reads of the gateway's own request plan."""
+    from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
+
+    plans = []
+    for eq in layout_:
+        model = ModbusEquipment.model_validate(equipment_config(eq, port, "1s"))
+        plans.append((plan_requests(model.signals), len(model.signals)))
+    values = 0
+    start = time.perf_counter()
+    end = start + seconds
+    cpu0 = time.process_time()
+
+    async def worker(plan: list[Any], n_values: int) -> None:
+        nonlocal values
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0, reconnect_delay=0)
+        await client.connect()
+        readers = {"holding": client.read_holding_registers, "input": client.read_input_registers}
+        try:
+            while time.perf_counter() < end:
+                for r in plan:
+                    rr = await readers[r.table](r.address, count=r.count, device_id=1)
+                    if rr.isError():
+                        raise RuntimeError(f"bare client read failed: {rr}")
+                values += n_values
+        finally:
+            client.close()
+
+    await asyncio.gather(*(worker(plan, n) for plan, n in plans))
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0
+    return values / elapsed, values / cpu if cpu else float("nan")
+
+
+@dataclass
+class Received:
+    """What the subscriber saw: per telemetry message (receive time, readings, reading ts)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    items: list[tuple[float, int, bytes]] = field(default_factory=list)
+    sample: bytes | None = None
+
+    def on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        now = time.time()
+        payload = msg.payload
+        n = payload.count(b'"signal":')
+        at = payload.find(b'"ts":"', payload.find(b'"readings":['))
+        with self.lock:
+            self.items.append((now, n, payload[at + 6 : at + 30]))
+            if self.sample is None:
+                self.sample = payload
+
+    def window(self, t0: float, t1: float) -> list[tuple[float, int, bytes]]:
+        with self.lock:
+            return [item for item in self.items if t0 <= item[0] < t1]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.sample = None
+
+
+_ts_cache: dict[bytes, float] = {}
+
+
+def parse_ts(ts: bytes) -> float:
+    if (v := _ts_cache.get(ts)) is None:
+        text = ts.decode()
+        v = timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S")) + int(text[20:23]) / 1000
+        _ts_cache[ts] = v
+    return v
+
+
+def percentile(pairs: list[tuple[float, int]], q: float) -> float:
+    """Weighted percentile of (value, weight) pairs."""
+    if not pairs:
+        return float("nan")
+    pairs = sorted(pairs)
+    total = sum(w for _, w in pairs)
+    target = q * total
+    acc = 0
+    for v, w in pairs:
+        acc += w
+        if acc >= target:
+            return v
+    return pairs[-1][0]
+
+
+@dataclass
+class GatewayRun:
+    values_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_s: float
+    window_s: float
+    rss_mb: float
+    rss_now_mb: float
+    values: int
+
+    @property
+    def cores(self) -> float:
+        return self.cpu_s / self.window_s
+
+    @property
+    def values_per_cpu_s(self) -> float:
+        return self.values / self.cpu_s if self.cpu_s else float("nan")
+
+
+def run_gateway(config: Path, received: Received, expected_values: int, warmup: float, window: float,
+                workdir: Path) -> GatewayRun:
+    emsedge = REPO / ".venv" / "bin" / "emsedge"
+    cmd = [str(emsedge) if emsedge.exists() else "emsedge", "run", "-c", str(config)]
+    log = (workdir / f"{config.stem}.log").open("wb")
+    received.clear()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 30
+        while not received.window(0, float("inf")):
+            if proc.poll() is not None or time.time() > deadline:
+                log.close()
+                tail = (workdir / f"{config.stem}.log").read_text()[-3000:]
+                raise SystemExit(f"gateway did not deliver telemetry (exit {proc.poll()}):\n{tail}")
+            time.sleep(0.05)
+        time.sleep(warmup)
+        t0, cpu0 = time.time(), proc_cpu(proc.pid)
+        time.sleep(window)
+        t1, cpu1 = time.time(), proc_cpu(proc.pid)
+        rss, rss_now = proc_mem_mb(proc.pid, "VmHWM"), proc_mem_mb(proc.pid, "VmRSS")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+    items = received.window(t0, t1)
+    values = sum(n for _, n, _ in items)
+    latencies = [((now - parse_ts(ts)) * 1000, n) for now, n, ts in items]
+    _ = expected_values
+    return GatewayRun(values / (t1 - t0), percentile(latencies, 0.5), percentile(latencies, 0.99),
+                      cpu1 - cpu0, t1 - t0, rss, rss_now, values)
+
+
+def check_sample(received: Received) -> None:
+    """The payload is the documented contract, with the values the server holds."""
+    from emsedge.schema import TelemetryMessage  # noqa: PLC0415
+
+    assert received.sample is not None
+    message = TelemetryMessage.model_validate_json(received.sample)
+    first = {r.signal: r for r in message.readings}
+    if first["s0"].value != 20.0 or first["s1"].value != 1 or first["s0"].quality != "good":
+        raise SystemExit(f"unexpected values delivered: {received.sample[:300]!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1000,10000,50000")
+    parser.add_argument("--per-equipment", type=int, default=1000)
+    parser.add_argument("--bare-seconds", type=float, default=4.0)
+    parser.add_argument("--window", type=float, default=8.0, help="measurement window of each gateway run")
+    parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--signals", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve is not None:
+        serve(args.serve, args.signals, args.per_equipment)
+        return 0
+
+    from support import Mosquitto, free_port, wait_for_port  # noqa: PLC0415
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="emsedge-bench-") as tmp:
+        workdir = Path(tmp)
+        broker = Mosquitto(workdir=workdir)
+        broker.start()
+        received = Received()
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
+        sub.on_message = received.on_message
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe(f"{PREFIX}/+/telemetry", qos=1)
+        sub.loop_start()
+        try:
+            for n in sizes:
+                lay = layout(n, args.per_equipment)
+                port = free_port()
+                server = subprocess.Popen(
+                    [sys.executable, __file__, "--serve", str(port), "--signals", str(n),
+                     "--per-equipment", str(args.per_equipment)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=(workdir / f"modbus-server-{n}.log").open("wb"),
+                )
+                try:
+                    wait_for_port(port, timeout=30)
+                    bare_rate, bare_per_cpu = asyncio.run(bare_client(port, lay, args.bare_seconds))
+                    paced = run_gateway(gateway_config(lay, port, broker.port, workdir, "1s"), received, n,
+                                        warmup=2.0, window=args.window, workdir=workdir)
+                    check_sample(received)
+                    flat = run_gateway(gateway_config(lay, port, broker.port, workdir, "1ms"), received, n,
+                                       warmup=2.0, window=args.window * 0.75, workdir=workdir)
+                finally:
+                    server.terminate()
+                    server.wait(timeout=10)
+                row = {
+                    "signals": n, "equipment": len(lay),
+                    "bare_values_s": bare_rate, "bare_values_per_cpu_s": bare_per_cpu,
+                    "values_s": paced.values_per_s, "p50_ms": paced.p50_ms, "p99_ms": paced.p99_ms,
+                    "cores": paced.cores, "cpu_s_per_100k": paced.cpu_s / paced.values * 1e5 if paced.values else None,
+                    "values_per_cpu_s": paced.values_per_cpu_s, "rss_mb": paced.rss_mb, "rss_now_mb": paced.rss_now_mb,
+                    "max_values_s": flat.values_per_s, "max_values_per_cpu_s": flat.values_per_cpu_s,
+                    "max_cores": flat.cores, "max_rss_mb": flat.rss_mb,
+                    "ratio_gateway_bare": flat.values_per_s / bare_rate if bare_rate else None,
+                }
+                results.append(row)
+                print_row(row)
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+            broker.stop()
+    print_summary(results)
+    print(json.dumps(results))
+    return 0
+
+
+def print_row(r: dict[str, Any]) -> None:
+    print(
+        f"\n== {r['signals']:,} signals ({r['equipment']} equipment)\n"
+        f"  bare pymodbus client : {r['bare_values_s']:>10,.0f} values/s   "
+        f"{r['bare_values_per_cpu_s']:>10,.0f} values/CPU-s\n"
+        f"  gateway, 1 s poll    : {r['values_s']:>10,.0f} values/s delivered, latency p50 {r['p50_ms']:.0f} ms"
+        f" p99 {r['p99_ms']:.0f} ms\n"
+        f"                         {r['cores']:.2f} cores, {r['cpu_s_per_100k'] or float('nan'):.3f} CPU-s/100k values,"
+        f" {r['values_per_cpu_s']:,.0f} values/CPU-s, peak RSS {r['rss_mb']:.0f} MB"
+        f" (RSS at the end {r['rss_now_mb']:.0f} MB)\n"
+        f"  gateway, flat out    : {r['max_values_s']:>10,.0f} values/s delivered, {r['max_values_per_cpu_s']:,.0f}"
+        f" values/CPU-s, {r['max_cores']:.2f} cores, peak RSS {r['max_rss_mb']:.0f} MB\n"
+        f"  gateway / bare       : {r['ratio_gateway_bare'] or 0:.0%}",
+        flush=True,
+    )
+
+
+def print_summary(results: list[dict[str, Any]]) -> None:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    print("\n== targets")
+    best = max((r["values_per_cpu_s"] for r in results), default=0)
+    print(f"  >= 200k values per CPU-second (1 s poll, best size): {best:,.0f} -> {verdict(best >= 200_000)}")
+    for r in results:
+        if r["signals"] == 10_000:
+            print(f"  peak RSS < 100 MB at 10k signals: {r['rss_mb']:.0f} MB -> {verdict(r['rss_mb'] < 100)}")
+        if r["signals"] == 50_000:
+            ok = r["p99_ms"] < 250 and r["cores"] <= 1.0 and r["values_s"] >= 0.95 * 50_000
+            print(f"  50k signals at 1 s poll, p99 < 250 ms, <= 1 core: {r['values_s']:,.0f} values/s,"
+                  f" p99 {r['p99_ms']:.0f} ms, {r['cores']:.2f} cores -> {verdict(ok)}")
+    for r in results:
+        ratio = r["ratio_gateway_bare"] or 0
+        print(f"  gateway >= 70% of bare client at {r['signals']:,} signals: {ratio:.0%} -> {verdict(ratio >= 0.7)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
