@@ -205,9 +205,8 @@ class GatewayCollector:
             reconnects.add_metric(lv, h.reconnects)
             connected.add_metric(lv, 1.0 if h.connected else 0.0)
             disabled.add_metric(lv, 1.0 if h.disabled else 0.0)
-            counts = getattr(h, "poll_duration_counts", None) or [0] * (len(POLL_DURATION_BUCKETS) + 1)
             durations.add_metric(
-                lv, _buckets(POLL_DURATION_BUCKETS, counts), sum_value=getattr(h, "poll_duration_sum", 0.0)
+                lv, _buckets(POLL_DURATION_BUCKETS, h.poll_duration_counts), sum_value=h.poll_duration_sum
             )
         yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, durations)
 
