@@ -276,3 +276,14 @@ async def test_connect_refused_is_reported_once_and_retried_until_the_equipment_
         await tg.start(eq2.serve)
         await collector.wait_for(restored)
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_deselect_from_the_equipment_ends_in_t7_and_a_fresh_connection() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector, t7="300ms"):
+        assert eq.link is not None
+        await eq.link.deselect()
+        await collector.wait_for(lambda c: restored(c, 2))
+        assert collector.events("connection_lost")[0]["reason"] == "T7 timeout: not selected"
+        assert eq.connections == 2
