@@ -71,6 +71,8 @@ class Mosquitto:
             f"persistence_location {self.workdir}/",
             f"persistence_file mosquitto-{self.port}.db",
             "autosave_interval 1",
+            # As root, mosquitto switches to its own user, which cannot write the persistence file here.
+            *(["user root"] if os.geteuid() == 0 else []),
             "log_type error",
             "log_type warning",
             self.extra_config,
