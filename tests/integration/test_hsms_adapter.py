@@ -287,3 +287,19 @@ async def test_deselect_from_the_equipment_ends_in_t7_and_a_fresh_connection() -
         await collector.wait_for(lambda c: restored(c, 2))
         assert collector.events("connection_lost")[0]["reason"] == "T7 timeout: not selected"
         assert eq.connections == 2
+
+
+@pytest.mark.asyncio
+async def test_stopping_the_adapter_sends_separate_to_the_equipment() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(eq.serve)
+        ctx = context(aoi_config(port), collector)
+        async with anyio.create_task_group() as adapter_group:
+            await adapter_group.start(build(ctx).run, ctx)
+            await collector.wait_for(restored)
+            adapter_group.cancel_scope.cancel()
+        with anyio.fail_after(3):
+            await eq.wait_disconnected()
+        assert eq.last_close_reason == "separate from peer"
+        tg.cancel_scope.cancel()

@@ -27,6 +27,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from collections.abc import Awaitable, Callable
@@ -206,6 +207,8 @@ class HsmsLink:
                     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
                         self.close("connection closed by peer")
         finally:
+            if self._closed_reason is None and self.selected:
+                await self._send_separate()  # stopped from outside (shutdown): tell the peer politely
             if self._closed_reason is None:
                 self._closed_reason = "connection ended"
             self._fail_pending()
@@ -224,10 +227,14 @@ class HsmsLink:
 
     async def separate(self, reason: str = "separate sent") -> None:
         """Send Separate.req (best effort) and end the connection."""
-        if self._closed_reason is None:
-            with anyio.move_on_after(1.0), anyio.CancelScope(shield=True):
-                await self._send_raw_frame(frame(CONTROL_SESSION, 0, 0, SType.SEPARATE_REQ, self._next_system()))
+        await self._send_separate()
         self.close(reason)
+
+    async def _send_separate(self) -> None:
+        if self._closed_reason is not None:
+            return
+        with anyio.CancelScope(shield=True), anyio.move_on_after(1.0), contextlib.suppress(HsmsClosed):
+            await self._send_raw_frame(frame(CONTROL_SESSION, 0, 0, SType.SEPARATE_REQ, self._next_system()))
 
     def _fail_pending(self) -> None:
         err = HsmsClosed(self._closed_reason or "connection ended")

@@ -158,7 +158,9 @@ class GemEquipment:
         await self._ready.wait()
 
     async def wait_disconnected(self) -> None:
-        await self._disconnected.wait()
+        """Until the current host connection ended (at once when none is connected)."""
+        if self.link is not None:
+            await self._disconnected.wait()
 
     def _require_link(self) -> HsmsLink:
         if self.link is None:
