@@ -258,8 +258,10 @@ class _Link:
         will: tuple[str, bytes],
         username: str | None,
         password: _Secret | None,
+        on_lost: Callable[[_Link], None],
     ) -> None:
         self.loop = loop
+        self._on_lost = on_lost
         self.broker = broker
         self.mqtt5 = config.protocol == "5"
         self.keepalive = max(1, round(config.keepalive))
@@ -365,6 +367,7 @@ class _Link:
             self.connack.set_result(None)
         self._wake(self._space_waiters)
         self._wake(self._closed_waiters)
+        self._on_lost(self)
 
     @staticmethod
     def _wake(waiters: list[asyncio.Future[None]]) -> None:
@@ -619,7 +622,11 @@ class MqttPublisher:
         return self._connected_event
 
     async def wait_connected(self) -> None:
-        """Return when connected (at once if already)."""
+        """Return when connected (at once if already).
+
+        Invariant: the event is set exactly while `connected` is true (`_serve` sets it, `_set_offline`
+        replaces it, synchronously from the loss callback), so this loop never spins.
+        """
         while not self.connected:
             await self._event().wait()
 
@@ -724,6 +731,7 @@ class MqttPublisher:
                 link = _Link(
                     loop, broker, self._config, client_id=self._client_id,
                     will=(self._status_topic, self._offline_payload), username=username, password=password,
+                    on_lost=self._link_lost,
                 )
                 link.start(sock)
                 await link.wait_connack()
@@ -776,6 +784,11 @@ class MqttPublisher:
                 self._set_offline()
                 self._last_error = link.close_reason
                 log.warning("mqtt connection lost", broker=link.broker.display, reason=link.close_reason)
+
+    def _link_lost(self, link: _Link) -> None:
+        """Called synchronously when a link ends, so `connected` and `wait_connected()` agree at once."""
+        if link is self._link:
+            self._set_offline()
 
     def _set_offline(self) -> None:
         if self._online:
