@@ -386,10 +386,9 @@ class ModbusAdapter:
             max_bits=equipment.max_bits_per_read,
             max_gap=equipment.max_gap,
         )
-        # The scheduler's backstop deadline for one poll: every request may use its full timeout.
-        self.poll_deadline = max(equipment.poll_interval, self.connection.timeout) * 2 + self.connection.timeout * min(
-            len(self.decoder.blocks), 8
-        )
+        # The scheduler's backstop for one poll: every request has its own deadline (timeout + 0.5 s),
+        # so a poll cannot legitimately take longer than all of them in a row.
+        self.poll_deadline = len(self.decoder.blocks) * (self.connection.timeout + 0.5) + equipment.poll_interval
         self.requests_sent = 0
         self._client: Any = None
         self._readers: dict[str, Callable[..., Any]] = {}
