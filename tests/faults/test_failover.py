@@ -1,0 +1,94 @@
+"""Broker failover over a list of URLs, between two real mosquitto brokers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from faults.fake_broker import make_publisher, running, wait_until
+from structlog.testing import capture_logs
+from support import Mosquitto, Subscriber
+
+pytestmark = pytest.mark.timeout(60)
+
+DATA_TOPIC = "ems/test/oven/telemetry"
+
+
+def items(seqs: range) -> list[tuple[str, bytes]]:
+    return [(DATA_TOPIC, json.dumps({"seq": s}).encode()) for s in seqs]
+
+
+@pytest.fixture
+def brokers(tmp_path: Path) -> Iterator[tuple[Mosquitto, Mosquitto]]:
+    """Two brokers on their own ports; the first is NOT started (tests start it when they need it)."""
+    first, second = Mosquitto(workdir=tmp_path), Mosquitto(workdir=tmp_path)
+    second.start()
+    yield first, second
+    first.stop()
+    second.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_unreachable_first_broker_fails_over_to_the_second(brokers: tuple[Mosquitto, Mosquitto]) -> None:
+    first, second = brokers
+    sub = Subscriber(second.port, topic=DATA_TOPIC)
+    try:
+        with capture_logs() as logs:
+            async with running(make_publisher([first.url, second.url])) as pub:
+                assert pub.current_url == second.url
+                assert all(r.ok for r in await pub.publish_batch(items(range(100)), qos=1))
+        await anyio.to_thread.run_sync(lambda: sub.wait_for(lambda p: len(p) == 100, timeout=5))
+    finally:
+        sub.close()
+    failovers = [e for e in logs if e["event"] == "mqtt failing over"]
+    assert [(e["broker"], e["next_broker"]) for e in failovers] == [(first.url, second.url)]
+    failures = [e for e in logs if e["event"] == "mqtt connect failed"]
+    assert [(e["broker"], e["error"]) for e in failures] == [(first.url, "connection refused")]
+
+
+@pytest.mark.asyncio
+async def test_losing_the_broker_in_use_moves_to_the_other_one_and_publishing_continues_there(
+    brokers: tuple[Mosquitto, Mosquitto],
+) -> None:
+    first, second = brokers
+    async with running(make_publisher([first.url, second.url])) as pub:
+        assert pub.current_url == second.url
+        assert all(r.ok for r in await pub.publish_batch(items(range(50)), qos=1))
+        await anyio.to_thread.run_sync(first.start)
+        on_first = Subscriber(first.port, topic=DATA_TOPIC)
+        try:
+            # Documented behaviour: no fail-back while the current broker works (no flapping).
+            await anyio.sleep(0.5)
+            assert pub.current_url == second.url
+            assert pub.connection_epoch == 1
+            await anyio.to_thread.run_sync(second.stop)
+            await wait_until(lambda: pub.connected and pub.current_url == first.url, limit=10)
+            assert pub.connection_epoch == 2
+            assert all(r.ok for r in await pub.publish_batch(items(range(50, 100)), qos=1))
+            got = await anyio.to_thread.run_sync(lambda: on_first.wait_for(lambda p: len(p) == 50, timeout=5))
+            assert [p["seq"] for p in got] == list(range(50, 100))
+        finally:
+            on_first.close()
+
+
+@pytest.mark.asyncio
+async def test_with_every_broker_down_the_publisher_keeps_trying_and_connects_to_the_first_that_returns(
+    brokers: tuple[Mosquitto, Mosquitto],
+) -> None:
+    first, second = brokers
+    await anyio.to_thread.run_sync(second.stop)
+    with capture_logs() as logs:
+        async with running(make_publisher([first.url, second.url]), connected=False) as pub:
+            await anyio.sleep(1.0)
+            assert not pub.connected
+            await anyio.to_thread.run_sync(second.start)
+            with anyio.fail_after(5):
+                await pub.wait_connected()
+            assert pub.current_url == second.url
+    # Many attempts, but one line per broker and per direction: logging follows state changes only.
+    failures = [e for e in logs if e["event"] == "mqtt connect failed"]
+    assert sorted(e["broker"] for e in failures) == sorted([first.url, second.url])
+    assert len([e for e in logs if e["event"] == "mqtt failing over"]) == 2
