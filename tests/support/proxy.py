@@ -102,3 +102,4 @@ class LinkProxy:
         self._call(_stop())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
