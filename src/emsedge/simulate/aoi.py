@@ -8,6 +8,7 @@ Status variables (S1F3):
     1104 fail_count       U4  boards that failed
     1105 light_level      F8  %   camera light level (drops with alarm 7)
     1106 last_serial      A   serial of the last board inspected
+    1107 process_state    A   EXECUTING | IDLE (idle after a minute without boards)
 
 Collection event 3001 `board_inspected`, with data values
 
@@ -65,6 +66,7 @@ class AoiEquipment:
                 1104: SimStatusVariable("fail_count", lambda: aoi.failed),
                 1105: SimStatusVariable("light_level", lambda: round(aoi.light_level, 1), "%"),
                 1106: SimStatusVariable("last_serial", lambda: self.last_serial),
+                1107: SimStatusVariable("process_state", lambda: aoi.process_state),
             },
             data_values={DV_BOARD_SERIAL: "", DV_RESULT: "", DV_DEFECTS: L(), DV_DEFECT_COUNT: 0},
             collection_events={CEID_BOARD_INSPECTED: "board_inspected"},

@@ -47,6 +47,8 @@ AOI_ALARM_TEXT = {
     8: "Conveyor width mismatch",
     9: "Barcode unreadable",
 }
+IDLE_AFTER = 60.0
+"""Line seconds without a board before the AOI reports its process state IDLE (no flapping between boards)."""
 DEFECT_CODES = ["tombstone", "bridging", "missing", "insufficient_solder", "polarity", "shifted"]
 
 
@@ -303,6 +305,8 @@ class Aoi:
         self.state = "IDLE"  # IDLE | INSPECTING
         self.program = self.cfg.program
         self.light_level = 97.0
+        self.last_busy = -math.inf
+        self.process_state = "IDLE"  # GEM-like: EXECUTING while boards come, IDLE after a minute without
 
     def step(self, now: float, dt: float, active: frozenset[Occurrence]) -> None:
         low = any(o.code in (None, 7) for o in Schedule.of(active, "aoi", "alarm"))
@@ -312,8 +316,12 @@ class Aoi:
             self.left = self.cfg.inspection_time
         if self.board is None:
             self.state = "IDLE"
+            if now - self.last_busy >= IDLE_AFTER:
+                self.process_state = "IDLE"
             return
         self.state = "INSPECTING"
+        self.process_state = "EXECUTING"
+        self.last_busy = now
         self.left -= dt
         if self.left > 0:
             return

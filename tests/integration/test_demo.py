@@ -1,0 +1,45 @@
+"""`emsedge demo --no-tui`: line, broker, gateway and MES view come up, print what MES receives, stop cleanly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from typing import Any
+
+from support import REPO
+from support.daemon import EMSEDGE
+
+
+def run_demo(*extra: str) -> tuple[int, list[dict[str, Any]], str]:
+    # Run from another folder than the repo root: the demo finds its configs in the checkout anyway.
+    result = subprocess.run([EMSEDGE, "demo", "--no-tui", "--duration", "8", *extra], check=False,
+                            capture_output=True, text=True, timeout=90, cwd=REPO / "tests")
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result.returncode, lines, result.stderr
+
+
+def check_messages(lines: list[dict[str, Any]]) -> None:
+    assert all(set(line) == {"topic", "payload"} for line in lines)
+    prefix = "ems/demo-plant/smt/virtual-line"
+    assert all(line["topic"].startswith(prefix + "/") for line in lines)
+    status = [line["payload"] for line in lines if line["topic"] == f"{prefix}/_gateway/status"]
+    assert status[0]["state"] == "online"
+    assert status[-1]["state"] == "offline"  # the gateway stopped cleanly before the demo ended
+    telemetry = {line["payload"]["equipment"] for line in lines if line["topic"].endswith("/telemetry")}
+    assert telemetry == {"pnp-1", "reflow-1", "aoi-1"}
+    seqs = [line["payload"]["seq"] for line in lines if "seq" in line["payload"]]
+    assert len(set(seqs)) == len(seqs)
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))  # a fresh buffer: from 1, no gap
+
+
+def test_demo_no_tui_prints_every_message_mes_receives_as_json_lines() -> None:
+    code, lines, stderr = run_demo()
+    assert code == 0, stderr
+    assert len(lines) > 30
+    check_messages(lines)
+
+
+def test_demo_runs_on_the_embedded_amqtt_broker_when_mosquitto_is_missing() -> None:
+    code, lines, stderr = run_demo("--broker", "embedded")
+    assert code == 0, stderr
+    check_messages(lines)
