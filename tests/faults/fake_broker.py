@@ -64,6 +64,7 @@ class Publish:
     retain: bool
     dup: bool
     packet_id: int | None
+    wire_size: int = 0
 
 
 @dataclass
@@ -136,6 +137,7 @@ class FakeBroker:
                     writer.write(self._connack(level))
                 elif kind == PUBLISH:
                     publish = _parse_publish(header, body, level)
+                    publish.wire_size = 1 + len(_varint(len(body))) + len(body)
                     self.publishes.append(publish)
                     if publish.qos == 0 or publish.packet_id is None:
                         continue

@@ -16,7 +16,7 @@ from faults.fake_broker import (
 )
 from structlog.testing import capture_logs
 
-from emsedge.publish.mqtt import PublishResult
+from emsedge.publish.mqtt import PublishResult, _publish_packet_size
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -196,3 +196,28 @@ async def test_publishing_while_disconnected_fails_at_once_without_touching_the_
         assert [r.ok for r in results] == [False] * 3
         assert all(r.reason == "not connected to a broker" for r in results)
         assert not broker.publishes
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_the_packet_size_the_publisher_computes_is_the_size_on_the_wire(protocol: str) -> None:
+    sizes = [0, 1, 100, 200, 16_000, 20_000]
+    async with FakeBroker() as broker, running(make_publisher(broker.url, protocol=protocol)) as pub:
+        for qos in (0, 1):
+            for n in sizes:
+                assert (await pub.publish("ems/test/größe", b"x" * n, qos=qos)).ok
+        await wait_until(lambda: len(broker.data()) == 2 * len(sizes))
+    computed = [_publish_packet_size("ems/test/größe", n, qos, protocol == "5") for qos in (0, 1) for n in sizes]
+    assert [p.wire_size for p in broker.data()] == computed
+
+
+@pytest.mark.asyncio
+async def test_a_message_of_exactly_the_maximum_packet_size_is_sent() -> None:
+    limit = _publish_packet_size("ems/test/t", 300, 1, True)
+    async with FakeBroker(connack_properties={MAXIMUM_PACKET_SIZE: limit}) as broker, running(
+        make_publisher(broker.url, protocol="5")
+    ) as pub:
+        results = await pub.publish_batch([("ems/test/t", b"x" * 300), ("ems/test/t", b"x" * 301)], qos=1)
+    assert results[0].ok
+    assert results[1].permanent
+    assert len(broker.data()) == 1
