@@ -299,22 +299,50 @@ def _chunks(items: list[int], size: int = _SQL_VARS) -> Iterator[list[int]]:
 
 
 class _SeqSidecar:
-    """`<db>.seq`: a fsynced seq reservation (>= every committed seq) and the single-user lock."""
+    """`<db>.seq`: a fsynced seq reservation (>= every committed seq) and the single-user lock.
+
+    On a read-only file system it is opened read-only (still locked, still read); `reserve()` then
+    retries a writable open, so the writer's normal retry loop heals it when the disk does.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd: int | None = None
+        self.writable = False
+        self.reserved = 0
+        self._open()
+        if self.fd is not None:
+            raw = os.pread(self.fd, 64, 0).decode("ascii", "replace").strip()
+            self.reserved = int(raw) if raw.isdigit() else 0
+
+    def _open(self) -> None:
+        self.close()
+        writable = True
+        fd: int | None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            os.close(fd)
-            raise BufferError(f"buffer {path} is in use by another emsedge process") from exc
-        self.fd = fd
-        raw = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
-        self.reserved = int(raw) if raw.isdigit() else 0
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            writable = False
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                fd = None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                raise BufferError(f"buffer {self.path} is in use by another emsedge process") from exc
+        self.fd, self.writable = fd, writable
 
     def reserve(self, value: int) -> None:
         """Persist `value` (fixed width, overwritten in place: no new block needed on a full disk)."""
+        if not self.writable:
+            self._open()
+        if self.fd is None or not self.writable:
+            raise OSError(errno.EROFS, f"cannot write {self.path}")
         data = f"{value:020d}\n".encode("ascii")
         written = os.pwrite(self.fd, data, 0)
         if written != len(data):
@@ -323,8 +351,10 @@ class _SeqSidecar:
         self.reserved = value
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -376,6 +406,7 @@ class Buffer:
         self._receive: MemoryObjectReceiveStream[_Pending] | None = None
         self._queued = 0
         self._batch: list[_Pending] = []
+        self._reopen_needed = False
         self._unreported = _Evicted()
         self._writable = True
         self._last_error: str | None = None
@@ -437,8 +468,13 @@ class Buffer:
             conn = self._open_db()
         except sqlite3.DatabaseError as exc:
             if not _is_corrupt(exc):
-                self._sidecar.close()
-                raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
+                readonly = self._open_readonly_fallback(exc) if existed else None
+                if readonly is None:
+                    self._sidecar.close()
+                    raise BufferError(f"cannot open buffer {self.path}: {exc}") from exc
+                self._conn = readonly
+                self._load_state(readonly, fresh=False)
+                return
             moved = self._move_aside()
             log.error(
                 "buffer_corrupt_moved_aside",
@@ -460,11 +496,28 @@ class Buffer:
         self._conn = conn
         self._load_state(conn, fresh=not existed)
 
-    def _open_db(self) -> sqlite3.Connection:
+    def _open_readonly_fallback(self, error: sqlite3.Error) -> sqlite3.Connection | None:
+        """An existing file that cannot be opened for writing (read-only mount): serve it read-only.
+
+        The writer reports the fault once and keeps trying a normal connection, so appends wait
+        (back-pressure) and resume when the disk is writable again; the backlog keeps draining meanwhile.
+        """
+        uri = self.path.absolute().as_uri() + "?mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
+        except sqlite3.Error:
+            return None
+        self._enter_fault(error)
+        return conn
+
+    def _open_db(self, *, check: bool = True) -> sqlite3.Connection:
+        """Connect and create the tables; with `check`, read every row header (finds a damaged file)."""
         conn = _connect(self.path, self.config.sync)
         try:
             conn.executescript(_SCHEMA)
-            conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
+            if check:
+                conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
         except BaseException:
             conn.close()
             raise
@@ -503,22 +556,28 @@ class Buffer:
             next_seq = self._sidecar.reserved
         if meta.get("gateway") not in (None, self.gateway):
             log.warning("buffer_gateway_changed", path=str(self.path), was=meta["gateway"], now=self.gateway)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-            [("format", FORMAT_VERSION), ("gateway", self.gateway), ("next_seq", next_seq)],
-        )
-        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dead_letters_total', 0)")
-        conn.execute("COMMIT")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [("format", FORMAT_VERSION), ("gateway", self.gateway), ("next_seq", next_seq)],
+            )
+            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dead_letters_total', 0)")
+            conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            # Unwritable (read-only mount, full disk): keep running on what is there; the writer
+            # reports it once and retries with a fresh connection. Committed rows stay leasable.
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            self._enter_fault(exc)
         self._next_seq = next_seq
         self._count = int(count)
         self._bytes = int(total)
         self._oldest_created = self._head_created(conn)
         self._evicted_by_equipment = dict(conn.execute("SELECT equipment, count FROM evictions").fetchall())
         self._evicted_total = sum(self._evicted_by_equipment.values())
-        self._dead_letters = int(
-            conn.execute("SELECT value FROM meta WHERE key='dead_letters_total'").fetchone()[0]
-        )
+        dead = conn.execute("SELECT value FROM meta WHERE key='dead_letters_total'").fetchone()
+        self._dead_letters = int(dead[0]) if dead else 0
         self._mark = next_seq - 1
         self._backlog = self._count
         self._backlog_cursor = 0
@@ -615,7 +674,18 @@ class Buffer:
         self._notify()
 
     async def _housekeeping(self) -> None:
-        """Idle work: evict by age. Failures are logged through the fault state and retried next time."""
+        """Idle work: retry deletes of acked records that failed, evict by age.
+
+        Failures are logged through the fault state and retried on the next round.
+        """
+        if self._ack_pending:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(self._ack_sync)
+            except (sqlite3.Error, OSError):
+                pass  # already logged once by ack(); retried next round
+            else:
+                self._ack_recovered()
         if self.config.max_age is None or self._oldest_created is None:
             return
         if self._oldest_created >= self._wall() - self.config.max_age:
@@ -630,7 +700,9 @@ class Buffer:
         text = _error_text(exc)
         self._writable = False
         self._last_error = text
-        kind = "low_disk" if isinstance(exc, _LowDisk) else f"{type(exc).__name__}:{exc}"
+        kind = "low_disk" if isinstance(exc, _LowDisk) else "write_failed"
+        if not isinstance(exc, _LowDisk):
+            self._reopen_needed = True  # a read-only or broken handle only heals with a new connection
         if self._fault == kind:
             return
         self._fault = kind
@@ -656,9 +728,21 @@ class Buffer:
             log.info("buffer_write_recovered", path=str(self.path), was=self._fault)
             self._fault = None
 
+    def _reopen(self) -> None:
+        """Under _db_lock: replace the connection (after EROFS/EIO/read-only opens); state stays valid
+        because it only ever reflects committed transactions."""
+        fresh = self._open_db(check=False)
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+        self._conn = fresh
+        self._reopen_needed = False
+
     def _write_batch(self, batch: list[_Pending]) -> _Evicted:
         """Worker thread: encode, insert, evict, commit. All or nothing."""
         with self._db_lock:
+            if self._reopen_needed or self._conn is None:
+                self._reopen()
             conn = self._require_conn()
             rows: list[tuple[Any, ...]] = []
             now = self._wall()
@@ -968,6 +1052,7 @@ class Buffer:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._ack_sync)
         except (sqlite3.Error, OSError) as exc:
+            self._reopen_needed = True
             if not self._ack_fault_logged:
                 self._ack_fault_logged = True
                 log.error(
@@ -977,12 +1062,17 @@ class Buffer:
                     hint="delivered records stay on disk until the delete succeeds; retried with the next ack",
                 )
         else:
-            if self._ack_fault_logged:
-                self._ack_fault_logged = False
-                log.info("buffer_ack_recovered", path=str(self.path))
+            self._ack_recovered()
+
+    def _ack_recovered(self) -> None:
+        if self._ack_fault_logged:
+            self._ack_fault_logged = False
+            log.info("buffer_ack_recovered", path=str(self.path))
 
     def _ack_sync(self) -> None:
         with self._db_lock:
+            if self._reopen_needed:
+                self._reopen()
             conn = self._require_conn()
             with self._state_lock:
                 todo = sorted(self._ack_pending)
