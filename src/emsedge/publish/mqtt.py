@@ -743,9 +743,14 @@ class MqttPublisher:
                 link.abort("connect failed")
             raise
         except TimeoutError:
+            if link is None:
+                stage = "the TCP/TLS connect"
+            elif not link.connack.done():
+                stage = "CONNACK"
+            else:
+                stage = "the PUBACK of the online status"
             if link is not None:
                 link.abort("connect timed out")
-            stage = "CONNACK" if link is not None else "TCP/TLS connect"
             raise _ConnectFailed(
                 f"timed out after {self._config.connect_timeout:g}s waiting for {stage}"
             ) from None
@@ -804,15 +809,16 @@ class MqttPublisher:
             if link is not None:
                 link.abort("publisher stopped")
             return
+        clean = False
         with anyio.move_on_after(CLOSE_TIMEOUT):
             result = (await self._publish_on(
                 link, [(self._status_topic, self._offline_payload)], qos=1, retain=True
             ))[0]
             if result.ok:
                 link.client.disconnect()
-                await link.wait_closed(CLOSE_TIMEOUT)
+                clean = await link.wait_closed(CLOSE_TIMEOUT)
         link.abort("publisher stopped")
-        log.info("mqtt disconnected", broker=link.broker.display, clean=link.close_reason != "publisher stopped")
+        log.info("mqtt disconnected", broker=link.broker.display, clean=clean)
 
     def _note_failure(self, broker: _Broker, error: str) -> None:
         self._last_error = f"{broker.display}: {error}"
