@@ -303,3 +303,11 @@ async def test_stopping_the_adapter_sends_separate_to_the_equipment() -> None:
             await eq.wait_disconnected()
         assert eq.last_close_reason == "separate from peer"
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_s1f13_rejected_as_not_selected_right_after_select_is_retried_on_the_same_connection() -> None:
+    eq, collector = aoi_simulator(reject_first=2), Collector()
+    async with running(eq, collector):
+        assert eq.connections == 1
+        assert collector.events("connection_lost") == []

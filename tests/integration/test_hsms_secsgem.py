@@ -6,8 +6,10 @@ through stdin commands (see secsgem_equipment.py).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -26,6 +28,22 @@ HERE = Path(__file__).parent
 SV_PROCESS_STATE, SV_INSPECTED = 2101, 2102
 
 
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    """Wait until a socket listens on `port`, read from /proc: secsgem accepts one connection only,
+    so probing it with a connect would use up its listener."""
+    deadline = time.monotonic() + timeout
+    needle = f":{port:04X} "
+    while time.monotonic() < deadline:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                for row in f.readlines()[1:]:
+                    fields = row.split()
+                    if (fields[1] + " ").endswith(needle) and fields[3] == "0A":  # 0A: LISTEN
+                        return
+        time.sleep(0.02)
+    raise TimeoutError(f"secsgem does not listen on {port}")
+
+
 class SecsgemAoi:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
@@ -37,6 +55,7 @@ class SecsgemAoi:
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()
         assert line == "listening", f"secsgem equipment did not start: {line!r}"
+        wait_listening(self.port)
 
     def command_sync(self, text: str) -> None:
         assert self.process.stdin is not None
@@ -94,7 +113,6 @@ async def adapter_against(aoi: SecsgemAoi, collector: Collector) -> AsyncIterato
 async def test_host_establishes_with_secsgem_and_polls_its_status_variables(secsgem_aoi: SecsgemAoi) -> None:
     collector = Collector()
     async with adapter_against(secsgem_aoi, collector):
-        # (a "cannot connect" with offline readings may come first while secsgem opens its port)
         def polled(c: Collector) -> list[Record]:
             return [t for t in c.telemetry() if t.body["readings"][0]["quality"] == "good"]
 

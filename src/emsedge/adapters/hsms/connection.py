@@ -91,6 +91,11 @@ class HsmsClosed(HsmsError):
 class TransactionRejected(HsmsError):
     """The peer answered our request with an S9 error, an F0 abort or a Reject.req."""
 
+    def __init__(self, message: str, *, reject_reason: int | None = None) -> None:
+        super().__init__(message)
+        self.reject_reason = reject_reason
+        """The Reject.req reason code when the rejection was an HSMS Reject.req."""
+
 
 @dataclass(slots=True)
 class Message:
@@ -430,6 +435,10 @@ class HsmsLink:
             else:
                 await self._on_control(stype, byte3, system, header)
 
+    async def reject(self, message: Message, reason: RejectReason) -> None:
+        """Answer a received data message with Reject.req (simulators use it to play racy peers)."""
+        await self._reject(message.header, message.system, reason, SType.DATA)
+
     async def _reject(self, header: bytes, system: int, reason: RejectReason, what: int) -> None:
         self.log.warning("hsms reject sent", reason=reason.name.lower(), header=header.hex())
         await self._send_raw_frame(frame(CONTROL_SESSION, what, reason, SType.REJECT_REQ, system))
@@ -459,7 +468,9 @@ class HsmsLink:
             self.log.warning("hsms reject received", stype=header[2], reason=byte3)
             pending = self._pending.get(system)
             if pending is not None:
-                pending.resolve(error=TransactionRejected(f"peer sent Reject.req reason {byte3}"))
+                pending.resolve(
+                    error=TransactionRejected(f"peer sent Reject.req reason {byte3}", reject_reason=byte3)
+                )
         elif stype == SType.SEPARATE_REQ:
             raise HsmsClosed("separate from peer")
         else:

@@ -25,7 +25,7 @@ import anyio.abc
 import structlog
 from anyio.abc import SocketListener, TaskStatus
 
-from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message
+from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message, RejectReason
 from emsedge.adapters.hsms.secs2 import BOOLEAN, F8, U4, A, B, Item, L
 from emsedge.config import HsmsConnection
 
@@ -97,6 +97,8 @@ class GemEquipment:
     alarms: dict[int, SimAlarm] = field(default_factory=dict)
     mute: set[tuple[int, int]] = field(default_factory=set)
     """(stream, function) pairs received but never answered: a peer that makes the host hit T3."""
+    reject_first: int = 0
+    """Reject this many data messages of each connection with "entity not selected" (secsgem's race)."""
 
     def __post_init__(self) -> None:
         self.log = structlog.get_logger("emsedge.simulate.hsms").bind(equipment=self.name)
@@ -109,6 +111,7 @@ class GemEquipment:
         self.received: list[Message] = []
         self.last_close_reason: str | None = None
         self._dataid = 0
+        self._rejects_left = 0
         self._connected = anyio.Event()
         self._ready = anyio.Event()
         self._disconnected = anyio.Event()
@@ -138,6 +141,7 @@ class GemEquipment:
         self.link = link
         self.connections += 1
         self.communicating = False
+        self._rejects_left = self.reject_first
         self._connected.set()
         try:
             self.last_close_reason = await link.run()
@@ -228,6 +232,10 @@ class GemEquipment:
         del self.received[:-1000]
         key = (msg.stream, msg.function)
         if key in self.mute:
+            return
+        if self._rejects_left > 0:
+            self._rejects_left -= 1
+            await link.reject(msg, RejectReason.ENTITY_NOT_SELECTED)
             return
         handler = _HANDLERS.get(key)
         if handler is None:

@@ -33,7 +33,7 @@ from anyio.abc import SocketListener, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message, TransactionRejected
+from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message, RejectReason, TransactionRejected
 from emsedge.adapters.hsms.secs2 import BOOLEAN, U4, B, Item, L
 from emsedge.config import CollectionEvent, HsmsEquipment
 from emsedge.schema import EventType, Quality, Record, reading, telemetry, utc_iso
@@ -44,6 +44,7 @@ ALARM_SET: Final = 0x80
 _KNOWN_STREAMS: Final = frozenset({1, 2, 5, 6, 7, 9, 10})
 _UNIT_EVENTS: Final = frozenset({"unit_inspected", "unit_tested"})
 _BATCH_MAX: Final = 1000
+_SELECT_RACE_RETRIES: Final = 5
 _EMIT_DEADLINE: Final = 30.0
 
 # SEMI E5 ALCD categories (bits 0-6) -> severity words
@@ -224,7 +225,7 @@ class HsmsAdapter:
         return reply
 
     async def _establish(self, link: HsmsLink) -> None:
-        reply = await link.request(Message(1, 13, L()))
+        reply = await self._establish_communication(link)
         commack = _ack(reply)
         if commack not in (0, None):
             raise TransactionRejected(f"S1F13 denied with COMMACK {commack}")
@@ -246,6 +247,22 @@ class HsmsAdapter:
         await self._enable_alarms(link)
         await self._read_clock(link)
         await self._read_namelist(link)
+
+    async def _establish_communication(self, link: HsmsLink) -> Message:
+        """S1F13, retried briefly while the peer still rejects it as "not selected".
+
+        secsgem 0.3.0 sends its Select.rsp before it records the selection (threads), so a fast host's
+        first S1F13 can meet a Reject.req reason 4; dropping the connection then can wedge its server.
+        """
+        attempt = 0
+        while True:
+            try:
+                return await link.request(Message(1, 13, L()))
+            except TransactionRejected as exc:
+                attempt += 1
+                if exc.reject_reason != RejectReason.ENTITY_NOT_SELECTED or attempt >= _SELECT_RACE_RETRIES:
+                    raise
+                await anyio.sleep(0.05 * attempt)
 
     async def _enable_alarms(self, link: HsmsLink) -> None:
         alarms = self.config.alarms
