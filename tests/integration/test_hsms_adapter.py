@@ -102,6 +102,7 @@ async def test_event_report_becomes_unit_inspected_with_serial_result_and_defect
         assert failed["result"] == "fail"
         assert failed["raw_result"] == "FAIL"
         assert failed["defect_count"] == 3
+        assert failed["defects"] is None  # no report value carries the list
         assert failed["ceid"] == CEID_BOARD_INSPECTED
         assert failed["name"] == "board_inspected"
         assert failed["values"] == {"board_serial": "PCB-42", "result": "FAIL", "defect_count": 3}

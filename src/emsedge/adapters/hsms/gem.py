@@ -426,10 +426,13 @@ class HsmsAdapter:
             if config.result is not None:
                 fields["result"] = "pass" if _is_pass(raw, config.pass_values) else "fail"
                 fields["raw_result"] = raw
-            if config.defects is not None:
-                defects = values.get(config.defects)
-                fields["defects"] = defects if isinstance(defects, list) else ([] if defects is None else [defects])
-            elif "defect_count" in values:
+            # `defects` is always present: the list when a report value carries it, else null (unknown),
+            # never an empty list that would claim a clean board; a plain count travels as defect_count
+            defects = values.get(config.defects) if config.defects is not None else None
+            if defects is not None and not isinstance(defects, list):
+                defects = [defects]
+            fields["defects"] = defects
+            if "defect_count" in values:
                 fields["defect_count"] = values["defect_count"]
         return self.ctx.event(config.emit, **fields)
 
