@@ -47,6 +47,8 @@ AOI_ALARM_TEXT = {
     8: "Conveyor width mismatch",
     9: "Barcode unreadable",
 }
+DIP_RECOVERY = 8.0
+"""Line seconds in which a zone controller makes up most of a board's load dip (time constant)."""
 IDLE_AFTER = 60.0
 """Line seconds without a board before the AOI reports its process state IDLE (no flapping between boards)."""
 DEFECT_CODES = ["tombstone", "bridging", "missing", "insufficient_solder", "polarity", "shifted"]
@@ -61,7 +63,6 @@ class Board:
     oven_entry: float | None = None
     oven_progress: float = 0.0
     oven_exit: float | None = None
-    zone_profile: dict[str, float] = field(default_factory=dict)
     inspected_at: float | None = None
     result: str | None = None
     defects: list[dict[str, str]] = field(default_factory=list)
@@ -231,6 +232,9 @@ class ReflowOven:
         self.bottom_setpoints = list(cfg.bottom_setpoints)
         self.top_actual = [sp + line.rng.gauss(0, 1.0) for sp in self.top_setpoints]
         self.bottom_actual = [sp + line.rng.gauss(0, 1.0) for sp in self.bottom_setpoints]
+        # Load dips: a board entering a zone cools it; the zone controller recovers within seconds.
+        self.top_dip = [0.0] * 10
+        self.bottom_dip = [0.0] * 10
         self.boards: list[Board] = []
         self.last_entry = -math.inf
         self.exit_serial = ""
@@ -262,18 +266,20 @@ class ReflowOven:
         self.o2_ppm = max(0.0, (self.cfg.o2_ppm * (3.0 if o2_high else 1.0)) + rng.gauss(0, 15))
         self.conveyor_speed = 0.0 if stopped else self.cfg.conveyor_speed
         k = 1 - math.exp(-dt / self.cfg.time_constant)
+        recover = math.exp(-dt / DIP_RECOVERY)
         for z in range(10):
             self.top_actual[z] += (self.top_setpoints[z] - self.top_actual[z]) * k
             self.bottom_actual[z] += (self.bottom_setpoints[z] - self.bottom_actual[z]) * k
+            self.top_dip[z] *= recover
+            self.bottom_dip[z] *= recover
         if not stopped:
             for board in list(self.boards):
                 before = int(board.oven_progress * 10)
                 board.oven_progress += dt / self.cfg.dwell_time
                 zone = int(board.oven_progress * 10)
                 if zone != before and zone < 10:
-                    self.top_actual[zone] -= self.cfg.board_load
-                    self.bottom_actual[zone] -= self.cfg.board_load
-                    board.zone_profile[f"zone{zone + 1}_top"] = round(self.top_actual[zone], 2)
+                    self.top_dip[zone] += self.cfg.board_load
+                    self.bottom_dip[zone] += self.cfg.board_load
                 if board.oven_progress >= 1.0:
                     self.boards.remove(board)
                     board.oven_exit = now
@@ -288,8 +294,8 @@ class ReflowOven:
         rng = self.line.rng
         n = self.cfg.noise
         return (
-            [round(t + rng.gauss(0, n), 2) for t in self.top_actual],
-            [round(t + rng.gauss(0, n), 2) for t in self.bottom_actual],
+            [round(t - d + rng.gauss(0, n), 2) for t, d in zip(self.top_actual, self.top_dip, strict=True)],
+            [round(t - d + rng.gauss(0, n), 2) for t, d in zip(self.bottom_actual, self.bottom_dip, strict=True)],
         )
 
 
