@@ -76,12 +76,16 @@ def equipment_config(eq: dict[str, Any], port: int, interval: str) -> dict[str, 
     }
 
 
+BUFFER_OPTIONS: dict[str, Any] = {}
+"""Extra `buffer:` settings for every gateway run (--buffer-sync, --buffer-linger)."""
+
+
 def gateway_config(layout_: list[dict[str, Any]], modbus_port: int, mqtt_port: int, workdir: Path,
                    interval: str) -> Path:
     config = {
         "gateway": {"id": "bench-gw", "site": "bench", "area": "smt", "line": "line-1"},
         "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "client_id": f"bench-gw-{time.monotonic_ns()}"},
-        "buffer": {"path": str(workdir / f"buffer-{time.monotonic_ns()}.db")},
+        "buffer": {"path": str(workdir / f"buffer-{time.monotonic_ns()}.db"), **BUFFER_OPTIONS},
         "http": {"listen": None},
         "logging": {"level": "warning", "format": "json"},
         "equipment": [equipment_config(eq, modbus_port, interval) for eq in layout_],
@@ -300,6 +304,9 @@ def main() -> int:
     parser.add_argument("--per-equipment", type=int, default=1000)
     parser.add_argument("--bare-seconds", type=float, default=4.0)
     parser.add_argument("--window", type=float, default=8.0, help="measurement window of each gateway run")
+    parser.add_argument("--buffer-sync", choices=("full", "normal"), default=None,
+                        help="buffer.sync of the gateway (default: the config default, full)")
+    parser.add_argument("--buffer-linger", default=None, help="buffer.linger of the gateway, e.g. 5ms")
     parser.add_argument("--serve", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--signals", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -308,6 +315,11 @@ def main() -> int:
         return 0
 
     from support import Mosquitto, free_port, wait_for_port  # noqa: PLC0415
+
+    if args.buffer_sync:
+        BUFFER_OPTIONS["sync"] = args.buffer_sync
+    if args.buffer_linger:
+        BUFFER_OPTIONS["linger"] = args.buffer_linger
 
     sizes = [int(s) for s in args.sizes.split(",")]
     results: list[dict[str, Any]] = []

@@ -6,7 +6,7 @@
   never at "end of last poll + interval". The first poll of a session runs at once; `start` is the
   session start plus a per-equipment phase (`phase_offset`, stable, from the equipment id) so that many
   machines spread their polls over the period instead of all firing in the same instant.
-  When a poll (plus its emit) overruns, the slots it ran over are
+  When a poll overruns (or waits for the previous emit), the slots it ran over are
   skipped, not made up in a burst, and counted in `health.skipped_cycles`. A new session (after a
   reconnect) starts a new grid.
 * **A deadline per poll.** `adapter.poll_deadline` when the adapter defines one, otherwise
@@ -21,6 +21,9 @@
 * **Connected means data flows.** `connection_restored` is emitted when the first poll of a session
   succeeds, not when the socket opens: a device that accepts TCP but never answers must not flap
   restored/lost on every retry. Its records follow the event.
+* **Emits overlap polls, in order.** Handing records on (`ctx.emit`, durable when it returns) runs
+  beside the next poll, one emit in flight per equipment: a slow commit bounds the rate, it does not
+  stretch every period by a disk flush. Memory stays bounded at one poll in flight plus one emitting.
 * **Readiness.** `task_status.started()` is called at once: the daemon does not wait for equipment.
 """
 
@@ -29,7 +32,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import anyio
 from anyio import TASK_STATUS_IGNORED
@@ -37,6 +40,7 @@ from anyio.abc import TaskStatus
 
 from emsedge.adapters.base import AdapterContext, PolledAdapter
 from emsedge.errors import AdapterError
+from emsedge.schema import Record
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -124,31 +128,63 @@ async def _poll_session(
     deadline: float,
     on_first_good_poll: Callable[[], None],
 ) -> None:
-    """Poll at once, then on the (phase-shifted) grid of this session until an exception ends it."""
+    """Poll at once, then on the (phase-shifted) grid of this session until an exception ends it.
+
+    The emit of poll k overlaps poll k+1 (a durable commit takes a disk flush); at most one emit is in
+    flight and emits complete in poll order. Before the session ends, the emit in flight completes, so
+    the records of the last good poll precede the `connection_lost` that follows them.
+    """
     health = ctx.health
     start = anyio.current_time() + phase_offset(ctx.equipment.id, interval)
     k = 0  # the first poll runs now, ahead of slot 0; the next one takes slot 1
-    while True:
-        began = time.perf_counter()
+    emitted: anyio.Event | None = None
+    emit_failure: list[Exception] = []
+    failure: Exception | None = None
+
+    async def emit(records: Sequence[Record], done: anyio.Event) -> None:
         try:
-            with anyio.fail_after(deadline):
-                records = await adapter.poll()
-        except Exception:
-            health.poll_errors += 1
-            raise
-        duration = time.perf_counter() - began
-        if k == 0:
-            await ctx.connection_restored()
-            on_first_good_poll()
-        health.polls += 1
-        values = 0
-        for record in records:
-            readings = record.body.get("readings")
-            if readings is not None:
-                values += len(readings)
-        health.good_read(values, duration)
-        await ctx.emit(records)
-        k, skipped = next_slot(start, interval, k, anyio.current_time())
-        if skipped:
-            health.skipped_cycles += skipped
-        await anyio.sleep_until(start + k * interval)
+            await ctx.emit(records)
+        except Exception as exc:
+            emit_failure.append(exc)
+        finally:
+            done.set()
+
+    async with anyio.create_task_group() as tg:
+        try:
+            while True:
+                began = time.perf_counter()
+                try:
+                    with anyio.fail_after(deadline):
+                        records = await adapter.poll()
+                except Exception:
+                    health.poll_errors += 1
+                    raise
+                duration = time.perf_counter() - began
+                if emitted is not None:
+                    await emitted.wait()
+                if emit_failure:
+                    raise emit_failure[0]
+                if k == 0:
+                    await ctx.connection_restored()
+                    on_first_good_poll()
+                health.polls += 1
+                values = 0
+                for record in records:
+                    readings = record.body.get("readings")
+                    if readings is not None:
+                        values += len(readings)
+                health.good_read(values, duration)
+                emitted = anyio.Event()
+                tg.start_soon(emit, records, emitted)
+                k, skipped = next_slot(start, interval, k, anyio.current_time())
+                if skipped:
+                    health.skipped_cycles += skipped
+                await anyio.sleep_until(start + k * interval)
+        except Exception as exc:
+            failure = exc
+        if emitted is not None:
+            await emitted.wait()
+    if failure is not None:
+        raise failure
+    if emit_failure:
+        raise emit_failure[0]

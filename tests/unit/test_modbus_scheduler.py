@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Self
 
 import anyio
@@ -77,6 +77,16 @@ async def run_for(adapter: Any, ctx: AdapterContext, interval: float, seconds: f
     async with anyio.create_task_group() as tg:
         await tg.start(run_polled, adapter, ctx, interval)
         await anyio.sleep(seconds)
+        tg.cancel_scope.cancel()
+
+
+async def run_until(adapter: Any, ctx: AdapterContext, interval: float, done: Callable[[], bool]) -> None:
+    """Run the poll loop until `done()` holds (checked every 10 ms), at most 5 s."""
+    async with anyio.create_task_group() as tg:
+        await tg.start(run_polled, adapter, ctx, interval)
+        with anyio.fail_after(5):
+            while not done():  # noqa: ASYNC110 - the condition lives in plain test objects
+                await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
 
 
@@ -194,8 +204,72 @@ async def test_an_unexpected_exception_is_treated_as_transient_and_does_not_esca
     rec = Recorder()
     ctx = AdapterContext(equipment=equipment(), emit=rec.emit)
     adapter = FakeAdapter([0.0], failures={1: KeyError("boom"), 2: KeyError("boom")})
-    await run_for(adapter, ctx, 0.02, 0.3)
+    await run_until(adapter, ctx, 0.02, lambda: rec.events()[-2:] == ["connection_lost", "connection_restored"])
     reasons = [r.body["event"]["reason"] for r in rec.records if r.kind == "event" and "reason" in r.body["event"]]
     assert reasons[0] == "unexpected error: KeyError: 'boom'"
     assert rec.events()[-1] == "connection_restored"
     assert len(adapter.starts) > 3
+
+
+class SlowRecorder(Recorder):
+    """An emit that takes `delay` seconds (a durable commit), tracking how many run at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.running = 0
+        self.most_running = 0
+
+    async def emit(self, records: Sequence[Record]) -> None:
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await anyio.sleep(self.delay)
+            self.records.extend(records)
+        finally:
+            self.running -= 1
+
+
+@pytest.mark.asyncio
+async def test_a_slow_emit_overlaps_the_next_poll_one_at_a_time_and_in_order() -> None:
+    rec = SlowRecorder(delay=0.06)
+    ctx = AdapterContext(equipment=equipment(timeout="2s"), emit=rec.emit)
+    adapter = FakeAdapter([0.06])  # poll + emit = 0.12 s: one after the other they would miss every other slot
+    await run_for(adapter, ctx, 0.1, 0.95)
+    values = [r.body["readings"][0]["value"] for r in rec.records if r.kind == "telemetry"]
+    assert values == list(range(len(values)))
+    assert len(values) >= 6
+    assert rec.most_running == 1
+    assert ctx.health.skipped_cycles == 0
+
+
+@pytest.mark.asyncio
+async def test_the_last_good_readings_are_emitted_before_the_connection_lost_that_follows_them() -> None:
+    rec = SlowRecorder(delay=0.05)
+    ctx = AdapterContext(equipment=equipment(), emit=rec.emit)
+    adapter = FakeAdapter([0.0], failures={2: AdapterError("no answer from fake within 0.2s")})
+    await run_for(adapter, ctx, 0.02, 0.25)
+    kinds = [
+        r.body["event"]["type"] if r.kind == "event" else r.body["readings"][0]["value"] for r in rec.records
+    ]
+    lost = kinds.index("connection_lost")
+    assert kinds[:lost] == ["connection_restored", 0, 1]
+    assert kinds[lost + 1] is None  # the offline (bad) readings come with the event
+
+
+@pytest.mark.asyncio
+async def test_a_failing_emit_ends_the_session_as_an_unexpected_error() -> None:
+    seen: list[Record] = []
+
+    async def emit(records: Sequence[Record]) -> None:
+        seen.extend(records)
+        if len(seen) == 3:
+            raise RuntimeError("buffer shutting down")
+
+    ctx = AdapterContext(equipment=equipment(), emit=emit)
+    adapter = FakeAdapter([0.0])
+    await run_until(adapter, ctx, 0.02, lambda: adapter.enters >= 2 and ctx.health.connected)
+    reasons = [r.body["event"].get("reason") for r in seen if r.kind == "event"]
+    assert "unexpected error: RuntimeError: buffer shutting down" in reasons
+    assert adapter.enters >= 2  # the session ended and a new one started
+    assert adapter.exits >= 1
