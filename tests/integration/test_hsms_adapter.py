@@ -28,7 +28,7 @@ from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.hsms import build
 from emsedge.adapters.hsms.connection import Message, TransactionRejected, frame
 from emsedge.adapters.hsms.equipment import GemEquipment
-from emsedge.adapters.hsms.secs2 import U4, L
+from emsedge.adapters.hsms.secs2 import U4, A, B, L
 from emsedge.config import HsmsEquipment
 from emsedge.schema import EventMessage, Record, TelemetryMessage, encode
 
@@ -312,3 +312,13 @@ async def test_s1f13_rejected_as_not_selected_right_after_select_is_retried_on_t
     async with running(eq, collector):
         assert eq.connections == 1
         assert collector.events("connection_lost") == []
+
+
+@pytest.mark.asyncio
+async def test_terminal_message_from_the_equipment_is_acknowledged() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        assert eq.link is not None
+        reply = await eq.link.request(Message(10, 1, L(B(0), A("operator: check nozzle 4"))))
+        assert reply.name == "S10F2"
+        assert reply.body == B(0)
