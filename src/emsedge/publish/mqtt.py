@@ -39,7 +39,8 @@ Invariants
   message.
 
 Failover: `mqtt.url` may be a list. A failed connect moves to the next URL (after a backoff delay that
-grows while nothing connects); a lost connection is retried on the same broker first. The publisher stays
+grows while nothing connects, and keeps growing across connections that last less than `STABLE_AFTER`);
+a lost connection is retried on the same broker first. The publisher stays
 on the broker it is connected to: it does not move back to the first one when that one returns (no
 flapping; at-least-once holds either way).
 
@@ -78,6 +79,10 @@ log = structlog.get_logger("emsedge.publish")
 
 CLOSE_TIMEOUT: Final = 3.0
 """Seconds a clean stop may spend publishing the offline status and sending DISCONNECT."""
+
+STABLE_AFTER: Final = 10.0
+"""A connection that lasted this long resets the reconnect backoff; a shorter one keeps it growing, so a
+broker that accepts and then drops us (an ACL denial under mosquitto 2.0) is not hammered."""
 
 MISC_INTERVAL: Final = 1.0
 """How often paho's `loop_misc()` runs (keepalive PINGREQ and the keepalive deadline)."""
@@ -587,6 +592,7 @@ class MqttPublisher:
         self._reported_errors: dict[str, str] = {}
         self._reported_failovers: set[tuple[str, str]] = set()
         self._running = False
+        self._status_refusal_logged = False
 
     def __repr__(self) -> str:
         brokers = ", ".join(b.display for b in self._brokers)
@@ -709,8 +715,10 @@ class MqttPublisher:
                         index = following
                     await anyio.sleep(next(delays))
                     continue
+                began = time.monotonic()
                 await self._serve(link)
-                delays = self._delays()
+                if time.monotonic() - began >= STABLE_AFTER:
+                    delays = self._delays()
                 await anyio.sleep(next(delays))
         finally:
             with anyio.CancelScope(shield=True):
@@ -765,7 +773,8 @@ class MqttPublisher:
         if not result.ok and not result.permanent:
             link.abort("online status not acknowledged")
             raise _ConnectFailed(f"online status not acknowledged: {result.reason}")
-        if not result.ok:
+        if not result.ok and not self._status_refusal_logged:
+            self._status_refusal_logged = True
             log.error("mqtt online status refused by broker", broker=broker.display, reason=result.reason,
                       topic=self._status_topic)
         return link
