@@ -97,3 +97,15 @@ def test_a_profile_error_names_the_profile_file(tmp_path: Path) -> None:
     message = str(info.value)
     assert "broken.yaml:6:" in message
     assert "signals[0].type" in message
+
+
+def test_a_bad_virtual_line_config_exits_78_naming_the_field(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from emsedge.simulate import main_simulate  # noqa: PLC0415
+
+    bad = tmp_path / "line.yaml"
+    bad.write_text("line: {sped: 2}\nschedule: {faults: [{at: 1s, machine: aoi, fault: jam, duration: 1s}]}\n")
+    assert main_simulate(["-c", str(bad)]) == 78
+    err = capsys.readouterr().err
+    assert "line.sped" in err
+    assert "aoi cannot have fault 'jam'" in err

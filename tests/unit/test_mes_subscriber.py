@@ -1,0 +1,84 @@
+"""The reference MES subscriber (examples/mes_subscriber.py) on crafted messages: dedup, gaps, joins."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "examples"))
+from mes_subscriber import MesSubscriber  # noqa: E402
+
+PREFIX = "ems/p/smt/l"
+
+
+def _msg(seq: int, equipment: str, event: dict[str, Any] | None = None, *, message_id: str | None = None,
+         readings: list[dict[str, Any]] | None = None) -> tuple[str, bytes]:
+    body: dict[str, Any] = {"schema": "emsedge/event@1", "id": message_id or f"id-{seq}", "seq": seq,
+                            "gateway": "gw", "equipment": equipment, "equipment_type": "x",
+                            "ts": f"2026-11-24T10:00:{seq:02d}.000Z"}
+    if event is not None:
+        body["event"] = event
+        topic = f"{PREFIX}/{equipment}/events"
+    else:
+        body["readings"] = readings or []
+        topic = f"{PREFIX}/{equipment}/telemetry"
+    return topic, json.dumps(body).encode()
+
+
+def test_repeated_ids_are_dropped_and_missing_seqs_are_reported_even_out_of_order() -> None:
+    sub = MesSubscriber()
+    for seq in (5, 6, 8, 6, 10, 9):
+        sub.handle(*_msg(seq, "reflow-1", readings=[{"signal": "t", "value": seq}]))
+    assert sub.duplicates == 1
+    assert sub.received == 5
+    assert sub.gaps() == {"gw": [7]}
+    sub.handle(*_msg(7, "reflow-1", readings=[]))
+    assert sub.gaps() == {}
+    assert sub.latest["reflow-1"]["t"]["value"] == 9
+
+
+def test_a_board_record_joins_placement_reflow_and_inspection_by_serial() -> None:
+    done: list[dict[str, Any]] = []
+    sub = MesSubscriber(on_board=done.append)
+    sub.handle(*_msg(1, "pnp-1", {"type": "materials_installed", "serial": "PCB-1", "values": {
+        "program": {"value": "P1", "unit": None},
+        "feeder_2_reel_id": {"value": "REEL-2", "unit": None},
+        "feeder_2_part_number": {"value": "CAP", "unit": None},
+        "feeder_1_reel_id": {"value": "REEL-1", "unit": None},
+        "feeder_1_ref_designators": {"value": ["R1", "R2"], "unit": None},
+    }}))
+    sub.handle(*_msg(2, "reflow-1", {"type": "unit_processed", "serial": "PCB-1", "process": "reflow",
+                                     "values": {"zone1_top_actual": {"value": 150.5, "unit": "Cel"}}}))
+    assert done == []
+    sub.handle(*_msg(3, "aoi-1", {"type": "unit_inspected", "serial": "PCB-1", "result": "fail",
+                                  "defects": ["C12:tombstone", ["R3", "missing"]]}))
+    (board,) = done
+    assert board["placement"]["program"] == "P1"
+    assert board["placement"]["materials"] == [
+        {"slot": 1, "reel_id": "REEL-1", "ref_designators": ["R1", "R2"]},
+        {"slot": 2, "reel_id": "REEL-2", "part_number": "CAP"},
+    ]
+    assert board["reflow"]["profile"] == {"zone1_top_actual": 150.5}
+    assert board["reflow"]["units"] == {"zone1_top_actual": "Cel"}
+    assert board["reflow"]["process"] == "reflow"
+    assert board["inspection"]["defects"] == [{"refdes": "C12", "code": "tombstone"},
+                                              {"refdes": "R3", "code": "missing"}]
+    assert sub.completed == ["PCB-1"]
+
+
+def test_faults_are_active_until_cleared_by_occurrence_id_and_states_are_kept() -> None:
+    sub = MesSubscriber()
+    sub.handle(*_msg(1, "pnp-1", {"type": "fault_occurred", "fault_occurrence_id": "f1", "fault_code": 1201}))
+    sub.handle(*_msg(2, "pnp-1", {"type": "station_state_changed", "state": 5000,
+                                  "state_name": "unscheduled_down"}))
+    assert list(sub.active_faults) == ["f1"]
+    sub.handle(*_msg(3, "pnp-1", {"type": "fault_cleared", "fault_occurrence_id": "f1", "fault_code": 1201}))
+    assert sub.active_faults == {}
+    assert sub.states["pnp-1"]["state_name"] == "unscheduled_down"
+    sub.handle(f"{PREFIX}/_gateway/status", b'{"gateway": "gw", "state": "online"}')
+    sub.handle(f"{PREFIX}/x/events", b"not json")
+    assert sub.status["gw"]["state"] == "online"
+    assert sub.invalid == 1
