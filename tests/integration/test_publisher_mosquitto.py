@@ -210,3 +210,15 @@ async def test_an_acl_refusal_is_a_permanent_failure_with_mqtt5(tmp_path: Path) 
     finally:
         mosq.stop()
 
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_qos2_messages_resolve_on_pubcomp_and_arrive_once_in_order(
+    mosquitto: Mosquitto, subscriber: Subscriber, protocol: str
+) -> None:
+    async with running(make_publisher(mosquitto.url, protocol=protocol)) as pub:
+        results = await pub.publish_batch(items(range(300)), qos=2)
+    assert all(r.ok for r in results)
+    await anyio.to_thread.run_sync(lambda: subscriber.wait_for(lambda p: len(p) >= 300, suffix="/telemetry"))
+    assert data_seqs(subscriber) == list(range(300))
