@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import signal
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from support import Mosquitto, Subscriber, seq_report
@@ -24,7 +25,7 @@ def _data(checker: Subscriber) -> list[dict]:
 
 def _report(name: str, checker: Subscriber, recovery_s: float | None = None) -> tuple[list[int], int, list[int]]:
     unique, dupes, missing = seq_report(_data(checker))
-    gaps = [b - a - 1 for a, b in zip(unique, unique[1:], strict=False) if b - a > 1]
+    gaps = [b - a - 1 for a, b in pairwise(unique) if b - a > 1]
     print(
         f"FAULT {name}: produced={unique[-1] - unique[0] + 1 if unique else 0} delivered={len(unique)} "
         f"duplicates={dupes} max_gap={max(gaps, default=0)} recovery_s={recovery_s}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from integration.modbus_server import ModbusTestServer, RegisterImage  # noqa: E402
+from integration.modbus_server import ModbusTestServer, RegisterImage
 
 
 async def main(port: int) -> None:

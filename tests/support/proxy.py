@@ -64,7 +64,7 @@ class LinkProxy:
                 data = await reader.read(65536)
                 if not data:
                     break
-                while self.mode == "stall":
+                while self.mode == "stall":  # noqa: ASYNC110 - the mode is flipped from the test's thread
                     await asyncio.sleep(0.05)
                 if self.mode == "cut":
                     break
