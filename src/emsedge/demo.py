@@ -391,7 +391,7 @@ def main_demo(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     from emsedge.config import load_config  # noqa: PLC0415
-    from emsedge.simulate import load_virtual_line  # noqa: PLC0415
+    from emsedge.simulate import first_os_error, load_virtual_line  # noqa: PLC0415
 
     line_file, gateway_file = find_file(args.line), find_file(args.config)
     try:
@@ -411,6 +411,14 @@ def main_demo(argv: list[str]) -> int:
             code = anyio.run(demo.run)
         except KeyboardInterrupt:
             code = 130
+        except (OSError, BaseExceptionGroup) as exc:
+            os_error = first_os_error(exc)
+            if os_error is None:
+                raise
+            demo.restore_terminal()
+            print(f"emsedge demo: cannot start: {os_error} (is `emsedge simulate` or another demo running? "
+                  "the virtual line uses the ports in config/virtual-line.yaml)", file=sys.stderr)
+            code = 1
         finally:
             demo.restore_terminal()
         if code not in (0, 130):
@@ -420,8 +428,8 @@ def main_demo(argv: list[str]) -> int:
 
 
 def _print_tail(path: Path, title: str, lines: int = 15) -> None:
-    if path.exists():
-        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    tail = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+    if tail:
         print(f"--- last lines of the {title} ---", file=sys.stderr)
         print("\n".join(tail), file=sys.stderr)
 

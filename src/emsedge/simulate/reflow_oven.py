@@ -109,7 +109,10 @@ class ReflowOvenServer:
             id=0, simdata=(bits(), bits(), regs(list(self.image)), regs([0] * 16)), action=self._on_access
         )
         server = ModbusTcpServer(device, address=(self.cfg.host, self.cfg.port))
-        await server.serve_forever(background=True)
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus reports a port in use this way
+            raise OSError(f"the reflow oven cannot listen on {self.cfg.host}:{self.cfg.port}: {exc}") from None
         self.server = server
 
     async def stop(self) -> None:
