@@ -420,7 +420,12 @@ class Buffer:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Open the file, then be the single writer until cancelled; drain the queue before returning."""
-        await anyio.to_thread.run_sync(self._open)
+        try:
+            await anyio.to_thread.run_sync(self._open)
+        except BaseException:  # also cancellation during the open: never keep the file and its lock
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._close)
+            raise
         self._changed = anyio.Event()
         send, receive = anyio.create_memory_object_stream[_Pending](QUEUE_APPENDS)
         self._send, self._receive = send, receive
