@@ -981,10 +981,12 @@ class Buffer:
             else:
                 got, lcur = self._scan(conn, lcur, None, n, skip, replayed=False)
                 out += got
-                allowance = min(n - len(out), math.floor(self._bucket.available()))
+                with self._state_lock:  # the bucket is also read by wait_for_messages() on the loop
+                    allowance = min(n - len(out), math.floor(self._bucket.available()))
                 if allowance > 0:
                     got, bcur = self._scan(conn, bcur, mark, allowance, skip, replayed=True)
-                    self._bucket.take(len(got))
+                    with self._state_lock:
+                        self._bucket.take(len(got))
                     out += got
             with self._state_lock:
                 if self._epoch == epoch:  # a release_all() meanwhile reset the cursors: keep its reset
