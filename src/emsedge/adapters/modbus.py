@@ -7,8 +7,9 @@ Why it is shaped this way:
   bits for coils/discrete inputs); unused gaps of up to `max_gap` registers (`16 * max_gap` bits) are
   read through rather than split, because one extra request costs far more than a few spare registers.
   A signal wider than the cap (a long string with a small cap) gets a read of its own.
-* **Decoding** is compiled once, at construction (`compile_block`): the registers of a block are packed
-  into bytes once per poll, in two variants (as sent, and with the two bytes of every register swapped).
+* **Decoding** is compiled once, at construction (`compile_block`). Per poll a block is two byte
+  strings: the answer's raw bytes as sent (kept by `_fast_register_responses`) and, only when a signal
+  needs it, the same with the two bytes of every register swapped.
   Every byte/word order is then one of four (variant, struct endianness) pairs:
 
   ========== ========== ============================ =========
