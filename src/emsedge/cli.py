@@ -25,10 +25,14 @@ def _load_or_exit(path: Path) -> object:
     try:
         return load_config(path)
     except ConfigError as exc:
-        print(f"emsedge: configuration invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _print_problems(path, exc)
         raise SystemExit(EX_CONFIG) from None
+
+
+def _print_problems(path: Path, exc: ConfigError) -> None:
+    print(f"emsedge: configuration {path} invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -40,7 +44,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = cast(Settings, _load_or_exit(args.config))
     configure_logging(settings.logging)
-    anyio.run(Gateway(settings, args.config).run)
+    try:  # files the config names (CA, certificates, password files) are checked when parts are built
+        gateway = Gateway(settings, args.config)
+    except ConfigError as exc:
+        _print_problems(args.config, exc)
+        return EX_CONFIG
+    anyio.run(gateway.run)
     return 0
 
 

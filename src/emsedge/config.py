@@ -27,6 +27,7 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    FilePath,
     SecretStr,
     ValidationError,
     WithJsonSchema,
@@ -99,9 +100,9 @@ class GatewayConfig(_Model):
 
 
 class TlsConfig(_Model):
-    ca_file: Path | None = Field(None, description="CA bundle that signed the broker certificate.")
-    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
-    key_file: Path | None = Field(None, description="Client private key (mutual TLS).")
+    ca_file: FilePath | None = Field(None, description="CA bundle that signed the broker certificate.")
+    cert_file: FilePath | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: FilePath | None = Field(None, description="Client private key (mutual TLS).")
     verify_hostname: bool = Field(True, description="Check the broker certificate names the host. Keep on.")
 
 
@@ -115,7 +116,7 @@ class MqttConfig(_Model):
     password: SecretStr | None = Field(
         None, description="Broker password; prefer password_file or EMSEDGE_MQTT__PASSWORD. Never logged."
     )
-    password_file: Path | None = Field(None, description="File holding the broker password (first line).")
+    password_file: FilePath | None = Field(None, description="File holding the broker password (first line).")
     qos: int = Field(1, ge=0, le=2, description="QoS of data messages. 1 gives at-least-once with PUBACK.")
     topic_prefix: str | None = Field(None, description="Topic prefix; default ems/{site}/{area}/{line}.")
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version.")
@@ -691,6 +692,7 @@ _HINTS = {
     "byte_size": "write a size such as 512MiB or 1GiB",
     "string_type": "write text (quote it if it looks like a number)",
     "union_tag_invalid": "adapter must be one of modbus, opcua, hsms",
+    "path_not_file": "no such file; relative paths are relative to the working directory (/ under systemd)",
     "union_tag_not_found": "say which adapter talks to this machine: adapter: modbus | opcua | hsms",
 }
 
@@ -717,6 +719,8 @@ def _format_problem(err: Any, data: Any, index: _PositionIndex, file: Path) -> s
         ) + (f"allowed here: {', '.join(known)}" if known else "remove it")
     elif kind == "literal_error":
         hint = ""
+    elif kind == "path_not_file":
+        msg = f"{err.get('input')} does not exist or is not a file"
     elif kind == "missing" and loc:
         msg = f"required field {loc[-1]!r} is missing"
         hint = ""

@@ -89,3 +89,15 @@ def test_check_config_prints_a_summary_for_a_valid_file() -> None:
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert "OK" in result.stdout and "reflow-1" in result.stdout and "3 signals" in result.stdout
+
+
+def test_missing_tls_file_exits_78_before_connecting(tmp_path: Path) -> None:
+    cfg = tmp_path / "tls.yaml"
+    cfg.write_text(
+        "gateway: {id: gw, site: s, line: l}\n"
+        f"mqtt: {{url: 'mqtts://127.0.0.1:8883', tls: {{ca_file: {tmp_path / 'missing-ca.pem'}}}}}\n"
+        f"buffer: {{path: {tmp_path / 'b.db'}}}\nhttp: {{listen: null}}\n"
+    )
+    result = subprocess.run([EMSEDGE, "run", "-c", str(cfg)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 78, result.stderr
+    assert "missing-ca.pem" in result.stderr and "Traceback" not in result.stderr
