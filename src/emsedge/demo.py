@@ -51,6 +51,8 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_STOP_TIMEOUT = 20.0
 STARTUP_TIMEOUT = 30.0
 REFRESH = 0.5
+CONNECT_WAIT = 20.0
+"""Seconds the line's clock waits for the gateway to connect to every machine before it starts anyway."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,7 +408,8 @@ def main_demo(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="emsedge-demo-") as tmp:
         workdir = Path(tmp)
         demo = Demo(line_config, gateway_file, gateway_config.topic_prefix, workdir, tui=tui,
-                    duration=args.duration, broker=args.broker)
+                    duration=args.duration, broker=args.broker,
+                    equipment_ids=[e.id for e in gateway_config.equipment if e.enabled])
         try:
             code = anyio.run(demo.run)
         except KeyboardInterrupt:
@@ -436,8 +439,9 @@ def _print_tail(path: Path, title: str, lines: int = 15) -> None:
 
 class Demo:
     def __init__(self, line_config: Any, gateway_file: Path, prefix: str, workdir: Path, *, tui: bool,
-                 duration: float | None, broker: str = "auto") -> None:
+                 duration: float | None, broker: str = "auto", equipment_ids: list[str] | None = None) -> None:
         self.broker_kind = broker
+        self.equipment_ids = equipment_ids or []
         self.line_config = line_config
         self.gateway_file = gateway_file
         self.prefix = prefix
@@ -467,7 +471,7 @@ class Demo:
         try:
             async with anyio.create_task_group() as tg:
                 broker: Broker = await tg.start(run_broker, self.workdir, self.broker_kind)
-                line = VirtualLine(self.line_config)
+                line = VirtualLine(self.line_config, hold=True)
                 with anyio.fail_after(STARTUP_TIMEOUT):
                     await tg.start(line.run)
                 client = await anyio.to_thread.run_sync(subscribe_view, view, broker.url, self.prefix,
@@ -480,6 +484,7 @@ class Demo:
                 }
                 gateway: Process = await tg.start(run_gateway, self.gateway_file, env, self.workdir / "gateway.log")
                 tg.start_soon(self._watch_signals)
+                tg.start_soon(self._release_when_connected, line, view, gateway)
                 header = (f"emsedge demo: virtual SMT line -> gateway -> {broker.kind} {broker.url} -> MES view"
                           "   (Ctrl-C stops)")
                 code = await self._show(view, header, gateway)
@@ -499,6 +504,14 @@ class Demo:
             print(f"emsedge demo stopped: {view.total} messages received, {view.events} events, "
                   f"{len(view.boards)} boards, {view.gaps()} seq gaps.")
         return code
+
+    async def _release_when_connected(self, line: Any, view: MesView, gateway: Process) -> None:
+        """Start the line's clock once MES sees every machine connected (or after CONNECT_WAIT)."""
+        with anyio.move_on_after(CONNECT_WAIT):
+            # The view is fed by paho's thread, so poll it rather than share an event across threads.
+            while not all(view.connected.get(e) for e in self.equipment_ids) and gateway.returncode is None:  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+        line.release()
 
     async def _watch_signals(self) -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

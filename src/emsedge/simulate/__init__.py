@@ -57,7 +57,10 @@ def event_json(event: LineEvent) -> dict[str, Any]:
 class VirtualLine:
     """All three machines on one clock. `await tg.start(line.run)` returns once every server listens."""
 
-    def __init__(self, config: VirtualLineConfig, on_event: Callable[[LineEvent], None] | None = None) -> None:
+    def __init__(self, config: VirtualLineConfig, on_event: Callable[[LineEvent], None] | None = None, *,
+                 hold: bool = False) -> None:
+        """With `hold`, the servers come up but the clock starts only at `release()` (the demo waits for
+        the gateway to connect, so MES sees the first board too)."""
         from emsedge.simulate.aoi import AoiEquipment  # noqa: PLC0415 - import cost only when running
         from emsedge.simulate.pick_and_place import PickAndPlaceServer  # noqa: PLC0415
         from emsedge.simulate.reflow_oven import ReflowOvenServer  # noqa: PLC0415
@@ -69,6 +72,9 @@ class VirtualLine:
         self.reflow_oven = ReflowOvenServer(self.line)
         self.aoi = AoiEquipment(self.line)
         self._tg: TaskGroup | None = None
+        self._released = anyio.Event()
+        if not hold:
+            self._released.set()
         self._machine_ids = {
             "line": "line",
             "pick_and_place": config.pick_and_place.id,
@@ -100,7 +106,12 @@ class VirtualLine:
                     await self.reflow_oven.stop()
                 self.aoi.stop()
 
+    def release(self) -> None:
+        """Start the clock of a line created with `hold=True` (idempotent)."""
+        self._released.set()
+
     async def _clock(self) -> None:
+        await self._released.wait()
         speed = self.config.line.speed
         tick = self.config.line.tick
         start = time.monotonic()
