@@ -105,7 +105,7 @@ class BufferMachine(RuleBasedStateMachine):
     def ack(self, data: st.DataObject) -> None:
         lease_id = data.draw(st.sampled_from(sorted(self.leases)))
         lease, seqs = self.leases[lease_id]
-        chosen = data.draw(st.lists(st.sampled_from(sorted(seqs)), unique=True)) if seqs else []
+        chosen = data.draw(st.lists(st.sampled_from(sorted(seqs)), unique=True, min_size=1)) if seqs else []
         self.portal.call(self.buf.ack, lease, chosen)
         for seq in chosen:
             seqs.discard(seq)
@@ -120,7 +120,7 @@ class BufferMachine(RuleBasedStateMachine):
     def nack(self, data: st.DataObject) -> None:
         lease_id = data.draw(st.sampled_from(sorted(self.leases)))
         lease, seqs = self.leases[lease_id]
-        chosen = data.draw(st.lists(st.sampled_from(sorted(seqs)), unique=True)) if seqs else []
+        chosen = data.draw(st.lists(st.sampled_from(sorted(seqs)), unique=True, min_size=1)) if seqs else []
         self.portal.call(self.buf.nack, lease, chosen)
         seqs.difference_update(chosen)
         if not seqs:
