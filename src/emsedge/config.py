@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
@@ -26,9 +27,11 @@ from pydantic import (
     BeforeValidator,
     ByteSize,
     ConfigDict,
+    Discriminator,
     Field,
     FilePath,
     SecretStr,
+    Tag,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -537,7 +540,60 @@ class HsmsEquipment(EquipmentBase):
         return self
 
 
-Equipment = Annotated[ModbusEquipment | OpcUaEquipment | HsmsEquipment, Field(discriminator="adapter")]
+# ---------------------------------------------------------------------------------------------------
+# Third-party adapters (entry point group `emsedge.adapters`)
+
+BUILTIN_ADAPTERS = ("modbus", "opcua", "hsms")
+
+
+def installed_plugins() -> list[str]:
+    return sorted(ep.name for ep in entry_points(group="emsedge.adapters") if ep.name not in BUILTIN_ADAPTERS)
+
+
+class PluginSignal(SignalCommon):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class PluginEquipment(EquipmentBase):
+    """Equipment served by an adapter from another package; its own fields live under `options`."""
+
+    adapter: str = Field(description="Name of an installed adapter plugin (entry point emsedge.adapters).")
+    connection: dict[str, Any] = Field(default_factory=dict, description="Connection settings of the plugin.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Further plugin-specific settings.")
+    poll_interval: Duration = Field(1.0, description="Poll period when the plugin is a polled adapter.")
+    signals: list[PluginSignal] = Field(default_factory=list, description="Signals; extra keys go to the plugin.")
+
+    @field_validator("adapter")
+    @classmethod
+    def _installed(cls, v: str) -> str:
+        plugins = installed_plugins()
+        if v not in plugins:
+            known = [*BUILTIN_ADAPTERS, *plugins]
+            raise ValueError(
+                f"unknown adapter {v!r}{_did_you_mean(v, known)} (built in: {', '.join(BUILTIN_ADAPTERS)}; "
+                f"installed plugins: {', '.join(plugins) or 'none'})"
+            )
+        return v
+
+
+def _adapter_tag(value: Any) -> str | None:
+    adapter = value.get("adapter") if isinstance(value, dict) else getattr(value, "adapter", None)
+    if adapter is None:
+        return None
+    return adapter if adapter in BUILTIN_ADAPTERS else "plugin"
+
+
+Equipment = Annotated[
+    Annotated[ModbusEquipment, Tag("modbus")]
+    | Annotated[OpcUaEquipment, Tag("opcua")]
+    | Annotated[HsmsEquipment, Tag("hsms")]
+    | Annotated[PluginEquipment, Tag("plugin")],
+    Discriminator(
+        _adapter_tag,
+        custom_error_type="adapter_missing",
+        custom_error_message="required field 'adapter' is missing",
+    ),
+]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -695,15 +751,14 @@ _HINTS = {
     "dict_type": "write a mapping (key: value)",
     "byte_size": "write a size such as 512MiB or 1GiB",
     "string_type": "write text (quote it if it looks like a number)",
-    "union_tag_invalid": "adapter must be one of modbus, opcua, hsms",
     "path_not_file": "no such file; relative paths are relative to the working directory (/ under systemd)",
-    "union_tag_not_found": "say which adapter talks to this machine: adapter: modbus | opcua | hsms",
+    "adapter_missing": "say which adapter talks to this machine: adapter: modbus | opcua | hsms",
 }
 
 
 def _format_problem(err: Any, data: Any, index: _PositionIndex, file: Path) -> str:
     loc: tuple[str | int, ...] = tuple(
-        p for p in err["loc"] if not (isinstance(p, str) and p in ("modbus", "opcua", "hsms"))
+        p for p in err["loc"] if not (isinstance(p, str) and p in (*BUILTIN_ADAPTERS, "plugin"))
     )
     # Pydantic puts model-level validator errors on the model; tagged unions add the tag to the path.
     field_path = _dotted(loc) or "(top level)"
