@@ -30,6 +30,7 @@ from pydantic import (
     Discriminator,
     Field,
     FilePath,
+    JsonValue,
     SecretStr,
     Tag,
     ValidationError,
@@ -557,7 +558,11 @@ class PluginSignal(SignalCommon):
 class PluginEquipment(EquipmentBase):
     """Equipment served by an adapter from another package; its own fields live under `options`."""
 
-    adapter: str = Field(description="Name of an installed adapter plugin (entry point emsedge.adapters).")
+    adapter: str = Field(
+        description="Name of an installed adapter plugin (entry point emsedge.adapters).",
+        # Editors can only know the plugins installed where the schema was generated.
+        json_schema_extra=lambda schema: schema.update(enum=list[JsonValue](installed_plugins())),
+    )
     connection: dict[str, Any] = Field(default_factory=dict, description="Connection settings of the plugin.")
     options: dict[str, Any] = Field(default_factory=dict, description="Further plugin-specific settings.")
     poll_interval: Duration = Field(1.0, description="Poll period when the plugin is a polled adapter.")

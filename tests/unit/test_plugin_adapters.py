@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from emsedge.adapters import factory_for
+from emsedge.adapters.base import AdapterContext
 from emsedge.config import PluginEquipment, load_config
 from emsedge.errors import ConfigError
 
@@ -60,8 +61,6 @@ async def test_an_installed_plugin_adapter_is_configured_and_built(installed_plu
     equipment = settings.equipment[0]
     assert isinstance(equipment, PluginEquipment)
     assert equipment.signals[0].model_extra == {"register": 3}
-
-    from emsedge.adapters.base import AdapterContext
 
     async def emit(records: object) -> None:
         return None
