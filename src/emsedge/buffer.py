@@ -9,8 +9,9 @@ records stay on disk), then `ack` (delivered: delete), `nack` (back to the queue
 up or down, so there is no "start buffering when the link drops" moment that could lose data.
 
 * **One writer.** `run()` is the only task that inserts. `append()` puts its records on a bounded
-  in-memory queue and waits; the writer gathers appends for `linger` seconds (at most `batch_max`
-  records), writes them in ONE transaction, and wakes every waiter after COMMIT. Batching is what makes
+  in-memory queue and waits; the writer takes everything queued (and, when several producers are
+  queueing, gathers more for up to `linger`; at most `batch_max` records), writes it in ONE
+  transaction, and wakes every waiter after COMMIT. Batching is what makes
   the disk fast (one fsync per batch, not per record). When the queue is full, `append()` waits: a slow
   or failing disk slows the producers down instead of growing memory.
 * **Blocking work off the loop.** Every SQLite call (and the JSON encoding of a batch) runs in a worker
@@ -632,12 +633,32 @@ class Buffer:
                 await self._housekeeping()
 
     async def _collect(self, receive: MemoryObjectReceiveStream[_Pending]) -> list[_Pending]:
+        """Gather one batch: the first append, everything already queued, then (only when several appends
+        were queued, i.e. producers are concurrent) more for up to `linger`, at most `batch_max` records.
+
+        A lone producer gains nothing from lingering (it waits for its own commit before appending
+        again), so it gets group commit at disk speed; concurrent producers share transactions.
+        """
         # The batch lives on self until committed, so a shutdown during linger or retry still writes it.
         self._batch = batch = []
         with anyio.move_on_after(HOUSEKEEPING_INTERVAL):
             batch.append(await receive.receive())
         if not batch:
             return batch
+        n = len(batch[0].records)
+        limit = self.config.batch_max
+        with contextlib.suppress(anyio.WouldBlock):
+            while n < limit:
+                item = receive.receive_nowait()
+                batch.append(item)
+                n += len(item.records)
+        if len(batch) > 1 and n < limit and self.config.linger > 0:
+            with anyio.move_on_after(self.config.linger):
+                while n < limit:
+                    item = await receive.receive()
+                    batch.append(item)
+                    n += len(item.records)
+        return batch
         n = len(batch[0].records)
         limit = self.config.batch_max
         if self.config.linger > 0:

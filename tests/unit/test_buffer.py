@@ -395,6 +395,16 @@ async def test_concurrent_appends_share_write_transactions(tmp_path: Path, monke
 
 
 @pytest.mark.asyncio
+async def test_a_lone_producer_is_not_held_up_by_linger(tmp_path: Path) -> None:
+    async with running(tmp_path / "b.db", linger=0.5) as buf:
+        start = anyio.current_time()
+        for i in range(20):
+            await buf.append([rec(value=float(i))])
+        elapsed = anyio.current_time() - start
+    assert elapsed < 3.0  # 20 x 0.5 s if every append waited out the linger
+
+
+@pytest.mark.asyncio
 async def test_low_free_disk_turns_appends_into_backpressure_until_space_returns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
