@@ -73,7 +73,10 @@ def test_the_password_is_in_no_repr_or_str_of_the_publisher_or_its_config(tmp_pa
 
 
 def test_an_unreadable_password_file_is_a_config_error_without_the_secret(tmp_path: Path) -> None:
+    # The config checks that the file exists; it can still vanish before the publisher reads it.
+    (tmp_path / "missing").write_text(PASSWORD)
     config = MqttConfig(url="mqtt://127.0.0.1:1883", username="gw", password_file=tmp_path / "missing")
+    (tmp_path / "missing").unlink()
     with pytest.raises(ConfigError, match="cannot read secret file"):
         MqttPublisher(config, client_id="gw", status_topic="s", online_payload=lambda: b"", offline_payload=b"")
 
@@ -111,6 +114,7 @@ def test_connect_error_descriptions_are_short_and_free_of_secrets() -> None:
 
 
 def test_an_exception_from_a_failed_publisher_set_up_does_not_carry_the_password(tmp_path: Path) -> None:
+    (tmp_path / "missing.pem").write_text("not a certificate")  # exists (config check) but cannot load
     config = MqttConfig(url="mqtts://127.0.0.1:8883", username="gw", password=PASSWORD,
                         tls={"ca_file": tmp_path / "missing.pem"})
     with pytest.raises(ConfigError) as caught:
