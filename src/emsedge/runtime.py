@@ -236,7 +236,9 @@ class Gateway:
             dropped = event(
                 GATEWAY_EQUIPMENT, "gateway", EventType.BUFFER_DROPPED, None,
                 count=result.evicted, by_equipment=result.evicted_by_equipment,
-                first_ts=result.evicted_first_ts, last_ts=result.evicted_last_ts, reason="max_bytes",
+                first_ts=result.evicted_first_ts, last_ts=result.evicted_last_ts,
+                reason="buffer limit (max_bytes or max_age)",
+                max_bytes=int(self.settings.buffer.max_bytes), max_age_s=self.settings.buffer.max_age,
             )
             await self.buffer.append([dropped])
 
