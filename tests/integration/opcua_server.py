@@ -102,11 +102,7 @@ class PnPServer:
         await var(feeder1, "PnP.Feeders.Feeder1.ReelId", "ReelId", "REEL-0001", ua.VariantType.String)
         if self.bulk:
             bulk = await pnp.add_object(ua.NodeId("PnP.Bulk", ns), ua.QualifiedName("Bulk", ns))
-            self.bulk_nodes = []
-            for i in range(self.bulk):
-                self.bulk_nodes.append(await bulk.add_variable(
-                    ua.NodeId(f"PnP.Bulk.{i}", ns), ua.QualifiedName(f"Item{i:05d}", ns),
-                    ua.Variant(0.0, ua.VariantType.Double)))
+            self.bulk_nodes = await _add_doubles(server, bulk.nodeid, ns, self.bulk)
         self.server = server
         await server.start()
 
@@ -153,3 +149,37 @@ class PnPServer:
         while True:
             await self.tick()
             await anyio.sleep(interval)
+
+
+async def _add_doubles(server: Server, parent: ua.NodeId, ns: int, count: int) -> list[Node]:
+    """Bulk Double variables `PnP.Bulk.<n>`, 100 per folder (asyncua adds children in O(siblings)), added in
+    AddNodes calls of 1,000."""
+    groups = []
+    for g in range(0, count, 100):
+        folder = ua.NodeId(f"PnP.Bulk.G{g // 100:03d}", ns)
+        groups.append(await server.get_node(parent).add_folder(folder, ua.QualifiedName(f"G{g // 100:03d}", ns)))
+    items = []
+    for i in range(count):
+        item = ua.AddNodesItem()
+        item.RequestedNewNodeId = ua.NodeId(f"PnP.Bulk.{i}", ns)
+        item.BrowseName = ua.QualifiedName(f"Item{i:05d}", ns)
+        item.NodeClass = ua.NodeClass.Variable
+        item.ParentNodeId = groups[i // 100].nodeid
+        item.ReferenceTypeId = ua.NodeId(ua.ObjectIds.HasComponent)
+        item.TypeDefinition = ua.NodeId(ua.ObjectIds.BaseDataVariableType)
+        attrs = ua.VariableAttributes()
+        attrs.DisplayName = ua.LocalizedText(f"Item{i:05d}")
+        attrs.DataType = ua.NodeId(ua.ObjectIds.Double)
+        attrs.Value = ua.Variant(0.0, ua.VariantType.Double)
+        attrs.ValueRank = ua.ValueRank.Scalar
+        attrs.AccessLevel = ua.AccessLevel.CurrentRead.mask
+        attrs.UserAccessLevel = ua.AccessLevel.CurrentRead.mask
+        item.NodeAttributes = attrs
+        items.append(item)
+    nodes: list[Node] = []
+    for start in range(0, count, 1000):
+        results = await server.iserver.isession.add_nodes(items[start : start + 1000])
+        for r in results:
+            r.StatusCode.check()
+            nodes.append(server.get_node(r.AddedNodeId))
+    return nodes

@@ -205,8 +205,15 @@ def _first_certificate(der: bytes | None) -> bytes:
 
 
 async def _quiet_disconnect(client: Client) -> None:
+    """Close session, channel and socket within 2 s, even while being cancelled.
+
+    asyncua cancels its own background tasks (watchdog, supervisor, publish loop) before it sends
+    CloseSession, so a timeout there leaves only the socket, which is closed unconditionally.
+    """
     with anyio.move_on_after(2, shield=True), contextlib.suppress(Exception):
         await client.disconnect()  # best effort: the connection may already be gone
+    with contextlib.suppress(Exception):
+        client.disconnect_socket()
 
 
 async def disconnect(client: Client) -> None:
