@@ -212,3 +212,23 @@ def test_clean_stop_publishes_offline_status_and_exits_zero(
     daemon.signal(signal.SIGTERM)
     assert daemon.process is not None and daemon.process.wait(20) == 0
     wait_until(lambda: any(p.get("state") == "offline" for p in checker.payloads("/_gateway/status")), 10)
+
+
+def test_full_buffer_drops_oldest_and_announces_it_with_buffer_dropped(
+    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
+) -> None:
+    durable_broker.stop()  # everything produced now has to wait in a buffer too small to hold it
+    daemon = _start(tmp_path, daemons, durable_broker.url, equipment, buffer={"max_bytes": "40KiB"})
+    time.sleep(4)  # ~80 telemetry messages of ~700 bytes: more than 40 KiB
+    durable_broker.start()
+    wait_until(lambda: any(p.get("event", {}).get("type") == "buffer_dropped" for p in _data(checker)), 20)
+    _drained(daemon, checker)
+    data = _data(checker)
+    dropped = [p["event"] for p in data if p.get("event", {}).get("type") == "buffer_dropped"]
+    counted = sum(d["count"] for d in dropped)
+    assert counted > 0 and all(d["by_equipment"].get("reflow-1") for d in dropped)
+    unique, _, missing = seq_report(data)
+    # Every seq is either delivered or counted as dropped: the only gaps are the announced evictions.
+    assert len(missing) <= counted
+    assert unique[0] > 1  # the oldest went first
+    print(f"FAULT buffer full (40 KiB, broker down 4 s): delivered={len(unique)} dropped={counted}")
