@@ -110,6 +110,11 @@ class OpcUaSubscriber(_Base):
                 err = exc
             except (OSError, TimeoutError, ConnectionError, UaError) as exc:
                 err = classify(exc)
+            except Exception as exc:  # a library bug or an odd server must not end this equipment's loop
+                err = classify(exc)
+                if ctx.health.last_error != str(err):
+                    ctx.log.warning("unexpected error in the OPC UA session; reconnecting", error=str(err),
+                                    exc_info=True)
             if self.ctx.health.connected:
                 delays = ctx.backoff()  # a session that worked resets the backoff
                 reported = False
@@ -175,9 +180,12 @@ class OpcUaSubscriber(_Base):
             raise AdapterError("cannot monitor " + "; ".join(problems), transient=False)
         for source in cfg.events:
             try:
-                await sub.subscribe_events(
-                    ua.NodeId.from_string(source.node), [ObjectIds.ConditionType, ObjectIds.AlarmConditionType]
-                )
+                notifier = ua.NodeId.from_string(source.node)
+            except (ValueError, UaError) as exc:
+                raise AdapterError(f"events {source.name!r}: node {source.node!r} is not a NodeId ({exc})",
+                                   transient=False) from None
+            try:
+                await sub.subscribe_events(notifier, [ObjectIds.ConditionType, ObjectIds.AlarmConditionType])
             except UaStatusCodeError as exc:
                 raise AdapterError(
                     f"cannot subscribe to events {source.name!r} at {source.node}: {classify(exc)}", transient=False
