@@ -57,6 +57,7 @@ class PnPServer:
     private_key: Path | None = None
     bulk: int = 0
     users: dict[str, str] | None = None
+    extra_namespaces: int = 0  # registered before ours: moves the PnP namespace index (a firmware update)
     server: Server | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
     ticks: int = 0
@@ -75,6 +76,8 @@ class PnPServer:
         if self.certificate is not None and self.private_key is not None:
             await server.load_certificate(str(self.certificate))
             await server.load_private_key(str(self.private_key))
+        for n in range(self.extra_namespaces):
+            await server.register_namespace(f"urn:emsedge:test:vendor{n}")
         ns = await server.register_namespace(NS_URI)
         objects = server.nodes.objects
         pnp = await objects.add_object(ua.NodeId("PnP", ns), ua.QualifiedName("PnP", ns))

@@ -296,3 +296,49 @@ async def test_alarms_and_conditions_become_linked_fault_occurred_and_fault_clea
     assert (fault["fault_code"], fault["message"], fault["severity"]) == ("E1042", "Vacuum low on head 1", 700)
     assert fault["fault_occurrence_id"] == cleared[0].body["event"]["fault_occurrence_id"]
     assert re.fullmatch(r"\d{4}-.*Z", occurred[0].ts)
+
+
+async def test_namespace_uri_node_ids_are_re_resolved_when_a_restart_moves_the_namespace_index() -> None:
+    srv = PnPServer()
+    await srv.start()
+    c = Collector(equipment(srv.url, [{"name": "board_serial", "node": "nsu=urn:emsedge:test:pnp;s=PnP.BoardSerial"},
+                                      {"name": "reel_id", "node": "ns=2;s=PnP.Feeders.Feeder1.ReelId"}]))
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+            await c.wait(lambda: len(c.readings("board_serial")) == 1)
+            await srv.stop()
+            srv.extra_namespaces = 1  # our namespace is now ns=3
+            await srv.start()
+            # ns=2 is now someone else's namespace: the hard-coded id is a clear error naming its signal
+            await c.wait(lambda: "reel_id" in str(c.ctx.health.last_error))
+            tg.cancel_scope.cancel()
+        c2 = Collector(equipment(srv.url, [{"name": "board_serial",
+                                            "node": "nsu=urn:emsedge:test:pnp;s=PnP.BoardSerial"}]))
+        async with anyio.create_task_group() as tg:
+            await tg.start(build(c2.ctx).run, c2.ctx)  # type: ignore[union-attr]
+            await srv.write("PnP.BoardSerial", "SN-NS3", ua.VariantType.String)
+            await c2.wait(lambda: any(x["value"] == "SN-NS3" for x in c2.readings("board_serial")))
+            tg.cancel_scope.cancel()
+    finally:
+        await srv.stop()
+    assert c.ctx.health.disabled
+    assert c2.readings("board_serial")[-1]["quality"] == "good"
+
+
+async def test_a_permanently_broken_signal_recovers_without_restart_once_the_server_has_it(
+    server: PnPServer,
+) -> None:
+    assert server.server is not None
+    signals = [{"name": "head3_vacuum", "browse_path": "0:Objects/2:PnP/2:Heads/2:Head3/2:Vacuum"}]
+    c = Collector(equipment(server.url, signals))
+    async with anyio.create_task_group() as tg:
+        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await c.wait(lambda: c.ctx.health.disabled)
+        heads = server.server.get_node(ua.NodeId("PnP.Heads", 2))
+        head3 = await heads.add_object(ua.NodeId("PnP.Heads.Head3", 2), ua.QualifiedName("Head3", 2))
+        await head3.add_variable(ua.NodeId("PnP.Heads.Head3.Vacuum", 2), ua.QualifiedName("Vacuum", 2), -55.5)
+        await c.wait(lambda: any(x["value"] == -55.5 for x in c.readings("head3_vacuum")))  # backoff.max is 0.4 s
+        tg.cancel_scope.cancel()
+    assert not c.ctx.health.disabled
+    assert c.events("connection_restored")

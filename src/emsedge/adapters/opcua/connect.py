@@ -248,6 +248,7 @@ class ResolvedSignal:
 async def resolve(client: Client, signals: list[OpcUaSignal], deadline_s: float) -> list[ResolvedSignal]:
     """NodeIds for every signal: parse `node`, translate every `browse_path` in one service call.
 
+    `nsu=<namespace uri>;s=...` node ids are mapped to the namespace index the server uses *now*.
     Raises a permanent AdapterError naming each signal whose node id does not parse or whose browse path
     does not exist. Called once per connection: after a server restart namespace indexes and numeric ids
     may have moved, and stale ids are exactly what leaves other gateways stuck on BadNodeIdUnknown.
@@ -255,13 +256,26 @@ async def resolve(client: Client, signals: list[OpcUaSignal], deadline_s: float)
     problems: list[str] = []
     resolved: list[ResolvedSignal | None] = []
     paths: list[tuple[int, OpcUaSignal, ua.RelativePath]] = []
+    namespaces: list[str] | None = None
     for i, s in enumerate(signals):
         if s.node is not None:
             try:
-                resolved.append(ResolvedSignal(s, ua.NodeId.from_string(s.node)))
+                node_id = ua.NodeId.from_string(s.node)
             except (ValueError, UaStringParsingError) as exc:
                 problems.append(f"signal {s.name!r}: node {s.node!r} is not a NodeId ({exc})")
                 resolved.append(None)
+                continue
+            uri = getattr(node_id, "NamespaceUri", None)
+            if uri:  # nsu=<uri>;...: the index is looked up on this connection (it may move on restart)
+                if namespaces is None:
+                    with anyio.fail_after(deadline_s):
+                        namespaces = await client.get_namespace_array()
+                if uri not in namespaces:
+                    problems.append(f"signal {s.name!r}: namespace {uri!r} of node {s.node!r} is not on the server")
+                    resolved.append(None)
+                    continue
+                node_id = ua.NodeId(node_id.Identifier, ua.Int16(namespaces.index(uri)), node_id.NodeIdType)
+            resolved.append(ResolvedSignal(s, node_id))
             continue
         assert s.browse_path is not None
         try:
