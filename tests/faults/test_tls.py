@@ -249,5 +249,10 @@ def test_a_tls_setting_with_a_plain_url_or_a_mixed_broker_list_is_refused(pki: P
 
 
 def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"mqtt\.tls: cannot load"):
+    # A missing file is refused by the config itself (located error); one that exists but is not a
+    # certificate is refused when the publisher loads it.
+    with pytest.raises(ValueError, match="does not point to a file"):
         make_publisher("mqtts://127.0.0.1:8883", tls={"ca_file": str(tmp_path / "missing.pem")})
+    (tmp_path / "garbage.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"mqtt\.tls: cannot load"):
+        make_publisher("mqtts://127.0.0.1:8883", tls={"ca_file": str(tmp_path / "garbage.pem")})
