@@ -7,6 +7,10 @@ Subscribe mode (`OpcUaSubscriber.run`), one loop per equipment, forever:
   asyncua's own auto_reconnect is off on purpose: it re-creates subscriptions with the *old* node ids,
   which is how other gateways end up stuck on BadNodeIdUnknown after a server restart (DOMAIN.md §6.11-13).
 
+Back-pressure: notifications wait in asyncua's iterator queue, bounded at max(20k, 8 x the summed queue
+sizes). It fills only if `ctx.emit` (the durable buffer) stalls for many cycles; then asyncua drops the
+oldest notifications and this adapter logs that once per episode.
+
 Batching invariant: asyncua's publish callback puts every notification of one PublishResponse into the
 subscription's queue synchronously, so the consumer takes one event, then drains what is already queued:
 that is one publishing cycle (or several, if the pipeline was busy), emitted as ONE telemetry record plus
@@ -94,6 +98,7 @@ class OpcUaSubscriber(_Base):
         super().__init__(ctx)
         self._fault_ids: dict[str, str] = {}
         self.subscription_count = 0  # sessions that got a live subscription; tests and metrics read it
+        self._overflowing = False
 
     async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -211,6 +216,11 @@ class OpcUaSubscriber(_Base):
             batch = [first]
             if drainable:
                 assert isinstance(queue, asyncio.Queue)
+                if queue.full() != self._overflowing:  # log the state change, not every cycle
+                    self._overflowing = queue.full()
+                    if self._overflowing:
+                        self.ctx.log.warning("notification queue full: the pipeline is slower than the server; "
+                                             "oldest notifications are being dropped", size=queue.maxsize)
                 while True:
                     try:
                         item = queue.get_nowait()
