@@ -17,6 +17,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import json
+import logging
 import socket
 import sys
 from dataclasses import dataclass
@@ -223,6 +224,7 @@ def _browse_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", type=Path)
     p.add_argument("--allow-insecure-password", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    p.add_argument("--verbose", action="store_true", help="show the OPC UA library's own log messages")
     return p
 
 
@@ -271,6 +273,10 @@ async def _browse(args: argparse.Namespace) -> int:
 def main_browse(argv: list[str]) -> int:
     """`emsedge browse opc.tcp://host:port [...]`; returns 0, or 1 with one clear line on stderr."""
     args = _browse_parser().parse_args(argv)
+    library_log = logging.getLogger("asyncua")
+    level = library_log.level
+    if not args.verbose:  # asyncua's own warnings (closing a dead channel...) would bury the one clear line
+        library_log.setLevel(logging.ERROR)
     try:
         return anyio.run(_browse, args)
     except (ValidationError, ConfigError) as exc:
@@ -282,3 +288,5 @@ def main_browse(argv: list[str]) -> int:
     except (OSError, TimeoutError, UaError) as exc:
         print(f"error: {args.url}: cannot browse: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        library_log.setLevel(level)
