@@ -342,3 +342,14 @@ async def test_a_permanently_broken_signal_recovers_without_restart_once_the_ser
         tg.cancel_scope.cancel()
     assert not c.ctx.health.disabled
     assert c.events("connection_restored")
+
+
+async def test_poll_mode_asks_for_a_reconnect_when_every_node_is_unknown(server: PnPServer) -> None:
+    # what a restarted server that renumbered its nodes looks like: a fresh connection re-resolves them
+    signals = [{"name": "a", "node": "ns=2;s=PnP.Gone1"}, {"name": "b", "node": "ns=2;i=424242"}]
+    poller = build(Collector(equipment(server.url, signals, mode="poll")).ctx)
+    assert isinstance(poller, OpcUaPoller)
+    async with poller:
+        with pytest.raises(AdapterError, match="every node is unknown") as err:
+            await poller.poll()
+    assert err.value.transient
