@@ -14,7 +14,6 @@ buffer inside the transaction that makes it durable, so `seq` is strictly increa
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_TELEMETRY = "emsedge/telemetry@1"
@@ -143,7 +143,11 @@ def new_message_id() -> str:
     return str(uuid.uuid4())
 
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS  # device structures may be keyed by numbers
+
+
+def _json_default(value: Any) -> str:
+    return str(value)  # anything a device hands us that JSON has no type for (Decimal, bytes-like, enums)
 
 
 def encode(record: Record, *, gateway: str, seq: int, message_id: str) -> bytes:
@@ -158,7 +162,9 @@ def encode(record: Record, *, gateway: str, seq: int, message_id: str) -> bytes:
         "ts": record.ts,
     }
     envelope.update(record.body)
-    return _dumps(envelope).encode("utf-8")
+    # orjson: ~5x faster than the stdlib encoder, the largest single cost of the hot path (measured with
+    # py-spy on the Modbus pipeline); UTF-8 out, NaN/inf become null (adapters already mark them bad).
+    return orjson.dumps(envelope, default=_json_default, option=_ORJSON_OPTIONS)
 
 
 def mark_replayed(payload: bytes) -> bytes:
