@@ -147,24 +147,36 @@ async def test_a_broker_outage_while_publishing_fails_unacknowledged_messages_an
     """The caller retries what came back not ok (as the buffer does); the checker must see every seq."""
     mosq = broker(tmp_path, persistence=True)
     checker = Subscriber(mosq.port, topic=DATA_TOPIC, client_id=f"checker-{protocol}", clean=False)
-    total = 20_000
     acked: set[int] = set()
     failures = 0
+    produced = 0
+    outage_over = anyio.Event()
+
+    def more(n: int) -> list[int]:
+        nonlocal produced
+        batch = list(range(produced, produced + n))
+        produced += n
+        return batch
+
     try:
         pub = make_publisher(mosq.url, protocol=protocol)
         async with running(pub), anyio.create_task_group() as tg:
 
             async def outage() -> None:
-                # Stop the broker while the big first batch is in flight, start it again half a second later.
-                await wait_until(lambda: len(checker.messages) >= 2000, limit=20)
+                # Stop the broker while batches are in flight, start it again half a second later.
+                await wait_until(lambda: len(checker.messages) >= 500, limit=20)
                 await anyio.to_thread.run_sync(mosq.stop)
                 await anyio.sleep(0.5)
                 await anyio.to_thread.run_sync(mosq.start)
+                outage_over.set()
 
             tg.start_soon(outage)
-            todo = list(range(total))
+            todo = more(50_000)  # large enough to be in flight when the broker stops, even on a fast machine
             with anyio.fail_after(40):
-                while todo:
+                # Keep publishing until the outage is over, however fast this machine is.
+                while todo or not outage_over.is_set() or not pub.connected:
+                    if not todo:
+                        todo = more(5000)
                     await pub.wait_connected()
                     results = await pub.publish_batch(items(todo), qos=1)
                     assert len(results) == len(todo)
@@ -174,6 +186,7 @@ async def test_a_broker_outage_while_publishing_fails_unacknowledged_messages_an
                     todo = [s for s, ok in zip(todo, oks, strict=True) if not ok]
                     failures += len(todo)
             assert pub.connection_epoch >= 2
+        total = produced
         assert failures > 0, "the outage hit messages in flight"
         await anyio.to_thread.run_sync(
             lambda: checker.wait_for(lambda p: {x["seq"] for x in p} >= set(range(total)), timeout=20)
