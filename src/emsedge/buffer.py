@@ -290,6 +290,19 @@ def _free_disk(directory: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+
+@contextlib.contextmanager
+def _immediate_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT; anything raised inside rolls back and propagates."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.rollback()
+        raise
+
 def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
@@ -563,18 +576,15 @@ class Buffer:
         if meta.get("gateway") not in (None, self.gateway):
             log.warning("buffer_gateway_changed", path=str(self.path), was=meta["gateway"], now=self.gateway)
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                [("format", FORMAT_VERSION), ("gateway", self.gateway), ("next_seq", next_seq)],
-            )
-            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dead_letters_total', 0)")
-            conn.execute("COMMIT")
+            with _immediate_transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [("format", FORMAT_VERSION), ("gateway", self.gateway), ("next_seq", next_seq)],
+                )
+                conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('dead_letters_total', 0)")
         except sqlite3.OperationalError as exc:
             # Unwritable (read-only mount, full disk): keep running on what is there; the writer
             # reports it once and retries with a fresh connection. Committed rows stay leasable.
-            with contextlib.suppress(sqlite3.Error):
-                conn.rollback()
             self._enter_fault(exc)
         self._next_seq = next_seq
         self._count = int(count)
@@ -793,8 +803,7 @@ class Buffer:
             assert sidecar is not None
             if last >= sidecar.reserved:
                 sidecar.reserve(last + SEQ_RESERVE_STEP)
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with _immediate_transaction(conn):
                 evicted = _Evicted()
                 mark = self._mark
                 if self.config.max_age is not None:
@@ -810,11 +819,6 @@ class Buffer:
                 conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (seq,))
                 self._persist_evictions(conn, evicted)
                 head = self._head_created(conn) if evicted.count else None
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.rollback()
-                raise
             with self._state_lock:
                 self._next_seq = seq
                 self._count += len(rows) - evicted.count
@@ -929,16 +933,10 @@ class Buffer:
         with self._db_lock:
             conn = self._require_conn()
             evicted = _Evicted()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with _immediate_transaction(conn):
                 self._evict_head(conn, evicted, self._mark, older_than=self._wall() - self.config.max_age)
                 self._persist_evictions(conn, evicted)
                 head = self._head_created(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.rollback()
-                raise
             with self._state_lock:
                 self._count -= evicted.count
                 self._bytes -= evicted.bytes
@@ -1117,18 +1115,13 @@ class Buffer:
             if relaxed:
                 conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                for chunk in _chunks(todo):
-                    deleted += conn.execute(
-                        f"DELETE FROM records WHERE seq IN ({_placeholders(len(chunk))}) RETURNING seq, size",
-                        chunk,
-                    ).fetchall()
-                head = self._head_created(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.rollback()
-                raise
+                with _immediate_transaction(conn):
+                    for chunk in _chunks(todo):
+                        deleted += conn.execute(
+                            f"DELETE FROM records WHERE seq IN ({_placeholders(len(chunk))}) RETURNING seq, size",
+                            chunk,
+                        ).fetchall()
+                    head = self._head_created(conn)
             finally:
                 if relaxed:
                     with contextlib.suppress(sqlite3.Error):
@@ -1172,18 +1165,12 @@ class Buffer:
     def _nack_sync(self, seqs: list[int]) -> None:
         with self._db_lock:
             conn = self._require_conn()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with _immediate_transaction(conn):
                 for chunk in _chunks(seqs):
                     conn.execute(
                         f"UPDATE records SET attempts = attempts + 1 WHERE seq IN ({_placeholders(len(chunk))})",
                         chunk,
                     )
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.rollback()
-                raise
 
     async def dead_letter(self, seqs: Iterable[int], reason: str) -> None:
         """Poison records: move them to `dead_letters` (counted, logged) so the queue moves on."""
@@ -1210,8 +1197,7 @@ class Buffer:
         with self._db_lock:
             conn = self._require_conn()
             moved: list[tuple[int, int, str]] = []
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+            with _immediate_transaction(conn):
                 now = self._wall()
                 for chunk in _chunks(seqs):
                     marks = _placeholders(len(chunk))
@@ -1233,11 +1219,6 @@ class Buffer:
                     "UPDATE meta SET value = value + ? WHERE key='dead_letters_total'", (len(moved),)
                 )
                 head = self._head_created(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.rollback()
-                raise
             with self._state_lock:
                 self._remove_rows([(s, size) for s, size, _ in moved], head)
                 self._dead_letters += len(moved)
