@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import signal
 import time
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
@@ -122,39 +123,17 @@ def test_repeated_sigkill_during_publish_replay_and_outage_leaves_no_gap(
     assert len(unique) > 200
 
 
-def test_cut_link_loses_nothing_and_recovers(
-    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
-) -> None:
-    proxy = LinkProxy(durable_broker.port)
+def _link_fault(
+    tmp_path: Path, daemons: list[Daemon], broker: Mosquitto, equipment: Equipment, checker: Subscriber,
+    fault: Callable[[LinkProxy, Daemon], None],
+) -> float:
+    """Run the daemon through a proxy, apply `fault`, restore the link; returns the recovery time."""
+    proxy = LinkProxy(broker.port)
     proxy.start()
     try:
         daemon = _start(tmp_path, daemons, proxy.url, equipment)
         _wait_for_data(checker, 10)
-        proxy.cut()
-        time.sleep(2)
-        proxy.restore()
-        restored = time.monotonic()
-        before = max(p["seq"] for p in _data(checker))
-        wait_until(lambda: any(p["seq"] > before + 40 for p in _data(checker)), 20)
-        recovery = round(time.monotonic() - restored, 2)
-        _drained(daemon, checker)
-    finally:
-        proxy.close()
-    _, _, missing = _report("link cut 2 s", checker, recovery)
-    assert missing == []
-
-
-def test_stalled_link_is_noticed_by_keepalive_and_loses_nothing(
-    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
-) -> None:
-    proxy = LinkProxy(durable_broker.port)
-    proxy.start()
-    try:
-        daemon = _start(tmp_path, daemons, proxy.url, equipment)
-        _wait_for_data(checker, 10)
-        connections = proxy.connections
-        proxy.stall()  # no RST, no FIN: only the MQTT keepalive (2 s here) can notice
-        wait_until(lambda: proxy.connections > connections or "lost" in daemon.log().lower(), 15)
+        fault(proxy, daemon)
         proxy.restore()
         restored = time.monotonic()
         before = max(p["seq"] for p in _data(checker))
@@ -163,6 +142,30 @@ def test_stalled_link_is_noticed_by_keepalive_and_loses_nothing(
         _drained(daemon, checker)
     finally:
         proxy.close()
+    return recovery
+
+
+def test_cut_link_loses_nothing_and_recovers(
+    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
+) -> None:
+    def cut(proxy: LinkProxy, daemon: Daemon) -> None:
+        proxy.cut()
+        time.sleep(2)
+
+    recovery = _link_fault(tmp_path, daemons, durable_broker, equipment, checker, cut)
+    _, _, missing = _report("link cut 2 s", checker, recovery)
+    assert missing == []
+
+
+def test_stalled_link_is_noticed_by_keepalive_and_loses_nothing(
+    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
+) -> None:
+    def stall(proxy: LinkProxy, daemon: Daemon) -> None:
+        connections = proxy.connections
+        proxy.stall()  # no RST, no FIN: only the MQTT keepalive (2 s here) can notice
+        wait_until(lambda: proxy.connections > connections or "lost" in daemon.log().lower(), 15)
+
+    recovery = _link_fault(tmp_path, daemons, durable_broker, equipment, checker, stall)
     _, _, missing = _report("link stalled (keepalive)", checker, recovery)
     assert missing == []
 
