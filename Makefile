@@ -36,8 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy src
 
+# Benchmarks print figures (values/s, latency percentiles, CPU, RSS); a few minutes each, not tests.
 bench: $(STAMP) mosquitto
-	$(BIN)/python benchmarks/pipeline.py
+	for b in pipeline buffer_replay publisher opcua hsms service_http; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
