@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from support import Mosquitto, Subscriber
+from support.daemon import Equipment
 
 
 @pytest.fixture
@@ -20,3 +21,12 @@ def subscriber(mosquitto: Mosquitto) -> Iterator[Subscriber]:
     sub = Subscriber(mosquitto.port)
     yield sub
     sub.close()
+
+
+@pytest.fixture
+def equipment() -> Iterator[Equipment]:
+    """A real Modbus TCP machine in its own process (tests/support/equipment_process.py)."""
+    eq = Equipment()
+    eq.start()
+    yield eq
+    eq.stop()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 from support import Mosquitto, Subscriber
-from support.daemon import Daemon, Equipment
+from support.daemon import Daemon
 
 
 @pytest.fixture
@@ -22,14 +22,6 @@ def checker(durable_broker: Mosquitto) -> Iterator[Subscriber]:
     sub = Subscriber(durable_broker.port, topic="ems/#", client_id="fault-checker", clean=False)
     yield sub
     sub.close()
-
-
-@pytest.fixture
-def equipment() -> Iterator[Equipment]:
-    eq = Equipment()
-    eq.start()
-    yield eq
-    eq.stop()
 
 
 @pytest.fixture

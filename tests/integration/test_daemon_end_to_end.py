@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from support.daemon import EMSEDGE, Daemon, Equipment, gateway_config, wait_unti
 from emsedge.schema import EventMessage, StatusMessage, TelemetryMessage
 
 TS = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-
-@pytest.fixture
-def equipment() -> Iterator[Equipment]:
-    eq = Equipment()
-    eq.start()
-    yield eq
-    eq.stop()
 
 
 def test_daemon_delivers_typed_values_with_envelope_and_increasing_seq(

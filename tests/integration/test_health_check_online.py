@@ -4,7 +4,6 @@ virtual line (OPC UA, Modbus and HSMS simulators)."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from support.daemon import EMSEDGE, Equipment, gateway_config, wait_until
 
 from emsedge.config import OpcUaEquipment
 from emsedge.tooling import read_equipment
-
-
-@pytest.fixture
-def equipment() -> Iterator[Equipment]:
-    eq = Equipment()
-    eq.start()
-    yield eq
-    eq.stop()
 
 
 def check_online(config: Path) -> subprocess.CompletedProcess[str]:

@@ -8,22 +8,12 @@ import signal
 import socket
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support import Mosquitto, free_port
 from support.daemon import Daemon, Equipment, gateway_config, wait_until
-
-
-@pytest.fixture
-def equipment() -> Iterator[Equipment]:
-    eq = Equipment()
-    eq.start()
-    yield eq
-    eq.stop()
 
 
 def get(url: str) -> tuple[int, bytes]:
