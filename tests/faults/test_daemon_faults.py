@@ -52,6 +52,12 @@ def _wait_for_data(checker: Subscriber, n: int, timeout: float = 20.0) -> None:
     wait_until(lambda: len(_data(checker)) >= n, timeout)
 
 
+def _wait_past(checker: Subscriber, margin: int, timeout: float) -> None:
+    """Wait until the subscriber holds a seq `margin` past the highest it has now (the backlog arrived)."""
+    before = max(p["seq"] for p in _data(checker))
+    wait_until(lambda: any(p["seq"] > before + margin for p in _data(checker)), timeout)
+
+
 def test_broker_outage_loses_no_sequence_numbers(
     tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
 ) -> None:
@@ -61,8 +67,7 @@ def test_broker_outage_loses_no_sequence_numbers(
     time.sleep(3)
     durable_broker.start()
     restarted = time.monotonic()
-    before = max(p["seq"] for p in _data(checker))
-    wait_until(lambda: any(p["seq"] > before + 60 for p in _data(checker)), 20)
+    _wait_past(checker, 60, 20)
     recovery = round(time.monotonic() - restarted, 2)
     _drained(daemon, checker)
     unique, _, missing = _report("broker down 3 s", checker, recovery)
@@ -82,8 +87,7 @@ def test_sigkill_while_broker_is_down_then_restart_leaves_no_gap(
     durable_broker.start()
     restarted = time.monotonic()
     again = _start(tmp_path, daemons, durable_broker.url, equipment)
-    before = max(p["seq"] for p in _data(checker))
-    wait_until(lambda: any(p["seq"] > before + 40 for p in _data(checker)), 25)
+    _wait_past(checker, 40, 25)
     recovery = round(time.monotonic() - restarted, 2)
     _drained(again, checker)
     unique, _, missing = _report("SIGKILL while broker down", checker, recovery)
@@ -115,8 +119,7 @@ def test_repeated_sigkill_during_publish_replay_and_outage_leaves_no_gap(
         if durable_broker.process is None:
             durable_broker.start()
     final = _start(tmp_path, daemons, durable_broker.url, equipment)
-    before = max(p["seq"] for p in _data(checker))
-    wait_until(lambda: any(p["seq"] > before + 20 for p in _data(checker)), 30)
+    _wait_past(checker, 20, 30)
     _drained(final, checker)
     unique, _, missing = _report("SIGKILL x20 (publish/outage/replay)", checker)
     assert missing == []
@@ -136,8 +139,7 @@ def _link_fault(
         fault(proxy, daemon)
         proxy.restore()
         restored = time.monotonic()
-        before = max(p["seq"] for p in _data(checker))
-        wait_until(lambda: any(p["seq"] > before + 40 for p in _data(checker)), 25)
+        _wait_past(checker, 40, 25)
         recovery = round(time.monotonic() - restored, 2)
         _drained(daemon, checker)
     finally:
