@@ -37,7 +37,7 @@ from emsedge import __version__
 from emsedge.adapters import factory_for
 from emsedge.adapters.base import AdapterContext, EquipmentHealth, PolledAdapter, PushAdapter, backoff_delays
 from emsedge.buffer import Buffer, Lease
-from emsedge.config import Backoff, EquipmentBase, Settings, load_config
+from emsedge.config import EquipmentBase, Settings, load_config
 from emsedge.errors import AdapterError, ConfigError
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
@@ -322,12 +322,11 @@ class Gateway:
         return json.dumps(body, separators=(",", ":")).encode()
 
     async def _publish_status(self, *, task_status: TaskStatus[None]) -> None:
-        """Refresh the retained status while connected; log the backlog while there is one."""
+        """Refresh the retained MQTT status while connected; log the backlog while there is one."""
         task_status.started()
         while True:
             await anyio.sleep(STATUS_INTERVAL)
-            stats = self.buffer.stats()
-            self.notifier.status(self.state.status_line())
+            stats = self.buffer.stats()  # STATUS= for systemd is refreshed by service.run_watchdog
             if stats.count > self.settings.mqtt.max_inflight:
                 log.info(
                     "backlog", count=stats.count,
@@ -380,9 +379,3 @@ class Gateway:
         self.notifier.status(self.state.status_line())
         return True
 
-
-async def run_gateway(settings: Settings, config_path: Path | None = None) -> None:
-    await Gateway(settings, config_path).run()
-
-
-__all__ = ["Backoff", "Gateway", "run_gateway"]
