@@ -289,8 +289,12 @@ class EquipmentBase(_Model):
             raise ValueError("an equipment id holds letters, digits, _ . - (it is part of MQTT topics)")
         return v
 
+    def configured_signals(self) -> list[SignalCommon]:
+        """The signals this equipment reads (status variables for HSMS)."""
+        return list(getattr(self, "signals", []))
+
     def signal_names(self) -> list[str]:
-        return [s.name for s in getattr(self, "signals", [])]
+        return [s.name for s in self.configured_signals()]
 
     @model_validator(mode="after")
     def _triggers_name_signals(self) -> EquipmentBase:
@@ -528,8 +532,8 @@ class HsmsEquipment(EquipmentBase):
     events: list[CollectionEvent] = Field(default_factory=list, description="Events linked and enabled.")
     alarms: AlarmConfig = Field(AlarmConfig(), description="Alarm enabling.")
 
-    def signal_names(self) -> list[str]:
-        return [s.name for s in self.status_variables]
+    def configured_signals(self) -> list[SignalCommon]:
+        return list(self.status_variables)
 
     @model_validator(mode="after")
     def _events_reference_reports(self) -> HsmsEquipment:

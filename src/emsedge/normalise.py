@@ -24,14 +24,10 @@ from emsedge.schema import EventType, Quality, Record, event, state_name
 log = structlog.get_logger("emsedge.normalise")
 
 
-def _signals(equipment: EquipmentBase) -> list[SignalCommon]:
-    return list(getattr(equipment, "signals", None) or getattr(equipment, "status_variables", None) or [])
-
-
 class Normaliser:
     def __init__(self, equipment: EquipmentBase) -> None:
         self.equipment = equipment
-        self._state_signals = {s.name: s for s in _signals(equipment) if s.event == "station_state"}
+        self._state_signals = {s.name: s for s in equipment.configured_signals() if s.event == "station_state"}
         # signal -> (E58 code or None, monotonic time it began)
         self._states: dict[str, tuple[int | None, float]] = {}
         self._unmapped_logged: set[tuple[str, str]] = set()

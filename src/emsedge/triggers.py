@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from emsedge.config import EquipmentBase, SignalCommon, Trigger
+from emsedge.config import EquipmentBase, Trigger
 from emsedge.schema import EventType, Quality, Record, event
 
 _RESERVED = ("type", "serial", "trigger", "value", "previous", "values", "fault_occurrence_id")
@@ -58,11 +58,6 @@ class _Latest:
     unit: str | None
     good: bool
     quality: str = str(Quality.GOOD)
-
-
-def _configured_signals(equipment: EquipmentBase) -> list[SignalCommon]:
-    signals = getattr(equipment, "signals", None) or getattr(equipment, "status_variables", None) or []
-    return list(signals)
 
 
 def _clean(value: Any) -> Any:
@@ -78,7 +73,7 @@ class TriggerEngine:
     def __init__(self, equipment: EquipmentBase) -> None:
         self.equipment = equipment
         self.triggers: list[Trigger] = list(equipment.triggers)
-        self._units = {s.name: s.unit for s in _configured_signals(equipment)}
+        self._units = {s.name: s.unit for s in equipment.configured_signals()}
         self._latest: dict[str, _Latest] = {}
         # Previous good value of each trigger's on_change signal, per trigger (index).
         self._previous: list[Any] = [_UNSET] * len(self.triggers)
