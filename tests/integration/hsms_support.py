@@ -8,9 +8,9 @@ from typing import Any
 import anyio
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.hsms.equipment import GemEquipment, SimAlarm, SimStatusVariable
 from emsedge.config import HsmsEquipment
 from emsedge.schema import Record
+from emsedge.simulate.gem_equipment import GemEquipment, SimAlarm, SimStatusVariable
 
 SV_PROCESS_STATE = 2101
 SV_INSPECTED = 2102

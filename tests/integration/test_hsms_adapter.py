@@ -27,10 +27,10 @@ from hsms_support import (
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.hsms import build
 from emsedge.adapters.hsms.connection import Message, TransactionRejected, frame
-from emsedge.adapters.hsms.equipment import GemEquipment
 from emsedge.adapters.hsms.secs2 import U4, A, B, L
 from emsedge.config import HsmsEquipment
 from emsedge.schema import EventMessage, Record, TelemetryMessage, encode
+from emsedge.simulate.gem_equipment import GemEquipment
 
 
 def restored(c: Collector, n: int = 1) -> bool:

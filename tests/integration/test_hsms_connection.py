@@ -11,9 +11,9 @@ from support import free_port
 
 from emsedge.adapters.hsms import build
 from emsedge.adapters.hsms.connection import HEADER, HsmsLink, Message, SType, frame
-from emsedge.adapters.hsms.equipment import GemEquipment
 from emsedge.adapters.hsms.secs2 import L
 from emsedge.config import HsmsConnection
+from emsedge.simulate.gem_equipment import GemEquipment
 
 
 async def read_frame(stream: anyio.abc.ByteStream) -> tuple[int, int, int, int, int, bytes]:

@@ -34,8 +34,8 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from emsedge.adapters.hsms.connection import HsmsClosed
-from emsedge.adapters.hsms.equipment import GemEquipment, SimAlarm, SimStatusVariable
 from emsedge.adapters.hsms.secs2 import A, L
+from emsedge.simulate.gem_equipment import GemEquipment, SimAlarm, SimStatusVariable
 from emsedge.simulate.line import AOI_ALARM_TEXT, Board, Line
 
 CEID_BOARD_INSPECTED = 3001

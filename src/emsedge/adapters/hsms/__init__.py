@@ -1,5 +1,6 @@
 """SECS/GEM over HSMS: `secs2` (SECS-II codec), `connection` (HSMS framing and timers), `gem` (host
-layer and the push adapter) and `equipment` (a small passive GEM equipment for simulators and tests)."""
+layer and the push adapter). The passive GEM equipment used by simulators and tests lives in
+`emsedge.simulate.gem_equipment`."""
 
 from __future__ import annotations
 
