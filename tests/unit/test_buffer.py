@@ -12,9 +12,10 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-import emsedge.buffer as buffer_module
+import emsedge.buffer.store as buffer_module
 from emsedge import schema
 from emsedge.buffer import Buffer, export, file_stats, purge
+from emsedge.buffer.store import Store
 from emsedge.config import BufferConfig
 from emsedge.errors import BufferError
 from emsedge.topics import Topics
@@ -63,7 +64,8 @@ async def fill(buf: Buffer, n: int, equipment: str = "oven-1") -> None:
 
 
 def seqs_on_disk(path: Path) -> list[int]:
-    return [r["seq"] for r in export(path)]
+    """Seqs of the records on disk (pending loss announcements, equipment `_gateway`, left out)."""
+    return [r["seq"] for r in export(path) if r["equipment"] != schema.GATEWAY_EQUIPMENT]
 
 
 @pytest.mark.asyncio
@@ -75,7 +77,7 @@ async def test_append_is_durable_a_reopened_buffer_sees_the_records(tmp_path: Pa
         assert result.evicted == 0
     async with running(db) as buf:
         assert buf.stats().count == 2
-        lease = await buf.lease(10)
+        lease = await buf.lease("mqtt", 10)
     assert [m.equipment for m in lease.messages] == ["oven-1", "aoi-1"]
 
 
@@ -83,8 +85,8 @@ async def test_append_is_durable_a_reopened_buffer_sees_the_records(tmp_path: Pa
 async def test_payload_is_the_encoded_envelope_with_id_seq_gateway_and_topic(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await buf.append([rec(), schema.event("oven-1", "reflow_oven", "fault_occurred", code=7)])
-        buf.begin_replay()  # mark = 2: both are backlog now, but with replay_rate None order is kept
-        lease = await buf.lease(10)
+        buf.begin_replay("mqtt")  # mark = 2: both are backlog now, but with replay_rate None order is kept
+        lease = await buf.lease("mqtt", 10)
     telemetry, event = (json.loads(m.payload) for m in lease.messages)
     assert telemetry["seq"] == 1
     assert event["seq"] == 2
@@ -113,8 +115,8 @@ async def test_seq_is_never_reused_even_when_every_row_was_acked(tmp_path: Path)
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 5)
-        lease = await buf.lease(10)
-        await buf.ack(lease, [m.seq for m in lease.messages])
+        lease = await buf.lease("mqtt", 10)
+        await buf.settle(lease, acked=[m.seq for m in lease.messages])
         assert buf.stats().count == 0
     async with running(db) as buf:
         await fill(buf, 1)
@@ -141,12 +143,12 @@ async def test_ack_deletes_the_records_and_updates_counts(tmp_path: Path) -> Non
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 4)
-        lease = await buf.lease(4)
-        await buf.ack(lease, [1, 2])
+        lease = await buf.lease("mqtt", 4)
+        await buf.settle(lease, acked=[1, 2])
         stats = buf.stats()
         assert stats.count == 2
         assert stats.leased == 2
-        await buf.ack(lease, [3, 4])
+        await buf.settle(lease, acked=[3, 4])
         stats = buf.stats()
         assert stats.count == 0
         assert stats.bytes == 0
@@ -159,8 +161,8 @@ async def test_ack_deletes_the_records_and_updates_counts(tmp_path: Path) -> Non
 async def test_ack_ignores_seqs_that_are_not_in_the_lease(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 4)
-        lease = await buf.lease(2)
-        await buf.ack(lease, [3, 4])
+        lease = await buf.lease("mqtt", 2)
+        await buf.settle(lease, acked=[3, 4])
         assert buf.stats().count == 4
 
 
@@ -168,12 +170,12 @@ async def test_ack_ignores_seqs_that_are_not_in_the_lease(tmp_path: Path) -> Non
 async def test_nack_returns_records_in_order_with_attempts_counted(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 6)
-        first = await buf.lease(3)
-        second = await buf.lease(2)
+        first = await buf.lease("mqtt", 3)
+        second = await buf.lease("mqtt", 2)
         assert [m.seq for m in second.messages] == [4, 5]
-        await buf.nack(first, [2, 3])
-        await buf.ack(first, [1])
-        again = await buf.lease(10)
+        await buf.settle(first, retry=[2, 3])
+        await buf.settle(first, acked=[1])
+        again = await buf.lease("mqtt", 10)
     assert [m.seq for m in again.messages] == [2, 3, 6]
     assert [m.attempts for m in again.messages] == [1, 1, 0]
 
@@ -184,24 +186,24 @@ async def test_leases_never_hand_out_the_same_record_twice(tmp_path: Path) -> No
         await fill(buf, 50)
         seen: list[int] = []
         for _ in range(8):
-            seen += [m.seq for m in (await buf.lease(7)).messages]
+            seen += [m.seq for m in (await buf.lease("mqtt", 7)).messages]
         assert sorted(seen) == list(range(1, 51))
         assert len(seen) == 50
-        assert (await buf.lease(5)).messages == []
+        assert (await buf.lease("mqtt", 5)).messages == []
         assert buf.stats().leased == 50
 
 
 @pytest.mark.asyncio
-async def test_release_all_makes_leased_records_leasable_again_oldest_first(tmp_path: Path) -> None:
+async def test_settling_a_stale_lease_cannot_put_back_what_a_newer_lease_holds(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 5)
-        old = await buf.lease(3)
-        buf.release_all()
-        assert buf.stats().leased == 0
-        lease = await buf.lease(10)
+        old = await buf.lease("mqtt", 3)
+        await buf.settle(old, retry=[1, 2, 3])
+        lease = await buf.lease("mqtt", 10)
         assert [m.seq for m in lease.messages] == [1, 2, 3, 4, 5]
-        await buf.nack(old, [1])  # a stale lease cannot put back what a newer lease holds
-        assert [m.seq for m in (await buf.lease(10)).messages] == []
+        await buf.settle(old, retry=[1], acked=[2])  # belongs to the newer lease now: ignored
+        assert buf.stats().count == 5
+        assert [m.seq for m in (await buf.lease("mqtt", 10)).messages] == []
 
 
 @pytest.mark.asyncio
@@ -231,7 +233,10 @@ async def test_eviction_keeps_the_byte_cap_and_the_counters_survive_a_restart(tm
             assert buf.stats().bytes <= 3000
         before = buf.stats()
     on_disk = seqs_on_disk(db)
-    assert on_disk == list(range(41 - len(on_disk), 41))  # a suffix: eviction took a prefix
+    announced = {r["seq"] for r in export(db) if r["equipment"] == schema.GATEWAY_EQUIPMENT}
+    records = [s for s in range(1, before.next_seq) if s not in announced]
+    assert len(records) == 40
+    assert on_disk == records[len(records) - len(on_disk) :]  # a suffix: eviction took a prefix
     assert before.evicted_total == 40 - len(on_disk)
     async with running(db, max_bytes=3000) as buf:
         after = buf.stats()
@@ -251,7 +256,7 @@ async def test_a_record_larger_than_the_cap_is_evicted_at_once_and_reported(tmp_
 @pytest.mark.asyncio
 async def test_max_age_evicts_old_records_on_append_and_when_idle(tmp_path: Path) -> None:
     wall = FakeClock(1_000_000.0)
-    async with running(tmp_path / "b.db", max_age=60, wall_clock=wall) as buf:
+    async with running(tmp_path / "b.db", max_age=60, clock=wall) as buf:
         await fill(buf, 3, "oven-1")
         wall.now += 30
         await fill(buf, 2, "aoi-1")
@@ -276,7 +281,7 @@ async def test_everything_on_disk_at_open_is_replayed_and_later_appends_are_live
         await fill(buf, 1)
         stats = buf.stats()
         assert stats.backlog == 2
-        lease = await buf.lease(10)
+        lease = await buf.lease("mqtt", 10)
     assert [(m.seq, m.replayed) for m in lease.messages] == [(1, True), (2, True), (3, False)]
     assert json.loads(lease.messages[0].payload)["replayed"] is True
     assert "replayed" not in json.loads(lease.messages[2].payload)
@@ -287,12 +292,12 @@ async def test_everything_on_disk_at_open_is_replayed_and_later_appends_are_live
 async def test_begin_replay_turns_everything_appended_so_far_into_backlog(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 3)
-        buf.begin_replay()
+        buf.begin_replay("mqtt")
         await fill(buf, 1)
         assert buf.stats().backlog == 3
-        lease = await buf.lease(10)
+        lease = await buf.lease("mqtt", 10)
         assert [m.replayed for m in lease.messages] == [True, True, True, False]
-        await buf.ack(lease, [1, 2])
+        await buf.settle(lease, acked=[1, 2])
         assert buf.stats().backlog == 1
 
 
@@ -304,14 +309,14 @@ async def test_replay_rate_lets_live_records_through_first_and_meters_the_backlo
     clock = FakeClock()
     async with running(db, replay_rate=5.0, clock=clock) as buf:
         await fill(buf, 3)  # live: seqs 31..33
-        first = await buf.lease(20)
+        first = await buf.lease("mqtt", 20)
         assert [m.seq for m in first.messages] == [31, 32, 33, 1, 2, 3, 4, 5]  # live, then a 5-token burst
-        assert (await buf.lease(20)).messages == []  # bucket empty, no live records
+        assert (await buf.lease("mqtt", 20)).messages == []  # bucket empty, no live records
         clock.now += 1.0
-        second = await buf.lease(20)
+        second = await buf.lease("mqtt", 20)
         assert [m.seq for m in second.messages] == [6, 7, 8, 9, 10]
         clock.now += 0.2
-        assert [m.seq for m in (await buf.lease(20)).messages] == [11]
+        assert [m.seq for m in (await buf.lease("mqtt", 20)).messages] == [11]
 
 
 @pytest.mark.asyncio
@@ -321,7 +326,7 @@ async def test_without_replay_rate_leasing_is_strictly_oldest_first(tmp_path: Pa
         await fill(buf, 3)
     async with running(db) as buf:
         await fill(buf, 2)
-        lease = await buf.lease(4)
+        lease = await buf.lease("mqtt", 4)
     assert [m.seq for m in lease.messages] == [1, 2, 3, 4]
 
 
@@ -330,14 +335,14 @@ async def test_dead_letter_moves_records_aside_counts_and_logs_them(tmp_path: Pa
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 3)
-        lease = await buf.lease(3)
+        lease = await buf.lease("mqtt", 3)
         with capture_logs() as logs:
-            await buf.dead_letter([2], "PUBACK reason 0x97 payload format invalid")
+            await buf.settle(lease, dead=[(2, "PUBACK reason 0x97 payload format invalid")])
         stats = buf.stats()
         assert stats.dead_letters == 1
         assert stats.count == 2
         assert stats.leased == 2
-        await buf.ack(lease, [1, 3])
+        await buf.settle(lease, acked=[1, 3])
     (line,) = [e for e in logs if e["event"] == "buffer_dead_lettered"]
     assert line["equipment"] == ["oven-1"]
     assert "0x97" in line["reason"]
@@ -352,13 +357,13 @@ async def test_dead_letter_moves_records_aside_counts_and_logs_them(tmp_path: Pa
 async def test_wait_for_messages_wakes_on_append_and_times_out_when_empty(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         start = anyio.current_time()
-        await buf.wait_for_messages(0.1)
+        await buf.wait_for_messages("mqtt", 0.1)
         assert anyio.current_time() - start >= 0.09
         async with anyio.create_task_group() as tg:
             tg.start_soon(fill, buf, 1)
             with anyio.fail_after(2):
-                await buf.wait_for_messages(10)
-        assert (await buf.lease(1)).messages
+                await buf.wait_for_messages("mqtt", 10)
+        assert (await buf.lease("mqtt", 1)).messages
 
 
 @pytest.mark.asyncio
@@ -367,24 +372,24 @@ async def test_wait_for_messages_sleeps_until_the_next_replay_token(tmp_path: Pa
     async with running(db) as buf:
         await fill(buf, 5)
     async with running(db, replay_rate=2.0) as buf:
-        assert len((await buf.lease(100)).messages) == 2  # burst of one second at 2/s
+        assert len((await buf.lease("mqtt", 100)).messages) == 2  # burst of one second at 2/s
         start = anyio.current_time()
-        await buf.wait_for_messages(5)
+        await buf.wait_for_messages("mqtt", 5)
         waited = anyio.current_time() - start
         assert 0.3 <= waited <= 1.5
-        assert len((await buf.lease(100)).messages) == 1
+        assert len((await buf.lease("mqtt", 100)).messages) == 1
 
 
 @pytest.mark.asyncio
 async def test_concurrent_appends_share_write_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    original = Buffer._write_batch
+    original = Store.append
 
-    def counting(self: Buffer, batch: list[Any]) -> Any:
-        calls.append(sum(len(p.records) for p in batch))
+    def counting(self: Store, batch: list[Any]) -> Any:
+        calls.append(sum(len(records) for records in batch))
         return original(self, batch)
 
-    monkeypatch.setattr(Buffer, "_write_batch", counting)
+    monkeypatch.setattr(Store, "append", counting)
     async with running(tmp_path / "b.db", linger=0.05) as buf:
         async with anyio.create_task_group() as tg:
             for i in range(200):
@@ -476,15 +481,16 @@ async def test_purge_empties_the_file_but_keeps_the_seq(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 4)
-        lease = await buf.lease(1)
-        await buf.dead_letter([m.seq for m in lease.messages], "test")
+        lease = await buf.lease("mqtt", 1)
+        await buf.settle(lease, dead=[(m.seq, "test") for m in lease.messages])
     assert purge(db, dead_letters_only=True) == 1
     assert len(seqs_on_disk(db)) == 3
     assert purge(db) == 3
     assert file_stats(db)["records"] == 0
+    assert file_stats(db)["announcements_pending"] == 1  # the dead letter's announcement (seq 5) is kept
     async with running(db) as buf:
         await fill(buf, 1)
-    assert seqs_on_disk(db) == [5]
+    assert seqs_on_disk(db) == [6]
 
 
 def test_offline_helpers_refuse_a_missing_file(tmp_path: Path) -> None:
