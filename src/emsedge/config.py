@@ -194,6 +194,10 @@ class BufferConfig(_Model):
     )
     linger: Duration = Field(0.02, description="How long the writer gathers records into one transaction.")
     batch_max: int = Field(5000, ge=1, description="Most records in one write transaction.")
+    max_inflight_bytes: ByteSize = Field(
+        ByteSize(8 << 20),
+        description="Most payload bytes handed to an output at once: bounds memory during a replay.",
+    )
 
 
 class HttpConfig(_Model):

@@ -16,21 +16,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from emsedge.adapters.base import EquipmentHealth
+from emsedge.buffer import BufferStats
 from emsedge.service import GatewayState, SystemdNotifier, parse_listen, run_watchdog, serve_http
 
 
-@dataclass
-class FakeStats:
-    count: int = 0
-    bytes: int = 0
-    oldest_created: float | None = None
-    evicted_total: int = 0
-    dead_letters: int = 0
-    writable: bool = True
-    last_error: str | None = None
+def FakeStats(**fields: Any) -> BufferStats:  # noqa: N802 - reads like the class it builds
+    """A real (immutable) buffer snapshot with the given fields; 2 records dropped by default."""
+    values: dict[str, Any] = {
+        "count": 0, "bytes": 0, "oldest_created": None, "next_seq": 1, "evicted_total": 0,
+        "evicted_by_equipment": {}, "dead_letters": 0, "leased": 0, "backlog": 0, "writable": True,
+        "last_error": None, "dropped_total": 2, "dropped_by_equipment": {"reflow-1": 2},
+        "losses": {"reflow-1": {"max_bytes": 2}},
+    }
+    values.update(fields)
+    return BufferStats(**values)
 
 
-def make_state(stats: FakeStats | None = None, broker: bool = True) -> GatewayState:
+def make_state(stats: BufferStats | None = None, broker: bool = True) -> GatewayState:
     stats = stats or FakeStats()
     up = EquipmentHealth(connected=True, polls=10, values=40, last_good_read="2026-01-01T00:00:00.000Z")
     up.good_read(4, 0.003)
@@ -41,7 +43,7 @@ def make_state(stats: FakeStats | None = None, broker: bool = True) -> GatewaySt
         equipment={"reflow-1": up, "aoi-1": down},
         equipment_info={"reflow-1": ("reflow_oven", "modbus"), "aoi-1": ("aoi", "opcua")},
         buffer_stats=lambda: stats, broker_connected=lambda: broker, broker_url=lambda: "mqtt://127.0.0.1:1883",
-        messages_buffered=100, messages_published=90, messages_dropped=2,
+        messages_buffered=100, messages_published=90,
     )
 
 

@@ -212,7 +212,7 @@ class Buffer:
         owner = self._owner
         if owner is None:
             raise BufferClosed("the buffer is not running")
-        owner.submit(_Command(fn, None))  # type: ignore[arg-type]
+        owner.submit(_Command(fn, None))
 
     # -- append / writer -----------------------------------------------------------------------------
 
@@ -350,6 +350,11 @@ class Buffer:
         pending loss announcements are due at once."""
         self._check_output(output)
         self._post(lambda: self._store.begin_replay(output))
+
+    def announce_now(self, output: str) -> None:
+        """Make every pending loss announcement due for `output` at once (used by the drain on stop)."""
+        self._check_output(output)
+        self._post(lambda: self._store.announce_now(output))
 
     def set_max_message_bytes(self, limit: int | None) -> None:
         """The largest message the outputs accept (the broker's Maximum Packet Size); larger records are

@@ -710,11 +710,12 @@ class Store:
             if total > self.config.max_bytes:
                 self._evict_head(conn, delta, need=total - int(self.config.max_bytes))
             if refused:
-                for s, equipment, _ts in refused:
+                for _seq, equipment, _ts in refused:
                     delta.losses[(equipment, REASON_TOO_LARGE)] += 1
                 self._announce(
-                    conn, delta, [s for s, _, _ in refused], Counter(e for _, e, _ in refused), REASON_TOO_LARGE,
-                    min(t for _, _, t in refused), max(t for _, _, t in refused),
+                    conn, delta, seqs=[s for s, _, _ in refused], by_equipment=Counter(e for _, e, _ in refused),
+                    reason=REASON_TOO_LARGE, first_ts=min(t for _, _, t in refused),
+                    last_ts=max(t for _, _, t in refused),
                 )
             self._write_meta(conn, delta)
             if delta.evicted.count:
@@ -808,7 +809,10 @@ class Store:
             delta.evicted_seqs.append(seq)
             delta.losses[(equipment, reason)] += 1
             by_equipment[equipment] += 1
-        self._announce(conn, delta, [t[0] for t in taken], by_equipment, reason, taken[0][2], taken[-1][2])
+        self._announce(
+            conn, delta, seqs=[t[0] for t in taken], by_equipment=by_equipment, reason=reason,
+            first_ts=taken[0][2], last_ts=taken[-1][2],
+        )
 
     # -- loss announcements ---------------------------------------------------------------------------
 
@@ -816,6 +820,7 @@ class Store:
         self,
         conn: sqlite3.Connection,
         delta: _Delta,
+        *,
         seqs: list[int],
         by_equipment: Counter[str],
         reason: str,
@@ -895,7 +900,10 @@ class Store:
         self._ensure_reserved(self.next_seq + 1)
         with _immediate_transaction(conn):
             delta.losses[(equipment, reason)] += count
-            self._announce(conn, delta, [], Counter({equipment: count}), reason, None, None)
+            self._announce(
+                conn, delta, seqs=[], by_equipment=Counter({equipment: count}), reason=reason, first_ts=None,
+                last_ts=None,
+            )
             self._write_meta(conn, delta)
         self._apply(delta)
         log.warning("data_lost", equipment=equipment, reason=reason, count=count)
@@ -1007,6 +1015,9 @@ class Store:
         out.live_cursor = max(out.live_cursor, out.mark)
         out.announce_now = True
 
+    def announce_now(self, output: str) -> None:
+        self.outputs[output].announce_now = True
+
     def lease(self, output: str, max_count: int, max_bytes: int | None) -> Lease:
         """Up to `max_count` records (and at most `max_bytes` of payload, but at least one) not leased by
         or acked by `output`; due announcements first, then the replay policy of the package docstring."""
@@ -1039,19 +1050,26 @@ class Store:
         mark = out.mark
         lcur = max(out.live_cursor, mark)
         bcur = out.backlog_cursor
+        def scan(cursor: int, upto: int | None, n: int, used: int, *, replayed: bool) -> tuple[
+            list[StoredMessage], int, int
+        ]:
+            return self._scan(
+                conn, cursor=cursor, upto=upto, n=n, budget=budget, used=used, skip=skip, replayed=replayed,
+                already=picked,
+            )
+
         if out.bucket is None:
-            got, bcur, used = self._scan(conn, bcur, mark, max_count - len(picked), budget, used, skip, True, picked)
+            got, bcur, used = scan(bcur, mark, max_count - len(picked), used, replayed=True)
             picked += got
             if len(picked) < max_count and used < budget:
-                got, lcur, used = self._scan(conn, lcur, None, max_count - len(picked), budget, used, skip, False,
-                                             picked)
+                got, lcur, used = scan(lcur, None, max_count - len(picked), used, replayed=False)
                 picked += got
         else:
-            got, lcur, used = self._scan(conn, lcur, None, max_count - len(picked), budget, used, skip, False, picked)
+            got, lcur, used = scan(lcur, None, max_count - len(picked), used, replayed=False)
             picked += got
             allowance = min(max_count - len(picked), math.floor(out.bucket.available()))
             if allowance > 0 and used < budget:
-                got, bcur, used = self._scan(conn, bcur, mark, allowance, budget, used, skip, True, picked)
+                got, bcur, used = scan(bcur, mark, allowance, used, replayed=True)
                 out.bucket.take(len(got))
                 picked += got
         out.backlog_cursor, out.live_cursor = bcur, lcur
@@ -1064,6 +1082,7 @@ class Store:
     @staticmethod
     def _scan(
         conn: sqlite3.Connection,
+        *,
         cursor: int,
         upto: int | None,
         n: int,
@@ -1235,7 +1254,10 @@ class Store:
             delta.losses[(equipment, REASON_DEAD_LETTER)] += 1
             by_equipment[equipment] += 1
         tss = sorted(t for _, _, _, t in moved)
-        self._announce(conn, delta, [m[0] for m in moved], by_equipment, REASON_DEAD_LETTER, tss[0], tss[-1])
+        self._announce(
+            conn, delta, seqs=[m[0] for m in moved], by_equipment=by_equipment, reason=REASON_DEAD_LETTER,
+            first_ts=tss[0], last_ts=tss[-1],
+        )
 
     def _release(self, out: _Output, seqs: list[int]) -> None:
         """Back to the queue in seq order: the cursors step back so the next lease finds them."""
