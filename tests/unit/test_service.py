@@ -7,7 +7,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from emsedge.buffer import BufferStats
 from emsedge.service import GatewayState, SystemdNotifier, parse_listen, run_watchdog, serve_http
 
 
-def FakeStats(**fields: Any) -> BufferStats:  # noqa: N802 - reads like the class it builds
+def FakeStats(**fields: Any) -> BufferStats:
     """A real (immutable) buffer snapshot with the given fields; 2 records dropped by default."""
     values: dict[str, Any] = {
         "count": 0, "bytes": 0, "oldest_created": None, "next_seq": 1, "evicted_total": 0,
