@@ -78,10 +78,10 @@ async def run_shape(
         start = time.perf_counter()
         replayed = 0
         while True:
-            lease = await buf.lease(lease_size)
+            lease = await buf.lease("mqtt", lease_size)
             if not lease.messages:
                 break
-            await buf.ack(lease, [m.seq for m in lease.messages])
+            await buf.settle(lease, acked=[m.seq for m in lease.messages])
             replayed += len(lease.messages)
         replay_s = time.perf_counter() - start
         assert buf.stats().count == 0

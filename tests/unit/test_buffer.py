@@ -50,7 +50,8 @@ async def running(path: Path, **kwargs: Any) -> AsyncIterator[Buffer]:
         extra["clock"] = clock
     if wall is not None:
         extra["wall_clock"] = wall
-    buf = Buffer(config(path, **kwargs), gateway="line1-gw", topics=TOPICS, **extra)
+    outputs = kwargs.pop("outputs", ("mqtt",))
+    buf = Buffer(config(path, **kwargs), gateway="line1-gw", topics=TOPICS, outputs=outputs, **extra)
     async with anyio.create_task_group() as tg:
         await tg.start(buf.run)
         try:
@@ -496,3 +497,283 @@ async def test_purge_empties_the_file_but_keeps_the_seq(tmp_path: Path) -> None:
 def test_offline_helpers_refuse_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BufferError, match="no buffer file"):
         file_stats(tmp_path / "nope.db")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One owner, settle, outputs, loss accounting (issues 10 and 11)
+
+
+def announcements(path: Path) -> list[dict[str, Any]]:
+    """The pending `buffer_dropped` announcements on disk, as their event bodies (with their seq)."""
+    return [
+        {"seq": r["seq"], **json.loads(r["payload"])["event"]}
+        for r in export(path)
+        if r["equipment"] == schema.GATEWAY_EQUIPMENT
+    ]
+
+
+@pytest.mark.asyncio
+async def test_every_command_runs_in_the_one_owner_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading  # noqa: PLC0415
+
+    threads: set[str] = set()
+    for name in ("append", "lease", "settle", "count_loss", "housekeeping"):
+        original = getattr(Store, name)
+
+        def spy(self: Store, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            threads.add(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, spy)
+    async with running(tmp_path / "b.db") as buf:
+        await fill(buf, 3)
+        lease = await buf.lease("mqtt", 3)
+        await buf.settle(lease, acked=[1], retry=[2], dead=[(3, "refused")])
+        await buf.count_loss("oven-1", "opcua_queue_overflow", 4)
+    assert threads == {"emsedge-buffer-owner"}
+
+
+@pytest.mark.asyncio
+async def test_settle_acks_retries_and_dead_letters_in_one_transaction(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        await fill(buf, 4)
+        lease = await buf.lease("mqtt", 4)
+        await buf.settle(lease, acked=[1, 2], retry=[3], dead=[(4, "PUBACK 0x99 payload format invalid")])
+        stats = buf.stats()
+        assert (stats.count, stats.leased, stats.dead_letters) == (1, 0, 1)  # seq 3 back in the queue
+        again = await buf.lease("mqtt", 10)
+    records = [m for m in again.messages if not m.announcement]
+    (note,) = [m for m in again.messages if m.announcement]
+    assert [(m.seq, m.attempts) for m in records] == [(3, 1)]
+    body = json.loads(note.payload)["event"]
+    assert body["type"] == "buffer_dropped"
+    assert body["reason"] == "dead_letter"
+    assert body["dropped_seqs"] == [[4, 4]]
+    assert body["dropped_total"] == 1
+    assert body["dropped_total_by_equipment"] == {"oven-1": 1}
+
+
+@pytest.mark.asyncio
+async def test_a_record_is_deleted_only_when_every_output_acked_it(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db, outputs=("mqtt", "cfx")) as buf:
+        await fill(buf, 3)
+        mqtt = await buf.lease("mqtt", 10)
+        cfx = await buf.lease("cfx", 10)
+        assert [m.seq for m in mqtt.messages] == [m.seq for m in cfx.messages] == [1, 2, 3]
+        await buf.settle(mqtt, acked=[1, 2, 3])
+        assert buf.stats().count == 3
+        assert (await buf.lease("mqtt", 10)).messages == []  # acked by mqtt: never handed to it again
+        await buf.settle(cfx, acked=[2], retry=[1, 3])
+        assert seqs_on_disk(db) == [1, 3]
+    async with running(db, outputs=("mqtt", "cfx")) as buf:  # per-output acks survive a restart
+        assert [m.seq for m in (await buf.lease("mqtt", 10)).messages] == []
+        cfx = await buf.lease("cfx", 10)
+        assert [m.seq for m in cfx.messages] == [1, 3]
+        await buf.settle(cfx, acked=[1, 3])
+        assert buf.stats().count == 0
+    assert seqs_on_disk(db) == []
+
+
+@pytest.mark.asyncio
+async def test_lease_is_bounded_in_bytes_as_well_as_in_count(tmp_path: Path) -> None:
+    async with running(tmp_path / "b.db") as buf:
+        await fill(buf, 20)
+        size = len((await buf.lease("mqtt", 1)).messages[0].payload)
+        lease = await buf.lease("mqtt", 1000, max_bytes=size * 5 + size // 2)
+        assert [m.seq for m in lease.messages] == [2, 3, 4, 5, 6]
+        assert buf.stats().outputs["mqtt"].leased_bytes <= size * 6
+        tiny = await buf.lease("mqtt", 1000, max_bytes=1)  # always at least one record
+        assert [m.seq for m in tiny.messages] == [7]
+
+
+@pytest.mark.asyncio
+async def test_a_producer_cancelled_under_backpressure_does_not_leak_its_queued_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = {"bytes": 1 << 20}
+    monkeypatch.setattr(buffer_module, "_free_disk", lambda _d: free["bytes"])
+    monkeypatch.setattr("emsedge.buffer.core.QUEUE_APPENDS", 1)
+    async with running(tmp_path / "b.db", min_free_bytes=64 << 20) as buf:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(buf.append, [rec()])
+            with anyio.fail_after(5):
+                while buf.stats().writable:  # noqa: ASYNC110 - the writer holds the first batch (low disk)
+                    await anyio.sleep(0.01)
+            for _ in range(5):  # one fits in the queue, four wait for room
+                tg.start_soon(buf.append, [rec()])
+            with anyio.fail_after(5):
+                while buf.stats().queued < 6:  # noqa: ASYNC110 - polling a sync stats() snapshot
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()  # every producer gives up
+        free["bytes"] = 1 << 30
+        with anyio.fail_after(5):
+            while buf.stats().queued != 0:  # noqa: ASYNC110 - the writer finishes the batch it took
+                await anyio.sleep(0.01)
+        assert buf.stats().count == 2  # the batch the writer held and the queued one; the four waiting are gone
+
+
+@pytest.mark.asyncio
+async def test_a_wall_clock_step_neither_evicts_young_records_nor_keeps_old_ones(tmp_path: Path) -> None:
+    mono = FakeClock(500.0)
+    wall = FakeClock(1_000_000.0)
+    async with running(tmp_path / "b.db", max_age=3600, clock=mono, wall_clock=wall) as buf:
+        await fill(buf, 3)
+        wall.now += 2 * 3600  # NTP steps the wall clock 2 h forward: the records are still seconds old
+        mono.now += 60
+        result = await buf.append([rec("aoi-1")])
+        assert result.evicted == 0
+        assert buf.stats().oldest_age_s(mono.now) == pytest.approx(60.0)
+        wall.now -= 4 * 3600  # and 2 h back: an hour and a half later they are evicted all the same
+        mono.now += 5400
+        result = await buf.append([rec("spi-1")])
+        assert result.evicted_by_equipment == {"oven-1": 3, "aoi-1": 1}
+        assert buf.stats().oldest_age_s(mono.now) == pytest.approx(0.0)
+
+
+@pytest.mark.asyncio
+async def test_ages_continue_across_a_restart_from_the_stored_anchor(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    mono = FakeClock(100.0)
+    async with running(db, clock=mono) as buf:
+        await fill(buf, 1)
+        mono.now += 50
+        await fill(buf, 1, "aoi-1")  # commits the buffer clock (50 s after the first record)
+    mono.now = 7.0  # a reboot: the monotonic clock starts again near zero
+    async with running(db, clock=mono) as buf:
+        assert buf.stats().oldest_age_s(mono.now) == pytest.approx(50.0)
+
+
+@pytest.mark.asyncio
+async def test_count_loss_is_durable_per_equipment_and_reason_and_announced(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        await buf.count_loss("opcua-1", "opcua_queue_overflow", 7)
+        await buf.count_loss("opcua-1", "opcua_queue_overflow", 3)
+        stats = buf.stats()
+        assert stats.losses == {"opcua-1": {"opcua_queue_overflow": 10}}
+        assert stats.dropped_total == 10
+    (note,) = announcements(db)  # merged while unsent: one announcement
+    assert note["count"] == 10
+    assert note["dropped_seqs"] == []
+    assert note["dropped_total_by_equipment"] == {"opcua-1": 10}
+    async with running(db) as buf:
+        assert buf.stats().dropped_by_equipment == {"opcua-1": 10}
+    assert file_stats(db)["losses"] == {"opcua-1": {"opcua_queue_overflow": 10}}
+
+
+@pytest.mark.asyncio
+async def test_records_larger_than_the_broker_takes_are_refused_counted_and_announced(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        buf.set_max_message_bytes(600)
+        big = schema.telemetry("oven-1", "reflow_oven", [schema.reading("blob", "x" * 1000, ts="2026-01-01T00:00:00.000Z")])
+        result = await buf.append([rec(), big, rec()])
+        assert (result.accepted, result.refused) == (2, 1)
+        assert buf.stats().losses == {"oven-1": {"too_large": 1}}
+    assert seqs_on_disk(db) == [1, 3]
+    (note,) = announcements(db)
+    assert (note["reason"], note["dropped_seqs"]) == ("too_large", [[2, 2]])
+
+
+@pytest.mark.asyncio
+async def test_announcements_are_never_evicted_and_merge_while_unsent(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db, max_bytes=2000) as buf:
+        for i in range(60):
+            await buf.append([rec("oven-1" if i % 2 else "aoi-1", float(i))])
+        stats = buf.stats()
+    (note,) = announcements(db)
+    covered = [s for first, last in note["dropped_seqs"] for s in range(first, last + 1)]
+    assert len(covered) == stats.evicted_total == note["count"] == note["dropped_total"]
+    on_disk = seqs_on_disk(db)
+    assert sorted(covered + on_disk + [note["seq"]]) == list(range(1, stats.next_seq))  # every seq accounted
+
+
+@pytest.mark.asyncio
+async def test_an_announcement_in_flight_is_not_merged_into_a_new_loss_opens_a_new_one(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        await buf.count_loss("oven-1", "x", 1)
+        first = await buf.lease("mqtt", 10)  # due at once: the link "connected" at open
+        await buf.count_loss("oven-1", "x", 2)
+        await buf.settle(first, acked=[m.seq for m in first.messages])
+    (note,) = announcements(db)
+    assert (note["count"], note["dropped_total"]) == (2, 3)
+
+
+@pytest.mark.asyncio
+async def test_a_format_1_file_is_upgraded_in_place_and_keeps_its_records_and_counters(tmp_path: Path) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    db = tmp_path / "b.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+        CREATE TABLE records (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL,
+            equipment TEXT NOT NULL, ts TEXT NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            size INTEGER NOT NULL, payload BLOB NOT NULL);
+        CREATE TABLE evictions (equipment TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL,
+            equipment TEXT NOT NULL, ts TEXT NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL,
+            size INTEGER NOT NULL, payload BLOB NOT NULL, reason TEXT NOT NULL, dead_at REAL NOT NULL);
+        INSERT INTO meta VALUES ('format', 1), ('gateway', 'line1-gw'), ('next_seq', 11), ('dead_letters_total', 2);
+        INSERT INTO evictions VALUES ('oven-1', 5);
+        INSERT INTO records VALUES (9, 'a', 't/oven-1/telemetry', 'oven-1', '2026-01-01T00:00:00.000Z', 1.0, 0, 100,
+            CAST('{"seq":9}' AS BLOB));
+        INSERT INTO records VALUES (10, 'b', 't/oven-1/telemetry', 'oven-1', '2026-01-01T00:00:00.000Z', 1.0, 0, 100,
+            CAST('{"seq":10}' AS BLOB));
+    """)
+    conn.close()
+    with capture_logs() as logs:
+        async with running(db) as buf:
+            stats = buf.stats()
+            assert (stats.count, stats.next_seq, stats.evicted_total, stats.dead_letters) == (2, 11, 5, 2)
+            assert stats.losses == {"oven-1": {"evicted": 5}, "_gateway": {"dead_letter": 2}}
+            lease = await buf.lease("mqtt", 10)
+            assert [(m.seq, m.replayed) for m in lease.messages] == [(9, True), (10, True)]
+            await fill(buf, 1)
+    assert any(e["event"] == "buffer_format_upgraded" for e in logs)
+    assert file_stats(db)["format"] == 2
+    assert seqs_on_disk(db) == [9, 10, 11]
+
+
+@pytest.mark.asyncio
+async def test_typed_errors_say_what_went_wrong(tmp_path: Path) -> None:
+    from emsedge.buffer import BufferClosed, BufferFormatError, BufferInUse  # noqa: PLC0415
+
+    db = tmp_path / "b.db"
+    with pytest.raises(BufferClosed):
+        await Buffer(config(db), gateway="gw", topics=TOPICS).append([rec()])
+    async with running(db):
+        with pytest.raises(BufferInUse):
+            await Buffer(config(db), gateway="gw", topics=TOPICS).run()
+    import sqlite3  # noqa: PLC0415
+
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value = 99 WHERE key = 'format'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BufferFormatError):
+        await Buffer(config(db), gateway="gw", topics=TOPICS).run()
+
+
+@pytest.mark.asyncio
+async def test_stats_show_since_when_the_writer_is_busy(tmp_path: Path) -> None:
+    import threading  # noqa: PLC0415
+
+    release = threading.Event()
+    async with running(tmp_path / "b.db") as buf:
+        assert buf.stats().writer_busy_since is None
+
+        def stuck() -> None:
+            release.wait(5)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(buf._call, stuck)
+            with anyio.fail_after(5):
+                while buf.stats().writer_busy_since is None:  # noqa: ASYNC110 - polling a sync snapshot
+                    await anyio.sleep(0.01)
+            release.set()
+        assert buf.stats().writer_busy_since is None
