@@ -668,7 +668,7 @@ async def test_records_larger_than_the_broker_takes_are_refused_counted_and_anno
     db = tmp_path / "b.db"
     async with running(db) as buf:
         buf.set_max_message_bytes(600)
-        big = schema.telemetry("oven-1", "reflow_oven", [schema.reading("blob", "x" * 1000, ts="2026-01-01T00:00:00.000Z")])
+        big = schema.telemetry("oven-1", "reflow_oven", [schema.reading("blob", "x" * 1000, ts=rec().ts)])
         result = await buf.append([rec(), big, rec()])
         assert (result.accepted, result.refused) == (2, 1)
         assert buf.stats().losses == {"oven-1": {"too_large": 1}}

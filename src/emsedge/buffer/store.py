@@ -1150,8 +1150,12 @@ class Store:
         if not (ok or again or poison):
             return
         others = [o for o in self.outputs.values() if o is not out]
-        delete = [s for s in ok if all(s in o.acked for o in others)]
-        keep = [s for s in ok if s not in set(delete)]
+        if others:
+            delete = [s for s in ok if all(s in o.acked for o in others)]
+            deleting = set(delete)
+            keep = [s for s in ok if s not in deleting]
+        else:
+            delete, keep = ok, []
         delta = _Delta(next_seq=self.next_seq)
         try:
             conn = self._writable_conn()
