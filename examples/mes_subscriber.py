@@ -22,9 +22,16 @@ What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file 
   the broker had not acknowledged). Every message has a UUID `id` that is stable across re-delivery:
   `MesSubscriber` remembers recent ids and drops repeats.
 * **Gaps**: every message of one gateway has a `seq`, strictly increasing and persisted across gateway
-  restarts. A missing number means a message never arrived (for example a broker that dropped it);
-  `gaps()` lists them. Backlog replayed after an outage carries `"replayed": true` and may interleave
-  with live messages, so numbers are tracked as a set, not as "last + 1".
+  restarts. Backlog replayed after an outage carries `"replayed": true` and may interleave with live
+  messages, so numbers are tracked as a set, not as "last + 1".
+* **Reconciliation**: when the gateway had to drop records by policy (its buffer was full during a long
+  outage, a record the broker refused for good, data an adapter lost), it says so in a `buffer_dropped`
+  event whose `dropped_seqs` ([[first, last], ...]) lists exactly the seqs that are gone. Those events are
+  never dropped themselves. So every seq is either received or covered by an announcement:
+  `explained_gaps()` lists missing seqs an announcement covers ("gap explained by eviction" and the other
+  reasons), `gaps()` only the unexplained ones, which point at a fault outside the gateway (a broker that
+  lost messages, a subscriber session that expired). `dropped_total` in the announcements and in the
+  retained status is the gateway's cumulative loss count.
 * **Traceability**: the three machines report the same board serial in their own events
   (`materials_installed`, `unit_processed`, `unit_inspected`); joining them by `serial` gives the
   record of each board down to the reel of every component.
@@ -133,6 +140,10 @@ class MesSubscriber:
         self.connections: list[dict[str, Any]] = []
         self.latest: dict[str, dict[str, Any]] = {}
         self.status: dict[str, dict[str, Any]] = {}
+        self.announced: dict[str, set[int]] = {}
+        """Per gateway: seqs a `buffer_dropped` announcement said are gone."""
+        self.dropped_total: dict[str, int] = {}
+        self.loss_reasons: dict[str, dict[str, int]] = {}
 
     # --------------------------------------------------------------------------------------------
     # intake
@@ -210,6 +221,17 @@ class MesSubscriber:
             self.faults.append({"type": kind, "equipment": equipment, "ts": ts,
                                 **{k: v for k, v in ev.items() if k != "type"}})
             self.active_faults.pop(str(ev.get("fault_occurrence_id")), None)
+        elif kind == "buffer_dropped":
+            gateway = str(message.get("gateway"))
+            covered = self.announced.setdefault(gateway, set())
+            for first, last in ev.get("dropped_seqs") or []:
+                covered.update(range(int(first), int(last) + 1))
+            total = ev.get("dropped_total")
+            if isinstance(total, int):
+                self.dropped_total[gateway] = max(total, self.dropped_total.get(gateway, 0))
+            reasons = self.loss_reasons.setdefault(gateway, {})
+            for reason, n in (ev.get("by_reason") or {ev.get("reason") or "unknown": ev.get("count", 0)}).items():
+                reasons[reason] = reasons.get(reason, 0) + int(n)
         elif kind in ("connection_lost", "connection_restored"):
             self.connections.append({"type": kind, "equipment": equipment, "ts": ts, "reason": ev.get("reason")})
 
@@ -248,9 +270,24 @@ class MesSubscriber:
         return all(stage in board for stage in ("placement", "reflow", "inspection"))
 
     def gaps(self) -> dict[str, list[int]]:
-        """Missing sequence numbers per gateway (between the first and the highest seen)."""
+        """Unexplained missing sequence numbers per gateway (between the first and the highest seen): no
+        message and no `buffer_dropped` announcement covers them."""
         with self.lock:
-            return {gw: missing for gw, s in self.seqs.items() if (missing := s.missing())}
+            return {gw: missing for gw in self.seqs if (missing := self._unexplained(gw))}
+
+    def explained_gaps(self) -> dict[str, list[int]]:
+        """Missing sequence numbers that a `buffer_dropped` announcement covers (gap explained by eviction,
+        dead letter or another counted loss)."""
+        with self.lock:
+            return {gw: explained for gw in self.seqs if (explained := self._explained(gw))}
+
+    def _unexplained(self, gateway: str) -> list[int]:
+        covered = self.announced.get(gateway, set())
+        return [s for s in self.seqs[gateway].missing() if s not in covered]
+
+    def _explained(self, gateway: str) -> list[int]:
+        covered = self.announced.get(gateway, set())
+        return [s for s in self.seqs[gateway].missing() if s in covered]
 
     def inspected_serials(self) -> list[str]:
         with self.lock:
@@ -262,7 +299,10 @@ class MesSubscriber:
                 "received": self.received,
                 "duplicates": self.duplicates,
                 "invalid": self.invalid,
-                "gaps": {gw: s.missing() for gw, s in self.seqs.items()},
+                "gaps": {gw: self._unexplained(gw) for gw in self.seqs},
+                "gaps_explained_by_loss": {gw: len(self._explained(gw)) for gw in self.seqs},
+                "dropped_total": dict(self.dropped_total),
+                "loss_reasons": {gw: dict(r) for gw, r in self.loss_reasons.items()},
                 "boards": len(self.boards),
                 "complete_boards": len(self.completed),
                 "active_faults": len(self.active_faults),

@@ -82,3 +82,21 @@ def test_faults_are_active_until_cleared_by_occurrence_id_and_states_are_kept() 
     sub.handle(f"{PREFIX}/x/events", b"not json")
     assert sub.status["gw"]["state"] == "online"
     assert sub.invalid == 1
+
+
+def test_gaps_covered_by_a_buffer_dropped_announcement_are_explained_the_rest_are_not() -> None:
+    sub = MesSubscriber()
+    for seq in (1, 2, 7, 9, 10):
+        sub.handle(*_msg(seq, "reflow-1", readings=[]))
+    assert sub.gaps() == {"gw": [3, 4, 5, 6, 8]}
+    sub.handle(*_msg(11, "_gateway", {
+        "type": "buffer_dropped", "count": 4, "by_equipment": {"reflow-1": 4}, "reason": "max_bytes",
+        "by_reason": {"max_bytes": 4}, "dropped_seqs": [[3, 6]], "dropped_total": 4,
+        "dropped_total_by_equipment": {"reflow-1": 4},
+    }))
+    assert sub.explained_gaps() == {"gw": [3, 4, 5, 6]}  # gap explained by eviction
+    assert sub.gaps() == {"gw": [8]}  # unexplained: lost outside the gateway
+    summary = sub.summary()
+    assert summary["gaps_explained_by_loss"] == {"gw": 4}
+    assert summary["dropped_total"] == {"gw": 4}
+    assert summary["loss_reasons"] == {"gw": {"max_bytes": 4}}
