@@ -229,3 +229,9 @@ class StatusMessage(_Wire):
     drain_eta_s: float | None = None
     dropped: int | None = Field(default=None, description="Records evicted from the buffer since it was created.")
     dead_letters: int | None = Field(default=None, description="Records the broker rejected for good.")
+    dropped_total: int | None = Field(
+        default=None, description="Records lost by any sanctioned policy, cumulative, never reset."
+    )
+    dropped_total_by_equipment: dict[str, int] | None = Field(
+        default=None, description="dropped_total per equipment."
+    )
