@@ -326,3 +326,49 @@ async def test_a_listener_that_cannot_bind_is_reported_and_does_not_stop_the_gat
         port = taken.getsockname()[1]
         async with anyio.create_task_group() as tg:
             assert await tg.start(serve_http, f"127.0.0.1:{port}", make_state()) is None
+
+
+@pytest.mark.asyncio
+async def test_a_wedged_buffer_writer_stops_the_watchdog_pings_and_fails_healthz(
+    notify_path: str, bind_notify: BindNotify, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading  # noqa: PLC0415
+
+    import emsedge.service as service  # noqa: PLC0415
+    from emsedge.buffer import Buffer  # noqa: PLC0415
+    from emsedge.config import BufferConfig  # noqa: PLC0415
+    from emsedge.topics import Topics  # noqa: PLC0415
+
+    monkeypatch.setattr(service, "WRITER_STUCK_AFTER", 0.3)
+    fake = bind_notify(notify_path)
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "100000"})  # ping every 50 ms
+    buf = Buffer(BufferConfig(path=tmp_path / "b.db", min_free_bytes=0), gateway="gw", topics=Topics("a/b"))
+    state = make_state()
+    state.equipment["aoi-1"].connected = True
+    state.buffer_stats = buf.stats
+    fsync = threading.Event()  # a commit stuck in fsync on a dying SD card
+
+    def stuck_commit() -> None:
+        fsync.wait(10)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(buf.run)
+        await tg.start(run_watchdog, notifier, state)
+        tg.start_soon(buf._call, stuck_commit)
+        with anyio.fail_after(5):
+            while not state.writer_wedged():  # noqa: ASYNC110 - waits for the bound to pass
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.1)  # the watchdog's next round has seen it
+        fake.messages(timeout=0.01)
+        await anyio.sleep(0.3)
+        during = fake.messages(timeout=0.01)
+        code, body = state.health()
+        fsync.set()
+        with anyio.fail_after(5):
+            while "WATCHDOG=1" not in fake.messages(timeout=0.001):  # noqa: ASYNC110 - polling the notify socket
+                await anyio.sleep(0.05)
+        healthy, _ = state.health()
+        tg.cancel_scope.cancel()
+    assert "WATCHDOG=1" not in during
+    assert (code, body["status"], body["buffer"]["writer_wedged"]) == (503, "failing", True)
+    assert healthy == 200
