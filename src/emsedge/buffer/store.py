@@ -1107,26 +1107,32 @@ class Store:
         )
         mark_replayed = schema.mark_replayed
         full = False
+        chunk = 512 if budget == math.inf else 32  # rows in memory at once beyond the budget (large payloads)
         while len(out) < n and not full:
             want = n - len(out) + min(len(skip), 4096)
             params: tuple[int, ...] = (cursor, upto, want) if upto is not None else (cursor, want)
-            rows = conn.execute(sql, params).fetchall()
-            if not rows:
-                break
-            for seq, mid, topic, payload, equipment, created, attempts in rows:
-                if seq in skip:
+            rows_cursor = conn.execute(sql, params)
+            seen = 0
+            while not full and len(out) < n:
+                rows = rows_cursor.fetchmany(chunk)
+                if not rows:
+                    break
+                seen += len(rows)
+                for seq, mid, topic, payload, equipment, created, attempts in rows:
+                    if seq in skip:
+                        cursor = seq
+                        continue
+                    body = mark_replayed(payload) if replayed else bytes(payload)
+                    if used + len(body) > budget and (out or already):
+                        full = True
+                        break
                     cursor = seq
-                    continue
-                body = mark_replayed(payload) if replayed else bytes(payload)
-                if used + len(body) > budget and (out or already):
-                    full = True
-                    break
-                cursor = seq
-                out.append(StoredMessage(seq, mid, topic, body, equipment, created, attempts, replayed))
-                used += len(body)
-                if len(out) >= n:
-                    break
-            if len(rows) < want and len(out) < n:
+                    out.append(StoredMessage(seq, mid, topic, body, equipment, created, attempts, replayed))
+                    used += len(body)
+                    if len(out) >= n:
+                        break
+            rows_cursor.close()
+            if seen < want and len(out) < n:
                 break
         return out, cursor, used
 
