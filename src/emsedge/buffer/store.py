@@ -1107,7 +1107,10 @@ class Store:
         )
         mark_replayed = schema.mark_replayed
         full = False
-        chunk = 512 if budget == math.inf else 32  # rows in memory at once beyond the budget (large payloads)
+        # Rows are read in chunks sized to the budget left (estimated from the rows read so far), so a lease of
+        # large payloads never holds much more than its byte bound in memory.
+        chunk = 512 if budget == math.inf else 4
+        read_bytes = read_rows = 0
         while len(out) < n and not full:
             want = n - len(out) + min(len(skip), 4096)
             params: tuple[int, ...] = (cursor, upto, want) if upto is not None else (cursor, want)
@@ -1118,6 +1121,11 @@ class Store:
                 if not rows:
                     break
                 seen += len(rows)
+                read_rows += len(rows)
+                read_bytes += sum(len(r[3]) for r in rows)
+                if budget != math.inf:
+                    left = max(budget - used, 0)
+                    chunk = max(1, min(512, int(left * read_rows / max(read_bytes, 1)) + 1))
                 for seq, mid, topic, payload, equipment, created, attempts in rows:
                     if seq in skip:
                         cursor = seq
