@@ -10,6 +10,9 @@ Policy, in one place:
 * A message the output refuses for good (`PublishResult.permanent`) is retried until it was tried
   `MAX_PUBLISH_ATTEMPTS` times, then it is a dead letter: counted durably per equipment and reason and
   announced to MES by the buffer (`buffer_dropped`, its seq in `dropped_seqs`). Everything else is retried.
+  MQTT 5 reason codes the specification marks as temporary (`RETRYABLE_REASON_CODES`: 0x97 Quota exceeded,
+  0x89 Server busy, 0x91 Packet identifier in use) are retried with capped exponential backoff, never
+  dead-lettered, whatever the publisher called them.
 * Replay: on every new connection the backlog is replayed (`begin_replay`), paced by `buffer.replay_rate`.
 * Drain rate: messages delivered per second over the last `RATE_WINDOW` s, for the drain ETA in the status.
 * Drain on stop: `drain()` keeps forwarding until the buffer is empty (records and announcements) or the
@@ -37,6 +40,10 @@ MAX_PUBLISH_ATTEMPTS = 3
 """A record the broker refuses permanently this often goes to the dead-letter table (counted, announced)."""
 RATE_WINDOW = 10.0
 """Seconds of deliveries the drain rate is averaged over."""
+RETRYABLE_REASON_CODES = frozenset({0x89, 0x91, 0x97})
+"""MQTT 5 reason codes that say "not now" rather than "never": back off and retry."""
+BACKOFF_INITIAL = 0.2
+BACKOFF_MAX = 5.0
 IDLE_WAIT = 1.0
 LINK_TROUBLE_PAUSE = 0.2
 """After a lease of which nothing was delivered: let the publisher notice the link state before leasing again."""
@@ -91,6 +98,7 @@ class Forwarder:
         self._window: list[tuple[float, int]] = []
         self.delivered = 0
         """Messages acknowledged by the output since start."""
+        self._backoff = 0.0
 
     @property
     def drain_rate(self) -> float:
@@ -137,10 +145,14 @@ class Forwarder:
         retry: list[int] = []
         dead: list[tuple[int, str]] = []
         delivered: list[StoredMessage] = []
+        throttled = False
         for message, result in zip(messages, results, strict=True):
             if result.ok:
                 acked.append(message.seq)
                 delivered.append(message)
+            elif result.reason_code in RETRYABLE_REASON_CODES:
+                throttled = True
+                retry.append(message.seq)
             elif result.permanent and message.attempts + 1 >= MAX_PUBLISH_ATTEMPTS and not message.announcement:
                 dead.append((message.seq, result.reason or "rejected by broker"))
             else:
@@ -153,8 +165,16 @@ class Forwarder:
             self._window = [(t, n) for t, n in self._window if now - t < RATE_WINDOW]
             if self.on_delivered is not None:
                 self.on_delivered(delivered, self._wall())
-        if retry and not delivered:
+        if throttled:
+            if not self._backoff:  # log once when throttling starts, not once per lease
+                log.warning("output throttled by the broker; backing off and retrying", output=self.name)
+            self._backoff = min(max(self._backoff * 2, BACKOFF_INITIAL), BACKOFF_MAX)
+            await anyio.sleep(self._backoff)
+        elif retry and not delivered:
+            self._backoff = 0.0
             await anyio.sleep(LINK_TROUBLE_PAUSE)
+        else:
+            self._backoff = 0.0
         return len(delivered)
 
     async def drain(self, timeout: float) -> int:  # noqa: ASYNC109 - a deadline is the point of a drain
