@@ -121,6 +121,28 @@ def test_sigkill_during_eviction_keeps_counters_and_ranges_exact_across_the_rest
     print(f"FAULT SIGKILL during eviction: {figures}")
 
 
+def test_sigkill_while_the_announcement_is_published_loses_and_double_counts_nothing(
+    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
+) -> None:
+    db = tmp_path / "buffer.db"
+    daemon = _start(tmp_path, daemons, durable_broker.url, equipment, buffer={"max_bytes": "16KiB"})
+    wait_until(lambda: any("seq" in p for p in checker.payloads()), 20)
+    durable_broker.stop()
+    wait_until(lambda: _evicted(db) > 40, 20)
+    durable_broker.start()
+    wait_until(lambda: _announcements(checker.payloads()), 30)  # the announcement is on the wire now
+    daemon.signal(signal.SIGKILL)
+    assert daemon.process is not None
+    daemon.process.wait(10)
+    daemon = _start(tmp_path, daemons, durable_broker.url, equipment, buffer={"max_bytes": "16KiB"})
+    before = max(p["seq"] for p in checker.payloads() if "seq" in p)
+    wait_until(lambda: any(p["seq"] > before + 20 for p in checker.payloads() if "seq" in p), 30)
+    assert daemon.stop() == 0, daemon.log()[-3000:]
+    time.sleep(0.5)
+    figures = _reconcile(checker, db)
+    print(f"FAULT SIGKILL while announcing: {figures}")
+
+
 @pytest.mark.soak
 def test_a_ten_minute_outage_with_a_small_buffer_reconciles_exactly(
     tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
