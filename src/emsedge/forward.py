@@ -31,7 +31,7 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from emsedge.buffer import Buffer, Lease, StoredMessage
+from emsedge.buffer import Buffer, BufferClosed, Lease, StoredMessage
 from emsedge.publish.mqtt import PublishResult
 
 log = structlog.get_logger("emsedge.forward")
@@ -117,7 +117,14 @@ class Forwarder:
         return round((stats.count + stats.announcements_pending) / rate, 1) if rate > 0 else None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Forward until cancelled, or until the buffer closed under it (the gateway is stopping)."""
         task_status.started()
+        try:
+            await self._loop()
+        except BufferClosed:
+            log.info("forwarder stopped: the buffer closed", output=self.name)
+
+    async def _loop(self) -> None:
         epoch = -1
         while True:
             await self.output.wait_connected()

@@ -51,13 +51,15 @@ async def forwarding(tmp_path: Path, output: ScriptedOutput) -> AsyncIterator[tu
     delivered: list[StoredMessage] = []
     fwd = Forwarder(buf, output, qos=1, window=100, max_inflight_bytes=1 << 20,
                     on_delivered=lambda messages, _at: delivered.extend(messages))
-    async with anyio.create_task_group() as tg:
-        await tg.start(buf.run)
-        await tg.start(fwd.run)
-        try:
-            yield buf, fwd
-        finally:
-            tg.cancel_scope.cancel()
+    async with anyio.create_task_group() as core:  # stopped in the runtime's order: forwarder, then buffer
+        await core.start(buf.run)
+        async with anyio.create_task_group() as link:
+            await link.start(fwd.run)
+            try:
+                yield buf, fwd
+            finally:
+                link.cancel_scope.cancel()
+        core.cancel_scope.cancel()
 
 
 @pytest.mark.asyncio
