@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import functools
 import queue
 import sqlite3
 import threading
@@ -57,6 +59,31 @@ class _Command(Generic[T]):
     error: BaseException | None = None
 
 
+def _loop_caller() -> Callable[[Callable[[], None]], None]:
+    """A thread-safe, non-blocking "run this on the event loop soon" for the running loop.
+
+    The owner thread must not wait for the loop to take its reply (anyio.from_thread.run_sync would): under
+    load that wait costs a second thread wake-up per command. On asyncio it uses the loop's
+    `call_soon_threadsafe`; on another backend (trio) anyio's blocking call.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio)
+        loop = None
+    if loop is not None:
+
+        def soon(fn: Callable[[], None]) -> None:
+            loop.call_soon_threadsafe(fn)
+
+        return soon
+    token = anyio.lowlevel.current_token()
+
+    def blocking(fn: Callable[[], None]) -> None:
+        anyio.from_thread.run_sync(fn, token=token)
+
+    return blocking
+
+
 class _Owner:
     """The one thread that touches the `Store`: runs commands in order, publishes a snapshot after each."""
 
@@ -66,7 +93,7 @@ class _Owner:
         self.finished = finished
         self.queue: queue.SimpleQueue[_Command[object] | None] = queue.SimpleQueue()
         self.snapshot = store.snapshot(None, 0)
-        self.token = anyio.lowlevel.current_token()
+        self.call_soon = _loop_caller()
         self.thread = threading.Thread(target=self._main, name="emsedge-buffer-owner", daemon=True)
         self.died: BaseException | None = None
 
@@ -94,7 +121,7 @@ class _Owner:
                     command.error = exc
                 self.snapshot = self.store.snapshot(None, 0)
                 with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-                    anyio.from_thread.run_sync(self.finished, command, token=self.token)
+                    self.call_soon(functools.partial(self.finished, command))
         except BaseException as exc:  # pragma: no cover - a bug in the owner loop itself
             self.died = exc
             log.critical("buffer_owner_died", error=error_text(exc))
