@@ -144,6 +144,7 @@ def test_sigkill_while_the_announcement_is_published_loses_and_double_counts_not
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)
 def test_a_ten_minute_outage_with_a_small_buffer_reconciles_exactly(
     tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
 ) -> None:
