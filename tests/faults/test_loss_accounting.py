@@ -20,6 +20,7 @@ from support import Mosquitto, Subscriber
 from support.daemon import Daemon, Equipment, gateway_config, wait_until
 
 from emsedge.buffer import BufferError, export, file_stats
+from emsedge.schema import StatusMessage
 
 
 def _start(tmp_path: Path, daemons: list[Daemon], url: str, equipment: Equipment, **over: Any) -> Daemon:
@@ -98,6 +99,11 @@ def test_broker_outage_with_a_small_buffer_every_missing_seq_is_announced(
 ) -> None:
     figures = _outage(tmp_path, durable_broker, checker, equipment, daemons, 8.0, "16KiB")
     assert figures["dropped"] > 50  # the outage really evicted
+    # The retained status published when the link returned carries the same cumulative totals.
+    online = [StatusMessage.model_validate(p) for p in checker.payloads("/_gateway/status") if p["state"] == "online"]
+    totals = [m.dropped_total for m in online if m.dropped_total]
+    assert totals and max(totals) <= figures["dropped"]
+    assert all(m.dropped_total_by_equipment == {"reflow-1": m.dropped_total} for m in online if m.dropped_total)
     print(f"FAULT small buffer, broker down 8 s: {figures}")
 
 

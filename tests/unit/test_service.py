@@ -277,7 +277,8 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_poll_duration_seconds_count", reflow)] == 2
     assert samples[("emsedge_messages_buffered_total", ())] == 100
     assert samples[("emsedge_messages_published_total", ())] == 90
-    assert samples[("emsedge_messages_dropped_total", ())] == 2
+    assert samples[("emsedge_messages_dropped_total", ())] == 2  # read from the buffer's durable counters
+    assert samples[("emsedge_records_lost_total", (("equipment", "reflow-1"), ("reason", "max_bytes")))] == 2
     assert samples[("emsedge_backlog_messages", ())] == 5
     assert samples[("emsedge_backlog_oldest_age_seconds", ())] == 0
     assert samples[("emsedge_dead_letters", ())] == 3
