@@ -981,7 +981,7 @@ class Store:
         if self.unsettled:
             todo, self.unsettled = self.unsettled, []
             for lease, acked, dead in todo:
-                self._settle_txn(lease, acked, [], dead, retrying=True)
+                self._settle_txn(lease, acked, [], dead)
         if self.config.max_age is None or self.head is None:
             return
         older_than = self.now_base() - self.config.max_age
@@ -1155,10 +1155,10 @@ class Store:
         poison = [(s, r) for s, r in dead if s in mine and s not in self.announcements]
         # An announcement is never dead-lettered: it is what tells MES about loss. It is re-sent.
         again = sorted({*again, *(s for s, _ in dead if s in mine and s in self.announcements)})
-        self._settle_txn(lease, ok, again, poison, retrying=False)
+        self._settle_txn(lease, ok, again, poison)
 
     def _settle_txn(
-        self, lease: Lease, ok: list[int], again: list[int], poison: list[tuple[int, str]], *, retrying: bool
+        self, lease: Lease, ok: list[int], again: list[int], poison: list[tuple[int, str]]
     ) -> None:
         out = self.outputs[lease.output]
         if not (ok or again or poison):
