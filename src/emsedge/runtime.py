@@ -34,7 +34,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from emsedge import __version__
-from emsedge.adapters import factory_for
+from emsedge.adapters import spec_for
 from emsedge.adapters.base import AdapterContext, EquipmentHealth, PolledAdapter, PushAdapter, backoff_delays
 from emsedge.buffer import Buffer, Lease
 from emsedge.config import EquipmentBase, Settings, load_config
@@ -159,7 +159,7 @@ class Gateway:
     async def _start_equipment(self, equipment: EquipmentBase) -> None:
         assert self._equipment_tg is not None
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
-        self.state.equipment_info[equipment.id] = (equipment.type, getattr(equipment, "adapter", "?"))
+        self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         if not equipment.enabled:
             health.disabled = True
             log.info("equipment disabled in config", equipment=equipment.id)
@@ -187,7 +187,7 @@ class Gateway:
             with running.scope:
                 while True:
                     try:
-                        adapter = factory_for(getattr(equipment, "adapter", ""))(ctx)
+                        adapter = spec_for(equipment.adapter).build(equipment, ctx)
                         if isinstance(adapter, PushAdapter):
                             await self._start_child(adapter.run, ctx)
                         elif isinstance(adapter, PolledAdapter):
@@ -349,7 +349,7 @@ class Gateway:
             return False
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = await anyio.to_thread.run_sync(load_config, self.config_path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: config invalid, old config stays in force", problem=problem)

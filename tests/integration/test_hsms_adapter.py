@@ -25,10 +25,10 @@ from hsms_support import (
 )
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.hsms import build
+from emsedge.adapters.hsms.config import HsmsEquipment
 from emsedge.adapters.hsms.connection import Message, TransactionRejected, frame
+from emsedge.adapters.hsms.gem import HsmsAdapter
 from emsedge.adapters.hsms.secs2 import U4, A, B, L
-from emsedge.config import HsmsEquipment
 from emsedge.schema import EventMessage, Record, TelemetryMessage, encode
 from emsedge.simulate.gem_equipment import GemEquipment
 
@@ -45,7 +45,7 @@ async def running(
         port = await tg.start(eq.serve)
         config = aoi_config(port, **connection)
         ctx = context(config, collector)
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(HsmsAdapter(ctx).run, ctx)
         await collector.wait_for(restored)
         yield config, ctx
         tg.cancel_scope.cancel()
@@ -268,7 +268,7 @@ async def test_connect_refused_is_reported_once_and_retried_until_the_equipment_
     config = aoi_config(port)
     ctx = context(config, collector)
     async with anyio.create_task_group() as tg:
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(HsmsAdapter(ctx).run, ctx)
         await collector.wait_for(lambda c: bool(c.events("connection_lost")))
         await anyio.sleep(0.5)
         assert len(collector.events("connection_lost")) == 1
@@ -297,7 +297,7 @@ async def test_stopping_the_adapter_sends_separate_to_the_equipment() -> None:
         port = await tg.start(eq.serve)
         ctx = context(aoi_config(port), collector)
         async with anyio.create_task_group() as adapter_group:
-            await adapter_group.start(build(ctx).run, ctx)
+            await adapter_group.start(HsmsAdapter(ctx).run, ctx)
             await collector.wait_for(restored)
             adapter_group.cancel_scope.cancel()
         with anyio.fail_after(3):

@@ -20,8 +20,8 @@ from hsms_support import Collector, aoi_config, context
 from support import Mosquitto, Subscriber, free_port
 from support.daemon import Daemon, gateway_config
 
-from emsedge.adapters.hsms import build
-from emsedge.config import HsmsEquipment
+from emsedge.adapters.hsms.config import HsmsEquipment
+from emsedge.adapters.hsms.gem import HsmsAdapter
 from emsedge.schema import EventMessage, Record
 
 HERE = Path(__file__).parent
@@ -103,7 +103,7 @@ async def adapter_against(aoi: SecsgemAoi, collector: Collector) -> AsyncIterato
     config = secsgem_config(aoi.port)
     ctx = context(config, collector)
     async with anyio.create_task_group() as tg:
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(HsmsAdapter(ctx).run, ctx)
         await collector.wait_for(lambda c: bool(c.events("connection_restored")), within=10)
         yield
         tg.cancel_scope.cancel()

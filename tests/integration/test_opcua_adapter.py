@@ -19,14 +19,22 @@ from opcua_server import PnPServer
 from support import free_port
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.opcua import OpcUaPoller, OpcUaSubscriber, build
-from emsedge.config import OpcUaEquipment
+from emsedge.adapters.opcua import spec
+from emsedge.adapters.opcua.adapter import OpcUaPoller, OpcUaSubscriber
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, TelemetryMessage, utc_iso
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 NONE = {"policy": "None", "mode": "None"}
+
+
+def build(ctx: AdapterContext) -> OpcUaSubscriber | OpcUaPoller:
+    """The adapter the registered `opcua` spec builds for this equipment (its shape follows `mode`)."""
+    adapter = spec.build(ctx.equipment, ctx)
+    assert isinstance(adapter, OpcUaSubscriber | OpcUaPoller)
+    return adapter
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -14,9 +14,9 @@ from asyncua import ua
 from opcua_server import PnPServer
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.opcua import OpcUaPoller
+from emsedge.adapters.opcua.adapter import OpcUaPoller
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.adapters.opcua.tools import generate_certificate, main_gen_cert
-from emsedge.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import Record
 

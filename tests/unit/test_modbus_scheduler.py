@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.config import ModbusEquipment
+from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.errors import AdapterError
 from emsedge.scheduler import next_slot, phase_offset, poll_deadline, run_polled
 from emsedge.schema import Record, telemetry

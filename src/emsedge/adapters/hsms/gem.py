@@ -33,12 +33,12 @@ from anyio.abc import SocketListener, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.hsms.config import CollectionEvent, HsmsEquipment
 from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message, RejectReason, TransactionRejected
 from emsedge.adapters.hsms.secs2 import BOOLEAN, U4, B, Item, L
-from emsedge.config import CollectionEvent, HsmsEquipment
 from emsedge.schema import EventType, Quality, Record, reading, telemetry, utc_iso
 
-__all__ = ["ALARM_SET", "HsmsAdapter", "alarm_severity", "build", "parse_event_report"]
+__all__ = ["ALARM_SET", "HsmsAdapter", "alarm_severity", "parse_event_report"]
 
 ALARM_SET: Final = 0x80
 _KNOWN_STREAMS: Final = frozenset({1, 2, 5, 6, 7, 9, 10})
@@ -513,7 +513,3 @@ def _parse_secs_time(text: str) -> float | None:
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     except ValueError:
         return None
-
-
-def build(ctx: AdapterContext) -> HsmsAdapter:
-    return HsmsAdapter(ctx)

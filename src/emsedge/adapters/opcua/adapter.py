@@ -47,9 +47,9 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.adapters.opcua.connect import ResolvedSignal, classify, connect, disconnect, resolve
 from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, to_json
-from emsedge.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, telemetry, utc_iso
 
@@ -385,11 +385,3 @@ class OpcUaPoller(_Base):
         if readings and all(r.get("status") in _UNKNOWN_NODE for r in readings):
             raise AdapterError("every node is unknown to the server (restarted?): reconnecting to re-resolve")
         return [telemetry(self.config.id, self.config.type, readings)]
-
-
-def build(ctx: AdapterContext) -> OpcUaSubscriber | OpcUaPoller:
-    """Registry target `emsedge.adapters.opcua:build`: the adapter shape follows `mode`."""
-    equipment = ctx.equipment
-    if not isinstance(equipment, OpcUaEquipment):
-        raise TypeError(f"opcua adapter got a {type(equipment).__name__} config")
-    return OpcUaSubscriber(ctx) if equipment.mode == "subscribe" else OpcUaPoller(ctx)
