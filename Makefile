@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv demo run test test-all soak lint typecheck bench mosquitto clean
 
+DEMO_STAMP := $(VENV)/.installed-demo
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -14,8 +16,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The demo extra adds what only the demo needs (an embedded MQTT broker for machines without mosquitto).
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
+
 # Installs and runs the main job: the virtual SMT line demo.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/emsedge demo
 
 # Installs everything (Python deps into .venv, mosquitto when missing) and runs the suite.
