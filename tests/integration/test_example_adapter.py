@@ -82,6 +82,11 @@ def test_check_config_accepts_the_example_adapter_and_locates_a_typo_in_its_own_
     assert f"{bad_file}:{line}:" in bad.stderr
     assert "equipment[0].signals[0].kye: unknown field 'kye' (hint: did you mean 'key'?" in bad.stderr
 
+    readme = (EXAMPLE / "emsedge_json_file" / "README.md").read_text()
+    documented = tmp_path / "readme.yaml"
+    documented.write_text("gateway: {id: gw, site: s, line: l}\n" + readme.split("```yaml\n", 1)[1].split("```")[0])
+    assert _emsedge(example_env, "check-config", str(documented)).returncode == 0  # the README's example
+
     # Without the package the same config names the adapter as unknown (the entry point is the only link).
     missing = _emsedge({**os.environ}, "check-config", str(_config(tmp_path, tmp_path / "values.json")))
     assert missing.returncode == EX_CONFIG and "unknown adapter 'json_file'" in missing.stderr

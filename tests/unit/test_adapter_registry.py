@@ -156,3 +156,28 @@ def test_capabilities_are_protocols_checked_with_isinstance() -> None:
     assert not isinstance(adapter, Stateful)
     assert not isinstance(object(), ReadsOnce)
     assert get_origin(AdapterSpec[ModbusEquipment]) is AdapterSpec
+
+
+@pytest.mark.parametrize("name", ["modbus", "opcua", "hsms"])
+def test_the_example_in_each_adapter_readme_is_a_valid_config(name: str, tmp_path: Path) -> None:
+    readme = (REPO / "src" / "emsedge" / "adapters" / name / "README.md").read_text()
+    for heading in ("## Config", "## Events", "## Failure behaviour"):
+        assert heading in readme
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    f = tmp_path / "c.yaml"
+    f.write_text("gateway: {id: gw, site: s, line: l}\n" + example)
+    settings = load_config(f)
+    assert [e.adapter for e in settings.equipment] == [name]
+
+
+def test_the_adapter_guide_shows_the_example_package_as_it_is() -> None:
+    guide = (REPO / "docs" / "writing-an-adapter.md").read_text()
+    shown = 0
+    for block in guide.split("```")[1::2]:
+        lines = block.split("\n")
+        first = lines[1] if len(lines) > 1 else ""
+        if first.startswith("# examples/adapter-json-file/"):
+            source = REPO / first.removeprefix("# ")
+            assert "\n".join(lines[2:]).rstrip() == source.read_text().rstrip(), f"{source} changed: update the guide"
+            shown += 1
+    assert shown == 4
