@@ -7,9 +7,13 @@ adapter; `build` imports it when a machine of this kind is configured.
 
 from __future__ import annotations
 
-from emsedge.adapters.base import AdapterContext, PolledAdapter
+from typing import TYPE_CHECKING
+
 from emsedge.adapters.spec import AdapterSpec
 from emsedge_json_file.config import JsonFileEquipment
+
+if TYPE_CHECKING:
+    from emsedge.adapters.base import AdapterContext, PolledAdapter
 
 
 def _build(config: JsonFileEquipment, ctx: AdapterContext) -> PolledAdapter:

@@ -124,6 +124,3 @@ class AdapterContext:
         self.health.last_error = None
         self.log.info("connected")
         await self.emit([self.event(EventType.CONNECTION_RESTORED)])
-
-
-AdapterFactory = Callable[[AdapterContext], Adapter]

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import JsonValue
 
-from emsedge.adapters.base import Adapter, AdapterContext
 from emsedge.config import EquipmentBase
+
+if TYPE_CHECKING:  # the adapter API (anyio, structlog) is imported by `build`, not by the registry
+    from emsedge.adapters.base import Adapter, AdapterContext
 
 ConfigT = TypeVar("ConfigT", bound=EquipmentBase)
 

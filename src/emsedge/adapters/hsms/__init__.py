@@ -7,9 +7,13 @@ layer and the push adapter). The passive GEM equipment used by simulators and te
 
 from __future__ import annotations
 
-from emsedge.adapters.base import AdapterContext, PushAdapter
+from typing import TYPE_CHECKING
+
 from emsedge.adapters.hsms.config import HsmsEquipment
 from emsedge.adapters.spec import AdapterSpec
+
+if TYPE_CHECKING:
+    from emsedge.adapters.base import AdapterContext, PushAdapter
 
 
 def _build(config: HsmsEquipment, ctx: AdapterContext) -> PushAdapter:

@@ -6,9 +6,13 @@ adapter (and pymodbus) is imported when a Modbus machine is built.
 
 from __future__ import annotations
 
-from emsedge.adapters.base import AdapterContext, PolledAdapter
+from typing import TYPE_CHECKING
+
 from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.adapters.spec import AdapterSpec
+
+if TYPE_CHECKING:
+    from emsedge.adapters.base import AdapterContext, PolledAdapter
 
 
 def _build(config: ModbusEquipment, ctx: AdapterContext) -> PolledAdapter:

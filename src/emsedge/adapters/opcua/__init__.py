@@ -7,9 +7,13 @@ in `emsedge.adapters.opcua.tools`.
 
 from __future__ import annotations
 
-from emsedge.adapters.base import Adapter, AdapterContext
+from typing import TYPE_CHECKING
+
 from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.adapters.spec import AdapterSpec
+
+if TYPE_CHECKING:
+    from emsedge.adapters.base import Adapter, AdapterContext
 
 
 def _build(config: OpcUaEquipment, ctx: AdapterContext) -> Adapter:
