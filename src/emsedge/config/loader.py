@@ -178,8 +178,10 @@ def _unknown_adapter(name: str) -> tuple[str, str]:
         f"installed plugins: {', '.join(reg.plugins()) or 'none'})"
     )
     if name in reg.broken:
-        return f"adapter {name!r} is installed but cannot be loaded: {reg.broken[name]}", "reinstall its package"
-    return msg, "an adapter from another package must be installed in the gateway's environment"
+        return f"adapter {name!r} is installed but cannot be loaded: {reg.broken[name]}", (
+            "check that its package is installed for this Python and made for this emsedge version"
+        )
+    return msg, ""
 
 
 def _dotted(loc: tuple[str | int, ...]) -> str:
