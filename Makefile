@@ -28,8 +28,8 @@ demo: $(DEMO_STAMP)
 
 # Installs everything (Python deps into .venv, mosquitto when missing) and runs the suite.
 test: $(STAMP) mosquitto
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests examples
+	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 	$(BIN)/pytest -q -m "not soak" -p no:cacheprovider
 
 soak: $(STAMP) mosquitto
@@ -41,8 +41,8 @@ mosquitto:
 	    else sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto; fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests examples
+	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 
 # Benchmarks print figures (values/s, latency percentiles, CPU, RSS); a few minutes each, not tests.
 bench: $(STAMP) mosquitto
