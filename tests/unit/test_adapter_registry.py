@@ -132,7 +132,10 @@ def test_a_spec_that_does_not_match_its_entry_point_or_model_is_refused() -> Non
 def test_config_event_names_are_the_mes_contract_event_types() -> None:
     assert set(EMITTABLE_EVENTS) < set(EventType)
     for name in EMITTABLE_EVENTS:
-        assert Trigger(on_change="s", emit=str(name)).emit is name  # type: ignore[arg-type]
+        trigger = Trigger(on_change="s", emit=str(name))  # type: ignore[arg-type]
+        assert trigger.emit is name
+        assert trigger.model_dump(mode="json")["emit"] == str(name)  # serialises without a warning
+        assert Trigger.model_validate(trigger.model_dump()) == trigger  # and round-trips
     with pytest.raises(ValueError, match=r"Input should be 'unit_processed', .* or 'station_state_changed'"):
         Trigger(on_change="s", emit="connection_lost")  # type: ignore[arg-type]
     schema = config_schema()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, GetCoreSchemaHandler, PlainValidator, WithJsonSchema, field_validator, model_validator
+from pydantic import BeforeValidator, Field, GetCoreSchemaHandler, WithJsonSchema, field_validator, model_validator
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from emsedge.config.types import Backoff, ConfigModel, did_you_mean
@@ -32,7 +32,7 @@ def _emittable(value: object) -> EventType:
 
 EmittedEvent = Annotated[
     EventType,
-    PlainValidator(_emittable),
+    BeforeValidator(_emittable),
     WithJsonSchema({"type": "string", "enum": [str(e) for e in EMITTABLE_EVENTS]}),
 ]
 """An event type a trigger or a SECS/GEM collection event may emit (`emsedge.schema.EMITTABLE_EVENTS`)."""
