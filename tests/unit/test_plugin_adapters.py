@@ -146,3 +146,21 @@ def test_an_entry_point_that_is_not_a_spec_is_reported_when_a_config_uses_it(
     msg = str(info.value)
     assert "adapter 'serial_scale' is installed but cannot be loaded" in msg and "not an" in msg
     assert "modbus" in registry().specs  # the built-ins are unaffected
+
+
+def test_without_registered_built_ins_the_error_says_to_install_emsedge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import emsedge.adapters as adapters  # noqa: PLC0415
+
+    monkeypatch.setattr(adapters, "entry_points", lambda group: [])  # a source tree that was never installed
+    try:
+        refresh()
+        with pytest.raises(ConfigError) as info:
+            load_config(_config(tmp_path, "modbus"))
+        assert "unknown adapter 'modbus' (built in: none; installed plugins: none)" in str(info.value)
+        assert "install emsedge (pip install -e .)" in str(info.value)
+    finally:
+        monkeypatch.undo()
+        refresh()
+    assert "modbus" in registry().specs

@@ -141,12 +141,18 @@ class _RegisteredModel:
         choices: dict[str, CoreSchema] = {
             name: handler.generate_schema(spec.config_model) for name, spec in registry().specs.items()
         }
+        if not choices:  # nothing registered (emsedge itself not installed): every entry is refused
+            return core_schema.no_info_plain_validator_function(_no_adapter)
         return core_schema.tagged_union_schema(
             choices,
             discriminator=adapter_tag,
             custom_error_type="adapter_missing",
             custom_error_message="required field 'adapter' is missing",
         )
+
+
+def _no_adapter(value: object) -> EquipmentBase:
+    raise PydanticCustomError("adapter_missing", "required field 'adapter' is missing")
 
 
 Equipment = Annotated[EquipmentBase, _RegisteredModel()]

@@ -174,9 +174,13 @@ def _unknown_adapter(name: str) -> tuple[str, str]:
     """The message and hint for an `adapter:` no installed package registered."""
     reg = registry()
     msg = (
-        f"unknown adapter {name!r}{did_you_mean(name, reg.specs)} (built in: {', '.join(reg.builtin())}; "
+        f"unknown adapter {name!r}{did_you_mean(name, reg.specs)} (built in: {', '.join(reg.builtin()) or 'none'}; "
         f"installed plugins: {', '.join(reg.plugins()) or 'none'})"
     )
+    if not reg.builtin():
+        return msg, (
+            "emsedge's own adapters are not registered: install emsedge (pip install -e .) to record its entry points"
+        )
     if name in reg.broken:
         return f"adapter {name!r} is installed but cannot be loaded: {reg.broken[name]}", (
             "check that its package is installed for this Python and made for this emsedge version"
