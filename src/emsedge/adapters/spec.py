@@ -15,7 +15,8 @@ lesson: one-method interfaces instead of a wide base class):
 
 * `ReadsOnce`: `read_once()` connects, reads every signal once and closes (`check-config --online`).
 * `HasPollDeadline`: `poll_deadline` bounds one `poll()` (the scheduler's backstop deadline).
-* `Stateful`: `get_state()` / `set_state()` for state the gateway keeps for the adapter across restarts.
+* `Stateful`: `get_state()` / `set_state()` for state kept for the adapter across restarts (the interface
+  is fixed here; the runtime does not store it yet).
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ class HasPollDeadline(Protocol):
 
 @runtime_checkable
 class Stateful(Protocol):
-    """Capability: state the gateway stores durably for this adapter and hands back after a restart.
+    """Capability: state stored durably for this adapter and handed back after a restart.
 
-    `get_state()` is read after records were made durable (so the state never runs ahead of the data);
-    `set_state()` is called once, before the adapter's first session, with what was stored (or not at all).
+    The contract for the runtime that stores it: `get_state()` is read only after the records emitted
+    before it were made durable (the state never runs ahead of the data); `set_state()` is called once,
+    before the adapter's first session, with what was stored (or not at all).
     """
 
     def get_state(self) -> JsonValue: ...
