@@ -37,7 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from emsedge.adapters.base import POLL_DURATION_BUCKETS, EquipmentHealth
+from emsedge.adapters.base import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
 log = structlog.get_logger("emsedge.service")
 
@@ -123,6 +123,7 @@ class GatewayState:
             equipment[equipment_id] = {
                 "type": kind,
                 "adapter": adapter,
+                "state": h.state.value,
                 "connected": h.connected,
                 "disabled": h.disabled,
                 "last_good_read": h.last_good_read,
@@ -191,6 +192,14 @@ class GatewayCollector:
         disabled = GaugeMetricFamily(
             "emsedge_equipment_disabled", "1 when disabled (permanent error or config).", labels=labels
         )
+        state = GaugeMetricFamily(
+            "emsedge_equipment_state", "1 for the state the equipment is in (connecting, connected, retrying, "
+            "failed, disabled), 0 for the others.", labels=["equipment", "state"],
+        )
+        lost = CounterMetricFamily(
+            "emsedge_equipment_lost_values", "Values lost at the source before they became records "
+            "(e.g. reason=opcua_queue_overflow).", labels=["equipment", "reason"],
+        )
         durations = HistogramMetricFamily(
             "emsedge_poll_duration_seconds", "Duration of successful polls.", labels=labels
         )
@@ -205,10 +214,14 @@ class GatewayCollector:
             reconnects.add_metric(lv, h.reconnects)
             connected.add_metric(lv, 1.0 if h.connected else 0.0)
             disabled.add_metric(lv, 1.0 if h.disabled else 0.0)
+            for candidate in EquipmentState:
+                state.add_metric([equipment_id, candidate.value], 1.0 if h.state is candidate else 0.0)
+            for reason, count in sorted(h.losses.items()):
+                lost.add_metric([equipment_id, reason], count)
             durations.add_metric(
                 lv, _buckets(POLL_DURATION_BUCKETS, h.poll_duration_counts), sum_value=h.poll_duration_sum
             )
-        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, durations)
+        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, state, lost, durations)
 
         yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
         yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)
