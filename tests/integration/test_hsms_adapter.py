@@ -31,6 +31,7 @@ from emsedge.adapters.hsms.secs2 import U4, A, B, L
 from emsedge.config import HsmsEquipment
 from emsedge.schema import EventMessage, Record, TelemetryMessage, encode
 from emsedge.simulate.gem_equipment import GemEquipment
+from emsedge.supervisor import supervise_adapter
 
 
 def restored(c: Collector, n: int = 1) -> bool:
@@ -45,7 +46,7 @@ async def running(
         port = await tg.start(eq.serve)
         config = aoi_config(port, **connection)
         ctx = context(config, collector)
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(supervise_adapter, build(ctx), ctx)
         await collector.wait_for(restored)
         yield config, ctx
         tg.cancel_scope.cancel()
@@ -268,7 +269,7 @@ async def test_connect_refused_is_reported_once_and_retried_until_the_equipment_
     config = aoi_config(port)
     ctx = context(config, collector)
     async with anyio.create_task_group() as tg:
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(supervise_adapter, build(ctx), ctx)
         await collector.wait_for(lambda c: bool(c.events("connection_lost")))
         await anyio.sleep(0.5)
         assert len(collector.events("connection_lost")) == 1
@@ -297,7 +298,7 @@ async def test_stopping_the_adapter_sends_separate_to_the_equipment() -> None:
         port = await tg.start(eq.serve)
         ctx = context(aoi_config(port), collector)
         async with anyio.create_task_group() as adapter_group:
-            await adapter_group.start(build(ctx).run, ctx)
+            await adapter_group.start(supervise_adapter, build(ctx), ctx)
             await collector.wait_for(restored)
             adapter_group.cancel_scope.cancel()
         with anyio.fail_after(3):
