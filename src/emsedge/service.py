@@ -37,7 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from emsedge.adapters.base import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
+from emsedge.supervisor import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
 log = structlog.get_logger("emsedge.service")
 

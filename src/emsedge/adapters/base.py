@@ -16,9 +16,6 @@ An adapter never writes to equipment: the gateway is read-only by default.
 
 from __future__ import annotations
 
-import bisect
-import enum
-import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
@@ -26,8 +23,29 @@ from typing import Any, Protocol, Self, runtime_checkable
 import structlog
 from structlog.typing import FilteringBoundLogger
 
-from emsedge.config import Backoff, EquipmentBase
-from emsedge.schema import EventType, Record, event, utc_iso
+from emsedge.config import EquipmentBase
+from emsedge.schema import EventType, Record, event
+from emsedge.supervisor import (
+    POLL_DURATION_BUCKETS,
+    EquipmentHealth,
+    EquipmentState,
+    backoff_delays,
+)
+
+__all__ = [
+    "POLL_DURATION_BUCKETS",
+    "Adapter",
+    "AdapterContext",
+    "AdapterFactory",
+    "Connected",
+    "CountLoss",
+    "Emit",
+    "EquipmentHealth",
+    "EquipmentState",
+    "PolledAdapter",
+    "PushAdapter",
+    "backoff_delays",
+]
 
 Emit = Callable[[Sequence[Record]], Awaitable[None]]
 """Hand records to the buffer. Returning means they are durable; an adapter may acknowledge them then."""
@@ -60,82 +78,6 @@ class PushAdapter(Protocol):
 
 
 Adapter = PolledAdapter | PushAdapter
-
-POLL_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-"""Upper bounds (seconds) of the `emsedge_poll_duration_seconds` histogram; +Inf is implied."""
-
-
-class EquipmentState(enum.StrEnum):
-    """Where a supervised session stands; exported in /healthz and as `emsedge_equipment_state`.
-
-    connecting: started, no session has delivered data yet.  connected: the current session delivers.
-    retrying: the last session ended for a transient reason; the next attempt follows the backoff.
-    failed: the last session ended for a permanent reason (the equipment refuses our config); attempts
-    continue at the slowest backoff rate (`backoff.max`) so a fixed machine comes back without a restart.
-    disabled: `enabled: false` in the config; nothing runs.
-    """
-
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    RETRYING = "retrying"
-    FAILED = "failed"
-    DISABLED = "disabled"
-
-
-@dataclass
-class EquipmentHealth:
-    """Live state of one supervised session, read by /healthz, /metrics and the status line.
-
-    The supervisor alone writes `state`, `last_error` and `reconnects`; the poll loop and the adapters
-    write the counters.
-    """
-
-    state: EquipmentState = EquipmentState.CONNECTING
-    last_good_read: str | None = None
-    last_error: str | None = None
-    polls: int = 0
-    poll_errors: int = 0
-    skipped_cycles: int = 0
-    values: int = 0
-    reconnects: int = 0
-    losses: dict[str, int] = field(default_factory=dict)
-    poll_durations: list[float] = field(default_factory=list)
-    # Cumulative histogram of every poll duration since start (non-cumulative counts per bucket of
-    # POLL_DURATION_BUCKETS, last slot is +Inf); `poll_durations` keeps only the recent ones.
-    poll_duration_counts: list[int] = field(default_factory=lambda: [0] * (len(POLL_DURATION_BUCKETS) + 1))
-    poll_duration_sum: float = 0.0
-
-    @property
-    def connected(self) -> bool:
-        """True while the current session delivers data (`state == connected`)."""
-        return self.state is EquipmentState.CONNECTED
-
-    @property
-    def disabled(self) -> bool:
-        """True when the equipment is not expected to deliver: `failed` or `disabled` (kept for /healthz)."""
-        return self.state in (EquipmentState.FAILED, EquipmentState.DISABLED)
-
-    def good_read(self, n_values: int, duration: float | None = None) -> None:
-        self.last_good_read = utc_iso()
-        self.values += n_values
-        if duration is not None:
-            self.poll_durations.append(duration)
-            del self.poll_durations[:-256]
-            self.poll_duration_counts[bisect.bisect_left(POLL_DURATION_BUCKETS, duration)] += 1
-            self.poll_duration_sum += duration
-
-
-def backoff_delays(config: Backoff, rng: Callable[[], float] = random.random) -> Iterator[float]:
-    """Capped exponential backoff with jitter in the upper half: each delay is 0.5-1x of the nominal one.
-
-    The nominal delay starts at `initial` and doubles up to `max`; so every delay lies in
-    [initial / 2, max] and the k-th in [d_k / 2, d_k] with d_k = min(initial * 2**k, max).
-    """
-    delay = config.initial
-    while True:
-        yield delay * (0.5 + rng() / 2)
-        delay = min(delay * 2, config.max)
-
 
 async def _no_loss_counter(reason: str, count: int) -> None:
     return None
