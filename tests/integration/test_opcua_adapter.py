@@ -20,6 +20,7 @@ from support import free_port
 
 from emsedge.adapters.base import AdapterContext, EquipmentState
 from emsedge.adapters.opcua import OpcUaPoller, OpcUaSubscriber, build
+from emsedge.adapters.opcua import adapter as opcua_adapter
 from emsedge.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, TelemetryMessage, utc_iso
@@ -358,3 +359,46 @@ async def test_poll_mode_asks_for_a_reconnect_when_every_node_is_unknown(server:
         with pytest.raises(AdapterError, match="every node is unknown") as err:
             await poller.poll()
     assert err.value.transient
+
+
+async def test_notifications_dropped_from_a_full_queue_are_counted_as_loss(
+    server: PnPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled emit (a busy disk) while the server keeps publishing overflows asyncua's notification
+    queue; every notification it drops reaches `count_loss("opcua_queue_overflow", n)`."""
+    monkeypatch.setattr(opcua_adapter, "QUEUE_FLOOR", 8)
+    signals = [{"name": "placed_components", "node": "ns=2;s=PnP.Counters.Placed"},
+               {"name": "boards", "node": "ns=2;s=PnP.Counters.Boards"},
+               {"name": "board_serial", "node": "ns=2;s=PnP.BoardSerial"}]
+    c = Collector(equipment(server.url, signals))  # queue: max(8, 8 x 3 x queue_size 1) = 24 notifications
+    losses: list[tuple[str, int]] = []
+
+    async def count_loss(reason: str, count: int) -> None:
+        losses.append((reason, count))
+
+    c.ctx.loss_counter = count_loss
+    held, release = anyio.Event(), anyio.Event()
+    inner = c.ctx.emit
+
+    async def stalling_emit(records: Sequence[Record]) -> None:
+        if held.is_set():
+            await release.wait()
+        await inner(records)
+
+    c.ctx.emit = stalling_emit
+    async with anyio.create_task_group() as tg:
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
+        await c.wait(lambda: len(c.readings("board_serial")) == 1)
+        held.set()
+        for _ in range(40):  # 3 changes per cycle, 40 cycles: far more than the queue holds
+            await server.tick()
+            await anyio.sleep(0.06)
+        release.set()
+        await c.wait(lambda: bool(losses))
+        tg.cancel_scope.cancel()
+    assert {reason for reason, _ in losses} == {"opcua_queue_overflow"}
+    lost = sum(count for _, count in losses)
+    assert lost > 0
+    assert c.ctx.health.losses == {"opcua_queue_overflow": lost}
+    delivered = len(c.readings("board_serial")) + len(c.readings("boards")) + len(c.readings("placed_components"))
+    assert delivered + lost >= 24 + 1  # what the queue held plus what it dropped

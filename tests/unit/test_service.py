@@ -36,7 +36,8 @@ def make_state(stats: FakeStats | None = None, broker: bool = True) -> GatewaySt
     up.good_read(4, 0.003)
     up.good_read(4, 0.2)
     down = EquipmentHealth(
-        state=EquipmentState.RETRYING, polls=3, poll_errors=2, last_error="connection refused", reconnects=1
+        state=EquipmentState.RETRYING, polls=3, poll_errors=2, last_error="connection refused", reconnects=1,
+        losses={"opcua_queue_overflow": 7},
     )
     return GatewayState(
         gateway_id="gw-1", version="0.1.0", started_at="2026-01-01T00:00:00.000Z",
@@ -278,6 +279,8 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_equipment_state", (("equipment", "aoi-1"), ("state", "connected")))] == 0
     assert samples[("emsedge_equipment_state", (("equipment", "reflow-1"), ("state", "connected")))] == 1
     assert sum(v for (name, labels), v in samples.items() if name == "emsedge_equipment_state") == 2
+    assert samples[("emsedge_equipment_lost_values_total",
+                    (("equipment", "aoi-1"), ("reason", "opcua_queue_overflow")))] == 7
     assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.005")])))] == 1
     assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.25")])))] == 2
     assert samples[("emsedge_poll_duration_seconds_count", reflow)] == 2
