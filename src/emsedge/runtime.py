@@ -13,9 +13,9 @@ committed; the forwarder keeps publishing until the buffer is empty or `DRAIN_TI
 publisher publishes the retained `offline` status and disconnects; the buffer writer closes the database.
 Whatever was not delivered stays on disk and is replayed, oldest first, on the next start.
 
-Isolation: each piece of equipment runs in its own cancel scope under a supervisor loop. An adapter that
-raises is logged, reported as `connection_lost` and restarted with backoff; it never takes down the
-gateway or the other equipment. Reload (SIGHUP) restarts only the equipment whose config changed.
+Isolation: each piece of equipment runs in its own cancel scope under `emsedge.supervisor`. A session
+that ends is logged once, reported as `connection_lost` and retried with backoff (a permanent error at the
+slowest rate, state `failed`); it never takes down the gateway or the other equipment. Reload (SIGHUP) restarts only the equipment whose config changed.
 """
 
 from __future__ import annotations
