@@ -15,7 +15,8 @@ Whatever was not delivered stays on disk and is replayed, oldest first, on the n
 
 Isolation: each piece of equipment runs in its own cancel scope under `emsedge.supervisor`. A session
 that ends is logged once, reported as `connection_lost` and retried with backoff (a permanent error at the
-slowest rate, state `failed`); it never takes down the gateway or the other equipment. Reload (SIGHUP) restarts only the equipment whose config changed.
+slowest rate, state `failed`); it never takes down the gateway or the other equipment. Reload (SIGHUP)
+restarts only the equipment whose config changed.
 """
 
 from __future__ import annotations

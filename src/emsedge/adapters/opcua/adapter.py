@@ -115,8 +115,8 @@ class OpcUaSubscriber(_Base):
             raise
         except (OSError, TimeoutError, ConnectionError, UaError) as exc:
             raise classify(exc) from None
-        except Exception as exc:  # a library bug or an odd server: the supervisor logs it once
-            raise classify(exc) from exc
+        # anything else (a library bug, an odd server) propagates: the supervisor logs it once with its
+        # traceback and retries it as transient
         raise AdapterError(reason[0] if reason else "subscription ended")
 
     async def _session(self, lost: anyio.Event, reason: list[str]) -> None:
