@@ -16,7 +16,7 @@ An adapter never writes to equipment: the gateway is read-only by default.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -79,11 +79,8 @@ class PushAdapter(Protocol):
 
 Adapter = PolledAdapter | PushAdapter
 
+
 async def _no_loss_counter(reason: str, count: int) -> None:
-    return None
-
-
-async def _not_supervised() -> None:
     return None
 
 
@@ -105,9 +102,6 @@ class AdapterContext:
     def __post_init__(self) -> None:
         if self.log is None:
             self.log = structlog.get_logger("emsedge.adapter").bind(equipment=self.equipment.id)
-
-    def backoff(self) -> Iterator[float]:
-        return backoff_delays(self.equipment.backoff)
 
     def event(self, type: EventType | str, ts: str | None = None, **fields: Any) -> Record:
         return event(self.equipment.id, self.equipment.type, type, ts, **fields)
