@@ -93,14 +93,14 @@ class GatewayState:
 
     def status_line(self) -> str:
         """E.g. "5 equipment, 4 connected, backlog 0" (plus ", broker disconnected" when it is)."""
-        active = [h for h in self.equipment.values() if not h.disabled]
-        connected = sum(1 for h in active if h.connected)
+        states = [h.state for h in self.equipment.values()]
+        connected = states.count(EquipmentState.CONNECTED)
         stats = self._buffer()
         backlog = _stat(stats, "count", "?")
         line = f"{len(self.equipment)} equipment, {connected} connected, backlog {backlog}"
-        disabled = len(self.equipment) - len(active)
-        if disabled:
-            line += f", {disabled} disabled"
+        for state in (EquipmentState.FAILED, EquipmentState.DISABLED):
+            if states.count(state):
+                line += f", {states.count(state)} {state.value}"
         if not self.broker_connected():
             line += ", broker disconnected"
         return line
@@ -108,8 +108,9 @@ class GatewayState:
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for /healthz.
 
-        `ok`: broker and every enabled piece of equipment connected, buffer writable. `degraded`: something
-        is down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
+        `ok`: broker and every enabled piece of equipment connected, buffer writable (`failed` equipment,
+        refused for a permanent reason, is not ok; `disabled` in the config is). `degraded`: something is
+        down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
         buffer cannot accept records, HTTP 503 so Docker or a load balancer notices.
         """
         stats = self._buffer()
@@ -119,7 +120,7 @@ class GatewayState:
         all_up = True
         for equipment_id, h in sorted(self.equipment.items()):
             kind, adapter = self.equipment_info.get(equipment_id, ("?", "?"))
-            all_up &= h.connected or h.disabled
+            all_up &= h.connected or h.state is EquipmentState.DISABLED
             equipment[equipment_id] = {
                 "type": kind,
                 "adapter": adapter,

@@ -183,6 +183,13 @@ async def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_path: str, b
 def test_status_line_counts_connected_equipment_backlog_and_broker() -> None:
     assert make_state(FakeStats(count=7)).status_line() == "2 equipment, 1 connected, backlog 7"
     assert make_state(broker=False).status_line().endswith(", broker disconnected")
+    state = make_state()
+    state.equipment["aoi-1"].state = EquipmentState.FAILED
+    assert state.status_line() == "2 equipment, 1 connected, backlog 0, 1 failed"
+    assert state.health()[1]["status"] == "degraded"  # refused for good is not ok
+    state.equipment["aoi-1"].state = EquipmentState.DISABLED
+    assert state.status_line() == "2 equipment, 1 connected, backlog 0, 1 disabled"
+    assert state.health()[1]["status"] == "ok"  # switched off in the config
 
 
 @pytest.mark.parametrize(
