@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import anyio
 
 from emsedge.config import EquipmentBase, LoggingConfig, Settings
-from emsedge.errors import BufferError, EmsedgeError
+from emsedge.errors import AdapterError, BufferError, EmsedgeError
 from emsedge.schema import EventType, Record
 
 ONLINE_TIMEOUT = 15.0
@@ -137,8 +137,17 @@ async def read_equipment(equipment: EquipmentBase, deadline: float = ONLINE_TIME
                 async with adapter:
                     result.readings = _readings(await adapter.poll())
             elif isinstance(adapter, PushAdapter):
+                push = adapter
+
+                async def one_session() -> None:
+                    try:
+                        await push.session(ctx)
+                    except AdapterError as exc:
+                        lost.append(str(exc))
+                        got_values.set()
+
                 async with anyio.create_task_group() as tg:
-                    await tg.start(adapter.run, ctx)
+                    tg.start_soon(one_session)
                     with anyio.move_on_after(deadline - 0.5):
                         await got_values.wait()
                     tg.cancel_scope.cancel()

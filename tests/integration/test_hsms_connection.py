@@ -14,6 +14,7 @@ from emsedge.adapters.hsms.connection import HEADER, HsmsLink, Message, SType, f
 from emsedge.adapters.hsms.gem import HsmsAdapter
 from emsedge.adapters.hsms.secs2 import L
 from emsedge.simulate.gem_equipment import GemEquipment
+from emsedge.supervisor import supervise_adapter
 
 
 async def read_frame(stream: anyio.abc.ByteStream) -> tuple[int, int, int, int, int, bytes]:
@@ -137,7 +138,7 @@ async def test_passive_host_mode_accepts_an_active_equipment_and_serves_it() -> 
             await link.reply(msg, msg.stream, msg.function + 1, L())
 
     async with anyio.create_task_group() as tg:
-        await tg.start(HsmsAdapter(ctx).run, ctx)
+        await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
         with anyio.fail_after(3):
             while True:
                 try:

@@ -17,7 +17,7 @@ import anyio
 import pytest
 import yaml
 
-from emsedge.adapters.base import EquipmentHealth
+from emsedge.adapters.base import EquipmentHealth, EquipmentState
 from emsedge.service import GatewayState, serve_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -77,7 +77,7 @@ async def test_docker_healthcheck_command_passes_on_a_healthy_gateway_and_fails_
     stats = Stats()
     state = GatewayState(
         gateway_id="gw", version="0", started_at="2026-01-01T00:00:00.000Z",
-        equipment={"reflow-1": EquipmentHealth(connected=False)}, equipment_info={},
+        equipment={"reflow-1": EquipmentHealth(state=EquipmentState.RETRYING)}, equipment_info={},
         buffer_stats=lambda: stats, broker_connected=lambda: False, broker_url=lambda: None,
     )
     async with anyio.create_task_group() as tg:
