@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import anyio
 
 from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.spec import HasPollDeadline
 from emsedge.errors import AdapterError
 from emsedge.schema import Record
 
@@ -52,9 +53,8 @@ class SkipCycle(Exception):
 
 def poll_deadline(adapter: object, ctx: AdapterContext, interval: float) -> float:
     """The backstop deadline of one poll (see the module docstring)."""
-    own = getattr(adapter, "poll_deadline", None)
-    if isinstance(own, int | float) and own > 0:
-        return float(own)
+    if isinstance(adapter, HasPollDeadline) and adapter.poll_deadline > 0:
+        return float(adapter.poll_deadline)
     connection = getattr(ctx.equipment, "connection", None)
     timeout = getattr(connection, "timeout", None)
     if not isinstance(timeout, int | float) or timeout <= 0:

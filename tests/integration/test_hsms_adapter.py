@@ -175,7 +175,7 @@ def test_a_report_whose_emit_is_held_past_every_deadline_is_never_acknowledged_a
             port = await tg.start(eq.serve)
             config = aoi_config(port).model_copy(update={"status_variables": []})  # no poll timers
             ctx = context(config, collector)
-            await tg.start(supervise_adapter, build(ctx), ctx)
+            await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
             await collector.wait_for(restored)
             await eq.wait_ready()
             async with anyio.create_task_group() as sender:

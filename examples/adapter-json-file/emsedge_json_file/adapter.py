@@ -8,7 +8,7 @@ the file once, and which faults a retry can fix.
 Failure behaviour:
 * the file is missing, unreadable, not JSON or not an object -> transient `AdapterError` (the program
   that writes it may be restarting, or caught mid-write: write a temporary file and rename it over);
-* the path is a directory -> permanent `AdapterError` (a config fault; the machine is disabled);
+* the path is a directory -> permanent `AdapterError` (a config fault; the machine is marked failed);
 * a key missing from the file -> that reading has quality `bad`, status `missing`; the others are good.
 """
 
