@@ -172,7 +172,7 @@ class Snapshots:
             cards.append({
                 "id": equipment_id, "type": kind, "adapter": adapter, "state": h.state.value,
                 "state_since": self._since(equipment_id, h.state.value), "last_error": h.last_error,
-                "polls": h.polls, "poll_errors": h.poll_errors, "reconnects": h.reconnects,
+                "polls": h.polls, "poll_errors": h.poll_errors, "reconnects": h.reconnects, "values": h.values,
                 "last_good_read": h.last_good_read, **s.line.machine_summary(equipment_id, now),
             })
         out: dict[str, Any] = {
@@ -198,12 +198,13 @@ class Snapshots:
                 getattr(o, "backlog", 0) + getattr(o, "unleased_live", 0) + getattr(o, "leased", 0))
             connected = (s.state.broker_connected() if name == "mqtt"
                          else s.extra_connected.get(name, lambda: False)())
+            rate_now = rate if connected else 0.0
             outputs.append({
                 "name": name, "connected": connected,
                 "url": _redact(s.state.broker_url()) if name == "mqtt" else None,
                 "backlog": pending, "replay_backlog": backlog, "oldest_age_s": buffer["oldest_age_s"],
-                "drain_rate": round(rate, 1),
-                "drain_eta_s": round(pending / rate, 1) if rate > 0 and pending else (0 if not pending else None),
+                "drain_rate": round(rate_now, 1),
+                "drain_eta_s": (0 if not pending else round(pending / rate_now, 1) if rate_now > 0 else None),
                 "replay_rate": s.replay_rate,
             })
         disk = None

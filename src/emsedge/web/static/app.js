@@ -97,6 +97,7 @@ function card(m) {
     <div class="stats">
       <div>Polls<b>${m.polls}</b></div>
       <div>Poll errors<b class="${m.poll_errors ? "fail" : ""}">${m.poll_errors}</b></div>
+      <div>Values read<b>${m.values}</b></div>
       <div>Last good read<b>${m.last_good_read ? age(isoAge(m.last_good_read)) + " ago" : "never"}</b></div>
     </div>
   </div>`;
@@ -144,9 +145,9 @@ function machineView(s, id) {
 }
 function boardRow(b) {
   const p = b.placement || {};
-  const reels = p.reels ? Object.entries(p.reels).map(([k, v]) => `<span class="tag">${esc(k)}: ${esc(v)}</span>`).join("") : "";
-  const parts = p.parts ? Object.entries(p.parts).map(([k, v]) => `<span class="tag">${esc(k)}: ${esc(v)}</span>`).join("") : "";
-  const placement = p.station ? `${esc(p.station)} ${esc(clock(p.ts))}<br>${reels}${parts}` : '<span class="muted">–</span>';
+  const slots = [...new Set([...Object.keys(p.reels || {}), ...Object.keys(p.parts || {})])];
+  const feeders = slots.map(k => `<span class="tag" title="${esc(k)}">${esc(k.replace(/_/g, " "))}: ${p.parts && p.parts[k] ? `<b>${esc(p.parts[k])}</b> ` : ""}${p.reels && p.reels[k] ? `reel ${esc(p.reels[k])}` : ""}</span>`).join("");
+  const placement = p.station ? `${esc(p.station)} ${esc(clock(p.ts))}${p.placed_components != null ? ` · ${esc(p.placed_components)} parts placed` : ""}<br>${feeders}` : '<span class="muted">–</span>';
   const r = b.reflow || {};
   const reflow = r.station ? `${esc(r.station)} ${esc(clock(r.ts))}<br>${r.peak != null ? `peak <b>${esc(r.peak)} °C</b> (${esc(r.peak_zone)})` : "profile seen"}${Object.keys(r).filter(k => k.includes("liquidus")).map(k => `<br>${esc(k.replace(/_/g, " "))}: ${esc(fmt(r[k]))}`).join("")}` : '<span class="muted">–</span>';
   const results = list => list.length ? list.map(i => `<span class="${/^pass/i.test(i.result) ? "pass" : "fail"}">${esc(String(i.result).toUpperCase())}</span> ${esc(i.station)}
@@ -166,7 +167,7 @@ function deliveryView(s) {
   const rows = d.outputs.map(o => `<tr data-output="${esc(o.name)}"><td><b>${esc(o.name.toUpperCase())}</b><br><small class="muted">${esc(o.url || "")}</small></td>
     <td><span class="conn ${o.connected ? "connected" : "failed"}">${o.connected ? "connected" : "disconnected"}</span></td>
     <td class="num backlog">${o.backlog ?? "–"}</td><td class="num">${age(o.oldest_age_s)}</td>
-    <td class="num">${o.drain_eta_s == null ? (o.backlog ? "stalled" : "–") : age(o.drain_eta_s)}</td>
+    <td class="num">${o.drain_eta_s == null ? (o.connected ? "–" : "after reconnect") : age(o.drain_eta_s)}</td>
     <td class="num">${fmt(o.drain_rate)} msg/s</td><td class="num">${o.replay_rate ? fmt(o.replay_rate) + " msg/s" : "unlimited"}</td></tr>`).join("");
   return `<h2>Delivery to MES</h2>
     <table><thead><tr><th>Output</th><th>Connection</th><th class="num">Backlog</th><th class="num">Oldest waiting</th><th class="num">Drain ETA</th><th class="num">Delivering</th><th class="num">Replay limit</th></tr></thead><tbody>${rows}</tbody></table>
