@@ -1,0 +1,283 @@
+"""The `result_files` adapter: a push-style session that turns tester result files into `unit_tested` events.
+
+One cycle (`scan_once`) takes every settled file, oldest first, one at a time:
+
+1. a file whose (name, size, mtime) or content hash is in the ledger was handled before (a crash after
+   the ledger write, or an identical file dropped again): it is only moved, nothing is emitted;
+2. it is hashed in chunks and, when not larger than `max_file_size`, read and parsed (in a worker thread);
+3. its events, one `unit_tested` per board, go to `ctx.emit()` in one call, which returns only once the
+   buffer made them durable;
+4. only then the ledger records it, and then it moves to `archive` (or stays, when none is configured).
+
+A file that cannot be parsed (or is too large, or a plug-in parser crashed on it) becomes one
+`file_rejected` event (file, reason, line), is recorded and moves to `error` with `<name>.reason.txt`
+beside it; the adapter goes on with the next file. The gateway never deletes a file: a move that fails
+(archive share gone) is retried on the next scan. A scanned folder that vanishes (a share unmounted) is
+reported once as `connection_lost` and scanning goes on until it is back (`connection_restored`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import anyio
+from anyio.abc import TaskStatus
+
+from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.result_files import parsers
+from emsedge.adapters.result_files.config import ResultFilesEquipment
+from emsedge.adapters.result_files.ledger import Ledger, LedgerEntry
+from emsedge.adapters.result_files.model import SourceFile, TestedBoard, event_fields, to_utc
+from emsedge.adapters.result_files.scanner import Candidate, FileChanged, FileContent, Scanner, read
+from emsedge.schema import EventType, Record, utc_iso
+
+FILE_REJECTED = "file_rejected"
+"""Event type of a result file that could not be turned into events (joins `EventType` in phase 2)."""
+
+
+@dataclass
+class ResultFilesStats:
+    """Counters read by /metrics: files processed, rejected, duplicates, boards emitted, parse time."""
+
+    files_processed: int = 0
+    files_rejected: int = 0
+    files_duplicate: int = 0
+    boards_emitted: int = 0
+    parse_seconds: float = 0.0
+    move_errors: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    reason: str
+    line: int | None = None
+
+
+class ResultFilesAdapter:
+    """One equipment's result folder. `session()` runs until cancelled; `scan_once()` is one cycle."""
+
+    def __init__(
+        self,
+        config: ResultFilesEquipment,
+        ctx: AdapterContext,
+        *,
+        ledger_path: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.tz = ZoneInfo(config.timezone)
+        self.parser = parsers.parser_for(config.format)
+        self.options = config.parse_options()
+        path = ledger_path or config.ledger
+        if path is None:
+            raise ValueError(f"equipment {config.id}: no ledger path (config `ledger:` or the runtime's state dir)")
+        self.ledger_path = path
+        self.ledger: Ledger | None = None
+        self.scanner = Scanner(
+            config.path,
+            config.patterns,
+            settle=config.settle,
+            recursive=config.recursive,
+            exclude=tuple(p for p in (config.archive, config.error) if p is not None),
+            clock=clock,
+        )
+        self.stats = ResultFilesStats()
+        self._folder_ok: bool | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ResultFilesAdapter:
+        self.ledger = await anyio.to_thread.run_sync(Ledger, self.ledger_path)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.ledger is not None:
+            ledger, self.ledger = self.ledger, None
+            await anyio.to_thread.run_sync(ledger.close)
+
+    async def session(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with self:
+            task_status.started()
+            while True:
+                await self.scan_once()
+                await anyio.sleep(self.config.poll_interval)
+
+    async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The current runtime's `PushAdapter` entry point (the supervisor of issue 10 calls `session`)."""
+        await self.session(ctx, task_status=task_status)
+
+    # -- one cycle --------------------------------------------------------------------------------
+
+    async def scan_once(self) -> int:
+        """Handle every settled file once; returns how many files were handled."""
+        try:
+            candidates = await anyio.to_thread.run_sync(self.scanner.scan)
+        except OSError as exc:
+            if self._folder_ok is not False:
+                self._folder_ok = False
+                await self.ctx.connection_lost(f"folder {self.config.path} is not reachable: {exc.strerror or exc}")
+            return 0
+        if self._folder_ok is not True:
+            self._folder_ok = True
+            await self.ctx.connection_restored()
+        handled = 0
+        for candidate in candidates:
+            if await self.handle(candidate):
+                handled += 1
+        return handled
+
+    async def handle(self, candidate: Candidate) -> bool:
+        ledger = self._ledger()
+        known = await anyio.to_thread.run_sync(ledger.by_identity, candidate.name, candidate.size, candidate.mtime_ns)
+        if known is not None:  # handled before a crash (ledger written, not moved yet), or left in place
+            if known.rejected:
+                await self._move_rejected(candidate, Rejection(known.reason or "rejected earlier"))
+            else:
+                await self._move_processed(candidate)
+            return True
+        try:
+            content = await anyio.to_thread.run_sync(read, candidate, int(self.config.max_file_size))
+        except FileChanged:
+            self.scanner.retry(candidate)
+            return False
+        except OSError as exc:
+            self.ctx.log.warning("cannot read result file", file=candidate.name, error=str(exc))
+            self.scanner.retry(candidate)
+            return False
+        earlier = await anyio.to_thread.run_sync(ledger.by_hash, content.sha256)
+        if earlier is not None:
+            self.ctx.log.info("identical file handled before", file=candidate.name, first=earlier.name,
+                              outcome=earlier.outcome)
+            await anyio.to_thread.run_sync(ledger.record, LedgerEntry(
+                candidate.name, candidate.size, candidate.mtime_ns, content.sha256, "duplicate", 0, earlier.reason))
+            self.stats.files_duplicate += 1
+            if earlier.rejected:
+                why = Rejection(f"identical to rejected {earlier.name}: {earlier.reason}")
+                await self._move_rejected(candidate, why)
+            else:
+                await self._move_processed(candidate)
+            return True
+        outcome = await self._parse(candidate, content)
+        source = SourceFile(candidate.name, content.sha256, content.size)
+        if isinstance(outcome, Rejection):
+            await self.ctx.emit([self._rejected_event(source, outcome)])
+            await anyio.to_thread.run_sync(ledger.record, LedgerEntry(
+                candidate.name, candidate.size, candidate.mtime_ns, content.sha256, "rejected", 0, outcome.reason))
+            self.stats.files_rejected += 1
+            self.ctx.log.warning("result file rejected", file=candidate.name, reason=outcome.reason, line=outcome.line)
+            await self._move_rejected(candidate, outcome)
+            return True
+        records = [self._tested_event(board, source, i) for i, board in enumerate(outcome)]
+        await self.ctx.emit(records)  # returns once the buffer made every event durable
+        await anyio.to_thread.run_sync(ledger.record, LedgerEntry(
+            candidate.name, candidate.size, candidate.mtime_ns, content.sha256, "processed", len(records)))
+        self.stats.files_processed += 1
+        self.stats.boards_emitted += len(records)
+        await self._move_processed(candidate)
+        return True
+
+    # -- parts ------------------------------------------------------------------------------------
+
+    def _ledger(self) -> Ledger:
+        if self.ledger is None:
+            raise RuntimeError("the adapter is not entered (use `async with` or session())")
+        return self.ledger
+
+    async def _parse(self, candidate: Candidate, content: FileContent) -> list[TestedBoard] | Rejection:
+        if content.data is None:
+            return Rejection(
+                f"file is {content.size} bytes, larger than max_file_size {int(self.config.max_file_size)}"
+            )
+        started = time.perf_counter()
+        try:
+            boards = await anyio.to_thread.run_sync(self.parser, content.data, self.options)
+        except parsers.ParseError as exc:
+            return Rejection(exc.reason, exc.line)
+        except Exception as exc:  # a plug-in parser's bug must not stop the folder
+            self.ctx.log.exception("result parser crashed", file=candidate.name, format=self.config.format)
+            return Rejection(f"parser {self.config.format} crashed: {type(exc).__name__}: {exc}")
+        finally:
+            self.stats.parse_seconds += time.perf_counter() - started
+        if not boards:
+            return Rejection("the parser found no board in the file")
+        return boards
+
+    def _tested_event(self, board: TestedBoard, source: SourceFile, index: int) -> Record:
+        fields = event_fields(board, source, index, self.tz)
+        if self.config.test_method is not None:
+            fields["test_method"] = self.config.test_method
+        ts = to_utc(board.ended or board.started, self.tz) or utc_iso()
+        return self.ctx.event(EventType.UNIT_TESTED, ts, **fields)
+
+    def _rejected_event(self, source: SourceFile, rejection: Rejection) -> Record:
+        return self.ctx.event(
+            FILE_REJECTED, file=source.file, reason=rejection.reason, line=rejection.line, sha256=source.sha256,
+            size=source.size,
+        )
+
+    async def _move_processed(self, candidate: Candidate) -> None:
+        if self.config.archive is None:
+            self.scanner.done(candidate)
+            return
+        await self._move(candidate, self.config.archive, None)
+
+    async def _move_rejected(self, candidate: Candidate, rejection: Rejection) -> None:
+        if self.config.error is None:
+            self.scanner.done(candidate)
+            return
+        where = f" (line {rejection.line})" if rejection.line is not None else ""
+        await self._move(candidate, self.config.error, f"{rejection.reason}{where}\n")
+
+    async def _move(self, candidate: Candidate, folder: Path, reason: str | None) -> None:
+        try:
+            moved = await anyio.to_thread.run_sync(move_into, candidate.path, folder, candidate.name, reason)
+        except OSError as exc:
+            self.stats.move_errors += 1
+            self.ctx.log.warning("cannot move result file; retrying next scan", file=candidate.name,
+                                 to=str(folder), error=str(exc))
+            self.scanner.retry(candidate)
+            return
+        self.scanner.done(candidate)
+        self.ctx.log.debug("result file moved", file=candidate.name, to=str(moved))
+
+
+def move_into(source: Path, folder: Path, name: str, reason: str | None = None) -> Path:
+    """Move `source` to `folder/name` (sub-folders kept), never overwriting: a taken name gets `.1`, `.2`...
+    With `reason`, `<name>.reason.txt` is written (and fsynced) beside it first. Never deletes a file
+    except the source of a completed cross-device copy (which is what a move is)."""
+    target = folder / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    while target.exists() or (reason is not None and Path(f"{target}.reason.txt").exists()):
+        n += 1
+        target = folder / f"{name}.{n}"
+    if reason is not None:
+        with open(f"{target}.reason.txt", "w", encoding="utf-8") as f:
+            f.write(reason)
+            f.flush()
+            os.fsync(f.fileno())
+    try:
+        os.rename(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:  # the archive is on another file system: copy, sync, then unlink
+            raise
+        shutil.copy2(source, target)
+        with open(target, "rb") as f:
+            os.fsync(f.fileno())
+        os.unlink(source)
+    return target
+
+
+def build(config: ResultFilesEquipment, ctx: AdapterContext, *, ledger_path: Path | None = None) -> ResultFilesAdapter:
+    return ResultFilesAdapter(config, ctx, ledger_path=ledger_path)
+
+
+__all__ = ["FILE_REJECTED", "ResultFilesAdapter", "ResultFilesStats", "build", "move_into"]
