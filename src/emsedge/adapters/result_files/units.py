@@ -39,6 +39,11 @@ class ValueFormatError(ValueError):
     """A value that is not a number in any accepted spelling."""
 
 
+def clean(value: float) -> float:
+    """12 significant digits: `100.20007K` is 100200.07, not 100200.06999999999 (testers print fewer)."""
+    return float(f"{value:.12g}")
+
+
 def spice_value(text: str) -> float:
     """`100.2K` -> 100200.0, `4.7U` -> 4.7e-06, `1MEG` -> 1e6, `52M` -> 0.052 (SPICE: M is milli)."""
     m = _SPICE.match(text)
@@ -47,7 +52,7 @@ def spice_value(text: str) -> float:
     value = float(m.group(1)) * SPICE_SCALE[(m.group(2) or "").upper()]
     if not math.isfinite(value):
         raise ValueFormatError(f"not a finite number: {text!r}")
-    return value
+    return clean(value)
 
 
 def unit_symbol(unit: str) -> str:
@@ -89,4 +94,4 @@ def quantity(text: str, unit: str | None = None) -> tuple[float, str | None]:
     value = number * scale
     if not math.isfinite(value):
         raise ValueFormatError(f"not a finite number: {text!r}")
-    return value, symbol
+    return clean(value), symbol

@@ -82,9 +82,9 @@ def parse(data: bytes, options: ParseOptions) -> list[TestedBoard]:
     unit: _Unit | None = None
     pending = ""
     for number, raw in enumerate(options.decode(data).splitlines(), start=1):
-        line = pending + raw.rstrip()
+        line = f"{pending} {raw.strip()}" if pending else raw.rstrip()
         if line.endswith(" +"):  # continued on the next line
-            pending = line[:-1]
+            pending = line[:-2].rstrip()
             continue
         pending = ""
         if not line.strip():

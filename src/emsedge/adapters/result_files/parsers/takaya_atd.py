@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 from emsedge.adapters.result_files.model import Measurement, Result, TestedBoard, TestStep
 from emsedge.adapters.result_files.parsers import ParseError, ParseOptions, numeric_date, register
+from emsedge.adapters.result_files.units import clean
 
 _VERDICT = re.compile(r"^\*\s*(PASS|FAIL|NG|GOOD|ABORT|STOP)\s*\*\s*$", re.IGNORECASE)
 _GROUP = re.compile(r"^\*\s*GROUP\s+No\.\s*(\d+)\s*\*\s*$", re.IGNORECASE)
@@ -83,7 +84,7 @@ class _Group:
             minus = _number(cell("Tolerance_(-)%"), line, "tolerance (-)")
             if plus is not None and minus is not None:
                 a, b = nominal * (1 - abs(minus) / 100), nominal * (1 + abs(plus) / 100)
-                low, high = min(a, b), max(a, b)
+                low, high = clean(min(a, b)), clean(max(a, b))
         measurement = Measurement(
             part, value, _ELEMENT_UNITS.get(element[:1]), low, high, nominal, "pass" if passed else "fail"
         )
