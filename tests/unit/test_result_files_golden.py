@@ -27,8 +27,9 @@ CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
 
 
 def _events(records: Sequence[Record]) -> list[dict[str, Any]]:
+    # a rejection happens when the gateway reads the file: its time is not part of the golden output
     return [
-        {"ts": r.ts, "event": r.body["event"]}
+        {"ts": r.ts if r.event_type == "unit_tested" else "<time of rejection>", "event": r.body["event"]}
         for r in records
         if r.event_type in ("unit_tested", "file_rejected")
     ]
