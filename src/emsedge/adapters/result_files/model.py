@@ -48,6 +48,8 @@ class Measurement:
 class TestStep:
     """One test (an i3070 BLOCK, a GR228x designator, a CSV row group) and what it measured."""
 
+    __test__ = False  # a domain name, not a pytest test class
+
     name: str
     result: Result
     measurements: tuple[Measurement, ...] = ()
@@ -63,6 +65,8 @@ class TestStep:
 @dataclass(frozen=True, slots=True)
 class TestedBoard:
     """One board's test run. A retest of the same serial is another `TestedBoard`, never merged."""
+
+    __test__ = False  # a domain name, not a pytest test class
 
     serial: str
     result: Result

@@ -111,6 +111,8 @@ def _time(node: Node, index: int, what: str) -> datetime | None:
     if not text:
         return None
     try:
+        if len(text) != 12 or not text.isdigit():
+            raise ValueError(text)
         return datetime.strptime(text, "%y%m%d%H%M%S")
     except ValueError:
         raise ParseError(f"@{node.tag} {what} {text!r} is not YYMMDDhhmmss", node.line) from None
