@@ -33,6 +33,7 @@ _ANALOG_UNITS: dict[str, str | None] = {
 }
 _STATUS_DESIGNATOR_LAST = {"TJET", "CCHK", "PCHK", "PRB"}
 MAX_DEPTH = 64
+MAX_DURATION_S = 7 * 24 * 3600
 
 
 @dataclass(slots=True)
@@ -180,6 +181,10 @@ def _other_test(node: Node) -> TestStep | None:
 
 
 def _board(btest: Node, batch: Node | None) -> TestedBoard:
+    if len(btest.fields) < 12:
+        raise ParseError(f"@BTEST has {len(btest.fields)} fields, expected at least 12", btest.line)
+    if batch is not None and len(batch.fields) < 11:
+        raise ParseError(f"@BATCH has {len(batch.fields)} fields, expected at least 11", batch.line)
     serial = _field(btest, 0)
     if not serial:
         raise ParseError("@BTEST without a board id (serial)", btest.line)
@@ -187,7 +192,10 @@ def _board(btest: Node, batch: Node | None) -> TestedBoard:
     started = _time(btest, 2, "start")
     ended = _time(btest, 9, "end")
     if ended is None and started is not None and _field(btest, 3):
-        ended = started + timedelta(seconds=_int(btest, 3, "duration"))
+        duration = _int(btest, 3, "duration")
+        if not 0 <= duration <= MAX_DURATION_S:
+            raise ParseError(f"@BTEST duration {duration} s is not plausible", btest.line)
+        ended = started + timedelta(seconds=duration)
     number = _field(btest, 11)
     tests: list[TestStep] = []
     for child in btest.children:

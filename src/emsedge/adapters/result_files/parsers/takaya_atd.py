@@ -117,7 +117,9 @@ def parse(data: bytes, options: ParseOptions) -> list[TestedBoard]:
             elif text.startswith("DATE"):
                 started = numeric_date(text.removeprefix("DATE").strip(), order, number)
             elif text.startswith("Test time:"):
-                duration = _number(text.removeprefix("Test time:").strip().split()[0], number, "test time")
+                duration = _number((text.removeprefix("Test time:").split() or [""])[0], number, "test time")
+                if duration is not None and not 0 <= duration <= 7 * 24 * 3600:
+                    raise ParseError(f"test time {duration} s is not plausible", number)
             elif text.startswith("Test ID"):
                 tester = text.split(":", 1)[-1].strip() or None
             elif text.startswith("Serial No."):
@@ -136,12 +138,12 @@ def parse(data: bytes, options: ParseOptions) -> list[TestedBoard]:
             if not groups:
                 groups.append(_Group(None, overall))
             groups[-1].serial = text.split(":", 1)[-1].strip() or None
-        elif "\t" in raw and "Parts" in raw and "Judgement" in raw:
+        elif "\t" in raw and {"Parts", "Judgement"} <= set(names := [c.strip() for c in raw.split("\t")]):
             if not groups:
                 raise ParseError("table header before any board", number)
             columns: dict[str, int] = {}
-            for i, name in enumerate(raw.split("\t")):
-                columns.setdefault(name.strip(), i)
+            for i, name in enumerate(names):
+                columns.setdefault(name, i)
             groups[-1].columns = columns
         elif "\t" in raw:
             if not groups or groups[-1].columns is None:
