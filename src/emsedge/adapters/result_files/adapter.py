@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -58,6 +59,23 @@ class ResultFilesStats:
 class Rejection:
     reason: str
     line: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """What one file turned out to be, before anything is emitted or moved."""
+
+    candidate: Candidate
+    kind: Literal["known", "changed", "duplicate", "rejected", "boards"]
+    sha256: str = ""
+    size: int = 0
+    earlier: LedgerEntry | None = None
+    rejection: Rejection | None = None
+    boards: list[TestedBoard] | None = None
+
+
+BATCH_FILES = 64
+BATCH_BYTES = 8 << 20
 
 
 class ResultFilesAdapter:
@@ -128,61 +146,103 @@ class ResultFilesAdapter:
         if self._folder_ok is not True:
             self._folder_ok = True
             await self.ctx.connection_restored()
+        return await self._handle(candidates)
+
+    async def _handle(self, candidates: list[Candidate]) -> int:
+        """Prepare files one by one; commit parsed ones in batches (one emit, one ledger transaction),
+        so a backlog costs two syncs per batch instead of two per file. Memory per batch is bounded by
+        `BATCH_FILES` and `BATCH_BYTES` (file bytes are dropped once parsed)."""
         handled = 0
+        ready: list[_Prepared] = []
+        hashes: set[str] = set()
+        budget = BATCH_BYTES
         for candidate in candidates:
-            if await self.handle(candidate):
+            prepared = await anyio.to_thread.run_sync(self._prepare, candidate)
+            if prepared.kind == "changed":
+                self.scanner.retry(candidate)
+            elif prepared.kind in ("known", "duplicate"):
+                await self._settle_earlier(prepared)
                 handled += 1
+            elif prepared.sha256 in hashes:
+                self.scanner.retry(candidate)  # identical to a file of this batch: recognised next scan
+            else:
+                hashes.add(prepared.sha256)
+                ready.append(prepared)
+                budget -= prepared.size
+                if len(ready) >= BATCH_FILES or budget <= 0:
+                    handled += await self._commit(ready)
+                    ready, budget = [], BATCH_BYTES
+                    hashes.clear()
+        if ready:
+            handled += await self._commit(ready)
         return handled
 
-    async def handle(self, candidate: Candidate) -> bool:
+    def _prepare(self, candidate: Candidate) -> _Prepared:
+        """Worker thread: ledger look-ups, chunked read and hash, parse. Never raises for a file's content."""
         ledger = self._ledger()
-        known = await anyio.to_thread.run_sync(ledger.by_identity, candidate.name, candidate.size, candidate.mtime_ns)
+        known = ledger.by_identity(candidate.name, candidate.size, candidate.mtime_ns)
         if known is not None:  # handled before a crash (ledger written, not moved yet), or left in place
-            if known.rejected:
-                await self._move_rejected(candidate, Rejection(known.reason or "rejected earlier"))
-            else:
-                await self._move_processed(candidate)
-            return True
+            return _Prepared(candidate, "known", known.sha256, candidate.size, earlier=known)
         try:
-            content = await anyio.to_thread.run_sync(read, candidate, int(self.config.max_file_size))
+            content = read(candidate, int(self.config.max_file_size))
         except FileChanged:
-            self.scanner.retry(candidate)
-            return False
+            return _Prepared(candidate, "changed")
         except OSError as exc:
             self.ctx.log.warning("cannot read result file", file=candidate.name, error=str(exc))
-            self.scanner.retry(candidate)
-            return False
-        earlier = await anyio.to_thread.run_sync(ledger.by_hash, content.sha256)
+            return _Prepared(candidate, "changed")
+        earlier = ledger.by_hash(content.sha256)
         if earlier is not None:
+            return _Prepared(candidate, "duplicate", content.sha256, content.size, earlier=earlier)
+        outcome = self._parse(candidate, content)
+        if isinstance(outcome, Rejection):
+            return _Prepared(candidate, "rejected", content.sha256, content.size, rejection=outcome)
+        return _Prepared(candidate, "boards", content.sha256, content.size, boards=outcome)
+
+    async def _settle_earlier(self, prepared: _Prepared) -> None:
+        """A file whose content was handled before: record a re-drop, then move it where the first went."""
+        candidate, earlier = prepared.candidate, prepared.earlier
+        assert earlier is not None
+        if prepared.kind == "duplicate":
             self.ctx.log.info("identical file handled before", file=candidate.name, first=earlier.name,
                               outcome=earlier.outcome)
-            await anyio.to_thread.run_sync(ledger.record, LedgerEntry(
-                candidate.name, candidate.size, candidate.mtime_ns, content.sha256, "duplicate", 0, earlier.reason))
+            entry = LedgerEntry(candidate.name, candidate.size, candidate.mtime_ns, prepared.sha256, "duplicate", 0,
+                                earlier.reason)
+            await anyio.to_thread.run_sync(self._ledger().record, [entry])
             self.stats.files_duplicate += 1
-            if earlier.rejected:
-                why = Rejection(f"identical to rejected {earlier.name}: {earlier.reason}")
-                await self._move_rejected(candidate, why)
+        if earlier.rejected:
+            reason = earlier.reason or "rejected earlier"
+            if prepared.kind == "duplicate":
+                reason = f"identical to rejected {earlier.name}: {reason}"
+            await self._move_rejected(candidate, Rejection(reason))
+        else:
+            await self._move_processed(candidate)
+
+    async def _commit(self, batch: list[_Prepared]) -> int:
+        records: list[Record] = []
+        entries: list[LedgerEntry] = []
+        for p in batch:
+            c = p.candidate
+            source = SourceFile(c.name, p.sha256, p.size)
+            if p.rejection is not None:
+                records.append(self._rejected_event(source, p.rejection))
+                entries.append(LedgerEntry(c.name, c.size, c.mtime_ns, p.sha256, "rejected", 0, p.rejection.reason))
             else:
-                await self._move_processed(candidate)
-            return True
-        outcome = await self._parse(candidate, content)
-        source = SourceFile(candidate.name, content.sha256, content.size)
-        if isinstance(outcome, Rejection):
-            await self.ctx.emit([self._rejected_event(source, outcome)])
-            await anyio.to_thread.run_sync(ledger.record, LedgerEntry(
-                candidate.name, candidate.size, candidate.mtime_ns, content.sha256, "rejected", 0, outcome.reason))
-            self.stats.files_rejected += 1
-            self.ctx.log.warning("result file rejected", file=candidate.name, reason=outcome.reason, line=outcome.line)
-            await self._move_rejected(candidate, outcome)
-            return True
-        records = [self._tested_event(board, source, i) for i, board in enumerate(outcome)]
-        await self.ctx.emit(records)  # returns once the buffer made every event durable
-        await anyio.to_thread.run_sync(ledger.record, LedgerEntry(
-            candidate.name, candidate.size, candidate.mtime_ns, content.sha256, "processed", len(records)))
-        self.stats.files_processed += 1
-        self.stats.boards_emitted += len(records)
-        await self._move_processed(candidate)
-        return True
+                boards = p.boards or []
+                records.extend(self._tested_event(board, source, i) for i, board in enumerate(boards))
+                entries.append(LedgerEntry(c.name, c.size, c.mtime_ns, p.sha256, "processed", len(boards)))
+        await self.ctx.emit(records)  # returns once the buffer made every event of the batch durable
+        await anyio.to_thread.run_sync(self._ledger().record, entries)
+        for p in batch:
+            if p.rejection is not None:
+                self.stats.files_rejected += 1
+                self.ctx.log.warning("result file rejected", file=p.candidate.name, reason=p.rejection.reason,
+                                     line=p.rejection.line)
+                await self._move_rejected(p.candidate, p.rejection)
+            else:
+                self.stats.files_processed += 1
+                self.stats.boards_emitted += len(p.boards or [])
+                await self._move_processed(p.candidate)
+        return len(batch)
 
     # -- parts ------------------------------------------------------------------------------------
 
@@ -191,14 +251,14 @@ class ResultFilesAdapter:
             raise RuntimeError("the adapter is not entered (use `async with` or session())")
         return self.ledger
 
-    async def _parse(self, candidate: Candidate, content: FileContent) -> list[TestedBoard] | Rejection:
+    def _parse(self, candidate: Candidate, content: FileContent) -> list[TestedBoard] | Rejection:
         if content.data is None:
             return Rejection(
                 f"file is {content.size} bytes, larger than max_file_size {int(self.config.max_file_size)}"
             )
         started = time.perf_counter()
         try:
-            boards = await anyio.to_thread.run_sync(self.parser, content.data, self.options)
+            boards = self.parser(content.data, self.options)
         except parsers.ParseError as exc:
             return Rejection(exc.reason, exc.line)
         except Exception as exc:  # a plug-in parser's bug must not stop the folder

@@ -87,14 +87,16 @@ class Ledger:
         ).fetchone()
         return LedgerEntry(*row) if row is not None else None
 
-    def record(self, entry: LedgerEntry) -> None:
-        """Commit one entry durably before returning."""
-        self._db.execute(
-            "INSERT INTO files (name, size, mtime_ns, sha256, outcome, boards, reason, processed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (entry.name, entry.size, entry.mtime_ns, entry.sha256, entry.outcome, entry.boards, entry.reason,
-             time.time()),
-        )
+    def record(self, entries: list[LedgerEntry]) -> None:
+        """Commit the entries in one transaction, durably, before returning."""
+        now = time.time()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO files (name, size, mtime_ns, sha256, outcome, boards, reason, processed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.name, e.size, e.mtime_ns, e.sha256, e.outcome, e.boards, e.reason, now) for e in entries],
+            )
 
     def count(self, outcome: Outcome | None = None) -> int:
         if outcome is None:
