@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from emsedge.adapters.result_files.model import Measurement, Result, TestedBoard, TestStep
 from emsedge.adapters.result_files.parsers import ParseError, ParseOptions, register
 
-_TOKEN = re.compile(r"[{}]|[^{}]+")
+_TOKEN = re.compile(r"\{([^{}]*)|\}|[^{}]+")
 _ANALOG_UNITS: dict[str, str | None] = {
     "A-CAP": "F", "A-RES": "Ohm", "A-JUM": "Ohm", "A-FUS": "Ohm", "A-POT": "Ohm", "A-SWI": "Ohm",
     "A-IND": "H", "A-DIO": "V", "A-ZEN": "V", "A-MEA": None, "A-NPN": None, "A-PNP": None,
@@ -45,47 +45,44 @@ class Node:
 
 
 def records(text: str) -> list[Node]:
-    """The record tree. Braces must balance; text between children (line breaks) is ignored."""
+    """The record tree. Braces must balance; text between children (line breaks) is ignored.
+
+    One regex match per record opening (with its fields) or closing; line numbers are counted only up to
+    where a record opens, with `str.count` (this loop is the parser's hot path)."""
     roots: list[Node] = []
     stack: list[Node] = []
-    line = 1
-    expect_fields = False
+    line, counted = 1, 0
     for m in _TOKEN.finditer(text):
-        token = m.group()
-        if token == "{":
+        start = m.start()
+        kind = text[start]
+        if kind == "{":
+            line += text.count("\n", counted, start)
+            counted = start
             if len(stack) >= MAX_DEPTH:
                 raise ParseError(f"records nested deeper than {MAX_DEPTH}", line)
-            node = Node("", [], line)
+            head = m.group(1).rstrip("\r\n")
+            tag, *fields = head.split("|")
+            tag = tag.split("\\", 1)[0].strip()
+            if len(tag) < 2 or tag[0] != "@":
+                raise ParseError(f"record does not start with '@TAG': {head[:40]!r}", line)
+            node = Node(tag[1:], [f.strip() for f in fields], line)
             (stack[-1].children if stack else roots).append(node)
             stack.append(node)
-            expect_fields = True
-        elif token == "}":
+        elif kind == "}":
             if not stack:
-                raise ParseError("'}' without an open record", line)
-            if not stack[-1].tag:
-                raise ParseError("empty record '{}'", line)
+                raise ParseError("'}' without an open record", line + text.count("\n", counted, start))
             stack.pop()
-            expect_fields = False
-        else:
-            if expect_fields:
-                head = token.rstrip("\r\n")
-                tag, *fields = head.split("|")
-                tag = tag.split("\\", 1)[0].strip()
-                if not tag.startswith("@") or len(tag) < 2:
-                    raise ParseError(f"record does not start with '@TAG': {head[:40]!r}", line)
-                stack[-1].tag = tag[1:]
-                stack[-1].fields = fields
-                expect_fields = False
-            elif not stack and token.strip():
-                raise ParseError(f"text outside any record: {token.strip()[:40]!r}", line)
-            line += token.count("\n")
+        elif not stack and m.group().strip():
+            line += text.count("\n", counted, start)
+            raise ParseError(f"text outside any record: {m.group().strip()[:40]!r}", line)
     if stack:
         raise ParseError(f"record @{stack[-1].tag} opened here is never closed (truncated file?)", stack[-1].line)
     return roots
 
 
 def _field(node: Node, index: int) -> str:
-    return node.fields[index].strip() if index < len(node.fields) else ""
+    fields = node.fields
+    return fields[index] if index < len(fields) else ""
 
 
 def _int(node: Node, index: int, what: str) -> int:
