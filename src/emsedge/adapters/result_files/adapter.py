@@ -75,6 +75,7 @@ class _Prepared:
 
 
 BATCH_FILES = 64
+PRUNE_EVERY_S = 24 * 3600.0
 BATCH_BYTES = 8 << 20
 
 
@@ -108,13 +109,24 @@ class ResultFilesAdapter:
             clock=clock,
         )
         self.stats = ResultFilesStats()
+        self.clock = clock
+        self._pruned_at = clock()
         self._folder_ok: bool | None = None
+        self._moves_failing = False
+        self._unreadable: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def __aenter__(self) -> ResultFilesAdapter:
         self.ledger = await anyio.to_thread.run_sync(Ledger, self.ledger_path)
+        await self._prune()
         return self
+
+    async def _prune(self) -> None:
+        self._pruned_at = self.clock()
+        pruned = await anyio.to_thread.run_sync(self._ledger().prune, self.config.ledger_retention)
+        if pruned:
+            self.ctx.log.info("ledger entries expired", count=pruned, retention_s=self.config.ledger_retention)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.ledger is not None:
@@ -126,6 +138,8 @@ class ResultFilesAdapter:
             task_status.started()
             while True:
                 await self.scan_once()
+                if self.clock() - self._pruned_at > PRUNE_EVERY_S:
+                    await self._prune()
                 await anyio.sleep(self.config.poll_interval)
 
     async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -188,8 +202,11 @@ class ResultFilesAdapter:
         except FileChanged:
             return _Prepared(candidate, "changed")
         except OSError as exc:
-            self.ctx.log.warning("cannot read result file", file=candidate.name, error=str(exc))
+            if candidate.name not in self._unreadable:  # once per file, not once per scan
+                self._unreadable.add(candidate.name)
+                self.ctx.log.warning("cannot read result file; retrying", file=candidate.name, error=str(exc))
             return _Prepared(candidate, "changed")
+        self._unreadable.discard(candidate.name)
         earlier = ledger.by_hash(content.sha256)
         if earlier is not None:
             return _Prepared(candidate, "duplicate", content.sha256, content.size, earlier=earlier)
@@ -301,10 +318,15 @@ class ResultFilesAdapter:
             moved = await anyio.to_thread.run_sync(move_into, candidate.path, folder, candidate.name, reason)
         except OSError as exc:
             self.stats.move_errors += 1
-            self.ctx.log.warning("cannot move result file; retrying next scan", file=candidate.name,
-                                 to=str(folder), error=str(exc))
+            if not self._moves_failing:  # log the state change, not every retry
+                self._moves_failing = True
+                self.ctx.log.warning("cannot move result files; retrying every scan", file=candidate.name,
+                                     to=str(folder), error=str(exc))
             self.scanner.retry(candidate)
             return
+        if self._moves_failing:
+            self._moves_failing = False
+            self.ctx.log.info("result files move again", to=str(folder))
         self.scanner.done(candidate)
         self.ctx.log.debug("result file moved", file=candidate.name, to=str(moved))
 

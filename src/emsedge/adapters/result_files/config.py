@@ -117,6 +117,9 @@ class ResultFilesEquipment(EquipmentBase):
     ledger: Path | None = Field(
         None, description="SQLite ledger of processed files; default: beside the buffer, per equipment."
     )
+    ledger_retention: Duration = Field(
+        90 * 24 * 3600.0, description="Ledger entries older than this are forgotten (default 90 days, 2160h)."
+    )
     delimited: DelimitedMapping | None = Field(None, description="Column mapping; required with format: delimited.")
 
     @field_validator("format")
