@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tracemalloc
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -268,6 +269,25 @@ async def test_a_file_above_max_file_size_is_rejected_unread(folders: dict[str, 
     (rejected,) = sink.events("file_rejected")
     assert "larger than max_file_size 16384" in rejected["reason"] and rejected["size"] == len(PANEL) * 40
     assert sink.serials() == []
+
+
+@pytest.mark.asyncio
+async def test_a_200_mb_file_is_hashed_in_bounded_memory_and_rejected_with_its_size(folders: dict[str, Path]) -> None:
+    sink = Sink()
+    huge = folders["in"] / "huge.log"
+    huge.touch()
+    os.truncate(huge, 200 << 20)  # sparse: 200 MB to read, little to write
+    tracemalloc.start()
+    try:
+        async with _adapter(folders, sink) as adapter:
+            assert await adapter.scan_once() == 1
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"peak Python allocations {peak / 1e6:.1f} MB while reading a 200 MB file"
+    (rejected,) = sink.events("file_rejected")
+    assert rejected["size"] == 200 << 20 and "larger than max_file_size" in rejected["reason"]
+    assert (folders["error"] / "huge.log").stat().st_size == 200 << 20
 
 
 @pytest.mark.asyncio

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
 
 from emsedge.adapters.result_files import parsers
 from emsedge.adapters.result_files.config import ResultFilesEquipment
-from emsedge.adapters.result_files.model import TestedBoard
+from emsedge.adapters.result_files.model import TestedBoard, to_utc
 from emsedge.adapters.result_files.parsers import ParseError, ParseOptions, parser_for
 from emsedge.adapters.result_files.units import ValueFormatError, quantity, spice_value, unit_symbol
 
@@ -178,7 +180,7 @@ def test_a_registered_parser_is_accepted_by_the_config_and_used() -> None:
 
 
 PLUGIN = '''
-from emsedge.adapters.result_files.model import TestedBoard
+from emsedge.adapters.result_files.model import TestedBoard, to_utc
 
 def parse(data, options):
     return [TestedBoard(serial=line, result="pass", raw_result="P", test_method="fct")
@@ -204,3 +206,14 @@ def test_an_installed_parser_plugin_is_found_through_its_entry_point(installed_p
     eq = _equipment(format="acme_lines")
     boards = parser_for(eq.format)(b"A1 A2\n", eq.parse_options())
     assert [b.serial for b in boards] == ["A1", "A2"]
+
+
+def test_tester_local_times_across_daylight_saving_changes_follow_zoneinfo() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    assert to_utc(datetime(2026, 1, 14, 10, 15, 2), berlin) == "2026-01-14T09:15:02.000Z"  # CET
+    assert to_utc(datetime(2026, 7, 14, 10, 15, 2), berlin) == "2026-07-14T08:15:02.000Z"  # CEST
+    # 02:30 on 25 Oct 2026 happens twice: read as its first occurrence (still CEST)
+    assert to_utc(datetime(2026, 10, 25, 2, 30), berlin) == "2026-10-25T00:30:00.000Z"
+    # 02:30 on 29 Mar 2026 never happens on a Berlin clock: zoneinfo reads it with the offset before the jump
+    assert to_utc(datetime(2026, 3, 29, 2, 30), berlin) == "2026-03-29T01:30:00.000Z"
+    assert to_utc(None, berlin) is None
