@@ -217,3 +217,43 @@ def test_tester_local_times_across_daylight_saving_changes_follow_zoneinfo() -> 
     # 02:30 on 29 Mar 2026 never happens on a Berlin clock: zoneinfo reads it with the offset before the jump
     assert to_utc(datetime(2026, 3, 29, 2, 30), berlin) == "2026-03-29T01:30:00.000Z"
     assert to_utc(None, berlin) is None
+
+
+def test_delimited_rows_with_a_serial_column_form_one_board_per_serial_and_limits_judge_rows() -> None:
+    eq = _equipment(format="delimited", delimited={
+        "separator": ",", "header_row": 1,
+        "columns": {"serial": 1, "test": "step", "value": "v", "unit": "u", "low": "lo", "high": "hi",
+                    "started": "when"},
+    })
+    text = (
+        "sn,step,v,u,lo,hi,when\n"
+        "A1,vcc,3.31,V,3.2,3.4,2026-02-01T10:00:00\n"
+        "A1,idle,12,mA,,10,2026-02-01T10:00:00\n"
+        "A2,vcc,3.29,V,3.2,3.4,2026-02-01T10:01:00+01:00\n"
+        "\n"
+        "A2,idle,9.5,mA,,10,2026-02-01T10:01:00+01:00\n"
+    )
+    boards = parser_for("delimited")(text.encode(), eq.parse_options())
+    assert [(b.serial, b.result, b.raw_result, b.failed_tests) for b in boards] == [
+        ("A1", "fail", "derived", ["idle"]), ("A2", "pass", "derived", []),
+    ]
+    idle = boards[0].tests[1].measurements[0]
+    assert (idle.value, idle.unit, idle.high, idle.low) == (0.012, "A", 0.01, None)
+    assert to_utc(boards[1].started, ZoneInfo("Asia/Tokyo")) == "2026-02-01T09:01:00.000Z"  # offset in the file wins
+
+
+def test_delimited_names_a_missing_column_and_a_short_row() -> None:
+    eq = _equipment(format="delimited", delimited={"separator": ";", "columns": {"serial": "SN", "test": "Test"}})
+    with pytest.raises(ParseError, match="column 'SN'"):
+        parser_for("delimited")(b"Serial;Test\nX;t\n", eq.parse_options())
+    eq = _equipment(format="delimited", delimited={"separator": ";", "columns": {"serial": 1, "test": 3}})
+    with pytest.raises(ParseError) as info:
+        parser_for("delimited")(b"a;b;c\nX;y;z\nX;y\n", eq.parse_options())
+    assert info.value.line == 3
+
+
+def test_spea_file_with_two_boards_yields_both() -> None:
+    one = "START;Programme;P;1;P;op;01/02/2026;10:00:00\nSN;{sn}\nEND;{v};01/02/2026;10:00:30\n"
+    text = "FORMAT;mmdd\n" + one.format(sn="S1", v="PASS") + one.format(sn="S2", v="ABORT")
+    boards = _parse("spea", text)
+    assert [(b.serial, b.result, b.raw_result) for b in boards] == [("S1", "pass", "PASS"), ("S2", "aborted", "ABORT")]
