@@ -257,3 +257,10 @@ def test_spea_file_with_two_boards_yields_both() -> None:
     text = "FORMAT;mmdd\n" + one.format(sn="S1", v="PASS") + one.format(sn="S2", v="ABORT")
     boards = _parse("spea", text)
     assert [(b.serial, b.result, b.raw_result) for b in boards] == [("S1", "pass", "PASS"), ("S2", "aborted", "ABORT")]
+
+
+def test_a_utf16_file_is_not_mistaken_for_binary() -> None:
+    eq = _equipment(format="delimited", encoding="utf-16",
+                    delimited={"separator": "\t", "columns": {"serial": "SN", "test": "Test", "value": "V"}})
+    boards = parser_for("delimited")("SN\tTest\tV\nU1\tvcc\t3.3\n".encode("utf-16"), eq.parse_options())
+    assert boards[0].serial == "U1" and boards[0].tests[0].measurements[0].value == 3.3

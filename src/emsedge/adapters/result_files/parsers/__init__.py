@@ -17,6 +17,7 @@ and `format: my_format` in the config uses it. `parser_for()` resolves built-ins
 
 from __future__ import annotations
 
+import codecs
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,7 +53,8 @@ class ParseOptions:
 
     def decode(self, data: bytes) -> str:
         """Text of the file; undecodable bytes and binary content become a ParseError naming the line."""
-        if b"\x00" in data[:65536]:
+        wide = codecs.lookup(self.encoding).name.startswith(("utf-16", "utf-32")) if _known(self.encoding) else False
+        if not wide and b"\x00" in data[:65536]:
             raise ParseError("binary content (NUL bytes): not a text result file", _line_of(data, data.index(b"\x00")))
         try:
             text = data.decode(self.encoding)
@@ -105,6 +107,14 @@ def parser_for(name: str) -> Parser:
             loaded: Parser = ep.load()
             return loaded
     raise KeyError(f"no result-file parser named {name!r} (known: {', '.join(available())})")
+
+
+def _known(encoding: str) -> bool:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        return False
+    return True
 
 
 def _line_of(data: bytes, offset: int) -> int:
