@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: venv demo run test test-all soak lint typecheck bench mosquitto clean
 
+DEMO_STAMP := $(VENV)/.installed-demo
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -14,14 +16,20 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The demo extra adds what only the demo needs (an embedded MQTT broker for machines without mosquitto).
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
+
 # Installs and runs the main job: the virtual SMT line demo.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/emsedge demo
 
 # Installs everything (Python deps into .venv, mosquitto when missing) and runs the suite.
 test: $(STAMP) mosquitto
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests examples
+	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 	$(BIN)/pytest -q -m "not soak" -p no:cacheprovider
 
 soak: $(STAMP) mosquitto
@@ -33,8 +41,8 @@ mosquitto:
 	    else sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto; fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/mypy src
+	$(BIN)/ruff check src tests examples
+	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 
 # Benchmarks print figures (values/s, latency percentiles, CPU, RSS); a few minutes each, not tests.
 bench: $(STAMP) mosquitto

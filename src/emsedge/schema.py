@@ -57,6 +57,20 @@ class EventType(StrEnum):
     COLLECTION_EVENT = "collection_event"  # SECS/GEM event report for a CEID the config does not map
 
 
+EMITTABLE_EVENTS: tuple[EventType, ...] = (
+    EventType.UNIT_PROCESSED,
+    EventType.UNIT_TESTED,
+    EventType.UNIT_INSPECTED,
+    EventType.MATERIALS_INSTALLED,
+    EventType.COMPONENTS_PLACED,
+    EventType.FAULT_OCCURRED,
+    EventType.FAULT_CLEARED,
+    EventType.STATION_STATE_CHANGED,
+)
+"""Event types a config may name (`emit:` of a trigger or a SECS/GEM collection event). The others are the
+gateway's own (connection, buffer) or the fallback for an unmapped collection event."""
+
+
 # SEMI E58 / CFX ResourceState codes -> names used in station_state_changed events.
 STATION_STATES: dict[int, str] = {
     1000: "productive",

@@ -37,7 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from emsedge.adapters.base import POLL_DURATION_BUCKETS, EquipmentHealth
+from emsedge.supervisor import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
 log = structlog.get_logger("emsedge.service")
 
@@ -93,14 +93,14 @@ class GatewayState:
 
     def status_line(self) -> str:
         """E.g. "5 equipment, 4 connected, backlog 0" (plus ", broker disconnected" when it is)."""
-        active = [h for h in self.equipment.values() if not h.disabled]
-        connected = sum(1 for h in active if h.connected)
+        states = [h.state for h in self.equipment.values()]
+        connected = states.count(EquipmentState.CONNECTED)
         stats = self._buffer()
         backlog = _stat(stats, "count", "?")
         line = f"{len(self.equipment)} equipment, {connected} connected, backlog {backlog}"
-        disabled = len(self.equipment) - len(active)
-        if disabled:
-            line += f", {disabled} disabled"
+        for state in (EquipmentState.FAILED, EquipmentState.DISABLED):
+            if states.count(state):
+                line += f", {states.count(state)} {state.value}"
         if not self.broker_connected():
             line += ", broker disconnected"
         return line
@@ -108,8 +108,9 @@ class GatewayState:
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for /healthz.
 
-        `ok`: broker and every enabled piece of equipment connected, buffer writable. `degraded`: something
-        is down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
+        `ok`: broker and every enabled piece of equipment connected, buffer writable (`failed` equipment,
+        refused for a permanent reason, is not ok; `disabled` in the config is). `degraded`: something is
+        down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
         buffer cannot accept records, HTTP 503 so Docker or a load balancer notices.
         """
         stats = self._buffer()
@@ -119,10 +120,11 @@ class GatewayState:
         all_up = True
         for equipment_id, h in sorted(self.equipment.items()):
             kind, adapter = self.equipment_info.get(equipment_id, ("?", "?"))
-            all_up &= h.connected or h.disabled
+            all_up &= h.connected or h.state is EquipmentState.DISABLED
             equipment[equipment_id] = {
                 "type": kind,
                 "adapter": adapter,
+                "state": h.state.value,
                 "connected": h.connected,
                 "disabled": h.disabled,
                 "last_good_read": h.last_good_read,
@@ -191,6 +193,14 @@ class GatewayCollector:
         disabled = GaugeMetricFamily(
             "emsedge_equipment_disabled", "1 when disabled (permanent error or config).", labels=labels
         )
+        state = GaugeMetricFamily(
+            "emsedge_equipment_state", "1 for the state the equipment is in (connecting, connected, retrying, "
+            "failed, disabled), 0 for the others.", labels=["equipment", "state"],
+        )
+        lost = CounterMetricFamily(
+            "emsedge_equipment_lost_values", "Values lost at the source before they became records "
+            "(e.g. reason=opcua_queue_overflow).", labels=["equipment", "reason"],
+        )
         durations = HistogramMetricFamily(
             "emsedge_poll_duration_seconds", "Duration of successful polls.", labels=labels
         )
@@ -205,10 +215,14 @@ class GatewayCollector:
             reconnects.add_metric(lv, h.reconnects)
             connected.add_metric(lv, 1.0 if h.connected else 0.0)
             disabled.add_metric(lv, 1.0 if h.disabled else 0.0)
+            for candidate in EquipmentState:
+                state.add_metric([equipment_id, candidate.value], 1.0 if h.state is candidate else 0.0)
+            for reason, count in sorted(h.losses.items()):
+                lost.add_metric([equipment_id, reason], count)
             durations.add_metric(
                 lv, _buckets(POLL_DURATION_BUCKETS, h.poll_duration_counts), sum_value=h.poll_duration_sum
             )
-        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, durations)
+        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, state, lost, durations)
 
         yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
         yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)

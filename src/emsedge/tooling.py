@@ -13,7 +13,6 @@ piece of equipment answered and every signal read with good quality.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any, TextIO
 import anyio
 
 from emsedge.config import EquipmentBase, LoggingConfig, Settings
-from emsedge.errors import BufferError, EmsedgeError
+from emsedge.errors import AdapterError, BufferError, EmsedgeError
 from emsedge.schema import EventType, Record
 
 ONLINE_TIMEOUT = 15.0
@@ -109,11 +108,11 @@ def _readings(records: Sequence[Record]) -> list[dict[str, Any]]:
 
 async def read_equipment(equipment: EquipmentBase, deadline: float = ONLINE_TIMEOUT) -> OnlineResult:
     """Read every signal of one piece of equipment once through its adapter (see module docstring)."""
-    from emsedge.adapters import factory_for  # noqa: PLC0415 - imports every adapter's libraries
+    from emsedge.adapters import spec_for  # noqa: PLC0415
     from emsedge.adapters.base import AdapterContext, PolledAdapter, PushAdapter  # noqa: PLC0415
+    from emsedge.adapters.spec import ReadsOnce  # noqa: PLC0415
 
-    adapter_name = str(getattr(equipment, "adapter", "?"))
-    result = OnlineResult(equipment.id, adapter_name)
+    result = OnlineResult(equipment.id, equipment.adapter)
     started = time.monotonic()
     emitted: list[Record] = []
     got_values = anyio.Event()
@@ -130,17 +129,25 @@ async def read_equipment(equipment: EquipmentBase, deadline: float = ONLINE_TIME
 
     ctx = AdapterContext(equipment=equipment, emit=emit)
     try:
-        adapter: Any = factory_for(adapter_name)(ctx)
+        adapter = spec_for(equipment.adapter).build(equipment, ctx)
         with anyio.fail_after(deadline):
-            read_once = getattr(adapter, "read_once", None)
-            if callable(read_once) and not inspect.signature(read_once).parameters:
-                result.readings = list(await read_once())
+            if isinstance(adapter, ReadsOnce):
+                result.readings = list(await adapter.read_once())
             elif isinstance(adapter, PolledAdapter):
                 async with adapter:
                     result.readings = _readings(await adapter.poll())
             elif isinstance(adapter, PushAdapter):
+                push = adapter
+
+                async def one_session() -> None:
+                    try:
+                        await push.session(ctx)
+                    except AdapterError as exc:
+                        lost.append(str(exc))
+                        got_values.set()
+
                 async with anyio.create_task_group() as tg:
-                    await tg.start(adapter.run, ctx)
+                    tg.start_soon(one_session)
                     with anyio.move_on_after(deadline - 0.5):
                         await got_values.wait()
                     tg.cancel_scope.cancel()

@@ -10,8 +10,8 @@ import uuid
 import pytest
 from asyncua import ua
 
+from emsedge.adapters.opcua.config import OpcUaSignal
 from emsedge.adapters.opcua.convert import quality_of, reading_from_datavalue, to_json
-from emsedge.config import OpcUaSignal
 from emsedge.schema import Quality
 
 SIGNAL = OpcUaSignal(name="vacuum", node="ns=2;s=V", unit="kPa")

@@ -39,8 +39,8 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
+from emsedge.adapters.hsms.config import HsmsConnection
 from emsedge.adapters.hsms.secs2 import Item, Secs2DecodeError, decode, encode, to_sml
-from emsedge.config import HsmsConnection
 
 __all__ = [
     "HEADER",

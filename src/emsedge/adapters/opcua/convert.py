@@ -23,7 +23,7 @@ from typing import Any
 
 from asyncua import ua
 
-from emsedge.config import OpcUaSignal
+from emsedge.adapters.opcua.config import OpcUaSignal
 from emsedge.schema import Quality, utc_iso
 
 _NOT_FINITE = "BadOutOfRange"
