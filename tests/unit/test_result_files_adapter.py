@@ -13,13 +13,15 @@ from typing import Any
 import anyio
 import pytest
 
-from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.base import AdapterContext, EquipmentState
 from emsedge.adapters.result_files import parsers
 from emsedge.adapters.result_files.adapter import ResultFilesAdapter, move_into
 from emsedge.adapters.result_files.config import ResultFilesEquipment
 from emsedge.adapters.result_files.ledger import Ledger
 from emsedge.adapters.result_files.model import TestedBoard
+from emsedge.errors import AdapterError
 from emsedge.schema import Record
+from emsedge.supervisor import supervise_adapter
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "result_files"
 PANEL = (GOLDEN / "i3070_panel_one_failing" / "input.log").read_bytes()
@@ -291,7 +293,7 @@ async def test_a_200_mb_file_is_hashed_in_bounded_memory_and_rejected_with_its_s
 
 
 @pytest.mark.asyncio
-async def test_a_vanished_folder_is_reported_once_and_scanning_recovers_without_restart(
+async def test_a_vanished_folder_ends_the_scan_with_a_transient_error_and_scanning_recovers(
     folders: dict[str, Path],
 ) -> None:
     sink = Sink()
@@ -299,13 +301,38 @@ async def test_a_vanished_folder_is_reported_once_and_scanning_recovers_without_
     async with _adapter(folders, sink) as adapter:
         await adapter.scan_once()
         folders["in"].rename(away)
-        await adapter.scan_once()
-        await adapter.scan_once()
-        assert [r.event_type for r in sink.records] == ["connection_restored", "connection_lost"]
+        with pytest.raises(AdapterError) as raised:
+            await adapter.scan_once()
+        assert raised.value.transient and "not reachable" in str(raised.value)
         away.rename(folders["in"])
         (folders["in"] / "panel.log").write_bytes(PANEL)
         assert await adapter.scan_once() == 1
-    assert [r.event_type for r in sink.records][:3] == ["connection_restored", "connection_lost", "connection_restored"]
+    assert sink.serials() == SERIALS
+
+
+@pytest.mark.asyncio
+async def test_under_the_supervisor_a_vanished_folder_is_one_lost_and_one_restored_event(
+    folders: dict[str, Path],
+) -> None:
+    sink = Sink()
+    away = folders["in"].with_name("unmounted")
+    adapter = _adapter(folders, sink, poll_interval=0.01, backoff={"initial": 0.01, "max": 0.05})
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(supervise_adapter, adapter, adapter.ctx)
+        with anyio.fail_after(10):
+            while adapter.ctx.health.state != EquipmentState.CONNECTED:
+                await anyio.sleep(0.01)
+            folders["in"].rename(away)
+            while adapter.ctx.health.state != EquipmentState.RETRYING:
+                await anyio.sleep(0.01)
+            away.rename(folders["in"])
+            (folders["in"] / "panel.log").write_bytes(PANEL)
+            while not (folders["done"] / "panel.log").exists():
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert [r.event_type for r in sink.records if r.event_type != "unit_tested"] == [
+        "connection_restored", "connection_lost", "connection_restored",
+    ]
     assert sink.serials() == SERIALS
 
 
@@ -354,13 +381,15 @@ async def test_hundreds_of_files_in_one_folder_are_each_emitted_once(folders: di
 
 
 @pytest.mark.asyncio
-async def test_the_session_reports_ready_and_keeps_scanning(folders: dict[str, Path]) -> None:
+async def test_the_session_reports_connected_and_keeps_scanning(folders: dict[str, Path]) -> None:
     sink = Sink()
     adapter = _adapter(folders, sink, poll_interval="10ms")
     async with anyio.create_task_group() as tg:
-        await tg.start(adapter.session, adapter.ctx)
-        (folders["in"] / "panel.log").write_bytes(PANEL)
+        tg.start_soon(adapter.session, adapter.ctx)
         with anyio.fail_after(10):
+            while adapter.ctx.health.state != EquipmentState.CONNECTED:
+                await anyio.sleep(0.01)
+            (folders["in"] / "panel.log").write_bytes(PANEL)
             while len(sink.serials()) < 2:
                 await sink.changed.wait()
         tg.cancel_scope.cancel()

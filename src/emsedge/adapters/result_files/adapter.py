@@ -12,8 +12,12 @@ One cycle (`scan_once`) takes every settled file, oldest first, one at a time:
 A file that cannot be parsed (or is too large, or a plug-in parser crashed on it) becomes one
 `file_rejected` event (file, reason, line), is recorded and moves to `error` with `<name>.reason.txt`
 beside it; the adapter goes on with the next file. The gateway never deletes a file: a move that fails
-(archive share gone) is retried on the next scan. A scanned folder that vanishes (a share unmounted) is
-reported once as `connection_lost` and scanning goes on until it is back (`connection_restored`).
+(archive share gone) is retried on the next scan.
+
+The session (`session(ctx)`, run by the supervisor) opens the ledger, scans once and calls
+`ctx.connected()` when the folder is reachable; a scanned folder that vanishes (a share unmounted) ends the
+session with `AdapterError(transient=True)`. The supervisor then emits `connection_lost` once, backs off and
+starts a new session, which emits `connection_restored` when the folder is back: recovery without restart.
 """
 
 from __future__ import annotations
@@ -22,14 +26,13 @@ import errno
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
 import anyio
-from anyio.abc import TaskStatus
 
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.result_files import parsers
@@ -37,10 +40,11 @@ from emsedge.adapters.result_files.config import ResultFilesEquipment
 from emsedge.adapters.result_files.ledger import Ledger, LedgerEntry
 from emsedge.adapters.result_files.model import SourceFile, TestedBoard, event_fields, to_utc
 from emsedge.adapters.result_files.scanner import Candidate, FileChanged, FileContent, Scanner, read
+from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, utc_iso
 
-FILE_REJECTED = "file_rejected"
-"""Event type of a result file that could not be turned into events (joins `EventType` in phase 2)."""
+FILE_REJECTED = EventType.FILE_REJECTED
+"""Event type of a result file that could not be turned into events."""
 
 
 @dataclass
@@ -95,10 +99,7 @@ class ResultFilesAdapter:
         self.tz = ZoneInfo(config.timezone)
         self.parser = parsers.parser_for(config.format)
         self.options = config.parse_options()
-        path = ledger_path or config.ledger
-        if path is None:
-            raise ValueError(f"equipment {config.id}: no ledger path (config `ledger:` or the runtime's state dir)")
-        self.ledger_path = path
+        self.ledger_path = ledger_path or default_ledger_path(config, ctx)
         self.ledger: Ledger | None = None
         self.scanner = Scanner(
             config.path,
@@ -111,7 +112,6 @@ class ResultFilesAdapter:
         self.stats = ResultFilesStats()
         self.clock = clock
         self._pruned_at = clock()
-        self._folder_ok: bool | None = None
         self._moves_failing = False
         self._unreadable: set[str] = set()
 
@@ -133,34 +133,36 @@ class ResultFilesAdapter:
             ledger, self.ledger = self.ledger, None
             await anyio.to_thread.run_sync(ledger.close)
 
-    async def session(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def session(self, ctx: AdapterContext) -> None:
+        """One session: until cancelled, or until the folder is unreachable (`AdapterError`, transient)."""
         async with self:
-            task_status.started()
+            candidates = await self._scan()
+            await ctx.connected()
             while True:
-                await self.scan_once()
+                await self._handle(candidates)
                 if self.clock() - self._pruned_at > PRUNE_EVERY_S:
                     await self._prune()
                 await anyio.sleep(self.config.poll_interval)
+                candidates = await self._scan()
 
-    async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The current runtime's `PushAdapter` entry point (the supervisor of issue 10 calls `session`)."""
-        await self.session(ctx, task_status=task_status)
+    def offline_records(self, reason: str) -> Sequence[Record]:
+        """A folder has no signals: `connection_lost` carries no readings."""
+        return []
 
     # -- one cycle --------------------------------------------------------------------------------
 
     async def scan_once(self) -> int:
-        """Handle every settled file once; returns how many files were handled."""
+        """Handle every settled file once; returns how many files were handled.
+        Raises `AdapterError` (transient) when the folder is not reachable."""
+        return await self._handle(await self._scan())
+
+    async def _scan(self) -> list[Candidate]:
         try:
-            candidates = await anyio.to_thread.run_sync(self.scanner.scan)
+            return await anyio.to_thread.run_sync(self.scanner.scan)
         except OSError as exc:
-            if self._folder_ok is not False:
-                self._folder_ok = False
-                await self.ctx.connection_lost(f"folder {self.config.path} is not reachable: {exc.strerror or exc}")
-            return 0
-        if self._folder_ok is not True:
-            self._folder_ok = True
-            await self.ctx.connection_restored()
-        return await self._handle(candidates)
+            raise AdapterError(
+                f"folder {self.config.path} is not reachable: {exc.strerror or exc}", transient=True
+            ) from exc
 
     async def _handle(self, candidates: list[Candidate]) -> int:
         """Prepare files one by one; commit parsed ones in batches (one emit, one ledger transaction),
@@ -358,8 +360,14 @@ def move_into(source: Path, folder: Path, name: str, reason: str | None = None) 
     return target
 
 
-def build(config: ResultFilesEquipment, ctx: AdapterContext, *, ledger_path: Path | None = None) -> ResultFilesAdapter:
-    return ResultFilesAdapter(config, ctx, ledger_path=ledger_path)
+def default_ledger_path(config: ResultFilesEquipment, ctx: AdapterContext) -> Path:
+    """`ledger:` from the config, else `<state dir>/result_files-<equipment id>.ledger`, where the runtime's
+    state dir is the buffer's folder (so the ledger lives and is backed up with the buffer)."""
+    if config.ledger is not None:
+        return config.ledger
+    if ctx.state_dir is None:
+        raise ValueError(f"equipment {config.id}: no ledger path (set `ledger:`; the runtime passes a state dir)")
+    return ctx.state_dir / f"result_files-{config.id}.ledger"
 
 
-__all__ = ["FILE_REJECTED", "ResultFilesAdapter", "ResultFilesStats", "build", "move_into"]
+__all__ = ["FILE_REJECTED", "ResultFilesAdapter", "ResultFilesStats", "default_ledger_path", "move_into"]

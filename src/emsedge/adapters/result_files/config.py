@@ -87,8 +87,7 @@ class ResultFilesEquipment(EquipmentBase):
     """A tester (ICT, flying probe, functional test) that writes one result file per board or panel."""
 
     adapter: Literal["result_files"] = Field(description="Reads tester result files from a folder.")
-    # `fpt` joins the shared EquipmentType vocabulary when the config package is split (issue 10).
-    type: Literal["ict", "fct", "fpt", "other"] = Field(  # type: ignore[assignment]
+    type: Literal["ict", "fct", "fpt", "other"] = Field(  # a narrowed EquipmentType
         description="Kind of tester: ict (in-circuit), fpt (flying probe), fct (functional), other."
     )
     path: Path = Field(description="Folder to scan (local, or a mounted SMB/NFS share).")
@@ -115,7 +114,7 @@ class ResultFilesEquipment(EquipmentBase):
         ByteSize(32 << 20), description="Larger files are rejected unread (bounded memory), with a reason."
     )
     ledger: Path | None = Field(
-        None, description="SQLite ledger of processed files; default: beside the buffer, per equipment."
+        None, description="SQLite ledger of processed files; default: <buffer folder>/result_files-<id>.ledger."
     )
     ledger_retention: Duration = Field(
         90 * 24 * 3600.0, description="Ledger entries older than this are forgotten (default 90 days, 2160h)."
