@@ -97,7 +97,8 @@ def _problems(tmp_path: Path, text: str) -> str:
 def test_an_unknown_adapter_is_located_at_its_key_with_the_closest_registered_name(tmp_path: Path) -> None:
     msg = _problems(tmp_path, "  - {id: r1, type: reflow_oven, adapter: modbsu, connection: {host: h}}\n")
     assert msg.startswith(f"{tmp_path / 'c.yaml'}:3:33: equipment[0].adapter: unknown adapter 'modbsu'; "
-                          "did you mean 'modbus'? (built in: hsms, modbus, opcua, result_files; installed plugins: none)")
+                          "did you mean 'modbus'? (built in: hsms, modbus, opcua, result_files; "
+                          "installed plugins: none)")
 
 
 def test_a_missing_adapter_names_every_registered_adapter(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ from emsedge.adapters.result_files.ledger import Ledger
 from emsedge.adapters.result_files.model import TestedBoard
 from emsedge.errors import AdapterError
 from emsedge.schema import Record
-from emsedge.supervisor import supervise_adapter
+from emsedge.service import GatewayState, metrics_text
+from emsedge.supervisor import EquipmentHealth, supervise_adapter
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "result_files"
 PANEL = (GOLDEN / "i3070_panel_one_failing" / "input.log").read_bytes()
@@ -79,6 +80,12 @@ def _adapter(folders: dict[str, Path], sink: Sink, clock: Clock | None = None, *
     return ResultFilesAdapter(
         config, AdapterContext(equipment=config, emit=sink), ledger_path=folders["ledger"], clock=clock or Clock()
     )
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    """Wait on observable state (the caller's `fail_after` bounds it)."""
+    while not predicate():  # noqa: ASYNC110 - polls state no event announces
+        await anyio.sleep(0.01)
 
 
 def _append(path: Path, data: bytes) -> None:
@@ -320,15 +327,12 @@ async def test_under_the_supervisor_a_vanished_folder_is_one_lost_and_one_restor
     async with anyio.create_task_group() as tg:
         tg.start_soon(supervise_adapter, adapter, adapter.ctx)
         with anyio.fail_after(10):
-            while adapter.ctx.health.state != EquipmentState.CONNECTED:
-                await anyio.sleep(0.01)
+            await _until(lambda: adapter.ctx.health.state == EquipmentState.CONNECTED)
             folders["in"].rename(away)
-            while adapter.ctx.health.state != EquipmentState.RETRYING:
-                await anyio.sleep(0.01)
+            await _until(lambda: adapter.ctx.health.state == EquipmentState.RETRYING)
             away.rename(folders["in"])
             (folders["in"] / "panel.log").write_bytes(PANEL)
-            while not (folders["done"] / "panel.log").exists():
-                await anyio.sleep(0.01)
+            await _until((folders["done"] / "panel.log").exists)
         tg.cancel_scope.cancel()
     assert [r.event_type for r in sink.records if r.event_type != "unit_tested"] == [
         "connection_restored", "connection_lost", "connection_restored",
@@ -387,8 +391,7 @@ async def test_the_session_reports_connected_and_keeps_scanning(folders: dict[st
     async with anyio.create_task_group() as tg:
         tg.start_soon(adapter.session, adapter.ctx)
         with anyio.fail_after(10):
-            while adapter.ctx.health.state != EquipmentState.CONNECTED:
-                await anyio.sleep(0.01)
+            await _until(lambda: adapter.ctx.health.state == EquipmentState.CONNECTED)
             (folders["in"] / "panel.log").write_bytes(PANEL)
             while len(sink.serials()) < 2:
                 await sink.changed.wait()
@@ -404,3 +407,25 @@ def test_move_into_never_overwrites_and_keeps_the_reason_beside_the_file(tmp_pat
     assert (first.name, second.name) == ("x.log", "x.log.1")
     assert (tmp_path / "error" / "x.log").read_text() == "one"
     assert (tmp_path / "error" / "x.log.1.reason.txt").read_text() == "worse\n"
+
+
+@pytest.mark.asyncio
+async def test_metrics_count_files_boards_rejects_and_parse_time_per_equipment(folders: dict[str, Path]) -> None:
+    sink = Sink()
+    (folders["in"] / "panel.log").write_bytes(PANEL)
+    (folders["in"] / "junk.log").write_bytes(b"\x00\xff" * 100)
+    adapter = _adapter(folders, sink)
+    async with adapter:
+        assert await adapter.scan_once() == 2
+    state = GatewayState(
+        gateway_id="gw", version="0", started_at="2026-01-01T00:00:00.000Z",
+        equipment={"ict-1": adapter.ctx.health, "reflow-1": EquipmentHealth()},
+        equipment_info={"ict-1": ("ict", "result_files"), "reflow-1": ("reflow_oven", "modbus")},
+        buffer_stats=lambda: None, broker_connected=lambda: True, broker_url=lambda: None,
+    )
+    text = metrics_text(state).decode()
+    assert 'emsedge_result_files_processed_total{equipment="ict-1"} 1.0' in text
+    assert 'emsedge_result_files_rejected_total{equipment="ict-1"} 1.0' in text
+    assert 'emsedge_boards_emitted_total{equipment="ict-1"} 2.0' in text
+    assert 'emsedge_result_file_parse_seconds_count{equipment="ict-1"} 2.0' in text
+    assert 'result_files_processed_total{equipment="reflow-1"}' not in text

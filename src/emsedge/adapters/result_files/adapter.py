@@ -42,21 +42,14 @@ from emsedge.adapters.result_files.model import SourceFile, TestedBoard, event_f
 from emsedge.adapters.result_files.scanner import Candidate, FileChanged, FileContent, Scanner, read
 from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, utc_iso
+from emsedge.supervisor import FileStats
 
 FILE_REJECTED = EventType.FILE_REJECTED
 """Event type of a result file that could not be turned into events."""
 
 
-@dataclass
-class ResultFilesStats:
-    """Counters read by /metrics: files processed, rejected, duplicates, boards emitted, parse time."""
-
-    files_processed: int = 0
-    files_rejected: int = 0
-    files_duplicate: int = 0
-    boards_emitted: int = 0
-    parse_seconds: float = 0.0
-    move_errors: int = 0
+ResultFilesStats = FileStats
+"""Counters read by /metrics: files processed, rejected, duplicates, boards emitted, parse time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +102,8 @@ class ResultFilesAdapter:
             exclude=tuple(p for p in (config.archive, config.error) if p is not None),
             clock=clock,
         )
-        self.stats = ResultFilesStats()
+        self.stats = ctx.health.files or FileStats()  # on the health record: kept across a reload
+        ctx.health.files = self.stats
         self.clock = clock
         self._pruned_at = clock()
         self._moves_failing = False
@@ -285,6 +279,7 @@ class ResultFilesAdapter:
             return Rejection(f"parser {self.config.format} crashed: {type(exc).__name__}: {exc}")
         finally:
             self.stats.parse_seconds += time.perf_counter() - started
+            self.stats.parse_count += 1
         if not boards:
             return Rejection("the parser found no board in the file")
         return boards
