@@ -33,8 +33,8 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = REPO / "artifacts" / "status-page"
 
 pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
-    reason="chromium and chromium-driver are not installed (make test installs them)",
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)) and not os.environ.get("CI"),
+    reason="chromium and chromium-driver are not installed (make test installs them; in CI this fails)",
 )
 
 
