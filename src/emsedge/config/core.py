@@ -16,7 +16,7 @@ from pydantic import ByteSize, Field, FilePath, SecretStr, field_validator, mode
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from emsedge.config.equipment import Equipment
-from emsedge.config.types import Backoff, ConfigModel, Duration, Size
+from emsedge.config.types import Backoff, ConfigModel, Duration, DurationOrZero, Size
 from emsedge.errors import ConfigError
 
 
@@ -123,7 +123,7 @@ class BufferConfig(ConfigModel):
     replay_rate: float | None = Field(
         None, gt=0, description="Backlog messages per second replayed beside live data; null: unlimited."
     )
-    linger: Duration = Field(0.02, description="How long the writer gathers records into one transaction.")
+    linger: DurationOrZero = Field(0.02, description="How long the writer gathers records into one transaction.")
     batch_max: int = Field(5000, ge=1, description="Most records in one write transaction.")
 
 
