@@ -24,6 +24,7 @@ from typing import Any, TextIO
 import anyio
 
 from emsedge.config import EquipmentBase, LoggingConfig, Settings
+from emsedge.config.loader import available_profiles
 from emsedge.errors import AdapterError, BufferError, EmsedgeError
 from emsedge.schema import EventType, Record
 
@@ -40,20 +41,38 @@ SCHEMA_ID = "https://emsedge.invalid/config.schema.json"
 def config_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the YAML config, for editors (VS Code YAML) and CI checks.
 
-    An equipment entry with `profile:` gets its remaining fields from the profile, so such an entry only
-    needs `id` and `profile` here; every other entry is checked against its adapter's model.
+    An equipment entry with `profile:` gets its remaining fields from the profile, so such an entry needs
+    only `id` and `profile` (one of the shipped profile names); what else it holds overrides the profile
+    and is checked like the adapters' fields, partially: no field is required, unknown fields are refused.
     """
     schema = Settings.model_json_schema()
+    defs: dict[str, Any] = schema.get("$defs", {})
     items = schema["properties"]["equipment"]["items"]
+    models = [defs[ref["$ref"].rsplit("/", 1)[1]] for ref in items.get("oneOf", [items]) if "$ref" in ref]
+    fields: dict[str, list[Any]] = {}
+    for model in models:
+        for name, prop in model.get("properties", {}).items():
+            if name not in ("adapter", "profile"):
+                fields.setdefault(name, []).append(_partial(prop, defs))
+    properties: dict[str, Any] = {name: _one_of(options) for name, options in sorted(fields.items())}
+    properties["profile"] = {
+        "type": "string",
+        "description": "Equipment profile merged under this entry (<type>/<model>; a profile of your own "
+        "in an adapters/ folder beside the config works too).",
+        "examples": available_profiles(),
+    }
+    properties["adapter"] = {"type": "string", "description": "Normally given by the profile."}
     schema["properties"]["equipment"]["items"] = {
         "anyOf": [
-            items,
+            {"allOf": [items, {"not": {"required": ["profile"]}}]},
             {
                 "type": "object",
                 "title": "Equipment from a profile",
-                "description": "An entry whose remaining fields come from `profile: <type>/<model>`.",
+                "description": "An entry whose remaining fields come from `profile: <type>/<model>`. Shipped "
+                "profiles: " + ", ".join(available_profiles()) + ".",
                 "required": ["id", "profile"],
-                "properties": {"id": {"type": "string"}, "profile": {"type": "string"}},
+                "properties": properties,
+                "additionalProperties": False,
             },
         ]
     }
@@ -62,6 +81,44 @@ def config_schema() -> dict[str, Any]:
         "$id": SCHEMA_ID,
         **schema,
     }
+
+
+def _partial(prop: Any, defs: dict[str, Any], depth: int = 0) -> Any:
+    """`prop` with nothing required (an override of a profile), following $refs two levels deep.
+
+    List items keep `name` required (profile signals merge by name) and may say `remove: true`.
+    """
+    if not isinstance(prop, dict) or depth > 2:
+        return prop
+    if "$ref" in prop:
+        target = defs.get(prop["$ref"].rsplit("/", 1)[1])
+        if not isinstance(target, dict) or target.get("type") != "object":
+            return prop
+        prop = {**target, **{k: v for k, v in prop.items() if k != "$ref"}}
+    out = dict(prop)
+    if out.get("type") == "object" and "properties" in out:
+        out.pop("required", None)
+        out["properties"] = {k: _partial(v, defs, depth + 1) for k, v in out["properties"].items()}
+        out.pop("title", None)
+    if out.get("type") == "array" and "items" in out:
+        item = _partial(out["items"], defs, depth + 1)
+        if isinstance(item, dict) and "name" in item.get("properties", {}):
+            item = {**item, "required": ["name"], "properties": {
+                **item["properties"], "remove": {"type": "boolean", "description": "Drop this item of the profile."}
+            }}
+        out["items"] = item
+    for key in ("anyOf", "oneOf"):
+        if key in out:
+            out[key] = [_partial(o, defs, depth) for o in out[key]]
+    return out
+
+
+def _one_of(options: list[Any]) -> Any:
+    unique: list[Any] = []
+    for option in options:
+        if option not in unique:
+            unique.append(option)
+    return unique[0] if len(unique) == 1 else {"anyOf": unique}
 
 
 def render_schema() -> str:

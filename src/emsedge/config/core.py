@@ -16,7 +16,7 @@ from pydantic import ByteSize, Field, FilePath, SecretStr, field_validator, mode
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from emsedge.config.equipment import Equipment
-from emsedge.config.types import Backoff, ConfigModel, Duration, DurationOrZero, Size
+from emsedge.config.types import Backoff, ConfigModel, Duration, DurationOrZero, Size, format_duration
 from emsedge.errors import ConfigError
 
 
@@ -232,5 +232,33 @@ def summary(settings: Settings) -> str:
         n = len(e.signal_names())
         extra = f", {len(e.triggers)} triggers" if e.triggers else ""
         state = "" if e.enabled else " (disabled)"
-        lines.append(f"  {e.id:<16} {e.type:<15} {e.adapter:<7} {n} signals{extra}{state}")
+        lines.append(
+            f"  {e.id:<16} {e.type:<15} {e.adapter:<7} {address(e):<28} {period(e):<16} {n} signals{extra}"
+            f"{state}"
+        )
     return "\n".join(lines)
+
+
+def address(equipment: object) -> str:
+    """Where the gateway connects for this machine: an endpoint URL or host:port (unit id for Modbus)."""
+    conn = getattr(equipment, "connection", None)
+    if (url := getattr(conn, "url", None)) is not None:
+        return str(url)
+    host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+    if host is None:
+        return "-"
+    where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if (mode := getattr(conn, "mode", None)) is not None:
+        where += f" ({mode})"
+    if (unit := getattr(conn, "unit_id", None)) is not None:
+        where += f" unit {unit}"
+    return where
+
+
+def period(equipment: object) -> str:
+    """How often values arrive: the poll period, or the subscription's publishing interval."""
+    if getattr(equipment, "mode", None) == "subscribe" and (pub := getattr(equipment, "publishing_interval", None)):
+        return f"subscribe {format_duration(pub)}"
+    if (poll := getattr(equipment, "poll_interval", None)) is not None:
+        return f"poll {format_duration(poll)}"
+    return "push"

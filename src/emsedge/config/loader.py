@@ -375,11 +375,14 @@ class _Locator:
             u, pi = items[rest[1]] if rest[1] < len(items) else (None, None)
             user_rest = None if u is None else (rest[0], u, *rest[2:])
             profile_rest = None if pi is None else (rest[0], pi, *rest[2:])
-        if user_rest is not None and (exact := self.user.positions.get(("equipment", i, *user_rest))):
-            return exact, ""
         in_profile = None
         if profile_rest is not None:
             in_profile = self.profile_index[i].find(profile_rest)
+        if user_rest is not None and (exact := self.user.positions.get(("equipment", i, *user_rest))):
+            if in_profile is None or profile_rest is None or len(profile_rest) < 2:
+                return exact, f"entry based on profile {use.name}"
+            item = self.profile_index[i].positions.get(profile_rest[:2]) or in_profile
+            return exact, f"overrides profile {use.name} at {use.file.name}:{item.line}:{item.column}"
         nearest = self.user.find(("equipment", i, *user_rest)) if user_rest is not None else None
         if nearest is None or nearest == self.user.positions.get(("equipment", i)):
             nearest = self.user.positions.get(("equipment", i, "profile")) or nearest

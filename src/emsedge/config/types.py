@@ -87,6 +87,7 @@ def _positive_duration(value: object) -> float:
 
 
 _DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)\s*$"
+_POSITIVE_PATTERN = r"^\s*(?=[\d.]*[1-9])\d+(\.\d+)?\s*(ms|s|m|h)\s*$"
 
 Duration = Annotated[
     float,
@@ -94,7 +95,7 @@ Duration = Annotated[
     # Dumped as text with its unit, so a dumped config (and pydantic-settings' defaults) loads again.
     PlainSerializer(format_duration, return_type=str),
     # The JSON Schema (emsedge config-schema) accepts what a file may hold: a number with its unit.
-    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["500ms", "1s", "2m"]}),
+    WithJsonSchema({"type": "string", "pattern": _POSITIVE_PATTERN, "examples": ["500ms", "1s", "2m"]}),
 ]
 """Seconds, more than zero; written in YAML as 500ms, 1s, 2m or 1h (the unit is required)."""
 
