@@ -64,7 +64,7 @@ def config_schema() -> dict[str, Any]:
     properties["adapter"] = {"type": "string", "description": "Normally given by the profile."}
     schema["properties"]["equipment"]["items"] = {
         "anyOf": [
-            {"allOf": [items, {"not": {"required": ["profile"]}}]},
+            items,
             {
                 "type": "object",
                 "title": "Equipment from a profile",
