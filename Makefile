@@ -20,7 +20,7 @@ venv: $(STAMP)
 $(DEMO_STAMP): pyproject.toml
 	@test -x $(BIN)/pip || { echo "make demo: creating a virtual environment in $(VENV)/"; $(PYTHON) -m venv $(VENV); }
 	@echo "make demo: installing emsedge and what the demo needs into $(VENV)/ (emsedge[demo]; no test tools)..."
-	@$(BIN)/pip install -q --disable-pip-version-check -e '.[demo]'
+	@$(BIN)/pip install -q -e '.[demo]'
 	@touch $(DEMO_STAMP)
 	@echo "make demo: installed; next time the demo starts at once"
 
