@@ -18,12 +18,15 @@ venv: $(STAMP)
 
 # The demo extra adds what only the demo needs (an embedded MQTT broker for machines without mosquitto).
 $(DEMO_STAMP): pyproject.toml
-	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[demo]'
-	touch $(DEMO_STAMP)
+	@test -x $(BIN)/pip || { echo "make demo: creating a virtual environment in $(VENV)/"; $(PYTHON) -m venv $(VENV); }
+	@echo "make demo: installing emsedge and what the demo needs into $(VENV)/ (emsedge[demo]; no test tools)..."
+	@$(BIN)/pip install -q -e '.[demo]'
+	@touch $(DEMO_STAMP)
+	@echo "make demo: installed; next time the demo starts at once"
 
 # Installs and runs the main job: the virtual SMT line demo.
 demo: $(DEMO_STAMP)
+	@echo "make demo: starting the virtual line, a broker and the gateway (Ctrl-C stops everything)"
 	$(BIN)/emsedge demo
 
 # Installs everything (Python deps into .venv, mosquitto and chromium when missing) and runs the suite.

@@ -34,7 +34,16 @@ from emsedge.config.equipment import (
     Trigger,
 )
 from emsedge.config.loader import Position, load_config, profile_search_path
-from emsedge.config.types import Backoff, ConfigModel, Duration, Size, did_you_mean, parse_duration
+from emsedge.config.types import (
+    Backoff,
+    ConfigModel,
+    Duration,
+    DurationOrZero,
+    Host,
+    Size,
+    did_you_mean,
+    parse_duration,
+)
 from emsedge.errors import ConfigError
 
 __all__ = [
@@ -43,12 +52,14 @@ __all__ = [
     "ConfigError",
     "ConfigModel",
     "Duration",
+    "DurationOrZero",
     "EmittedEvent",
     "Equipment",
     "EquipmentBase",
     "EquipmentType",
     "EventFlag",
     "GatewayConfig",
+    "Host",
     "HttpAuthConfig",
     "HttpConfig",
     "HttpTlsConfig",

@@ -16,7 +16,7 @@ from pydantic import ByteSize, Field, FilePath, SecretStr, field_validator, mode
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from emsedge.config.equipment import Equipment
-from emsedge.config.types import Backoff, ConfigModel, Duration, Size
+from emsedge.config.types import Backoff, ConfigModel, Duration, DurationOrZero, Size, format_duration
 from emsedge.errors import ConfigError
 
 
@@ -123,7 +123,7 @@ class BufferConfig(ConfigModel):
     replay_rate: float | None = Field(
         None, gt=0, description="Backlog messages per second replayed beside live data; null: unlimited."
     )
-    linger: Duration = Field(0.02, description="How long the writer gathers records into one transaction.")
+    linger: DurationOrZero = Field(0.02, description="How long the writer gathers records into one transaction.")
     batch_max: int = Field(5000, ge=1, description="Most records in one write transaction.")
 
 
@@ -162,7 +162,7 @@ class HttpConfig(ConfigModel):
     )
     tls: HttpTlsConfig | None = Field(None, description="Serve HTTPS with this certificate and key.")
     max_connections: int = Field(
-        100, ge=1, le=10000, description="Open connections at most; extra ones are answered 503 and closed."
+        100, ge=1, le=10000, description="Open connections at most; extra ones are closed at once, unread."
     )
     max_live_clients: int = Field(
         20, ge=1, le=1000, description="Browsers following the live page at most; extra ones get 503."
@@ -281,5 +281,33 @@ def summary(settings: Settings) -> str:
         n = len(e.signal_names())
         extra = f", {len(e.triggers)} triggers" if e.triggers else ""
         state = "" if e.enabled else " (disabled)"
-        lines.append(f"  {e.id:<16} {e.type:<15} {e.adapter:<7} {n} signals{extra}{state}")
+        lines.append(
+            f"  {e.id:<16} {e.type:<15} {e.adapter:<7} {address(e):<28} {period(e):<16} {n} signals{extra}"
+            f"{state}"
+        )
     return "\n".join(lines)
+
+
+def address(equipment: object) -> str:
+    """Where the gateway connects for this machine: an endpoint URL or host:port (unit id for Modbus)."""
+    conn = getattr(equipment, "connection", None)
+    if (url := getattr(conn, "url", None)) is not None:
+        return str(url)
+    host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+    if host is None:
+        return "-"
+    where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if (mode := getattr(conn, "mode", None)) is not None:
+        where += f" ({mode})"
+    if (unit := getattr(conn, "unit_id", None)) is not None:
+        where += f" unit {unit}"
+    return where
+
+
+def period(equipment: object) -> str:
+    """How often values arrive: the poll period, or the subscription's publishing interval."""
+    if getattr(equipment, "mode", None) == "subscribe" and (pub := getattr(equipment, "publishing_interval", None)):
+        return f"subscribe {format_duration(pub)}"
+    if (poll := getattr(equipment, "poll_interval", None)) is not None:
+        return f"poll {format_duration(poll)}"
+    return "push"
