@@ -5,7 +5,8 @@
 It starts, in this order and in one anyio task group:
 
 1. an MQTT broker on a free loopback port: mosquitto when it is installed, otherwise an embedded amqtt
-   broker in this process (so the demo needs no system package);
+   broker in this process (the `demo` extra, `pip install 'emsedge[demo]'`, so the demo needs no system
+   package; the gateway itself does not carry it);
 2. the virtual SMT line (config/virtual-line.yaml) in this process: OPC UA pick-and-place, Modbus TCP
    reflow oven, SECS/GEM AOI;
 3. the gateway, `emsedge run -c config/demo.yaml`, as a child process (its own logs, its own signals),
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -44,10 +46,10 @@ import structlog
 from anyio.abc import Process, TaskStatus
 
 from emsedge.errors import ConfigError
+from emsedge.packaged import find_file
 
 log = structlog.get_logger("emsedge.demo")
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_STOP_TIMEOUT = 20.0
 STARTUP_TIMEOUT = 30.0
 REFRESH = 0.5
@@ -57,15 +59,6 @@ CONNECT_WAIT = 20.0
 
 # ------------------------------------------------------------------------------------------------
 # Files and ports
-
-
-def find_file(name: str) -> Path:
-    """A config file given on the command line, else relative to the working directory or the checkout."""
-    path = Path(name)
-    if path.is_file() or path.is_absolute():
-        return path
-    candidate = SOURCE_ROOT / name
-    return candidate if candidate.is_file() else path
 
 
 def free_port() -> int:
@@ -105,6 +98,18 @@ class Broker:
     url: str
     kind: str
     mqtt_protocol: str
+
+
+def missing_broker(kind: str) -> str | None:
+    """Why the broker `kind` cannot run here, or None. The embedded broker comes with the `demo` extra,
+    which the gateway itself (and its Docker image) does not install."""
+    if kind == "mosquitto" and mosquitto_binary() is None:
+        return "mosquitto is not installed; use --broker embedded"
+    embedded = kind == "embedded" or (kind == "auto" and mosquitto_binary() is None)
+    if embedded and importlib.util.find_spec("amqtt") is None:
+        return ("the embedded MQTT broker needs the demo extra: pip install 'emsedge[demo]' "
+                "(or `make demo`), or install mosquitto")
+    return None
 
 
 async def run_broker(workdir: Path, kind: str = "auto", *, task_status: TaskStatus[Broker]) -> None:
@@ -391,6 +396,9 @@ def main_demo(argv: list[str]) -> int:
     parser.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                         help="auto: mosquitto when installed, else the embedded amqtt broker")
     args = parser.parse_args(argv)
+    if (missing := missing_broker(args.broker)) is not None:
+        print(f"emsedge demo: {missing}", file=sys.stderr)
+        return 1
 
     from emsedge.config import load_config  # noqa: PLC0415
     from emsedge.simulate import first_os_error, load_virtual_line  # noqa: PLC0415

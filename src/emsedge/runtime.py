@@ -1,4 +1,4 @@
-"""The supervisor: one task group, start order, signals, reload, drain.
+"""The runtime: wiring only. One task group, start order, signals, reload, drain.
 
 The pipeline, top to bottom:
 
@@ -13,9 +13,10 @@ committed; the forwarder keeps publishing until the buffer is empty or `DRAIN_TI
 publisher publishes the retained `offline` status and disconnects; the buffer writer closes the database.
 Whatever was not delivered stays on disk and is replayed, oldest first, on the next start.
 
-Isolation: each piece of equipment runs in its own cancel scope under a supervisor loop. An adapter that
-raises is logged, reported as `connection_lost` and restarted with backoff; it never takes down the
-gateway or the other equipment. Reload (SIGHUP) restarts only the equipment whose config changed.
+Isolation: each piece of equipment runs in its own cancel scope under `emsedge.supervisor`. A session
+that ends is logged once, reported as `connection_lost` and retried with backoff (a permanent error at the
+slowest rate, state `failed`); it never takes down the gateway or the other equipment. Reload (SIGHUP)
+restarts only the equipment whose config changed.
 """
 
 from __future__ import annotations
@@ -24,28 +25,30 @@ import json
 import signal
 import time
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from emsedge import __version__
-from emsedge.adapters import factory_for
-from emsedge.adapters.base import AdapterContext, EquipmentHealth, PolledAdapter, PushAdapter, backoff_delays
+from emsedge.adapters import spec_for
+from emsedge.adapters.base import Adapter, AdapterContext, CountLoss, Emit, EquipmentHealth, EquipmentState
 from emsedge.buffer import Buffer, StoredMessage
 from emsedge.config import EquipmentBase, Settings, load_config
 from emsedge.errors import AdapterError, ConfigError
 from emsedge.forward import Forwarder
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
-from emsedge.scheduler import run_polled
 from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
-from emsedge.service import GatewayState, SystemdNotifier, run_watchdog, serve_http
+from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
+from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
+from emsedge.web.app import WebSources
+from emsedge.web.model import LineModel
+from emsedge.web.server import serve_http
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -53,6 +56,19 @@ DRAIN_TIMEOUT = 5.0
 """Seconds a clean stop keeps publishing the backlog before it leaves the rest on disk."""
 STATUS_INTERVAL = 10.0
 """Seconds between retained status updates (backlog depth, oldest age, drain ETA)."""
+
+
+class _Unbuildable:
+    """Stands in for an adapter whose factory raised: its only session fails for a permanent reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def session(self, ctx: AdapterContext) -> None:
+        raise AdapterError(self.reason, transient=False)
+
+    def offline_records(self, reason: str) -> Sequence[Record]:
+        return ()
 
 
 @dataclass
@@ -97,6 +113,8 @@ class Gateway:
             max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             on_delivered=self._delivered,
         )
+        self.line = LineModel()
+        """What the status page shows, fed from the emit path after normalisation (never blocks it)."""
         self.notifier = SystemdNotifier()
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
@@ -117,7 +135,14 @@ class Gateway:
                 await link.start(self.forwarder.run)
                 await link.start(self._publish_status)
                 if self.settings.http.listen:
-                    await link.start(serve_http, self.settings.http.listen, self.state)
+                    sources = WebSources(
+                        self.state, self.line, drain_rate=lambda: self.forwarder.drain_rate,
+                        replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
+                    )
+                    await link.start(
+                        partial(serve_http, config=self.settings.http, sources=sources), self.settings.http.listen,
+                        self.state,
+                    )
                 await link.start(run_watchdog, self.notifier, self.state)
                 link.start_soon(self._handle_signals)
                 async with anyio.create_task_group() as equipment_tg:
@@ -162,9 +187,9 @@ class Gateway:
     async def _start_equipment(self, equipment: EquipmentBase) -> None:
         assert self._equipment_tg is not None
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
-        self.state.equipment_info[equipment.id] = (equipment.type, getattr(equipment, "adapter", "?"))
+        self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         if not equipment.enabled:
-            health.disabled = True
+            health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)
             return
         running = _RunningEquipment(equipment, anyio.CancelScope())
@@ -180,50 +205,42 @@ class Gateway:
     async def _supervise(
         self, running: _RunningEquipment, health: EquipmentHealth, *, task_status: TaskStatus[None]
     ) -> None:
-        """Run one adapter forever; anything it raises is contained here and retried with backoff."""
+        """Run one adapter under the supervisor until stopped; nothing it raises reaches the gateway."""
         equipment = running.config
-        normaliser = Normaliser(equipment)
-        ctx = AdapterContext(equipment=equipment, emit=self._emitter(normaliser), health=health)
-        delays = backoff_delays(equipment.backoff)
+        ctx = AdapterContext(
+            equipment=equipment, emit=self._emitter(Normaliser(equipment)), health=health,
+            loss_counter=self._loss_counter(equipment.id), state_dir=self.settings.buffer.path.parent,
+        )
         task_status.started()
         try:
             with running.scope:
-                while True:
-                    try:
-                        adapter = factory_for(getattr(equipment, "adapter", ""))(ctx)
-                        if isinstance(adapter, PushAdapter):
-                            await self._start_child(adapter.run, ctx)
-                        elif isinstance(adapter, PolledAdapter):
-                            interval = getattr(equipment, "poll_interval", 1.0)
-                            await self._start_child(run_polled, adapter, ctx, interval)
-                        else:
-                            raise AdapterError(f"{type(adapter).__name__} is not an adapter", transient=False)
-                        if health.disabled:  # the adapter gave up for a permanent reason it logged
-                            await anyio.sleep_forever()
-                    except AdapterError as exc:
-                        if not exc.transient:
-                            health.disabled = True
-                            health.last_error = str(exc)
-                            log.error("equipment disabled", equipment=equipment.id, error=str(exc))
-                            await anyio.sleep_forever()
-                    except Exception as exc:  # one machine's fault never stops the gateway
-                        log.exception("adapter crashed; restarting", equipment=equipment.id)
-                        with suppress(Exception):
-                            await ctx.connection_lost(f"adapter error: {type(exc).__name__}: {exc}")
-                    await anyio.sleep(next(delays))
+                await supervise_adapter(self._build_adapter(ctx), ctx)
         finally:
             running.stopped.set()
 
-    async def _start_child(self, fn: Any, *args: Any) -> None:
-        """Run an adapter loop to completion in its own task group (so `task_status` is honoured)."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(fn, *args)
+    @staticmethod
+    def _build_adapter(ctx: AdapterContext) -> Adapter:
+        name = ctx.equipment.adapter
+        try:
+            return spec_for(name).build(ctx.equipment, ctx)
+        except Exception as exc:  # a broken plugin is one failed machine, not a failed gateway
+            return _Unbuildable(f"cannot build the {name!r} adapter: {type(exc).__name__}: {exc}")
 
-    def _emitter(self, normaliser: Normaliser) -> Any:
+    def _emitter(self, normaliser: Normaliser) -> Emit:
         async def emit(records: Sequence[Record]) -> None:
-            await self._append(normaliser.process(records))
+            normalised = normaliser.process(records)
+            self.line.observe(normalised)
+            await self._append(normalised)
 
         return emit
+
+    def _loss_counter(self, equipment_id: str) -> CountLoss:
+        """`CountLoss` for one equipment: `Buffer.count_loss` makes the count durable and announces it."""
+
+        async def count_loss(reason: str, count: int) -> None:
+            await self.buffer.count_loss(equipment_id, reason, count)
+
+        return count_loss
 
     async def _append(self, records: Sequence[Record]) -> None:
         """Durable when it returns. Loss (eviction, too large) is counted and announced by the buffer."""
@@ -288,7 +305,7 @@ class Gateway:
             return False
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = await anyio.to_thread.run_sync(load_config, self.config_path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: config invalid, old config stays in force", problem=problem)
@@ -308,6 +325,7 @@ class Gateway:
             if equipment_id in removed:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
+                self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:
             if equipment_id in changed:

@@ -55,6 +55,21 @@ class EventType(StrEnum):
     CONNECTION_RESTORED = "connection_restored"  # gateway's own
     BUFFER_DROPPED = "buffer_dropped"  # gateway's own
     COLLECTION_EVENT = "collection_event"  # SECS/GEM event report for a CEID the config does not map
+    FILE_REJECTED = "file_rejected"  # gateway's own: a tester result file that could not be read (result_files)
+
+
+EMITTABLE_EVENTS: tuple[EventType, ...] = (
+    EventType.UNIT_PROCESSED,
+    EventType.UNIT_TESTED,
+    EventType.UNIT_INSPECTED,
+    EventType.MATERIALS_INSTALLED,
+    EventType.COMPONENTS_PLACED,
+    EventType.FAULT_OCCURRED,
+    EventType.FAULT_CLEARED,
+    EventType.STATION_STATE_CHANGED,
+)
+"""Event types a config may name (`emit:` of a trigger or a SECS/GEM collection event). The others are the
+gateway's own (connection, buffer) or the fallback for an unmapped collection event."""
 
 
 # SEMI E58 / CFX ResourceState codes -> names used in station_state_changed events.

@@ -9,18 +9,16 @@
   They also stop while the buffer's owner thread has been stuck in one disk command (a commit in fsync on
   a dying SD card) for longer than `WRITER_STUCK_AFTER`: every adapter is blocked behind it, so systemd
   should restart the unit. `/healthz` reports `failing` (HTTP 503) for the same condition.
-* `serve_http` is a tiny HTTP/1.1 server on anyio streams (no threads, lives in the runtime's task group).
-  Every request is answered from the live `GatewayState` at request time; the Prometheus collector reads
-  the same objects at scrape time, so nothing is copied or cached between scrapes.
+* `/healthz` and `/metrics` are answered from the live `GatewayState` at request time (`GatewayState.health`,
+  `metrics_text`); the Prometheus collector reads the same objects at scrape time, so nothing is copied or
+  cached between scrapes. The listener that serves them, with the status page, is `emsedge.web.server`.
 
-Invariants: nothing here mutates `GatewayState` except `observe_publish_latency`; every network await has
-a deadline (request read, response write); one connection = one request (`Connection: close`).
+Invariant: nothing here mutates `GatewayState` except `observe_publish_latency`.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import socket
 import time
@@ -30,18 +28,18 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from emsedge.adapters.base import POLL_DURATION_BUCKETS, EquipmentHealth
 from emsedge.buffer import BufferStats
+from emsedge.supervisor import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
 log = structlog.get_logger("emsedge.service")
 
@@ -118,14 +116,14 @@ class GatewayState:
 
     def status_line(self) -> str:
         """E.g. "5 equipment, 4 connected, backlog 0" (plus ", broker disconnected" when it is)."""
-        active = [h for h in self.equipment.values() if not h.disabled]
-        connected = sum(1 for h in active if h.connected)
+        states = [h.state for h in self.equipment.values()]
+        connected = states.count(EquipmentState.CONNECTED)
         stats = self._buffer()
         backlog = _stat(stats, "count", "?")
         line = f"{len(self.equipment)} equipment, {connected} connected, backlog {backlog}"
-        disabled = len(self.equipment) - len(active)
-        if disabled:
-            line += f", {disabled} disabled"
+        for state in (EquipmentState.FAILED, EquipmentState.DISABLED):
+            if states.count(state):
+                line += f", {states.count(state)} {state.value}"
         if not self.broker_connected():
             line += ", broker disconnected"
         return line
@@ -133,8 +131,9 @@ class GatewayState:
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for /healthz.
 
-        `ok`: broker and every enabled piece of equipment connected, buffer writable. `degraded`: something
-        is down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
+        `ok`: broker and every enabled piece of equipment connected, buffer writable (`failed` equipment,
+        refused for a permanent reason, is not ok; `disabled` in the config is). `degraded`: something is
+        down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
         buffer cannot accept records, HTTP 503 so Docker or a load balancer notices.
         """
         stats = self._buffer()
@@ -144,10 +143,11 @@ class GatewayState:
         all_up = True
         for equipment_id, h in sorted(self.equipment.items()):
             kind, adapter = self.equipment_info.get(equipment_id, ("?", "?"))
-            all_up &= h.connected or h.disabled
+            all_up &= h.connected or h.state is EquipmentState.DISABLED
             equipment[equipment_id] = {
                 "type": kind,
                 "adapter": adapter,
+                "state": h.state.value,
                 "connected": h.connected,
                 "disabled": h.disabled,
                 "last_good_read": h.last_good_read,
@@ -229,6 +229,14 @@ class GatewayCollector:
         disabled = GaugeMetricFamily(
             "emsedge_equipment_disabled", "1 when disabled (permanent error or config).", labels=labels
         )
+        state = GaugeMetricFamily(
+            "emsedge_equipment_state", "1 for the state the equipment is in (connecting, connected, retrying, "
+            "failed, disabled), 0 for the others.", labels=["equipment", "state"],
+        )
+        lost = CounterMetricFamily(
+            "emsedge_equipment_lost_values", "Values lost at the source before they became records "
+            "(e.g. reason=opcua_queue_overflow).", labels=["equipment", "reason"],
+        )
         durations = HistogramMetricFamily(
             "emsedge_poll_duration_seconds", "Duration of successful polls.", labels=labels
         )
@@ -243,10 +251,15 @@ class GatewayCollector:
             reconnects.add_metric(lv, h.reconnects)
             connected.add_metric(lv, 1.0 if h.connected else 0.0)
             disabled.add_metric(lv, 1.0 if h.disabled else 0.0)
+            for candidate in EquipmentState:
+                state.add_metric([equipment_id, candidate.value], 1.0 if h.state is candidate else 0.0)
+            for reason, count in sorted(h.losses.items()):
+                lost.add_metric([equipment_id, reason], count)
             durations.add_metric(
                 lv, _buckets(POLL_DURATION_BUCKETS, h.poll_duration_counts), sum_value=h.poll_duration_sum
             )
-        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, durations)
+        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, state, lost, durations)
+        yield from _file_metrics(s.equipment)
 
         yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
         yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)
@@ -296,6 +309,37 @@ class GatewayCollector:
                      time.monotonic() - s.started_monotonic)
 
 
+def _file_metrics(equipment: Mapping[str, EquipmentHealth]) -> Iterator[Metric]:
+    """Per-equipment counters of the adapters that read result files (only equipment that has them)."""
+    with_files = [(eq, h.files) for eq, h in sorted(equipment.items()) if h.files is not None]
+    if not with_files:
+        return
+    labels = ["equipment"]
+    processed = CounterMetricFamily(
+        "emsedge_result_files_processed", "Result files whose events the buffer made durable.", labels=labels
+    )
+    rejected = CounterMetricFamily(
+        "emsedge_result_files_rejected", "Result files rejected (file_rejected, moved to error).", labels=labels
+    )
+    duplicate = CounterMetricFamily(
+        "emsedge_result_files_duplicate", "Identical result files dropped again (nothing emitted).", labels=labels
+    )
+    boards = CounterMetricFamily(
+        "emsedge_boards_emitted", "Boards (unit_tested events) emitted from result files.", labels=labels
+    )
+    parse = SummaryMetricFamily(
+        "emsedge_result_file_parse_seconds", "Time spent parsing result files.", labels=labels
+    )
+    for equipment_id, f in with_files:
+        lv = [equipment_id]
+        processed.add_metric(lv, f.files_processed)
+        rejected.add_metric(lv, f.files_rejected)
+        duplicate.add_metric(lv, f.files_duplicate)
+        boards.add_metric(lv, f.boards_emitted)
+        parse.add_metric(lv, count_value=f.parse_count, sum_value=f.parse_seconds)
+    yield from (processed, rejected, duplicate, boards, parse)
+
+
 def _counter(name: str, documentation: str, value: float) -> Metric:
     return CounterMetricFamily(name, documentation, value=float(value or 0))
 
@@ -340,86 +384,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
 async def serve_http(
     listen: str, state: GatewayState, *, task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve /healthz and /metrics until cancelled. Reports the bound port through `task_status`.
+    """Serve /healthz and /metrics (and the status page) until cancelled; reports the bound port.
 
-    A listener that cannot bind (port taken, address not on this host) is logged as an error and the
-    gateway runs on without it (started with None): collecting data matters more than observing it, and
-    a restart loop would not free the port.
+    The listener lives in `emsedge.web.server` (uvicorn + starlette); this keeps the old entry point.
+    A listener that cannot bind is logged and the gateway runs on without it (started with None).
     """
-    host, port = parse_listen(listen)
-    try:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-    except OSError as exc:
-        log.error("http listener not started: cannot bind; /healthz and /metrics are unavailable",
-                  address=listen, error=exc.strerror or str(exc))
-        task_status.started(None)
-        return
-    async with listener:
-        bound = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_port)
-        log.info("http listening", address=f"{host}:{bound}", paths="/healthz /metrics")
-        task_status.started(bound)
+    from emsedge.web.server import serve_http as serve  # noqa: PLC0415 - emsedge.web imports this module
 
-        async def handle(stream: SocketStream) -> None:
-            async with stream:
-                try:
-                    await _handle(stream, state)
-                except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError, OSError):
-                    pass  # the client went away; nothing to answer
-                except TimeoutError:
-                    log.debug("http client too slow, dropped")
-
-        await listener.serve(handle)
-
-
-async def _handle(stream: SocketStream, state: GatewayState) -> None:
-    with anyio.fail_after(REQUEST_TIMEOUT):
-        raw = b""
-        while b"\r\n\r\n" not in raw and b"\n\n" not in raw:
-            chunk = await stream.receive(4096)
-            raw += chunk
-            if len(raw) > MAX_REQUEST_BYTES:
-                await _respond(stream, 431, b"request too large\n", "text/plain")
-                return
-        request_line = raw.split(b"\n", 1)[0].decode("latin-1").strip()
-        parts = request_line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            await _respond(stream, 400, b"bad request\n", "text/plain")
-            return
-        method, target, _version = parts
-        path = target.split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            await _respond(stream, 405, b"method not allowed\n", "text/plain", {"Allow": "GET, HEAD"})
-            return
-        head = method == "HEAD"
-        if path == "/healthz":
-            code, body = state.health()
-            payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
-            await _respond(stream, code, payload, "application/json", head=head)
-        elif path == "/metrics":
-            await _respond(stream, 200, metrics_text(state), CONTENT_TYPE_LATEST, head=head)
-        elif path == "/":
-            await _respond(stream, 200, b"emsedge: /healthz /metrics\n", "text/plain", head=head)
-        else:
-            await _respond(stream, 404, b"not found\n", "text/plain", head=head)
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-async def _respond(
-    stream: SocketStream, code: int, body: bytes, content_type: str,
-    headers: Mapping[str, str] | None = None, *, head: bool = False,
-) -> None:
-    lines = [
-        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "Connection: close",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+    await serve(listen, state, task_status=task_status)
 
 
 # ---------------------------------------------------------------------------------------------------

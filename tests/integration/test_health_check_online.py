@@ -12,7 +12,7 @@ from opcua_server import PnPServer
 from support import REPO, free_port
 from support.daemon import EMSEDGE, Equipment, gateway_config, wait_until
 
-from emsedge.config import OpcUaEquipment
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.tooling import read_equipment
 
 

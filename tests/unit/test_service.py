@@ -14,7 +14,7 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from emsedge.adapters.base import EquipmentHealth
+from emsedge.adapters.base import EquipmentHealth, EquipmentState
 from emsedge.buffer import BufferStats
 from emsedge.service import GatewayState, SystemdNotifier, parse_listen, run_watchdog, serve_http
 
@@ -33,10 +33,13 @@ def FakeStats(**fields: Any) -> BufferStats:
 
 def make_state(stats: BufferStats | None = None, broker: bool = True) -> GatewayState:
     stats = stats or FakeStats()
-    up = EquipmentHealth(connected=True, polls=10, values=40, last_good_read="2026-01-01T00:00:00.000Z")
+    up = EquipmentHealth(state=EquipmentState.CONNECTED, polls=10, values=40, last_good_read="2026-01-01T00:00:00.000Z")
     up.good_read(4, 0.003)
     up.good_read(4, 0.2)
-    down = EquipmentHealth(connected=False, polls=3, poll_errors=2, last_error="connection refused", reconnects=1)
+    down = EquipmentHealth(
+        state=EquipmentState.RETRYING, polls=3, poll_errors=2, last_error="connection refused", reconnects=1,
+        losses={"opcua_queue_overflow": 7},
+    )
     return GatewayState(
         gateway_id="gw-1", version="0.1.0", started_at="2026-01-01T00:00:00.000Z",
         equipment={"reflow-1": up, "aoi-1": down},
@@ -181,6 +184,13 @@ async def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_path: str, b
 def test_status_line_counts_connected_equipment_backlog_and_broker() -> None:
     assert make_state(FakeStats(count=7)).status_line() == "2 equipment, 1 connected, backlog 7"
     assert make_state(broker=False).status_line().endswith(", broker disconnected")
+    state = make_state()
+    state.equipment["aoi-1"].state = EquipmentState.FAILED
+    assert state.status_line() == "2 equipment, 1 connected, backlog 0, 1 failed"
+    assert state.health()[1]["status"] == "degraded"  # refused for good is not ok
+    state.equipment["aoi-1"].state = EquipmentState.DISABLED
+    assert state.status_line() == "2 equipment, 1 connected, backlog 0, 1 disabled"
+    assert state.health()[1]["status"] == "ok"  # switched off in the config
 
 
 @pytest.mark.parametrize(
@@ -235,7 +245,8 @@ async def test_healthz_reports_equipment_broker_backlog_and_dropped() -> None:
     assert health["equipment"]["reflow-1"]["connected"] is True
     assert health["equipment"]["reflow-1"]["last_good_read"] is not None
     assert health["equipment"]["aoi-1"] == {
-        "type": "aoi", "adapter": "opcua", "connected": False, "disabled": False, "last_good_read": None,
+        "type": "aoi", "adapter": "opcua", "state": "retrying", "connected": False, "disabled": False,
+        "last_good_read": None,
         "last_error": "connection refused", "polls": 3, "poll_errors": 2, "reconnects": 1,
     }
 
@@ -243,7 +254,7 @@ async def test_healthz_reports_equipment_broker_backlog_and_dropped() -> None:
 @pytest.mark.asyncio
 async def test_healthz_is_ok_when_everything_is_up_and_503_when_the_buffer_cannot_write() -> None:
     state = make_state()
-    state.equipment["aoi-1"].connected = True
+    state.equipment["aoi-1"].state = EquipmentState.CONNECTED
     [(code, _, body)] = await serve_and(state, [("GET", "/healthz")])
     assert (code, json.loads(body)["status"]) == (200, "ok")
     [(code, _, body)] = await serve_and(make_state(FakeStats(writable=False)), [("GET", "/healthz")])
@@ -272,6 +283,12 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_reconnects_total", aoi)] == 1
     assert samples[("emsedge_equipment_connected", reflow)] == 1
     assert samples[("emsedge_equipment_connected", aoi)] == 0
+    assert samples[("emsedge_equipment_state", (("equipment", "aoi-1"), ("state", "retrying")))] == 1
+    assert samples[("emsedge_equipment_state", (("equipment", "aoi-1"), ("state", "connected")))] == 0
+    assert samples[("emsedge_equipment_state", (("equipment", "reflow-1"), ("state", "connected")))] == 1
+    assert sum(v for (name, labels), v in samples.items() if name == "emsedge_equipment_state") == 2
+    assert samples[("emsedge_equipment_lost_values_total",
+                    (("equipment", "aoi-1"), ("reason", "opcua_queue_overflow")))] == 7
     assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.005")])))] == 1
     assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.25")])))] == 2
     assert samples[("emsedge_poll_duration_seconds_count", reflow)] == 2
@@ -287,7 +304,7 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_publish_latency_seconds_bucket", (("le", "+Inf"),))] == 2
     assert samples[("emsedge_publish_latency_seconds_sum", ())] == pytest.approx(7.02)
 
-    state.equipment["aoi-1"].connected = True  # live: the next scrape sees it without any copying
+    state.equipment["aoi-1"].state = EquipmentState.CONNECTED  # live: the next scrape sees it, no copying
     [(_, _, body)] = await serve_and(state, [("GET", "/metrics")])
     assert 'emsedge_equipment_connected{equipment="aoi-1"} 1.0' in body.decode()
 
@@ -345,7 +362,7 @@ async def test_a_wedged_buffer_writer_stops_the_watchdog_pings_and_fails_healthz
     notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "100000"})  # ping every 50 ms
     buf = Buffer(BufferConfig(path=tmp_path / "b.db", min_free_bytes=0), gateway="gw", topics=Topics("a/b"))
     state = make_state()
-    state.equipment["aoi-1"].connected = True
+    state.equipment["aoi-1"].state = EquipmentState.CONNECTED
     state.buffer_stats = buf.stats
     fsync = threading.Event()  # a commit stuck in fsync on a dying SD card
 

@@ -46,7 +46,7 @@ from typing import Any, Literal, Self
 import anyio
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.config import ModbusConnection, ModbusEquipment, ModbusSignal
+from emsedge.adapters.modbus.config import ModbusConnection, ModbusEquipment, ModbusSignal
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, telemetry, utc_iso
 
@@ -475,10 +475,6 @@ class ModbusAdapter:
         async with self:
             records = await self.poll()
         return list(records[0].body["readings"])
-
-
-def build(ctx: AdapterContext) -> ModbusAdapter:
-    return ModbusAdapter(ctx)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,317 @@
+"""The gateway's own config: who it is, the broker, the buffer, the HTTP endpoint, logging; and `Settings`,
+the root of the file, whose `equipment` entries are validated by the model each adapter registers.
+
+YAML is the base; `EMSEDGE_*` environment variables override it (`EMSEDGE_MQTT__PASSWORD=...`, nested with
+`__`), so a secret injected by systemd or Docker wins over the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import ByteSize, Field, FilePath, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from emsedge.config.equipment import Equipment
+from emsedge.config.types import Backoff, ConfigModel, Duration, DurationOrZero, Size, format_duration
+from emsedge.errors import ConfigError
+
+
+class GatewayConfig(ConfigModel):
+    id: str = Field(description="Gateway id: MQTT client id default and `gateway` field of every message.")
+    site: str = Field(description="Plant or site, part of the default topic prefix.")
+    area: str = Field("smt", description="Area of the plant, part of the default topic prefix.")
+    line: str = Field(description="Line name, part of the default topic prefix.")
+
+    @field_validator("id", "site", "area", "line")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        if not v or any(c in v for c in "+#/") or v != v.strip():
+            raise ValueError("must be non-empty and contain no '/', '+', '#' or surrounding spaces")
+        return v
+
+
+class TlsConfig(ConfigModel):
+    ca_file: FilePath | None = Field(None, description="CA bundle that signed the broker certificate.")
+    cert_file: FilePath | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: FilePath | None = Field(None, description="Client private key (mutual TLS).")
+    verify_hostname: bool = Field(True, description="Check the broker certificate names the host. Keep on.")
+
+
+class MqttConfig(ConfigModel):
+    url: str | list[str] = Field(
+        "mqtt://127.0.0.1:1883",
+        description="Broker URL (mqtt:// or mqtts://), or a list of URLs for failover, tried in order.",
+    )
+    client_id: str | None = Field(None, description="MQTT client id; defaults to gateway.id.")
+    username: str | None = Field(None, description="Broker user name.")
+    password: SecretStr | None = Field(
+        None, description="Broker password; prefer password_file or EMSEDGE_MQTT__PASSWORD. Never logged."
+    )
+    password_file: FilePath | None = Field(None, description="File holding the broker password (first line).")
+    qos: int = Field(1, ge=0, le=2, description="QoS of data messages. 1 gives at-least-once with PUBACK.")
+    topic_prefix: str | None = Field(None, description="Topic prefix; default ems/{site}/{area}/{line}.")
+    protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version.")
+    keepalive: Duration = Field(30.0, description="MQTT keepalive; a stalled link is noticed after ~1.5x.")
+    connect_timeout: Duration = Field(10.0, description="Deadline for the TCP/TLS connect and CONNACK.")
+    publish_timeout: Duration = Field(30.0, description="Deadline for a PUBACK before the link is recycled.")
+    max_inflight: int = Field(1000, ge=1, le=60000, description="Messages published but not yet acknowledged.")
+    tls: TlsConfig | None = Field(None, description="TLS settings for mqtts:// (system CAs when omitted).")
+    allow_insecure: bool = Field(
+        False, description="Allow a password over plain TCP to a non-loopback broker. Avoid."
+    )
+    backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    @field_validator("url")
+    @classmethod
+    def _check_urls(cls, v: str | list[str]) -> str | list[str]:
+        for url in [v] if isinstance(v, str) else v:
+            parts = urlsplit(url)
+            if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+                raise ValueError(f"{url!r} is not a broker URL; write mqtt://host:1883 or mqtts://host:8883")
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one broker URL")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/")):
+            raise ValueError("a topic prefix has no wildcards (+, #) and no leading or trailing '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _no_plaintext_password(self) -> MqttConfig:
+        if (self.password is None and self.password_file is None) or self.allow_insecure:
+            return self
+        for url in self.urls:
+            parts = urlsplit(url)
+            if parts.scheme in ("mqtt", "tcp") and not _is_loopback(parts.hostname or ""):
+                raise ValueError(
+                    f"a password would travel in clear text to {parts.hostname}; use mqtts:// "
+                    "or set allow_insecure: true"
+                )
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BufferConfig(ConfigModel):
+    path: Path = Field(Path("/var/lib/emsedge/buffer.db"), description="SQLite file of the durable buffer.")
+    max_bytes: Size = Field(ByteSize(1 << 30), description="Size cap; the oldest records are evicted.")
+    max_age: Duration | None = Field(None, description="Records older than this are evicted (and counted).")
+    sync: Literal["full", "normal"] = Field(
+        "full", description="full: every append survives a power cut; normal: may lose the last commits."
+    )
+    min_free_bytes: Size = Field(
+        ByteSize(64 << 20), description="Free disk floor; below it appends wait (back-pressure)."
+    )
+    replay_rate: float | None = Field(
+        None, gt=0, description="Backlog messages per second replayed beside live data; null: unlimited."
+    )
+    linger: DurationOrZero = Field(0.02, description="How long the writer gathers records into one transaction.")
+    batch_max: int = Field(5000, ge=1, description="Most records in one write transaction.")
+    max_inflight_bytes: Size = Field(
+        ByteSize(8 << 20),
+        description="Most payload bytes handed to an output at once: bounds memory during a replay.",
+    )
+
+
+class HttpAuthConfig(ConfigModel):
+    """Who may read the page, /healthz and /metrics. Secrets live in files, never in the config itself."""
+
+    bearer_token_file: FilePath | None = Field(
+        None, description="File whose first line is the token; clients send `Authorization: Bearer <token>`."
+    )
+    basic_auth_file: FilePath | None = Field(
+        None, description="File whose first line is `user:password` for HTTP basic auth (what a browser asks)."
+    )
+
+    @model_validator(mode="after")
+    def _one_method(self) -> HttpAuthConfig:
+        if (self.bearer_token_file is None) == (self.basic_auth_file is None):
+            raise ValueError("give exactly one of bearer_token_file or basic_auth_file")
+        return self
+
+
+class HttpTlsConfig(ConfigModel):
+    cert_file: FilePath = Field(description="PEM certificate (chain) the endpoint presents.")
+    key_file: FilePath = Field(description="PEM private key of that certificate.")
+
+
+class HttpConfig(ConfigModel):
+    listen: str | None = Field(
+        "127.0.0.1:9108",
+        description="host:port of the status page, /healthz and /metrics; null turns the listener off.",
+    )
+    auth: HttpAuthConfig | None = Field(
+        None, description="Required when `listen` is not a loopback address (unless allow_insecure is set)."
+    )
+    allow_insecure: bool = Field(
+        False, description="Serve a non-loopback address without auth. Anyone on the network sees the line."
+    )
+    tls: HttpTlsConfig | None = Field(None, description="Serve HTTPS with this certificate and key.")
+    max_connections: int = Field(
+        100, ge=1, le=10000, description="Open connections at most; extra ones are closed at once, unread."
+    )
+    max_live_clients: int = Field(
+        20, ge=1, le=1000, description="Browsers following the live page at most; extra ones get 503."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is not None:
+            _host, sep, port = v.rpartition(":")
+            if not sep or not port.isdigit() or int(port) > 65535:
+                raise ValueError("write host:port, e.g. 127.0.0.1:9108 (or :9108 for every interface)")
+        return v
+
+    @model_validator(mode="after")
+    def _network_needs_auth(self) -> HttpConfig:
+        if self.listen is None or self.auth is not None or self.allow_insecure:
+            return self
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if not _is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen!r} is reachable from the network but http.auth is not set; add "
+                "auth: {bearer_token_file: ...} or {basic_auth_file: ...}, listen on 127.0.0.1, "
+                "or write allow_insecure: true"
+            )
+        return self
+
+
+class LoggingConfig(ConfigModel):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: coloured key=value on a terminal, JSON under systemd/Docker."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Root
+
+
+class Settings(BaseSettings):
+    """The whole config. YAML is the base; EMSEDGE_* environment variables override it.
+
+    The validator is built on first use (`defer_build`), not at import: each `equipment` entry is checked
+    against the model its adapter registered (`emsedge.adapters.registry`), and the registry is only asked
+    once a config is validated or the JSON Schema is rendered. `emsedge.adapters.refresh()` rebuilds it
+    after adapters were installed into the running interpreter.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="EMSEDGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        nested_model_default_partial_update=True,
+        defer_build=True,
+    )
+
+    gateway: GatewayConfig = Field(description="Who this gateway is; the default topic prefix uses it.")
+    mqtt: MqttConfig = Field(MqttConfig(), description="The MES broker.")
+    buffer: BufferConfig = Field(BufferConfig(), description="The durable local buffer.")
+    http: HttpConfig = Field(HttpConfig(), description="Status page, health and metrics endpoint.")
+    logging: LoggingConfig = Field(LoggingConfig(), description="Logging.")
+    equipment: list[Equipment] = Field(default_factory=list, description="The line's machines.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (a password injected by systemd or Docker wins).
+        return (env_settings, init_settings, file_secret_settings)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Settings:
+        ids = [e.id for e in self.equipment]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"equipment ids must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @property
+    def topic_prefix(self) -> str:
+        g = self.gateway
+        return self.mqtt.topic_prefix or f"ems/{g.site}/{g.area}/{g.line}"
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or self.gateway.id
+
+
+def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
+    """A secret from the config or its file (first line, trailing newline stripped)."""
+    if value is not None:
+        return value.get_secret_value()
+    if file is None:
+        return None
+    try:
+        return file.read_text(encoding="utf-8").splitlines()[0] if file.stat().st_size else ""
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read secret file: {exc.strerror}"]) from None
+
+
+def summary(settings: Settings) -> str:
+    """Short human summary printed by `check-config` (never shows secrets)."""
+    lines = [
+        f"gateway {settings.gateway.id} ({settings.gateway.site}/{settings.gateway.area}/{settings.gateway.line})",
+        f"mqtt    {', '.join(settings.mqtt.urls)} qos={settings.mqtt.qos} prefix={settings.topic_prefix}",
+        f"buffer  {settings.buffer.path} max={settings.buffer.max_bytes.human_readable()} sync={settings.buffer.sync}",
+        f"equipment: {len(settings.equipment)}",
+    ]
+    for e in settings.equipment:
+        n = len(e.signal_names())
+        extra = f", {len(e.triggers)} triggers" if e.triggers else ""
+        state = "" if e.enabled else " (disabled)"
+        lines.append(
+            f"  {e.id:<16} {e.type:<15} {e.adapter:<7} {address(e):<28} {period(e):<16} {n} signals{extra}"
+            f"{state}"
+        )
+    return "\n".join(lines)
+
+
+def address(equipment: object) -> str:
+    """Where the gateway connects for this machine: an endpoint URL or host:port (unit id for Modbus)."""
+    conn = getattr(equipment, "connection", None)
+    if (url := getattr(conn, "url", None)) is not None:
+        return str(url)
+    host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+    if host is None:
+        return "-"
+    where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if (mode := getattr(conn, "mode", None)) is not None:
+        where += f" ({mode})"
+    if (unit := getattr(conn, "unit_id", None)) is not None:
+        where += f" unit {unit}"
+    return where
+
+
+def period(equipment: object) -> str:
+    """How often values arrive: the poll period, or the subscription's publishing interval."""
+    if getattr(equipment, "mode", None) == "subscribe" and (pub := getattr(equipment, "publishing_interval", None)):
+        return f"subscribe {format_duration(pub)}"
+    if (poll := getattr(equipment, "poll_interval", None)) is not None:
+        return f"poll {format_duration(poll)}"
+    return "push"

@@ -1,0 +1,171 @@
+"""What every equipment entry has in common: `EquipmentBase`, signals, triggers, the event names.
+
+Each adapter subclasses `EquipmentBase` in its own `config.py` (`adapter: Literal["<name>"]`, its
+connection, its signals) and registers it in its `AdapterSpec`; `Equipment` validates an entry with the
+model its `adapter:` names, so a third-party adapter's fields get the same file:line errors and JSON Schema
+as a built-in one.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, GetCoreSchemaHandler, WithJsonSchema, field_validator, model_validator
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+from emsedge.config.types import Backoff, ConfigModel, did_you_mean
+from emsedge.schema import EMITTABLE_EVENTS, EventType
+
+EquipmentType = Literal["pick_and_place", "reflow_oven", "aoi", "spi", "xray", "ict", "fct", "fpt", "other"]
+
+EventFlag = Literal["station_state"]
+
+
+def _emittable(value: object) -> EventType:
+    if isinstance(value, str) and value in EMITTABLE_EVENTS:
+        return EventType(value)
+    names = [repr(str(e)) for e in EMITTABLE_EVENTS]
+    expected = f"{', '.join(names[:-1])} or {names[-1]}"
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+
+
+EmittedEvent = Annotated[
+    EventType,
+    BeforeValidator(_emittable),
+    WithJsonSchema({"type": "string", "enum": [str(e) for e in EMITTABLE_EVENTS]}),
+]
+"""An event type a trigger or a SECS/GEM collection event may emit (`emsedge.schema.EMITTABLE_EVENTS`)."""
+
+
+class SignalCommon(ConfigModel):
+    """Fields every adapter's signal model has (its address fields come from the adapter)."""
+
+    name: str = Field(description="Signal name in payloads (snake_case).")
+    unit: str | None = Field(None, description="Unit of the value, e.g. Cel, kPa, cm/min, ppm.")
+    event: EventFlag | None = Field(
+        None, description="station_state: changes become station_state_changed events, not telemetry."
+    )
+    map: dict[int | str, int] | None = Field(
+        None, description="With event: station_state, the machine's value -> SEMI E58 state code."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", v):
+            raise ValueError("a signal name starts with a letter or _ and holds letters, digits, _ . -")
+        return v
+
+    @model_validator(mode="after")
+    def _map_needs_event(self) -> SignalCommon:
+        if self.map is not None and self.event is None:
+            raise ValueError("`map` is only used together with `event: station_state`")
+        return self
+
+
+class Trigger(ConfigModel):
+    on_change: str = Field(description="Signal whose change fires the trigger.")
+    emit: EmittedEvent = Field(description="Event type emitted.")
+    serial: str | None = Field(None, description="Signal holding the board serial, copied to event.serial.")
+    include: list[str] = Field(default_factory=list, description="Signals snapshotted into the event.")
+    fields: dict[str, Any] = Field(default_factory=dict, description="Constant fields added to the event.")
+    skip_initial: bool = Field(
+        True,
+        description="Do not fire on the first value seen after the gateway starts (the last good value is "
+        "kept across reconnects, so a change during an outage fires once when the link returns).",
+    )
+
+
+class EquipmentBase(ConfigModel):
+    """Base of every adapter's equipment model. A subclass narrows `adapter` to `Literal["<its name>"]`."""
+
+    id: str = Field(description="Equipment id, part of the topics; unique in the config.")
+    type: EquipmentType = Field(description="Kind of machine.")
+    adapter: str = Field(description="Adapter that talks to this machine (a registered adapter name).")
+    enabled: bool = Field(True, description="false keeps the entry but does not connect.")
+    profile: str | None = Field(None, description="Equipment profile merged under this entry.")
+    triggers: list[Trigger] = Field(default_factory=list, description="Events fired by signal changes.")
+    backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
+            raise ValueError("an equipment id holds letters, digits, _ . - (it is part of MQTT topics)")
+        return v
+
+    def configured_signals(self) -> list[SignalCommon]:
+        """The signals this equipment reads; an adapter whose signals are not in `signals` overrides this."""
+        return list(getattr(self, "signals", []))
+
+    def signal_names(self) -> list[str]:
+        return [s.name for s in self.configured_signals()]
+
+    @model_validator(mode="after")
+    def _triggers_name_signals(self) -> EquipmentBase:
+        known = set(self.signal_names())
+        if not known:
+            return self
+        for i, trig in enumerate(self.triggers):
+            for ref in [trig.on_change, trig.serial, *trig.include]:
+                if ref is not None and ref not in known:
+                    raise ValueError(
+                        f"triggers[{i}] names signal {ref!r}, which is not configured{did_you_mean(ref, known)}"
+                    )
+        names = self.signal_names()
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"signal names must be unique; repeated: {', '.join(sorted(dupes))}")
+        return self
+
+
+def adapter_tag(value: Any) -> str | None:
+    """The `adapter:` of an entry (a mapping while validating, a model when serialising)."""
+    adapter = value.get("adapter") if isinstance(value, dict) else getattr(value, "adapter", None)
+    return None if adapter is None else str(adapter)
+
+
+class _RegisteredModel:
+    """Validates an equipment entry with the `config_model` of the adapter its `adapter:` names.
+
+    The choices come from the adapter registry when `Settings` is built (on first use), so built-in and
+    third-party adapters are assembled the same way. An unknown name fails, and
+    the loader turns into "unknown adapter 'x'; did you mean ...". (pydantic-core reports it with the
+    custom error type `adapter_missing`, like a missing `adapter:`.)
+    """
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        from emsedge.adapters import registry  # noqa: PLC0415 - the registry imports adapter config models
+
+        choices: dict[str, CoreSchema] = {
+            name: handler.generate_schema(spec.config_model) for name, spec in registry().specs.items()
+        }
+        if not choices:  # nothing registered (emsedge itself not installed): every entry is refused
+            return core_schema.no_info_plain_validator_function(_no_adapter)
+        return core_schema.tagged_union_schema(
+            choices,
+            discriminator=adapter_tag,
+            custom_error_type="adapter_missing",
+            custom_error_message="required field 'adapter' is missing",
+        )
+
+
+def _no_adapter(value: object) -> EquipmentBase:
+    raise PydanticCustomError("adapter_missing", "required field 'adapter' is missing")
+
+
+Equipment = Annotated[EquipmentBase, _RegisteredModel()]
+"""One equipment entry, validated by its adapter's model (a subclass of `EquipmentBase`)."""
+
+
+__all__ = [
+    "EmittedEvent",
+    "Equipment",
+    "EquipmentBase",
+    "EquipmentType",
+    "EventFlag",
+    "SignalCommon",
+    "Trigger",
+    "adapter_tag",
+]
