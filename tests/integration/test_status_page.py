@@ -224,9 +224,14 @@ def test_status_page_follows_the_virtual_line_live(tmp_path: Path, mosquitto: Mo
         sim.stop()
 
 
-def test_demo_prints_the_page_url_and_serves_the_page() -> None:
-    demo = subprocess.Popen([EMSEDGE, "demo", "--no-tui", "--duration", "20"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO / "tests")
+def test_demo_prints_the_page_url_and_serves_the_page(tmp_path: Path) -> None:
+    line_file, line = line_config(tmp_path)  # free ports: another line may run on this machine
+    config = gateway_file(tmp_path, line, "mqtt://127.0.0.1:1", free_port())  # the demo sets broker and port
+    demo = subprocess.Popen(
+        [EMSEDGE, "demo", "--no-tui", "--duration", "20", "--line", str(line_file), "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO / "tests",
+        env={**os.environ, "EMSEDGE_PROFILES": str(REPO / "adapters")},
+    )
     try:
         assert demo.stderr is not None
         url = ""
@@ -243,4 +248,4 @@ def test_demo_prints_the_page_url_and_serves_the_page() -> None:
             assert {m["id"] for m in json.loads(answer.read())["machines"]} == {"pnp-1", "reflow-1", "aoi-1"}
     finally:
         demo.send_signal(signal.SIGINT)
-        demo.wait(timeout=30)
+        demo.communicate(timeout=30)
