@@ -8,6 +8,7 @@ within a second, and idle connections are closed by the gateway after its idle t
 from __future__ import annotations
 
 import selectors
+import subprocess
 import socket
 import threading
 import time
@@ -129,3 +130,51 @@ def test_500_idle_connections_and_50_live_clients_cost_bounded_memory_and_no_pub
         subscriber.close()
         if daemon.alive():
             daemon.stop()
+
+
+def test_running_out_of_file_descriptors_is_survived_and_service_returns_within_a_second(
+    tmp_path: Path, mosquitto: Mosquitto, equipment: Equipment
+) -> None:
+    http_port = free_port()
+    config = gateway_config(tmp_path, mosquitto.url, equipment.port, http={
+        "listen": f"127.0.0.1:{http_port}", "max_connections": 5000,
+    })
+    daemon = Daemon(config, tmp_path / "gateway.log")
+    subscriber = Subscriber(mosquitto.port)
+    flood: list[socket.socket] = []
+    try:
+        daemon.start()
+        wait_for_port(http_port, timeout=30)
+        wait_until(lambda: telemetry_count(subscriber) > 5, 30)
+        assert daemon.process is not None
+        # The unit's file limit, lowered so a test can reach it: accept() fails with EMFILE.
+        subprocess.run(["prlimit", f"--pid={daemon.process.pid}", "--nofile=256:256"], check=True)
+        for _ in range(400):
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", http_port), timeout=2))
+            except OSError:
+                break
+        wait_until(lambda: "out of system resource" in daemon.log() or "Too many open files" in daemon.log(), 15)
+        for s in flood:
+            s.close()
+        flood.clear()
+        started = time.monotonic()
+        wait_until(lambda: _answers(http_port), 5)
+        assert time.monotonic() - started < 1.5
+        assert daemon.alive()
+        count = telemetry_count(subscriber)
+        wait_until(lambda: telemetry_count(subscriber) > count + 5, 10)  # still publishing
+        assert daemon.log().count("out of system resource") <= 1  # logged once, not once per retry
+    finally:
+        for s in flood:
+            s.close()
+        subscriber.close()
+        if daemon.alive():
+            daemon.stop()
+
+
+def _answers(port: int) -> bool:
+    try:
+        return healthz_time(port) < 1.0
+    except (OSError, AssertionError):
+        return False
