@@ -15,6 +15,7 @@ Run: `.venv/bin/python benchmarks/web.py [--window 20]`. About two minutes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import selectors
 import socket
@@ -56,10 +57,8 @@ class Clients:
     def _read(self) -> None:
         while not self.stop.is_set():
             for key, _ in self.selector.select(0.1):
-                try:
+                with contextlib.suppress(BlockingIOError):
                     self.bytes += len(key.fileobj.recv(1 << 20))  # type: ignore[union-attr]
-                except BlockingIOError:
-                    pass
 
     def close(self) -> None:
         self.stop.set()
@@ -96,7 +95,8 @@ def main() -> int:
                                    str(PER_EQUIPMENT)], stdout=subprocess.PIPE, text=True)
         gateway = None
         try:
-            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            assert server.stdout is not None
+            assert server.stdout.readline().strip() == "ready"
             config = {
                 "gateway": {"id": "bench-gw", "site": "bench", "area": "smt", "line": "line-1"},
                 "mqtt": {"url": broker.url},

@@ -8,8 +8,8 @@ within a second, and idle connections are closed by the gateway after its idle t
 from __future__ import annotations
 
 import selectors
-import subprocess
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
