@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto clean
+.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto browser clean
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
@@ -29,8 +29,8 @@ demo: $(DEMO_STAMP)
 	@echo "make demo: starting the virtual line, a broker and the gateway (Ctrl-C stops everything)"
 	$(BIN)/emsedge demo
 
-# Installs everything (Python deps into .venv, mosquitto when missing) and runs the suite.
-test: $(STAMP) mosquitto
+# Installs everything (Python deps into .venv, mosquitto and chromium when missing) and runs the suite.
+test: $(STAMP) mosquitto browser
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 	$(BIN)/pytest -q -m "not soak" -p no:cacheprovider
@@ -43,13 +43,19 @@ mosquitto:
 	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mosquitto; \
 	    else sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto; fi; }
 
+# The status page's browser test drives Debian's chromium headless through chromedriver.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 
 # Benchmarks print figures (values/s, latency percentiles, CPU, RSS); a few minutes each, not tests.
 bench: $(STAMP) mosquitto
-	for b in pipeline buffer_replay publisher opcua hsms service_http; do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in pipeline buffer_replay publisher opcua hsms service_http web; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

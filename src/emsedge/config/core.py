@@ -127,9 +127,45 @@ class BufferConfig(ConfigModel):
     batch_max: int = Field(5000, ge=1, description="Most records in one write transaction.")
 
 
+class HttpAuthConfig(ConfigModel):
+    """Who may read the page, /healthz and /metrics. Secrets live in files, never in the config itself."""
+
+    bearer_token_file: FilePath | None = Field(
+        None, description="File whose first line is the token; clients send `Authorization: Bearer <token>`."
+    )
+    basic_auth_file: FilePath | None = Field(
+        None, description="File whose first line is `user:password` for HTTP basic auth (what a browser asks)."
+    )
+
+    @model_validator(mode="after")
+    def _one_method(self) -> HttpAuthConfig:
+        if (self.bearer_token_file is None) == (self.basic_auth_file is None):
+            raise ValueError("give exactly one of bearer_token_file or basic_auth_file")
+        return self
+
+
+class HttpTlsConfig(ConfigModel):
+    cert_file: FilePath = Field(description="PEM certificate (chain) the endpoint presents.")
+    key_file: FilePath = Field(description="PEM private key of that certificate.")
+
+
 class HttpConfig(ConfigModel):
     listen: str | None = Field(
-        "127.0.0.1:9108", description="host:port of /healthz and /metrics; null turns the listener off."
+        "127.0.0.1:9108",
+        description="host:port of the status page, /healthz and /metrics; null turns the listener off.",
+    )
+    auth: HttpAuthConfig | None = Field(
+        None, description="Required when `listen` is not a loopback address (unless allow_insecure is set)."
+    )
+    allow_insecure: bool = Field(
+        False, description="Serve a non-loopback address without auth. Anyone on the network sees the line."
+    )
+    tls: HttpTlsConfig | None = Field(None, description="Serve HTTPS with this certificate and key.")
+    max_connections: int = Field(
+        100, ge=1, le=10000, description="Open connections at most; extra ones are closed at once, unread."
+    )
+    max_live_clients: int = Field(
+        20, ge=1, le=1000, description="Browsers following the live page at most; extra ones get 503."
     )
 
     @field_validator("listen")
@@ -140,6 +176,19 @@ class HttpConfig(ConfigModel):
             if not sep or not port.isdigit() or int(port) > 65535:
                 raise ValueError("write host:port, e.g. 127.0.0.1:9108 (or :9108 for every interface)")
         return v
+
+    @model_validator(mode="after")
+    def _network_needs_auth(self) -> HttpConfig:
+        if self.listen is None or self.auth is not None or self.allow_insecure:
+            return self
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if not _is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen!r} is reachable from the network but http.auth is not set; add "
+                "auth: {bearer_token_file: ...} or {basic_auth_file: ...}, listen on 127.0.0.1, "
+                "or write allow_insecure: true"
+            )
+        return self
 
 
 class LoggingConfig(ConfigModel):
@@ -174,7 +223,7 @@ class Settings(BaseSettings):
     gateway: GatewayConfig = Field(description="Who this gateway is; the default topic prefix uses it.")
     mqtt: MqttConfig = Field(MqttConfig(), description="The MES broker.")
     buffer: BufferConfig = Field(BufferConfig(), description="The durable local buffer.")
-    http: HttpConfig = Field(HttpConfig(), description="Health and metrics endpoint.")
+    http: HttpConfig = Field(HttpConfig(), description="Status page, health and metrics endpoint.")
     logging: LoggingConfig = Field(LoggingConfig(), description="Logging.")
     equipment: list[Equipment] = Field(default_factory=list, description="The line's machines.")
 
