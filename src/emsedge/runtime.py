@@ -227,7 +227,8 @@ class Gateway:
     def _emitter(self, normaliser: Normaliser) -> Emit:
         async def emit(records: Sequence[Record]) -> None:
             normalised = normaliser.process(records)
-            self.line.observe(normalised)
+            if self.settings.http.listen:  # nobody can look at the line model without the listener
+                self.line.observe(normalised)
             await self._append(normalised)
 
         return emit
