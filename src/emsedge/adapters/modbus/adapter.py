@@ -304,6 +304,17 @@ class ModbusDecoder:
         for i, pos, name, unit in block.bit_meta:
             out[i] = {"signal": name, "value": bool(bits[pos]), "unit": unit, "quality": "good", "ts": ts}
 
+    def decode_answer(self, block: CompiledBlock, rr: Any, ts: str, out: list[dict[str, Any] | None]) -> str | None:
+        """Validate one block's answer (`answer_problem`) and decode it, or mark the block bad; the problem."""
+        problem = answer_problem(block.request, rr)
+        if problem is not None:
+            self.mark_bad(block, problem, ts, out)
+        elif block.bit_meta:
+            self.decode_bits(block, rr.bits, ts, out)
+        else:
+            self.decode_registers(block, rr.raw, ts, out)
+        return problem
+
     def mark_bad(self, block: CompiledBlock, status: str, ts: str, out: list[dict[str, Any] | None]) -> None:
         for i in block.request.signals:
             out[i] = {"signal": self.names[i], "value": None, "unit": self.units[i], "quality": "bad",
@@ -513,15 +524,9 @@ class ModbusAdapter:
             self.requests_sent += 1
             if rr.isError() and not hasattr(rr, "exception_code"):
                 raise AdapterError(f"bad answer from {self.where}: {rr}")
-            problem = answer_problem(req, rr)
-            if problem is not None:
-                decoder.mark_bad(block, problem, ts, out)
-                if problem != (_exception_status(rr) if rr.isError() else None):
-                    self._log_malformed(req, problem, rr)
-            elif block.bit_meta:
-                decoder.decode_bits(block, rr.bits, ts, out)
-            else:
-                decoder.decode_registers(block, rr.raw, ts, out)
+            problem = decoder.decode_answer(block, rr, ts, out)
+            if problem is not None and problem != (_exception_status(rr) if rr.isError() else None):
+                self._log_malformed(req, problem, rr)
         return [telemetry(self.equipment.id, self.equipment.type, out, ts)]  # type: ignore[arg-type]
 
     def _log_malformed(self, request: ReadRequest, problem: str, rr: Any) -> None:
