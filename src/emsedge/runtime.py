@@ -39,6 +39,7 @@ from emsedge.adapters.base import Adapter, AdapterContext, CountLoss, Emit, Equi
 from emsedge.buffer import Buffer, Lease
 from emsedge.config import EquipmentBase, Settings, load_config
 from emsedge.errors import AdapterError, ConfigError
+from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
@@ -102,6 +103,8 @@ class Gateway:
             broker_connected=lambda: self.publisher.connected,
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
+        self.loop_lag = LoopLag()
+        self.state.loop_lag = lambda: (self.loop_lag.last_seconds, self.loop_lag.max_seconds)
         self.notifier = SystemdNotifier()
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
@@ -125,6 +128,7 @@ class Gateway:
                 if self.settings.http.listen:
                     await link.start(serve_http, self.settings.http.listen, self.state)
                 await link.start(run_watchdog, self.notifier, self.state)
+                await link.start(self.loop_lag.run)
                 link.start_soon(self._handle_signals)
                 async with anyio.create_task_group() as equipment_tg:
                     self._equipment_tg = equipment_tg

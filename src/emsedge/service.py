@@ -79,6 +79,8 @@ class GatewayState:
     )
     publish_latency_sum: float = 0.0
     started_monotonic: float = field(default_factory=time.monotonic)
+    loop_lag: Callable[[], tuple[float, float]] | None = None
+    """(latest, longest since start) lateness of the event loop in seconds (`emsedge.looplag`)."""
 
     def observe_publish_latency(self, seconds: float) -> None:
         self.publish_latency_counts[bisect.bisect_left(PUBLISH_LATENCY_BUCKETS, seconds)] += 1
@@ -256,6 +258,11 @@ class GatewayCollector:
         yield build
         yield _gauge("emsedge_uptime_seconds", "Seconds since the gateway started.",
                      time.monotonic() - s.started_monotonic)
+        if s.loop_lag is not None:
+            latest, longest = s.loop_lag()
+            yield _gauge("emsedge_event_loop_lag_seconds", "Lateness of the latest event-loop probe.", latest)
+            yield _gauge("emsedge_event_loop_lag_seconds_max",
+                         "Longest event-loop stall since start (every machine waits that long).", longest)
 
 
 def _counter(name: str, documentation: str, value: float) -> Metric:
