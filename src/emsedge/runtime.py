@@ -104,7 +104,9 @@ class Gateway:
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
         self.loop_lag = LoopLag()
-        self.state.loop_lag = lambda: (self.loop_lag.last_seconds, self.loop_lag.max_seconds)
+        self.state.loop_lag = lambda: (
+            self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
+        )
         self.notifier = SystemdNotifier()
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
@@ -128,12 +130,12 @@ class Gateway:
                 if self.settings.http.listen:
                     await link.start(serve_http, self.settings.http.listen, self.state)
                 await link.start(run_watchdog, self.notifier, self.state)
-                await link.start(self.loop_lag.run)
                 link.start_soon(self._handle_signals)
                 async with anyio.create_task_group() as equipment_tg:
                     self._equipment_tg = equipment_tg
                     for equipment in self.settings.equipment:
                         await self._start_equipment(equipment)
+                    await link.start(self.loop_lag.run)  # after start-up (imports, first connects): steady state
                     self.notifier.ready()
                     self.notifier.status(self.state.status_line())
                     task_status.started()

@@ -6,7 +6,7 @@ here: `HostileModbus(behaviour)` parses each request's MBAP header and PDU and s
 `behaviour(function_code, address, count)` framed with the request's transaction and unit ids (None:
 no answer). Registers hold `address + offset` (mod 65536); coils alternate on, off.
 
-Run standalone for daemon tests: `python hostile_modbus.py PORT MODE` (MODE from `MODES`).
+Run standalone for daemon tests: `python hostile_modbus.py PORT MODE` (MODE from `MODES`, or `chaos`).
 """
 
 from __future__ import annotations
@@ -67,6 +67,19 @@ def empty_pdu(fc: int, address: int, count: int) -> bytes:
     return bytes([fc]) if fc in (3, 4) else good(fc, address, count)
 
 
+def chaos() -> Behaviour:
+    """Each request answered by the next behaviour in turn: well-formed, then every malformed kind."""
+    turns = [good, short_bits, wrong_function, lying_byte_count, unknown_function, empty_pdu, good]  # 7: coprime
+    # with the blocks of a poll, so every block meets every behaviour
+    count = [0]
+
+    def answer(fc: int, address: int, count_: int) -> bytes | None:
+        count[0] += 1
+        return turns[count[0] % len(turns)](fc, address, count_)
+
+    return answer
+
+
 MODES: dict[str, Behaviour] = {
     "good": good, "short_bits": short_bits, "wrong_function": wrong_function,
     "lying_byte_count": lying_byte_count, "unknown_function": unknown_function, "empty_pdu": empty_pdu,
@@ -112,7 +125,7 @@ class HostileModbus:
 
 
 async def _main(port: int, mode: str) -> None:
-    async with HostileModbus(MODES[mode], port=port):
+    async with HostileModbus(chaos() if mode == "chaos" else MODES[mode], port=port):
         print("ready", flush=True)
         await asyncio.Event().wait()
 
