@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,12 @@ from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
-from emsedge.service import GatewayState, SystemdNotifier, run_watchdog, serve_http
+from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
+from emsedge.web.app import WebSources
+from emsedge.web.model import LineModel
+from emsedge.web.server import serve_http
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -107,6 +111,8 @@ class Gateway:
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
         )
+        self.line = LineModel()
+        """What the status page shows, fed from the emit path after normalisation (never blocks it)."""
         self.notifier = SystemdNotifier()
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
@@ -128,7 +134,14 @@ class Gateway:
                 await link.start(self._forward)
                 await link.start(self._publish_status)
                 if self.settings.http.listen:
-                    await link.start(serve_http, self.settings.http.listen, self.state)
+                    sources = WebSources(
+                        self.state, self.line, drain_rate=lambda: self._drain_rate,
+                        replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
+                    )
+                    await link.start(
+                        partial(serve_http, config=self.settings.http, sources=sources), self.settings.http.listen,
+                        self.state,
+                    )
                 await link.start(run_watchdog, self.notifier, self.state)
                 link.start_soon(self._handle_signals)
                 async with anyio.create_task_group() as equipment_tg:
@@ -200,7 +213,7 @@ class Gateway:
         equipment = running.config
         ctx = AdapterContext(
             equipment=equipment, emit=self._emitter(Normaliser(equipment)), health=health,
-            loss_counter=self._loss_counter(equipment.id),
+            loss_counter=self._loss_counter(equipment.id), state_dir=self.settings.buffer.path.parent,
         )
         task_status.started()
         try:
@@ -219,7 +232,9 @@ class Gateway:
 
     def _emitter(self, normaliser: Normaliser) -> Emit:
         async def emit(records: Sequence[Record]) -> None:
-            await self._append(normaliser.process(records))
+            normalised = normaliser.process(records)
+            self.line.observe(normalised)
+            await self._append(normalised)
 
         return emit
 
@@ -383,6 +398,7 @@ class Gateway:
             if equipment_id in removed:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
+                self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:
             if equipment_id in changed:

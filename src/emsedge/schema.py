@@ -55,6 +55,7 @@ class EventType(StrEnum):
     CONNECTION_RESTORED = "connection_restored"  # gateway's own
     BUFFER_DROPPED = "buffer_dropped"  # gateway's own
     COLLECTION_EVENT = "collection_event"  # SECS/GEM event report for a CEID the config does not map
+    FILE_REJECTED = "file_rejected"  # gateway's own: a tester result file that could not be read (result_files)
 
 
 EMITTABLE_EVENTS: tuple[EventType, ...] = (

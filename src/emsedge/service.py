@@ -6,18 +6,16 @@
   logged once and never raised: losing a status line must not take the gateway down.
 * `run_watchdog` sends `WATCHDOG=1` at half of `$WATCHDOG_USEC` from a task on the main event loop. The
   pings are only as alive as the loop: a blocked or hung loop stops them and systemd restarts the unit.
-* `serve_http` is a tiny HTTP/1.1 server on anyio streams (no threads, lives in the runtime's task group).
-  Every request is answered from the live `GatewayState` at request time; the Prometheus collector reads
-  the same objects at scrape time, so nothing is copied or cached between scrapes.
+* `/healthz` and `/metrics` are answered from the live `GatewayState` at request time (`GatewayState.health`,
+  `metrics_text`); the Prometheus collector reads the same objects at scrape time, so nothing is copied or
+  cached between scrapes. The listener that serves them, with the status page, is `emsedge.web.server`.
 
-Invariants: nothing here mutates `GatewayState` except `observe_publish_latency`; every network await has
-a deadline (request read, response write); one connection = one request (`Connection: close`).
+Invariant: nothing here mutates `GatewayState` except `observe_publish_latency`.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import socket
 import time
@@ -27,15 +25,15 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from emsedge.supervisor import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
@@ -225,6 +223,7 @@ class GatewayCollector:
                 lv, _buckets(POLL_DURATION_BUCKETS, h.poll_duration_counts), sum_value=h.poll_duration_sum
             )
         yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, state, lost, durations)
+        yield from _file_metrics(s.equipment)
 
         yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
         yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)
@@ -265,6 +264,37 @@ class GatewayCollector:
                          "Longest event-loop stall since running (every machine waits that long).", longest)
             yield _gauge("emsedge_event_loop_busy_seconds_max",
                          "Longest event-loop stall the gateway's own work caused (stall capped by CPU used).", busy)
+
+
+def _file_metrics(equipment: Mapping[str, EquipmentHealth]) -> Iterator[Metric]:
+    """Per-equipment counters of the adapters that read result files (only equipment that has them)."""
+    with_files = [(eq, h.files) for eq, h in sorted(equipment.items()) if h.files is not None]
+    if not with_files:
+        return
+    labels = ["equipment"]
+    processed = CounterMetricFamily(
+        "emsedge_result_files_processed", "Result files whose events the buffer made durable.", labels=labels
+    )
+    rejected = CounterMetricFamily(
+        "emsedge_result_files_rejected", "Result files rejected (file_rejected, moved to error).", labels=labels
+    )
+    duplicate = CounterMetricFamily(
+        "emsedge_result_files_duplicate", "Identical result files dropped again (nothing emitted).", labels=labels
+    )
+    boards = CounterMetricFamily(
+        "emsedge_boards_emitted", "Boards (unit_tested events) emitted from result files.", labels=labels
+    )
+    parse = SummaryMetricFamily(
+        "emsedge_result_file_parse_seconds", "Time spent parsing result files.", labels=labels
+    )
+    for equipment_id, f in with_files:
+        lv = [equipment_id]
+        processed.add_metric(lv, f.files_processed)
+        rejected.add_metric(lv, f.files_rejected)
+        duplicate.add_metric(lv, f.files_duplicate)
+        boards.add_metric(lv, f.boards_emitted)
+        parse.add_metric(lv, count_value=f.parse_count, sum_value=f.parse_seconds)
+    yield from (processed, rejected, duplicate, boards, parse)
 
 
 def _counter(name: str, documentation: str, value: float) -> Metric:
@@ -311,86 +341,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
 async def serve_http(
     listen: str, state: GatewayState, *, task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve /healthz and /metrics until cancelled. Reports the bound port through `task_status`.
+    """Serve /healthz and /metrics (and the status page) until cancelled; reports the bound port.
 
-    A listener that cannot bind (port taken, address not on this host) is logged as an error and the
-    gateway runs on without it (started with None): collecting data matters more than observing it, and
-    a restart loop would not free the port.
+    The listener lives in `emsedge.web.server` (uvicorn + starlette); this keeps the old entry point.
+    A listener that cannot bind is logged and the gateway runs on without it (started with None).
     """
-    host, port = parse_listen(listen)
-    try:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-    except OSError as exc:
-        log.error("http listener not started: cannot bind; /healthz and /metrics are unavailable",
-                  address=listen, error=exc.strerror or str(exc))
-        task_status.started(None)
-        return
-    async with listener:
-        bound = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_port)
-        log.info("http listening", address=f"{host}:{bound}", paths="/healthz /metrics")
-        task_status.started(bound)
+    from emsedge.web.server import serve_http as serve  # noqa: PLC0415 - emsedge.web imports this module
 
-        async def handle(stream: SocketStream) -> None:
-            async with stream:
-                try:
-                    await _handle(stream, state)
-                except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError, OSError):
-                    pass  # the client went away; nothing to answer
-                except TimeoutError:
-                    log.debug("http client too slow, dropped")
-
-        await listener.serve(handle)
-
-
-async def _handle(stream: SocketStream, state: GatewayState) -> None:
-    with anyio.fail_after(REQUEST_TIMEOUT):
-        raw = b""
-        while b"\r\n\r\n" not in raw and b"\n\n" not in raw:
-            chunk = await stream.receive(4096)
-            raw += chunk
-            if len(raw) > MAX_REQUEST_BYTES:
-                await _respond(stream, 431, b"request too large\n", "text/plain")
-                return
-        request_line = raw.split(b"\n", 1)[0].decode("latin-1").strip()
-        parts = request_line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            await _respond(stream, 400, b"bad request\n", "text/plain")
-            return
-        method, target, _version = parts
-        path = target.split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            await _respond(stream, 405, b"method not allowed\n", "text/plain", {"Allow": "GET, HEAD"})
-            return
-        head = method == "HEAD"
-        if path == "/healthz":
-            code, body = state.health()
-            payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
-            await _respond(stream, code, payload, "application/json", head=head)
-        elif path == "/metrics":
-            await _respond(stream, 200, metrics_text(state), CONTENT_TYPE_LATEST, head=head)
-        elif path == "/":
-            await _respond(stream, 200, b"emsedge: /healthz /metrics\n", "text/plain", head=head)
-        else:
-            await _respond(stream, 404, b"not found\n", "text/plain", head=head)
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-async def _respond(
-    stream: SocketStream, code: int, body: bytes, content_type: str,
-    headers: Mapping[str, str] | None = None, *, head: bool = False,
-) -> None:
-    lines = [
-        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "Connection: close",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+    await serve(listen, state, task_status=task_status)
 
 
 # ---------------------------------------------------------------------------------------------------
