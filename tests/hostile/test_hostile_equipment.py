@@ -106,7 +106,7 @@ def _config(tmp: Path, broker: str, http_port: int, healthy: int, press: int, ge
              ]},
             {"id": "gem-1", "type": "aoi", "adapter": "hsms", "poll_interval": "500ms", "backoff": backoff,
              "connection": {"host": "127.0.0.1", "port": gem, "mode": "active", "t3": "5s", "t5": "100ms",
-                            "t6": "2s", "t7": "5s", "t8": "2s", "linktest_interval": 0,
+                            "t6": "2s", "t7": "5s", "t8": "2s", "linktest_interval": "0s",
                             "max_message_bytes": "20MiB"},
              "status_variables": [{"name": "state", "svid": 1}],
              "reports": [{"rptid": 100, "vids": [10], "names": ["board_serial"]}],
@@ -129,6 +129,14 @@ def _config(tmp: Path, broker: str, http_port: int, healthy: int, press: int, ge
     path = tmp / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def _listening(port: int) -> bool:
+    try:
+        wait_for_port(port, timeout=0.05)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _metric(http_port: int, name: str) -> float:
@@ -176,7 +184,8 @@ def line(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
         config = _config(tmp, broker.url, http_port, healthy.port, press.port, gem.port, opc.port)
         daemon = Daemon(config, tmp / "daemon.log", env={"PYTHONUNBUFFERED": "1"})
         daemon.start()
-        wait_for_port(http_port, timeout=20)
+        wait_until(lambda: not daemon.alive() or _listening(http_port), 20)
+        assert daemon.alive(), daemon.log()[-3000:]
         line = Line(daemon, subscriber, gem, http_port, {})
         # the window opens once the monster message went through and rounds are being played
         wait_until(lambda: len(gem.rounds()) >= 2 and len(line.of("opc-1")) >= 3, 30)
