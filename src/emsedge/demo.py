@@ -10,7 +10,8 @@ It starts, in this order and in one anyio task group:
 2. the virtual SMT line (config/virtual-line.yaml) in this process: OPC UA pick-and-place, Modbus TCP
    reflow oven, SECS/GEM AOI;
 3. the gateway, `emsedge run -c config/demo.yaml`, as a child process (its own logs, its own signals),
-   with the broker URL and a buffer in a temporary directory given through the environment;
+   with the broker URL and a buffer in a temporary directory given through the environment; it serves the
+   status page at http://127.0.0.1:9108/ (a free port when that one is taken), and the demo prints the URL;
 4. a view of what MES receives, subscribed to the gateway's topics: a live terminal screen (equipment
    states, latest values, faults, boards and their results, messages/s, backlog), or with `--no-tui` one
    JSON line per message, `{"topic": ..., "payload": {...}}`.
@@ -38,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -78,6 +80,19 @@ async def wait_for_port(port: int, within: float) -> None:
             else:
                 await stream.aclose()
                 return
+
+
+PAGE_PORT = 9108
+"""The status page's usual port; when it is taken (a gateway runs here already) the demo picks a free one."""
+
+
+def page_port() -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", PAGE_PORT))
+        except OSError:
+            return free_port()
+    return PAGE_PORT
 
 
 def open_log(path: Path) -> IO[bytes]:
@@ -203,6 +218,7 @@ class MesView:
         self.faults: dict[str, tuple[str, str, str]] = {}
         self.boards: dict[str, BoardView] = {}
         self.recent: deque[str] = deque(maxlen=8)
+        self.newest_ts: float | None = None  # wall-clock `ts` of the newest data message (not the status)
 
     def handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -228,6 +244,8 @@ class MesView:
             self.arrivals.append(now)
             if isinstance(message.get("seq"), int):
                 self.seqs.add(message["seq"])
+            if (stamp := _epoch(message.get("ts"))) is not None and (self.newest_ts is None or stamp > self.newest_ts):
+                self.newest_ts = stamp
             equipment = str(message.get("equipment"))
             if isinstance(message.get("readings"), list):
                 latest = self.latest.setdefault(equipment, {})
@@ -295,6 +313,12 @@ class MesView:
             self.arrivals.popleft()
         return len(self.arrivals) / min(5.0, max(0.5, now - self.started))
 
+    def newest_age(self, now: float | None = None) -> float | None:
+        """Seconds since the newest data message was stamped (its `ts`): how far behind MES is."""
+        if self.newest_ts is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.newest_ts)
+
     def gaps(self) -> int:
         return (max(self.seqs) - min(self.seqs) + 1 - len(self.seqs)) if self.seqs else 0
 
@@ -306,11 +330,13 @@ class MesView:
         status = self.status
         gateway = status.get("state", "not seen yet")
         backlog = status.get("backlog")
+        age = self.newest_age()
         lines = [
             header,
             f"messages {self.total} ({self.rate():.1f}/s)   events {self.events}   duplicates dropped "
             f"{self.duplicates}   seq gaps {self.gaps()}   gateway {gateway}"
-            + (f", backlog {backlog}" if backlog is not None else ""),
+            + (f", backlog {backlog}" if backlog is not None else "")
+            + (f"   newest message {age:.1f} s old" if age is not None else "   no data message yet"),
             "",
             f"{'EQUIPMENT':<10} {'STATE':<26} {'LINK':<6} LATEST VALUES",
         ]
@@ -336,6 +362,15 @@ class MesView:
             lines.append(f"{board.serial:<18} {placed:<16} {board.reflow or '-':<18} {result}")
         lines += ["", "RECENT EVENTS", *[f"  {e}" for e in self.recent]]
         return [line[:width] for line in lines]
+
+
+def _epoch(ts: object) -> float | None:
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _fmt(value: Any, unit: str | None) -> str:
@@ -489,12 +524,16 @@ class Demo:
                     "EMSEDGE_MQTT__PROTOCOL": broker.mqtt_protocol,
                     "EMSEDGE_BUFFER__PATH": str(self.workdir / "buffer.db"),
                     "EMSEDGE_LOGGING__FORMAT": "json",
+                    "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{page_port()}",
                 }
+                page = f"http://{env['EMSEDGE_HTTP__LISTEN']}/"
                 gateway: Process = await tg.start(run_gateway, self.gateway_file, env, self.workdir / "gateway.log")
                 tg.start_soon(self._watch_signals)
                 tg.start_soon(self._release_when_connected, line, view, gateway)
+                if not self.tui:  # stdout carries the JSON lines; the page's address goes to stderr
+                    print(f"emsedge demo: the line in your browser: {page}", file=sys.stderr, flush=True)
                 header = (f"emsedge demo: virtual SMT line -> gateway -> {broker.kind} {broker.url} -> MES view"
-                          "   (Ctrl-C stops)")
+                          f"   browser: {page}   (Ctrl-C stops)")
                 code = await self._show(view, header, gateway)
                 await stop_process(gateway, signal.SIGTERM, GATEWAY_STOP_TIMEOUT)
                 if gateway.returncode not in (0, None, -signal.SIGTERM) and code == 0:

@@ -40,6 +40,7 @@ from emsedge.buffer import Buffer, StoredMessage
 from emsedge.config import EquipmentBase, Settings, load_config
 from emsedge.errors import AdapterError, ConfigError
 from emsedge.forward import Forwarder
+from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
@@ -113,6 +114,10 @@ class Gateway:
             max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             on_delivered=self._delivered,
         )
+        self.loop_lag = LoopLag()
+        self.state.loop_lag = lambda: (
+            self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
+        )
         self.line = LineModel()
         """What the status page shows, fed from the emit path after normalisation (never blocks it)."""
         self.notifier = SystemdNotifier()
@@ -149,6 +154,7 @@ class Gateway:
                     self._equipment_tg = equipment_tg
                     for equipment in self.settings.equipment:
                         await self._start_equipment(equipment)
+                    await link.start(self.loop_lag.run)  # after start-up (imports, first connects): steady state
                     self.notifier.ready()
                     self.notifier.status(self.state.status_line())
                     task_status.started()
@@ -229,7 +235,8 @@ class Gateway:
     def _emitter(self, normaliser: Normaliser) -> Emit:
         async def emit(records: Sequence[Record]) -> None:
             normalised = normaliser.process(records)
-            self.line.observe(normalised)
+            if self.settings.http.listen:  # nobody can look at the line model without the listener
+                self.line.observe(normalised)
             await self._append(normalised)
 
         return emit
