@@ -28,6 +28,7 @@ import yaml
 from support import REPO, Mosquitto, Subscriber
 from support.daemon import Daemon, wait_until
 
+from emsedge.schema import EventMessage, FileRejectedEvent, UnitTestedEvent
 from emsedge.simulate.ict import COMPONENTS, render_i3070
 
 GOLDEN = REPO / "tests" / "golden" / "result_files" / "i3070_panel_one_failing"
@@ -168,6 +169,10 @@ def test_result_files_reach_mes_once_per_board_through_chunks_renames_rejects_ou
         gateway.kill()
 
     tested = _tested(mes)
+    for message in [*tested, *_events(mes, "file_rejected")]:  # the documented wire models
+        EventMessage.model_validate(message)
+        model = UnitTestedEvent if message["event"]["type"] == "unit_tested" else FileRejectedEvent
+        model.model_validate(message["event"])
     # Exactly one event per board and test run: by message id, and by source (file hash, board index).
     assert len({p["id"] for p in tested}) == len(tested)
     sources = [(p["event"]["source"]["sha256"], p["event"]["source"]["board_index"]) for p in tested]
