@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Mosquitto
+from support import REPO, Mosquitto, free_port
 from support.daemon import EMSEDGE, Daemon, wait_until
 
 from emsedge.config import load_config
@@ -109,7 +109,8 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
     tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
 ) -> None:
     env = {"EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
-           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", "")}
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", ""),
+           "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"}  # demo.yaml's 9108 may be taken
     gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env, cwd=tmp_path)
     gateway.start()
     simulator = Simulator(fast_line(tmp_path), tmp_path)
