@@ -6,7 +6,8 @@ paho-mqtt (`pip install paho-mqtt`). Run it against a gateway's broker:
 
     python examples/mes_subscriber.py --url mqtt://127.0.0.1:1883 --prefix ems/demo-plant/smt/virtual-line
 
-and it prints one JSON line per board once placement, reflow and inspection have all been seen:
+and it prints one JSON line per board once placement, reflow and inspection (and, once a tester has
+reported, its test) have all been seen:
 
     {"serial": "PCB-2026-000123",
      "placement": {"equipment": "pnp-1", "ts": "...", "program": "MAIN-CTRL-REV-C",
@@ -14,7 +15,9 @@ and it prints one JSON line per board once placement, reflow and inspection have
                                   "ref_designators": ["R1", "R2", ...]}, ...]},
      "reflow": {"equipment": "reflow-1", "ts": "...", "profile": {"zone1_top_actual": 150.2, ...},
                 "units": {"zone1_top_actual": "Cel", ...}},
-     "inspection": {"equipment": "aoi-1", "ts": "...", "result": "pass", "defects": []}}
+     "inspection": {"equipment": "aoi-1", "ts": "...", "result": "pass", "defects": []},
+     "test": {"equipment": "ict-1", "ts": "...", "result": "pass", "failed_tests": [], "measurements": 8,
+              "source": {"file": "...", "sha256": "...", "board_index": 0}, "runs": [...]}}
 
 What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file does it:
 
@@ -32,9 +35,12 @@ What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file 
   reasons), `gaps()` only the unexplained ones, which point at a fault outside the gateway (a broker that
   lost messages, a subscriber session that expired). `dropped_total` in the announcements and in the
   retained status is the gateway's cumulative loss count.
-* **Traceability**: the three machines report the same board serial in their own events
-  (`materials_installed`, `unit_processed`, `unit_inspected`); joining them by `serial` gives the
-  record of each board down to the reel of every component.
+* **Traceability**: the machines report the same board serial in their own events
+  (`materials_installed`, `unit_processed`, `unit_inspected`, and the tester's `unit_tested`); joining
+  them by `serial` gives the record of each board down to the reel of every component. A retest is a new
+  `unit_tested` event: `test` is the latest run, `test.runs` every run in order. A tester result that the
+  gateway re-sent after a crash has a new `id` but the same `source` (file sha256 and board index); it is
+  recognised by that and not counted as a run twice.
 
 `MesSubscriber.handle(topic, payload)` is pure (no network) so it can be unit-tested and reused; the
 paho wiring is in `connect()` and `main()`.
@@ -144,6 +150,8 @@ class MesSubscriber:
         """Per gateway: seqs a `buffer_dropped` announcement said are gone."""
         self.dropped_total: dict[str, int] = {}
         self.loss_reasons: dict[str, dict[str, int]] = {}
+        self.tester_seen = False
+        """True once any unit_tested arrived: from then on a board is complete only with its test."""
 
     # --------------------------------------------------------------------------------------------
     # intake
@@ -202,12 +210,14 @@ class MesSubscriber:
                 "equipment": equipment, "ts": ts, "profile": values, "units": units,
                 **{k: v for k, v in ev.items() if k not in skip},
             })
-        elif kind in ("unit_inspected", "unit_tested"):
+        elif kind == "unit_inspected":
             defects = ev.get("defects") or []
-            self._stage(ev.get("serial"), "inspection" if kind == "unit_inspected" else "test", {
+            self._stage(ev.get("serial"), "inspection", {
                 "equipment": equipment, "ts": ts, "result": ev.get("result"),
                 "defects": [parse_defect(d) for d in (defects if isinstance(defects, list) else [defects])],
             })
+        elif kind == "unit_tested":
+            self._test(message, ev)
         elif kind == "station_state_changed":
             change = {"equipment": equipment, "ts": ts, "state": ev.get("state"), "state_name": ev.get("state_name"),
                       "old_state_name": ev.get("old_state_name")}
@@ -251,13 +261,34 @@ class MesSubscriber:
             **({"values": other} if other else {}),
         })
 
+    def _test(self, message: dict[str, Any], ev: dict[str, Any]) -> None:
+        """One test run. Runs of a serial are kept in order; a re-sent result (same source) is dropped."""
+        serial = ev.get("serial")
+        if not serial:
+            return
+        self.tester_seen = True
+        raw_tests = ev.get("tests")
+        tests: list[Any] = raw_tests if isinstance(raw_tests, list) else []
+        run = {
+            "equipment": message.get("equipment"), "ts": message.get("ts"), "result": ev.get("result"),
+            "failed_tests": ev.get("failed_tests") or [], "started": ev.get("started"), "ended": ev.get("ended"),
+            "program": ev.get("program"), "test_method": ev.get("test_method"),
+            "measurements": sum(len(t.get("measurements") or ()) for t in tests if isinstance(t, dict)),
+            "source": ev.get("source"),
+        }
+        previous = self.boards.get(str(serial), {}).get("test", {}).get("runs", [])
+        if run["source"] is not None and any(r["source"] == run["source"] for r in previous):
+            self.duplicates += 1
+            return
+        self._stage(serial, "test", {**run, "runs": [*previous, run]})
+
     def _stage(self, serial: Any, stage: str, data: dict[str, Any]) -> None:
         if not serial:
             return
         serial = str(serial)
         board = self.boards.setdefault(serial, {"serial": serial})
         board[stage] = data
-        if serial not in self.completed and self.is_complete(board):
+        if serial not in self.completed and self.is_complete(board, test=self.tester_seen):
             self.completed.append(serial)
             if self.on_board is not None:
                 self.on_board(board)
@@ -266,8 +297,9 @@ class MesSubscriber:
     # queries
 
     @staticmethod
-    def is_complete(board: dict[str, Any]) -> bool:
-        return all(stage in board for stage in ("placement", "reflow", "inspection"))
+    def is_complete(board: dict[str, Any], *, test: bool = False) -> bool:
+        stages = ("placement", "reflow", "inspection", "test") if test else ("placement", "reflow", "inspection")
+        return all(stage in board for stage in stages)
 
     def gaps(self) -> dict[str, list[int]]:
         """Unexplained missing sequence numbers per gateway (between the first and the highest seen): no
@@ -292,6 +324,10 @@ class MesSubscriber:
     def inspected_serials(self) -> list[str]:
         with self.lock:
             return [s for s, b in self.boards.items() if "inspection" in b]
+
+    def tested_serials(self) -> list[str]:
+        with self.lock:
+            return [s for s, b in self.boards.items() if "test" in b]
 
     def summary(self) -> dict[str, Any]:
         with self.lock:
