@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from emsedge.config.core import (
     BufferConfig,
+    CfxConfig,
+    CfxListenConfig,
     GatewayConfig,
     HttpAuthConfig,
     HttpConfig,
     HttpTlsConfig,
     LoggingConfig,
-    CfxConfig,
-    CfxListenConfig,
     MqttConfig,
     Settings,
     TlsConfig,
@@ -56,6 +56,8 @@ from emsedge.errors import ConfigError
 __all__ = [
     "Backoff",
     "BufferConfig",
+    "CfxConfig",
+    "CfxListenConfig",
     "ConfigError",
     "ConfigModel",
     "Deadband",
@@ -73,8 +75,6 @@ __all__ = [
     "HttpConfig",
     "HttpTlsConfig",
     "LoggingConfig",
-    "CfxConfig",
-    "CfxListenConfig",
     "MqttConfig",
     "Position",
     "Precision",

@@ -26,6 +26,7 @@ import concurrent.futures
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -125,7 +126,8 @@ class CfxPublisher:
         return None
 
     async def wait_connected(self) -> None:
-        while not self._connected.is_set():
+        # The reactor thread sets the link state; an anyio.Event cannot be set from a foreign thread.
+        while not self._connected.is_set():  # noqa: ASYNC110
             await anyio.sleep(0.05)
 
     def handle_of(self, equipment: str) -> str:
@@ -196,7 +198,7 @@ class CfxPublisher:
         if self.connected:
             futures = self._send_liveness("shutting_down")
             await anyio.to_thread.run_sync(lambda: concurrent.futures.wait(futures, timeout=timeout))
-        self._submit(lambda: self._handler.stop())
+        self._submit(self._handler.stop)
         await anyio.to_thread.run_sync(lambda: thread.join(timeout + 5.0))
         self._thread = None
         self._connected.clear()
@@ -237,7 +239,7 @@ class CfxPublisher:
         now = cm.cfx_timestamp(utc_iso(self._wall()))
         messages = []
         for handle in sorted(set(self.handles.values())):
-            unique = str(cm.uuid.uuid4())
+            unique = str(uuid.uuid4())
             if kind == "connected":
                 env = cm.endpoint_connected(handle, request_uri=self._request_uri(), now=now, unique=unique)
             elif kind == "heartbeat":
@@ -292,7 +294,7 @@ def _redact(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
 
 
-class _Handler(MessagingHandler):  # type: ignore[misc]  # proton ships no type hints
+class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
     """Proton event handler; lives in the reactor thread only."""
 
     def __init__(self, owner: CfxPublisher) -> None:
@@ -344,7 +346,7 @@ class _Handler(MessagingHandler):  # type: ignore[misc]  # proton ships no type 
 
     def on_link_opened(self, event: Any) -> None:
         if event.link is self._sender or event.link == self._sender:
-            self._owner._on_link_up()
+            self._owner.on_link_up()
 
     def on_cfx_command(self, event: Any) -> None:
         self._owner._drain_commands()
@@ -421,25 +423,25 @@ class _Handler(MessagingHandler):  # type: ignore[misc]  # proton ships no type 
         self._backlog.clear()
 
     def on_disconnected(self, event: Any) -> None:
-        self._owner._on_link_down("disconnected")
+        self._owner.on_link_down("disconnected")
         self._fail_pending("link lost before the broker settled the transfer")
 
     def on_transport_error(self, event: Any) -> None:
         condition = event.transport.condition
-        self._owner._on_link_down(condition.description if condition is not None else "transport error")
+        self._owner.on_link_down(condition.description if condition is not None else "transport error")
         self._fail_pending("transport error")
 
     def on_connection_error(self, event: Any) -> None:
-        self._owner._on_link_down("connection closed by broker")
+        self._owner.on_link_down("connection closed by broker")
         self._fail_pending("connection closed by broker")
 
     def on_link_error(self, event: Any) -> None:
-        self._on_link_remote_close(event)
+        self.on_link_remote_close(event)
 
     def on_link_remote_close(self, event: Any) -> None:
         condition = event.link.remote_condition
         reason = f"{condition.name}: {condition.description}" if condition is not None else "link closed by broker"
-        self._owner._on_link_down(reason)
+        self._owner.on_link_down(reason)
         self._fail_pending(reason)
         if event.link is self._sender or event.link == self._sender:
             event.link.close()

@@ -98,7 +98,7 @@ def cfx_timestamp(ts: str) -> str:
 
 def time_span(seconds: float | None) -> str:
     """.NET TimeSpan as Newtonsoft writes it: `hh:mm:ss` (`d.hh:mm:ss` beyond a day)."""
-    total = max(int(round(seconds or 0.0)), 0)
+    total = max(round(seconds or 0.0), 0)
     days, rest = divmod(total, 86400)
     hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
@@ -271,7 +271,8 @@ def _position(ev: dict[str, Any]) -> int:
 def _materials(ev: dict[str, Any], serial: str) -> list[dict[str, Any]]:
     """`values` keyed `<location>_reel_id` / `<location>_part_number` (the profiles' naming) -> one
     InstalledMaterial per location; anything else is not material data and is left out."""
-    values = ev.get("values") if isinstance(ev.get("values"), dict) else {}
+    raw = ev.get("values")
+    values: dict[str, Any] = raw if isinstance(raw, dict) else {}
     locations: dict[str, dict[str, Any]] = {}
     for key, entry in sorted(values.items()):
         for suffix, field in (("_reel_id", "UniqueIdentifier"), ("_part_number", "InternalPartNumber")):
@@ -340,6 +341,13 @@ def _unit_body(kind: str, ev: dict[str, Any], tx: str, serial: str, recorded: st
             ],
         }
     return MATERIALS_INSTALLED, {"TransactionId": tx, "InstalledMaterials": _materials(ev, serial)}
+
+
+def _work_result(result: Any, failed: bool) -> str:
+    """WorkResult of the board's work on this machine: Completed, or Failed/Aborted as the unit result says."""
+    if not failed:
+        return "Completed"
+    return "Aborted" if result == "aborted" else "Failed"
 
 
 UNIT_EVENTS: Final = frozenset({"unit_processed", "unit_inspected", "unit_tested", "materials_installed"})
@@ -430,7 +438,7 @@ def map_record(record: Mapping[str, Any], handle: str) -> list[dict[str, Any]]:
                     WORK_COMPLETED,
                     {
                         "TransactionID": tx,
-                        "Result": "Completed" if not failed else ("Aborted" if ev.get("result") == "aborted" else "Failed"),
+                        "Result": _work_result(ev.get("result"), failed),
                         "PrimaryIdentifier": ev.get("panel_serial") or serial,
                         "HermesIdentifier": None,
                         "UnitCount": 1,
@@ -450,11 +458,13 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
     """The stored MQTT payload (emsedge JSON) as a dict."""
     value = orjson.loads(payload)
     if not isinstance(value, dict):
-        raise ValueError("an emsedge payload is a JSON object")
+        raise TypeError("an emsedge payload is a JSON object")
     return value
 
 
-def heartbeat(handle: str, period_s: float, active_faults: list[dict[str, Any]], *, now: str, unique: str) -> dict[str, Any]:
+def heartbeat(
+    handle: str, period_s: float, active_faults: list[dict[str, Any]], *, now: str, unique: str
+) -> dict[str, Any]:
     """CFX.Heartbeat (`Heartbeat.cs`): sent every `period_s` per handle, with the faults still active."""
     return envelope(
         HEARTBEAT,
