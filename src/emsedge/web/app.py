@@ -247,6 +247,7 @@ class WebApp:
         self.credentials = Credentials(config)
         self.snapshots = Snapshots(sources)
         self.live_clients = 0
+        self._closing = anyio.Event()
         self.router = Starlette(routes=[
             Route("/", self.index, methods=["GET", "HEAD"]),
             Route("/api/line", self.api_line, methods=["GET", "HEAD"]),
@@ -280,6 +281,10 @@ class WebApp:
             await self.router(scope, receive, send)
         else:
             await _raw(send, 404, b"not found\n", "text/plain", head=head)
+
+    def close_streams(self) -> None:
+        """End every live stream cleanly (the gateway stops): browsers reconnect to the next gateway."""
+        self._closing.set()
 
     async def index(self, request: Request) -> Response:
         return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
@@ -330,7 +335,12 @@ class WebApp:
                     log.info("status page client too slow, dropped")
                     return
                 sent_version, sent_at = version, now
-            await anyio.sleep(PUSH_INTERVAL)
+            with anyio.move_on_after(PUSH_INTERVAL):
+                await self._closing.wait()
+            if self._closing.is_set():
+                with anyio.move_on_after(1):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
 
 
 __all__ = ["Credentials", "WebApp", "WebSources"]
