@@ -179,10 +179,21 @@ class Snapshots:
             "now": now, "gateway": state.gateway_id, "version": state.version, "status": health["status"],
             "started_at": state.started_at, "machines": cards, "delivery": self.delivery(health),
             "boards": s.line.board_list(MAX_BOARDS, search),
+            "uptime_s": health["uptime_s"], "loop_lag": self.loop_lag(),
         }
         if machine is not None:
             out["machine"] = {"id": machine, **s.line.machine_detail(machine, MAX_DETAIL_SIGNALS)}
         return out
+
+    def loop_lag(self) -> dict[str, float] | None:
+        probe = getattr(self.sources.state, "loop_lag", None)
+        if probe is None:
+            return None
+        try:
+            latest, longest, busy = probe()
+        except Exception:
+            return None
+        return {"latest_s": latest, "max_s": longest, "busy_max_s": busy}
 
     def delivery(self, health: dict[str, Any]) -> dict[str, Any]:
         s = self.sources
