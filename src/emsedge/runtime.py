@@ -47,9 +47,7 @@ from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, 
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
-from emsedge.web.app import WebSources
 from emsedge.web.model import LineModel
-from emsedge.web.server import serve_http
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -134,6 +132,10 @@ class Gateway:
                 await link.start(self._forward)
                 await link.start(self._publish_status)
                 if self.settings.http.listen:
+                    # Imported only when served: starlette and uvicorn cost ~0.2 s of start-up otherwise.
+                    from emsedge.web.app import WebSources  # noqa: PLC0415
+                    from emsedge.web.server import serve_http  # noqa: PLC0415
+
                     sources = WebSources(
                         self.state, self.line, drain_rate=lambda: getattr(self, "_drain_rate", 0.0),
                         replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
