@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from emsedge.config.core import (
     BufferConfig,
+    CfxConfig,
+    CfxListenConfig,
     GatewayConfig,
     HttpAuthConfig,
     HttpConfig,
@@ -25,11 +27,16 @@ from emsedge.config.core import (
     summary,
 )
 from emsedge.config.equipment import (
+    Deadband,
+    DeadbandSpec,
     EmittedEvent,
     Equipment,
     EquipmentBase,
     EquipmentType,
     EventFlag,
+    Precision,
+    PrecisionSpec,
+    PublishMode,
     SignalCommon,
     Trigger,
 )
@@ -49,8 +56,12 @@ from emsedge.errors import ConfigError
 __all__ = [
     "Backoff",
     "BufferConfig",
+    "CfxConfig",
+    "CfxListenConfig",
     "ConfigError",
     "ConfigModel",
+    "Deadband",
+    "DeadbandSpec",
     "Duration",
     "DurationOrZero",
     "EmittedEvent",
@@ -66,6 +77,9 @@ __all__ = [
     "LoggingConfig",
     "MqttConfig",
     "Position",
+    "Precision",
+    "PrecisionSpec",
+    "PublishMode",
     "Settings",
     "SignalCommon",
     "Size",
