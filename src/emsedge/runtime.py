@@ -163,12 +163,21 @@ class Gateway:
                 await link.start(self._publish_status)
                 if self.settings.http.listen:
                     # Imported only when served: starlette and uvicorn cost ~0.2 s of start-up otherwise.
-                    from emsedge.web.app import WebSources  # noqa: PLC0415
+                    from emsedge.web.app import OutputSource, WebSources  # noqa: PLC0415
                     from emsedge.web.server import serve_http  # noqa: PLC0415
 
+                    outputs = {"mqtt": OutputSource(
+                        lambda: self.publisher.connected, lambda: self.forwarder.drain_rate, self.state.broker_url,
+                    )}
+                    if self.cfx is not None and self.cfx_forwarder is not None and self.settings.cfx is not None:
+                        cfx, cfx_forwarder, cfx_url = self.cfx, self.cfx_forwarder, self.settings.cfx.broker
+                        outputs["cfx"] = OutputSource(
+                            lambda: cfx.connected, lambda: cfx_forwarder.drain_rate, lambda: cfx_url
+                        )
                     sources = WebSources(
                         self.state, self.line, drain_rate=lambda: self.forwarder.drain_rate,
                         replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
+                        outputs=outputs,
                     )
                     await link.start(
                         partial(serve_http, config=self.settings.http, sources=sources), self.settings.http.listen,

@@ -67,16 +67,28 @@ STATIC = Path(__file__).with_name("static")
 
 
 @dataclass
+class OutputSource:
+    """One output of the buffer (MQTT, CFX) as the delivery view reads it; evaluated at snapshot time."""
+
+    connected: Callable[[], bool]
+    drain_rate: Callable[[], float] = lambda: 0.0
+    url: Callable[[], str | None] = lambda: None
+
+
+@dataclass
 class WebSources:
-    """What the page reads besides the line model; callables are evaluated at snapshot time."""
+    """What the page reads besides the line model; callables are evaluated at snapshot time.
+
+    `outputs` names every output the buffer serves, in the buffer's order; empty means MQTT alone, read from
+    `state` and `drain_rate`.
+    """
 
     state: GatewayState
     line: LineModel
     drain_rate: Callable[[], float] = lambda: 0.0
     replay_rate: float | None = None
     buffer_path: Path | None = None
-    outputs: tuple[str, ...] = ("mqtt",)
-    extra_connected: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    outputs: dict[str, OutputSource] = field(default_factory=dict)
 
 
 class Credentials:
@@ -199,24 +211,19 @@ class Snapshots:
         s = self.sources
         stats = s.state._buffer()
         buffer = health["buffer"]
-        try:
-            rate = float(s.drain_rate())
-        except Exception:  # a stage being rewired (reload, the forwarder starting) must not break the page
-            rate = 0.0
         outputs = []
         per_output = getattr(stats, "outputs", None) or {}
-        for name in s.outputs:
+        sources = s.outputs or {"mqtt": OutputSource(s.state.broker_connected, s.drain_rate, s.state.broker_url)}
+        for name, source in sources.items():
             o = per_output.get(name)
-            backlog = getattr(o, "backlog", None) if o is not None else buffer["backlog"]
-            pending = buffer["backlog"] if o is None else (
-                getattr(o, "backlog", 0) + getattr(o, "unleased_live", 0) + getattr(o, "leased", 0))
-            connected = (s.state.broker_connected() if name == "mqtt"
-                         else s.extra_connected.get(name, lambda: False)())
-            rate_now = rate if connected else 0.0
+            # Unacknowledged by this output: leased, waiting live, waiting in its replay backlog.
+            pending = buffer["backlog"] if o is None else o.leased + o.unleased_live + o.unleased_backlog
+            connected = bool(_safe(source.connected, False))
+            rate_now = float(_safe(source.drain_rate, 0.0)) if connected else 0.0
             outputs.append({
-                "name": name, "connected": connected,
-                "url": _redact(s.state.broker_url()) if name == "mqtt" else None,
-                "backlog": pending, "replay_backlog": backlog, "oldest_age_s": buffer["oldest_age_s"],
+                "name": name, "connected": connected, "url": _redact(_safe(source.url, None)),
+                "backlog": pending, "replay_backlog": None if o is None else o.unleased_backlog,
+                "oldest_age_s": buffer["oldest_age_s"],
                 "drain_rate": round(rate_now, 1),
                 "drain_eta_s": (0 if not pending else round(pending / rate_now, 1) if rate_now > 0 else None),
                 "replay_rate": s.replay_rate,
@@ -239,6 +246,14 @@ class Snapshots:
 def state_messages(state: GatewayState) -> dict[str, int]:
     return {"buffered": state.messages_buffered, "published": state.messages_published,
             "dropped": state.messages_dropped}
+
+
+def _safe(read: Callable[[], Any], default: Any) -> Any:
+    """A stage being rewired (reload, an output starting) must not break the page."""
+    try:
+        return read()
+    except Exception:
+        return default
 
 
 def _redact(url: str | None) -> str | None:
@@ -354,4 +369,4 @@ class WebApp:
                 return
 
 
-__all__ = ["Credentials", "WebApp", "WebSources"]
+__all__ = ["Credentials", "OutputSource", "WebApp", "WebSources"]
