@@ -257,8 +257,8 @@ def find_unencodable(value: Any) -> tuple[str, str, Any] | None:
 def safe_text(text: Any, limit: int = RAW_LIMIT) -> str:
     """`text` when it is valid UTF-8 within `limit` characters (truncated otherwise), else `escape_raw(text)`."""
     if isinstance(text, str):
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        return text if len(text) <= limit else text[: limit - 3] + "..."
+        clean: str = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return clean if len(clean) <= limit else clean[: limit - 3] + "..."
     return escape_raw(text, limit)
 
 
