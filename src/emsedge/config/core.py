@@ -291,6 +291,75 @@ class HttpConfig(ConfigModel):
         return self
 
 
+class CfxListenConfig(ConfigModel):
+    """The optional AMQP 1.0 listener that answers CFX requests addressed to the gateway's handles."""
+
+    address: str = Field("127.0.0.1:5673", description="host:port the request listener binds.")
+
+
+class CfxConfig(ConfigModel):
+    """The IPC-CFX (IPC-2591) output: every machine becomes a CFX endpoint on an AMQP 1.0 broker."""
+
+    broker: str = Field(description="amqp://host:5672 or amqps://host:5671 of the AMQP 1.0 broker.")
+    address: str = Field(
+        "/exchange/cfx",
+        description="AMQP target address messages are sent to (RabbitMQ 3.x: /exchange/<name>; brokers differ).",
+    )
+    username: str | None = Field(None, description="SASL user name.")
+    password: SecretStr | None = Field(
+        None, description="SASL password; prefer password_file or EMSEDGE_CFX__PASSWORD. Never logged."
+    )
+    password_file: FilePath | None = Field(None, description="File holding the SASL password (first line).")
+    tls: TlsConfig | None = Field(None, description="CA, client certificate and key for amqps://.")
+    handle_prefix: str | None = Field(
+        None, description="CFX handle prefix; a machine's handle is <prefix>.<equipment id>. Default <site>.<line>."
+    )
+    codec: Literal["json", "gzip"] = Field("json", description="Body encoding, as the CFX SDK allows.")
+    heartbeat: Duration = Field(60.0, description="CFX.Heartbeat period per handle; CFX requires at most 5 min.")
+    durable: bool = Field(True, description="Mark messages durable (AMQP header), as the SDK does by default.")
+    connect_timeout: Duration = Field(10.0, description="Deadline for the TCP/TLS/SASL connect and attach.")
+    publish_timeout: Duration = Field(30.0, description="Deadline for the broker's disposition of a batch.")
+    window: int = Field(200, ge=1, le=10000, description="Messages sent but not yet settled by the broker.")
+    listen: CfxListenConfig | None = Field(
+        None, description="Answer AreYouThere/WhoIsThere/GetEndpointInformation requests (off by default)."
+    )
+    backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an AMQP broker URL; write amqp://host:5672 or amqps://host:5671")
+        if parts.password:
+            raise ValueError("do not put the password in the URL; use cfx.password_file or EMSEDGE_CFX__PASSWORD")
+        return v
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _check_heartbeat(cls, v: float) -> float:
+        if not 1.0 <= v <= 300.0:
+            raise ValueError("CFX requires a heartbeat at least every 5 min; write 1s..5min")
+        return v
+
+    @field_validator("handle_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in " /#*")):
+            raise ValueError("a CFX handle prefix holds no spaces, '/', '#' or '*'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_password(self) -> CfxConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def secret(self) -> str | None:
+        """The SASL password (the value, or its file's first line); never logged."""
+        return read_secret(self.password, self.password_file)
+
+
 class LoggingConfig(ConfigModel):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["auto", "json", "console"] = Field(
@@ -324,6 +393,7 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = Field(MqttConfig(), description="The MES broker.")
     buffer: BufferConfig = Field(BufferConfig(), description="The durable local buffer.")
     http: HttpConfig = Field(HttpConfig(), description="Status page, health and metrics endpoint.")
+    cfx: CfxConfig | None = Field(None, description="IPC-CFX output over AMQP 1.0 (beside MQTT); off when absent.")
     logging: LoggingConfig = Field(LoggingConfig(), description="Logging.")
     equipment: list[Equipment] = Field(default_factory=list, description="The line's machines.")
 

@@ -220,6 +220,9 @@ class EquipmentBase(ConfigModel):
         "start), so a late subscriber and a restarted gateway see every value."
     )
     precision: PrecisionSpec | None = Field(None, description="Default float precision of the signals.")
+    cfx_handle: str | None = Field(
+        None, description="CFX handle of this machine (cfx output); default <cfx.handle_prefix>.<id>."
+    )
 
     @field_validator("id")
     @classmethod
