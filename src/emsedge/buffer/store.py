@@ -31,6 +31,7 @@ from emsedge.buffer.model import (
     REASON_MAX_AGE,
     REASON_MAX_BYTES,
     REASON_TOO_LARGE,
+    REASON_UNPROCESSABLE,
     AppendResult,
     BufferStats,
     Lease,
@@ -403,6 +404,7 @@ class Store:
         self.settle_fault_logged = False
         self.evict_log_pending = Evicted()
         self.evict_logged_at: float | None = None
+        self.poison_logged: set[tuple[str, str, str]] = set()
 
     # -- clock ---------------------------------------------------------------------------------------
 
@@ -672,6 +674,8 @@ class Store:
         """
         rows: list[tuple[int, str, str, str, str, float, int, bytes, float]] = []
         refused: list[tuple[int, str, str]] = []
+        unprocessable: list[tuple[int | None, str, str, int]] = []
+        """(seq when nothing could be stored, equipment, ts, values replaced)."""
         refused_per: list[int] = []
         now = self.wall()
         base = self.now_base()
@@ -680,9 +684,20 @@ class Store:
         limit = self.max_message_bytes
         for records in batch:
             n_refused = 0
-            for record in records:
+            for given in records:
+                record = given
                 message_id = str(uuid.uuid4())
-                payload = schema.encode(record, gateway=gateway, seq=seq, message_id=message_id)
+                try:
+                    payload = schema.encode(record, gateway=gateway, seq=seq, message_id=message_id)
+                except Exception as exc:  # poison: never the writer's or the batch's end (see _replace_poison)
+                    replaced = self._replace_poison(record, exc, seq, message_id)
+                    if replaced is None:
+                        unprocessable.append((seq, schema.safe_text(record.equipment), schema.safe_text(record.ts), 1))
+                        n_refused += 1
+                        seq += 1
+                        continue
+                    record, payload, n_bad = replaced
+                    unprocessable.append((None, record.equipment, record.ts, n_bad))
                 topic = self.topics.for_record(record)
                 if limit is not None and len(payload) + len(topic) + PACKET_OVERHEAD > limit:
                     refused.append((seq, record.equipment, record.ts))
@@ -717,6 +732,16 @@ class Store:
                     reason=REASON_TOO_LARGE, first_ts=min(t for _, _, t in refused),
                     last_ts=max(t for _, _, t in refused),
                 )
+            if unprocessable:
+                lost: Counter[str] = Counter()
+                for _where, equipment, _ts, n in unprocessable:
+                    lost[equipment] += n
+                    delta.losses[(equipment, REASON_UNPROCESSABLE)] += n
+                self._announce(
+                    conn, delta, seqs=[s for s, _, _, _ in unprocessable if s is not None], by_equipment=lost,
+                    reason=REASON_UNPROCESSABLE, first_ts=min(t for _, _, t, _ in unprocessable),
+                    last_ts=max(t for _, _, t, _ in unprocessable),
+                )
             self._write_meta(conn, delta)
             if delta.evicted.count:
                 delta.head, delta.head_changed = self._head(conn), True
@@ -738,6 +763,29 @@ class Store:
             results.append(report.result(accepted, refused_per[i]) if i == 0 else AppendResult(
                 accepted, 0, {}, None, None, refused_per[i]))
         return results
+
+    def _replace_poison(
+        self, record: schema.Record, error: Exception, seq: int, message_id: str
+    ) -> tuple[schema.Record, bytes, int] | None:
+        """A record `encode` raised on, in its place: bad readings or an `unprocessable` event (None when even
+        that cannot be encoded; the record is then refused). Logged once per equipment, signal and reason."""
+        try:
+            replacement, problems = schema.unprocessable(record, error)
+            payload = schema.encode(replacement, gateway=self.gateway, seq=seq, message_id=message_id)
+            self.topics.for_record(replacement)
+        except Exception as exc:
+            problems = [("", schema.escape_raw(error_text(exc)), "")]
+            replacement, payload = record, b""
+        for signal, reason, raw in problems:
+            key = (schema.safe_text(record.equipment, 100), signal, reason)
+            first = key not in self.poison_logged
+            if first and len(self.poison_logged) < 10_000:
+                self.poison_logged.add(key)
+            (log.error if first else log.debug)(
+                "record_unprocessable", equipment=key[0], signal=signal, reason=reason, raw=raw,
+                hint="replaced by a bad reading or an unprocessable event; counted and announced as unprocessable",
+            )
+        return None if not payload else (replacement, payload, len(problems))
 
     def _write_meta(self, conn: sqlite3.Connection, delta: _Delta) -> None:
         conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (delta.next_seq,))
