@@ -469,7 +469,8 @@ def address(equipment: object) -> str:
         return str(url)
     host, port = getattr(conn, "host", None), getattr(conn, "port", None)
     if host is None:
-        return "-"
+        folder = getattr(equipment, "path", None)  # a watched folder (result files)
+        return str(folder) if folder is not None else "-"
     where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     if (mode := getattr(conn, "mode", None)) is not None:
         where += f" ({mode})"
