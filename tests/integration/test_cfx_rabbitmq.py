@@ -31,6 +31,7 @@ pytestmark = [
 ]
 
 HANDLE = "plant1.line1.ict-1"
+PASSWORD = "cfx-pw-7f3a91"
 
 
 def payload(rid: str, seq: int, event: dict[str, object]) -> bytes:
@@ -82,7 +83,8 @@ async def test_records_arrive_as_cfx_envelopes_with_the_sdk_properties_and_route
         await publisher.close()
         connection.close()
     names = [m.properties["cfx-message"] for m in all_messages]  # type: ignore[attr-defined]
-    assert names == ["CFX.EndpointConnected", "CFX.Production.WorkStarted", "CFX.Production.TestAndInspection.UnitsTested",
+    assert names == ["CFX.EndpointConnected", "CFX.Production.WorkStarted",
+                     "CFX.Production.TestAndInspection.UnitsTested",
                      "CFX.Production.WorkCompleted", "CFX.ResourcePerformance.StationStateChanged"]
     tested = all_messages[2]
     envelope = orjson.loads(bytes(tested.body))  # type: ignore[attr-defined]
@@ -104,10 +106,13 @@ def test_daemon_announces_its_endpoints_beats_at_the_configured_rate_and_reports
 ) -> None:
     queue = rabbitmq.declare_durable_queue(f"cfx-daemon-{uuid.uuid4().hex[:8]}")
     http_port = free_port()
+    user = f"gw-{uuid.uuid4().hex[:6]}"
+    rabbitmq.ctl("add_user", user, PASSWORD)
+    rabbitmq.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
     config = gateway_config(
         tmp_path, f"mqtt://127.0.0.1:{mosquitto.port}", equipment.port,
         http={"listen": f"127.0.0.1:{http_port}"},
-        cfx={"broker": rabbitmq.url, "address": queue, "username": "guest", "password_file": str(secret(tmp_path)),
+        cfx={"broker": rabbitmq.url, "address": queue, "username": user, "password_file": str(secret(tmp_path)),
              "heartbeat": "1s"},
     )
     daemon = Daemon(config, tmp_path / "gateway.log")
@@ -124,7 +129,7 @@ def test_daemon_announces_its_endpoints_beats_at_the_configured_rate_and_reports
         daemon.kill()
     assert body["cfx"]["connected"] is True
     assert body["cfx"]["broker"] == rabbitmq.url
-    assert "guest-secret" not in daemon.log() + json.dumps(body) + metrics
+    assert PASSWORD not in daemon.log() + json.dumps(body) + metrics
     assert "emsedge_cfx_connected 1.0" in metrics
     assert re.search(r"^emsedge_cfx_accepted_total [1-9]", metrics, re.M)
     envelopes = [orjson.loads(bytes(m.body)) for m in read_all(rabbitmq.url, queue)]
@@ -141,7 +146,7 @@ def test_daemon_announces_its_endpoints_beats_at_the_configured_rate_and_reports
 
 def secret(tmp_path: Path) -> Path:
     path = tmp_path / "cfx.pass"
-    path.write_text("guest\n")
+    path.write_text(PASSWORD + "\n")
     return path
 
 
