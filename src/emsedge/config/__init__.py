@@ -14,7 +14,6 @@ from __future__ import annotations
 from emsedge.config.core import (
     BufferConfig,
     CfxConfig,
-    CfxListenConfig,
     GatewayConfig,
     HttpAuthConfig,
     HttpConfig,
@@ -57,7 +56,6 @@ __all__ = [
     "Backoff",
     "BufferConfig",
     "CfxConfig",
-    "CfxListenConfig",
     "ConfigError",
     "ConfigModel",
     "Deadband",

@@ -291,12 +291,6 @@ class HttpConfig(ConfigModel):
         return self
 
 
-class CfxListenConfig(ConfigModel):
-    """The optional AMQP 1.0 listener that answers CFX requests addressed to the gateway's handles."""
-
-    address: str = Field("127.0.0.1:5673", description="host:port the request listener binds.")
-
-
 class CfxConfig(ConfigModel):
     """The IPC-CFX (IPC-2591) output: every machine becomes a CFX endpoint on an AMQP 1.0 broker."""
 
@@ -320,9 +314,6 @@ class CfxConfig(ConfigModel):
     connect_timeout: Duration = Field(10.0, description="Deadline for the TCP/TLS/SASL connect and attach.")
     publish_timeout: Duration = Field(30.0, description="Deadline for the broker's disposition of a batch.")
     window: int = Field(200, ge=1, le=10000, description="Messages sent but not yet settled by the broker.")
-    listen: CfxListenConfig | None = Field(
-        None, description="Answer AreYouThere/WhoIsThere/GetEndpointInformation requests (off by default)."
-    )
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
 
     @field_validator("broker")

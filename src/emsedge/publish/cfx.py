@@ -269,8 +269,9 @@ class CfxPublisher:
         return messages
 
     def _request_uri(self) -> str | None:
-        listen = self.config.listen
-        return f"amqp://{listen.address}" if listen is not None else None
+        """Where requests to these handles go: nowhere yet (no request listener), so EndpointConnected
+        says null rather than advertise an address nobody answers."""
+        return None
 
     # called from the reactor thread
     def on_link_up(self) -> None:
