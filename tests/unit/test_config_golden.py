@@ -23,7 +23,7 @@ SCHEMA_BLIND = {"duplicate_equipment_id", "duplicate_key", "duplicate_signal_nam
                 "control_character_in_gateway_site", "noncharacter_in_topic_prefix",
                 "gateway_site_too_long_for_a_topic", "equipment_id_too_long_for_a_topic",
                 "buffer_max_bytes_below_one_record", "mqtt_url_port_out_of_range", "credentials_in_mqtt_url",
-                "trigger_field_integer_over_64_bits"}
+                "trigger_field_integer_over_64_bits", "opcua_url_port_out_of_range"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
