@@ -285,7 +285,8 @@ class MesView:
         elif serial and kind in ("unit_inspected", "unit_tested"):
             board = self._board(str(serial))
             board.result = str(ev.get("result", "?")).upper()
-            board.defects = [str(d) for d in ev.get("defects") or []]
+            board.defects = [f"{d.get('refdes')}:{d.get('code')}" if isinstance(d, dict) else str(d)
+                             for d in ev.get("defects") or []]
             detail = f"{serial} {board.result}"
         if kind not in ("components_placed",):
             self.recent.appendleft(f"{clock} {equipment:<9} {kind} {detail}".rstrip())

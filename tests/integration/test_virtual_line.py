@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Mosquitto
+from support import REPO, Mosquitto, contract_violation
 from support.daemon import EMSEDGE, Daemon, wait_until
 
 from emsedge.config import load_config
@@ -85,11 +85,22 @@ class Simulator:
 
 @pytest.fixture
 def mes(mosquitto: Mosquitto) -> Iterator[MesSubscriber]:
-    sub = MesSubscriber()
+    """The reference MES subscriber; every message it receives is also validated against the contract."""
+    sub = MesSubscriber(incomplete_after=0.0)
+    violations: list[str] = []
+    handle = sub.handle
+
+    def checked(topic: str, payload: bytes) -> None:
+        if (violation := contract_violation(topic, payload)) is not None:
+            violations.append(violation)
+        handle(topic, payload)
+
+    sub.handle = checked  # type: ignore[method-assign]
     client = connect(sub, mosquitto.url, PREFIX)
     yield sub
     client.loop_stop()
     client.disconnect()
+    assert not violations, f"{len(violations)} message(s) break the contract: {violations[:3]}"
 
 
 def test_demo_config_and_virtual_line_agree_on_every_port() -> None:
@@ -159,7 +170,7 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
         return [(f["type"], f.get("fault_code", f.get("alid")), f["fault_occurrence_id"])
                 for f in mes.faults if f["equipment"] == equipment]
 
-    for equipment, code in (("pnp-1", 1201), ("aoi-1", 7), ("reflow-1", "REFLOW-3")):
+    for equipment, code in (("pnp-1", "1201"), ("aoi-1", "7"), ("reflow-1", "REFLOW-3")):
         got = faults(equipment)
         assert [(kind, c) for kind, c, _ in got] == [("fault_occurred", code), ("fault_cleared", code)], got
         assert got[0][2] == got[1][2]  # linked by the fault occurrence id
