@@ -43,6 +43,7 @@ from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog, serve_http
+from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
 
@@ -102,6 +103,7 @@ class Gateway:
             broker_connected=lambda: self.publisher.connected,
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
+        self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
         self.notifier = SystemdNotifier()
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
@@ -122,6 +124,7 @@ class Gateway:
                 await link.start(self.publisher.run)
                 await link.start(self._forward)
                 await link.start(self._publish_status)
+                await link.start(self.machine_states.run)
                 if self.settings.http.listen:
                     await link.start(serve_http, self.settings.http.listen, self.state)
                 await link.start(run_watchdog, self.notifier, self.state)
@@ -173,6 +176,7 @@ class Gateway:
         assert self._equipment_tg is not None
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
         self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
+        self.machine_states.add(equipment.id, equipment.type, health)
         if not equipment.enabled:
             health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)
@@ -234,6 +238,7 @@ class Gateway:
         if not records:
             return
         result = await self.buffer.append(records)
+        self.machine_states.observe(records)
         self.state.messages_buffered += result.accepted
         if result.evicted:
             self.state.messages_dropped += result.evicted
@@ -377,6 +382,7 @@ class Gateway:
             if equipment_id in removed:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
+                self.machine_states.remove(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:
             if equipment_id in changed:
