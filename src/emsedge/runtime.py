@@ -198,7 +198,7 @@ class Gateway:
         equipment = running.config
         ctx = AdapterContext(
             equipment=equipment, emit=self._emitter(Normaliser(equipment)), health=health,
-            loss_counter=self._loss_counter(equipment.id),
+            loss_counter=self._loss_counter(equipment.id), state_dir=self.settings.buffer.path.parent,
         )
         task_status.started()
         try:

@@ -66,6 +66,7 @@ class EventType(StrEnum):
     BUFFER_DROPPED = "buffer_dropped"  # gateway's own
     UNITS_MISSED = "units_missed"  # gateway's own: a board counter shows boards that passed unseen
     COLLECTION_EVENT = "collection_event"  # SECS/GEM event report for a CEID the config does not map
+    FILE_REJECTED = "file_rejected"  # gateway's own: a tester result file that could not be read (result_files)
 
 
 EMITTABLE_EVENTS: tuple[EventType, ...] = (

@@ -34,6 +34,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -223,6 +224,7 @@ class GatewayCollector:
                 lv, _buckets(POLL_DURATION_BUCKETS, h.poll_duration_counts), sum_value=h.poll_duration_sum
             )
         yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, state, lost, durations)
+        yield from _file_metrics(s.equipment)
 
         yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
         yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)
@@ -256,6 +258,37 @@ class GatewayCollector:
         yield build
         yield _gauge("emsedge_uptime_seconds", "Seconds since the gateway started.",
                      time.monotonic() - s.started_monotonic)
+
+
+def _file_metrics(equipment: Mapping[str, EquipmentHealth]) -> Iterator[Metric]:
+    """Per-equipment counters of the adapters that read result files (only equipment that has them)."""
+    with_files = [(eq, h.files) for eq, h in sorted(equipment.items()) if h.files is not None]
+    if not with_files:
+        return
+    labels = ["equipment"]
+    processed = CounterMetricFamily(
+        "emsedge_result_files_processed", "Result files whose events the buffer made durable.", labels=labels
+    )
+    rejected = CounterMetricFamily(
+        "emsedge_result_files_rejected", "Result files rejected (file_rejected, moved to error).", labels=labels
+    )
+    duplicate = CounterMetricFamily(
+        "emsedge_result_files_duplicate", "Identical result files dropped again (nothing emitted).", labels=labels
+    )
+    boards = CounterMetricFamily(
+        "emsedge_boards_emitted", "Boards (unit_tested events) emitted from result files.", labels=labels
+    )
+    parse = SummaryMetricFamily(
+        "emsedge_result_file_parse_seconds", "Time spent parsing result files.", labels=labels
+    )
+    for equipment_id, f in with_files:
+        lv = [equipment_id]
+        processed.add_metric(lv, f.files_processed)
+        rejected.add_metric(lv, f.files_rejected)
+        duplicate.add_metric(lv, f.files_duplicate)
+        boards.add_metric(lv, f.boards_emitted)
+        parse.add_metric(lv, count_value=f.parse_count, sum_value=f.parse_seconds)
+    yield from (processed, rejected, duplicate, boards, parse)
 
 
 def _counter(name: str, documentation: str, value: float) -> Metric:

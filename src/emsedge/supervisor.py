@@ -92,6 +92,20 @@ class EquipmentState(enum.StrEnum):
 
 
 @dataclass
+class FileStats:
+    """Counters of an adapter that reads result files, kept on `EquipmentHealth.files` (so they survive a
+    reload) and exported by /metrics per equipment."""
+
+    files_processed: int = 0
+    files_rejected: int = 0
+    files_duplicate: int = 0
+    boards_emitted: int = 0
+    parse_seconds: float = 0.0
+    parse_count: int = 0
+    move_errors: int = 0
+
+
+@dataclass
 class EquipmentHealth:
     """Live state of one supervised session, read by /healthz, /metrics and the status line.
 
@@ -113,6 +127,8 @@ class EquipmentHealth:
     # POLL_DURATION_BUCKETS, last slot is +Inf); `poll_durations` keeps only the recent ones.
     poll_duration_counts: list[int] = field(default_factory=lambda: [0] * (len(POLL_DURATION_BUCKETS) + 1))
     poll_duration_sum: float = 0.0
+    files: FileStats | None = None
+    """Counters of an adapter that reads files (result_files); None for the others."""
 
     @property
     def connected(self) -> bool:

@@ -383,3 +383,43 @@ async def test_terminal_message_from_the_equipment_is_acknowledged() -> None:
         reply = await eq.link.request(Message(10, 1, L(B(0), A("operator: check nozzle 4"))))
         assert reply.name == "S10F2"
         assert reply.body == B(0)
+
+
+def _nested(depth: int) -> bytes:
+    return bytes([0x01, 0x01]) * depth + bytes([0x01, 0x00])
+
+
+@pytest.mark.asyncio
+async def test_oddly_shaped_messages_get_s9f7_and_the_report_queued_behind_them_is_delivered() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        assert eq.link is not None
+        odd = [
+            Message(6, 11, L(U4(1), L(U4(CEID_BOARD_INSPECTED)), L())),  # CEID as a list
+            Message(6, 11, L(U4(1), U4(CEID_BOARD_INSPECTED), L(L(L(U4(100)), L(A("x")))))),  # RPTID as a list
+            Message(5, 1, L(B(0x80), L(U4(ALID_CONVEYOR)), A("jam"))),  # ALID as a list
+            Message(6, 11, L(U4(1), U4(1, 2), L())),  # CEID as an array of two
+        ]
+        for message in odd:
+            with pytest.raises(TransactionRejected, match="S9F7"):
+                await eq.link.request(message)
+        for body in (_nested(2000), _nested(300)):  # decodable, beyond the decode budget
+            await eq.send_raw(frame(0, 0x80 | 6, 11, 0, 0xBEEF, body=body))
+            await eq.send_raw(frame(0, 9, 7, 0, 0xBEF0, body=body))  # an S9F7 nested as deep
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+        assert sum(m.name == "S9F7" for m in eq.received) >= 4
+        assert collector.events("connection_lost") == []
+        assert len(collector.events("unit_inspected")) == 1
+        assert collector.events("fault_occurred") == []
+
+
+@pytest.mark.asyncio
+async def test_a_message_longer_than_max_message_bytes_is_skipped_answered_s9f11_and_the_link_stays() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector, max_message_bytes="64KiB"):
+        assert eq.link is not None
+        huge = L(U4(1), U4(CEID_BOARD_INSPECTED), L(L(U4(100), L(A("x" * 200_000)))))
+        with pytest.raises(TransactionRejected, match="S9F11"):
+            await eq.link.request(Message(6, 11, huge))
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+        assert collector.events("connection_lost") == []

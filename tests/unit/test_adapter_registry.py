@@ -28,9 +28,9 @@ HEAD = "gateway: {id: gw, site: s, line: l}\nequipment:\n"
 def test_the_built_in_adapters_are_registered_through_the_entry_point_group() -> None:
     points = {ep.name: ep.value for ep in entry_points(group="emsedge.adapters")
               if ep.dist is not None and ep.dist.name == "emsedge"}
-    assert points == {name: f"emsedge.adapters.{name}:spec" for name in ("modbus", "opcua", "hsms")}
+    assert points == {name: f"emsedge.adapters.{name}:spec" for name in ("modbus", "opcua", "hsms", "result_files")}
     reg = registry()
-    assert reg.builtin() == ["hsms", "modbus", "opcua"] and not reg.broken
+    assert reg.builtin() == ["hsms", "modbus", "opcua", "result_files"] and not reg.broken
     for name, spec in reg.specs.items():
         assert spec.name == name and issubclass(spec.config_model, EquipmentBase)
         assert get_args(spec.config_model.model_fields["adapter"].annotation) == (name,)
@@ -97,13 +97,14 @@ def _problems(tmp_path: Path, text: str) -> str:
 def test_an_unknown_adapter_is_located_at_its_key_with_the_closest_registered_name(tmp_path: Path) -> None:
     msg = _problems(tmp_path, "  - {id: r1, type: reflow_oven, adapter: modbsu, connection: {host: h}}\n")
     assert msg.startswith(f"{tmp_path / 'c.yaml'}:3:33: equipment[0].adapter: unknown adapter 'modbsu'; "
-                          "did you mean 'modbus'? (built in: hsms, modbus, opcua; installed plugins: none)")
+                          "did you mean 'modbus'? (built in: hsms, modbus, opcua, result_files; "
+                          "installed plugins: none)")
 
 
 def test_a_missing_adapter_names_every_registered_adapter(tmp_path: Path) -> None:
     msg = _problems(tmp_path, "  - {id: r1, type: reflow_oven}\n")
     assert msg == (f"{tmp_path / 'c.yaml'}:3:5: equipment[0]: required field 'adapter' is missing "
-                   "(hint: say which adapter talks to this machine: adapter: hsms | modbus | opcua)")
+                   "(hint: say which adapter talks to this machine: adapter: hsms | modbus | opcua | result_files)")
 
 
 def test_a_field_error_in_an_adapter_model_has_no_adapter_name_in_its_path(tmp_path: Path) -> None:

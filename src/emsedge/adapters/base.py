@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
 
 import structlog
@@ -97,6 +98,8 @@ class AdapterContext:
     health: EquipmentHealth = field(default_factory=EquipmentHealth)
     loss_counter: CountLoss = _no_loss_counter
     on_connected: Connected | None = None
+    state_dir: Path | None = None
+    """Folder for an adapter's own durable state (e.g. the result_files ledger): the buffer's folder."""
 
     def __post_init__(self) -> None:
         if self.log is None:

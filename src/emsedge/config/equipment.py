@@ -17,7 +17,7 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 from emsedge.config.types import Backoff, ConfigModel, did_you_mean
 from emsedge.schema import EMITTABLE_EVENTS, EventType
 
-EquipmentType = Literal["pick_and_place", "reflow_oven", "aoi", "spi", "xray", "ict", "fct", "other"]
+EquipmentType = Literal["pick_and_place", "reflow_oven", "aoi", "spi", "xray", "ict", "fct", "fpt", "other"]
 
 EventFlag = Literal["station_state"]
 

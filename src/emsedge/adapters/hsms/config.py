@@ -21,7 +21,12 @@ class HsmsConnection(ConfigModel):
     t7: Duration = Field(10.0, description="Not-selected timeout.")
     t8: Duration = Field(5.0, description="Inter-character timeout within one message.")
     linktest_interval: Duration = Field(30.0, description="Linktest period; 0 disables.")
-    max_message_bytes: Size = Field(Size(16 << 20), description="Frames longer than this are refused.")
+    max_message_bytes: Size = Field(
+        Size(4 << 20),
+        description="Longest message body accepted; longer ones are skipped and answered S9F11. 4 MiB: the "
+        "messages a host receives (event reports, alarms, replies) are far smaller, and the bound caps the memory "
+        "and decode time one message can cost.",
+    )
 
 
 class StatusVariable(SignalCommon):

@@ -9,7 +9,9 @@ One connection's life (`HsmsAdapter._session`):
 Invariants:
 
 * Every W-bit primary from the equipment gets an answer: its reply, an ack, or S9F3 (unknown
-  stream) / S9F5 (unknown function); structurally wrong bodies get S9F7.
+  stream) / S9F5 (unknown function); structurally wrong bodies get S9F7 (an id sent as a list, a
+  missing field), and the session stays up: one odd message never costs the link, so a tool that
+  re-sends an unacknowledged report cannot make it flap, and reports queued behind it still arrive.
 * S6F12 and S5F2 are sent only after `ctx.emit()` returned, i.e. after the buffer made the records
   durable, never on a timeout: an equipment that spools unacknowledged reports never loses one to a
   gateway crash or a full disk. An emit that fails closes the link without a reply.
@@ -33,6 +35,7 @@ from typing import Any, Final, cast
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from anyio.abc import SocketListener
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
@@ -51,6 +54,8 @@ _KNOWN_STREAMS: Final = frozenset({1, 2, 5, 6, 7, 9, 10})
 _UNIT_EVENTS: Final = frozenset({"unit_inspected", "unit_tested"})
 _BATCH_MAX: Final = 1000
 _SELECT_RACE_RETRIES: Final = 5
+_OFFLOAD_BYTES: Final = 64 << 10
+"""Event reports longer than this are turned into records in a worker thread (see HsmsLink)."""
 _LEFTOVER_DEADLINE: Final = 5.0
 """Bound on handing on the unacknowledged records left when a connection ends (never acknowledged)."""
 
@@ -84,6 +89,17 @@ class MalformedMessage(ValueError):
     """A decodable body that does not have the structure the standard prescribes."""
 
 
+def scalar_id(item: Item, what: str) -> int | str:
+    """An identifier (DATAID, CEID, RPTID, ALID, VID): one integer or a text, never a list or an array."""
+    if item.fmt in ("A", "J"):
+        text: str = item.value
+        return text
+    if item.fmt in ("L", "B", "BOOLEAN") or item.fmt.startswith("F") or len(item.value) != 1:
+        raise MalformedMessage(f"{what} must be one integer or a text, not {item.fmt}[{len(item.value)}]")
+    value: int = item.value[0]
+    return value
+
+
 def parse_event_report(body: Item | None) -> tuple[Any, Any, list[tuple[Any, list[Item]]]]:
     """S6F11 body -> (DATAID, CEID, [(RPTID, [value items])]); raises MalformedMessage on a wrong shape."""
     shape = "S6F11 body is not L[DATAID, CEID, L[L[RPTID, L[V...]]...]]"
@@ -93,8 +109,8 @@ def parse_event_report(body: Item | None) -> tuple[Any, Any, list[tuple[Any, lis
     for report in body[2].items:
         if report.fmt != "L" or len(report) != 2 or report[1].fmt != "L":
             raise MalformedMessage(shape)
-        parsed.append((report[0].to_python(), list(report[1].items)))
-    return body[0].to_python(), body[1].to_python(), parsed
+        parsed.append((scalar_id(report[0], "RPTID"), list(report[1].items)))
+    return scalar_id(body[0], "DATAID"), scalar_id(body[1], "CEID"), parsed
 
 
 def _ack(reply: Message) -> int | None:
@@ -226,7 +242,8 @@ class HsmsAdapter:
         commack = _ack(reply)
         if commack not in (0, None):
             raise TransactionRejected(f"S1F13 denied with COMMACK {commack}")
-        model = reply.body[1].to_python() if reply.body is not None and len(reply.body) > 1 else []
+        body = reply.body
+        model = body[1].to_python() if body is not None and body.fmt == "L" and len(body) > 1 else []
         self.log.info("communication established", model=model)
         await self._checked(link, Message(1, 1), "S1F1 are-you-there", close_on_t3=False)
 
@@ -368,7 +385,8 @@ class HsmsAdapter:
             elif key == (5, 1):
                 await self._on_alarm(link, msg)
             elif key in ((10, 1), (10, 5)):
-                text = msg.body[1].to_python() if msg.body is not None and msg.body.fmt == "L" else None
+                body = msg.body
+                text = body[1].to_python() if body is not None and body.fmt == "L" and len(body) > 1 else None
                 self.log.info("terminal message from equipment", text=text)
                 await self._ack_if_wanted(link, msg, B(0))
             elif key == (1, 1):
@@ -387,6 +405,13 @@ class HsmsAdapter:
         except MalformedMessage as exc:
             self.log.warning("malformed message answered S9F7", message=msg.name, error=str(exc))
             await link.send_s9(7, msg)
+        except (HsmsClosed, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            # a shape no check above foresaw: the message is refused, the session (and every report
+            # queued behind this one) goes on; the traceback is for the bug report
+            self.log.exception("message could not be processed, answered S9F7", message=msg.name, error=repr(exc))
+            await link.send_s9(7, msg)
 
     @staticmethod
     async def _ack_if_wanted(link: HsmsLink, msg: Message, body: Item | None) -> None:
@@ -394,6 +419,14 @@ class HsmsAdapter:
             await link.reply(msg, msg.stream, msg.function + 1, body)
 
     async def _on_event_report(self, link: HsmsLink, msg: Message) -> None:
+        if msg.size > _OFFLOAD_BYTES:
+            record = await anyio.to_thread.run_sync(self._event_report_record, msg)
+        else:
+            record = self._event_report_record(msg)
+        await self._deliver(_Delivery(record, msg, (6, 12) if msg.wbit else None))
+        self.event_reports += 1
+
+    def _event_report_record(self, msg: Message) -> Record:
         _dataid, ceid, reports = parse_event_report(msg.body)
         values: dict[str, Any] = {}
         for rptid, items in reports:
@@ -401,8 +434,7 @@ class HsmsAdapter:
             for i, item in enumerate(items):
                 name = names[i] if names is not None and i < len(names) else f"rpt{rptid}_{i}"
                 values[name] = item.to_python()
-        await self._deliver(_Delivery(self._event_record(ceid, values), msg, (6, 12) if msg.wbit else None))
-        self.event_reports += 1
+        return self._event_record(ceid, values)
 
     def _event_record(self, ceid: Any, values: dict[str, Any]) -> Record:
         config = self._events.get(ceid)
@@ -436,7 +468,7 @@ class HsmsAdapter:
         if body is None or body.fmt != "L" or len(body) != 3 or body[0].fmt not in ("B", "U1") or body[0].is_empty:
             raise MalformedMessage("S5F1 body is not L[ALCD, ALID, ALTX]")
         alcd = int(body[0].value[0])
-        alid, altx = body[1].to_python(), body[2].to_python()
+        alid, altx = scalar_id(body[1], "ALID"), body[2].to_python()
         fields = {"alid": alid, "altx": altx, "alcd": alcd, "severity": alarm_severity(alcd)}
         if alcd & ALARM_SET:
             occurrence = str(uuid.uuid4())

@@ -51,7 +51,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.adapters.opcua.connect import ResolvedSignal, classify, connect, disconnect, resolve
-from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, to_json
+from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, safe_json, valid_time
 from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, telemetry, utc_iso
 
@@ -244,7 +244,8 @@ class OpcUaSubscriber(_Base):
                 if isinstance(ev, DataChangeEvent):
                     r = handles.get(ev.data.monitored_item.ClientHandle)
                     if r is not None:
-                        readings.append(reading_from_datavalue(r.signal, ev.data.monitored_item.Value, received))
+                        readings.append(reading_from_datavalue(r.signal, ev.data.monitored_item.Value, received,
+                                                               cfg.encoding))
                 elif isinstance(ev, OpcEvent):
                     records.extend(self._fault_events(ev.event))
                 elif isinstance(ev, StatusChangeEvent):
@@ -274,11 +275,16 @@ class OpcUaSubscriber(_Base):
             v = get(name)
             return v.Value if isinstance(v, ua.Variant) else v
 
+        encoding = self.config.encoding
+
+        def to_json(value: Any) -> Any:  # event fields have no quality: out of bounds -> None
+            return safe_json(value, encoding)
+
         condition_id = val("NodeId")
         code = to_json(val("ConditionName")) or to_json(val("SourceName")) or to_json(val("EventType"))
         key = str(to_json(condition_id)) if condition_id else f"{to_json(val('SourceNode'))}|{code}"
         active = val("ActiveState/Id")
-        ts_raw = val("Time")
+        ts_raw = valid_time(val("Time"))
         ts = utc_iso(ts_raw) if ts_raw is not None else None
         common = {
             "fault_code": code,
@@ -382,7 +388,8 @@ class OpcUaPoller(_Base):
                 with anyio.fail_after(timeout):
                     results = await client.uaclient.read(params)
                 received = time.time()
-                readings.extend(reading_from_datavalue(r.signal, dv, received)
+                encoding = self.config.encoding
+                readings.extend(reading_from_datavalue(r.signal, dv, received, encoding)
                                 for r, dv in zip(chunk, results, strict=True))
         except AdapterError:
             raise

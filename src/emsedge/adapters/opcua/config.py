@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +59,16 @@ class OpcUaConnection(ConfigModel):
         return self
 
 
+def _known_encoding(value: str | None) -> str | None:
+    if value is None:
+        return value
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252, shift_jis)") from None
+    return value
+
+
 class Deadband(ConfigModel):
     type: Literal["absolute", "percent"] = Field(description="absolute units, or percent of EURange.")
     value: float = Field(ge=0, description="Changes smaller than this are not reported.")
@@ -69,6 +80,11 @@ class OpcUaSignal(SignalCommon):
     sampling_interval: Duration | None = Field(None, description="Server sampling interval for this item.")
     queue_size: int = Field(1, ge=1, description="Monitored item queue size.")
     deadband: Deadband | None = Field(None, description="Data-change filter.")
+    encoding: str | None = Field(
+        None, description="Text encoding of this signal's strings; the equipment's `encoding` when omitted."
+    )
+
+    _encoding = field_validator("encoding")(_known_encoding)
 
     @model_validator(mode="after")
     def _one_address(self) -> OpcUaSignal:
@@ -90,6 +106,13 @@ class OpcUaEquipment(EquipmentBase):
     poll_interval: Duration = Field(1.0, description="Read cycle in poll mode.")
     max_nodes_per_read: int = Field(1000, ge=1, description="Chunk size of Read calls in poll mode.")
     signals: list[OpcUaSignal] = Field(min_length=1, description="Signals to monitor or read.")
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding the server's strings really use (older controllers: latin-1, cp1252); "
+        "undecodable bytes are replaced, never fatal.",
+    )
     events: list[OpcUaEventSource] = Field(
         default_factory=list, description="Alarms & Conditions sources -> fault_occurred/fault_cleared."
     )
+
+    _encoding = field_validator("encoding")(_known_encoding)
