@@ -249,6 +249,8 @@ def parse_defect(defect: Any) -> dict[str, Any]:
     """A defect as the contract's object: "C12:tombstone", ["C12", "tombstone", text] or a dict."""
     if isinstance(defect, dict):
         known = {k: defect.get(k) for k in ("refdes", "code", "text")}
+        if defect.get("test") is not None:
+            known["test"] = defect["test"]
         return {k: None if v is None else str(v) for k, v in known.items()}
     if isinstance(defect, str):
         refdes, sep, rest = defect.partition(":")
@@ -282,6 +284,7 @@ class Defect(_Wire):
     refdes: str | None = Field(description="Reference designator, e.g. C12; null when the source gives none.")
     code: str | None = Field(description="Defect code, e.g. tombstone, missing, bridge.")
     text: str | None = Field(default=None, description="Free text from the machine, when it gives one.")
+    test: str | None = Field(default=None, description="Name of the failed test (testers; absent otherwise).")
 
 
 class _Event(BaseModel):
@@ -391,7 +394,9 @@ class UnitProcessed(_ConfiguredEvent):
 
 
 class _UnitResult(_ConfiguredEvent):
-    result: Literal["pass", "fail"] | None = Field(default=None, description="Verdict.")
+    result: Literal["pass", "fail", "error", "aborted"] | None = Field(
+        default=None, description="Verdict: pass or fail; a tester may also report error or aborted."
+    )
     raw_result: Any = Field(default=None, description="The machine's own verdict value.")
     defects: list[Defect] | None = Field(
         default=None, description="Defects; null when the source does not report them (never [] for unknown)."
@@ -463,6 +468,17 @@ class BufferDropped(BaseModel):
     max_age_s: float | None = None
 
 
+class FileRejected(_Event):
+    """A tester result file that could not be read (result_files adapter); the file is moved aside."""
+
+    type: Literal[EventType.FILE_REJECTED]
+    file: str = Field(description="File name.")
+    reason: str
+    line: int | None = Field(description="1-based line of the problem, or null.")
+    sha256: str | None = None
+    size: int | None = None
+
+
 class UnitsMissed(_Event):
     """Boards passed a machine without their event: a counter jumped by more than the events seen."""
 
@@ -480,7 +496,7 @@ class UnitsMissed(_Event):
 EventBody = Annotated[
     StationStateChanged | FaultOccurred | FaultCleared | UnitProcessed | UnitInspected | UnitTested
     | MaterialsInstalled | ComponentsPlaced | CollectionEvent | ConnectionLost | ConnectionRestored
-    | BufferDropped | UnitsMissed,
+    | BufferDropped | UnitsMissed | FileRejected,
     Field(discriminator="type"),
 ]
 
@@ -488,7 +504,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     str(m.model_fields["type"].annotation.__args__[0]): m  # type: ignore[union-attr]
     for m in (StationStateChanged, FaultOccurred, FaultCleared, UnitProcessed, UnitInspected, UnitTested,
               MaterialsInstalled, ComponentsPlaced, CollectionEvent, ConnectionLost, ConnectionRestored,
-              BufferDropped, UnitsMissed)
+              BufferDropped, UnitsMissed, FileRejected)
 }
 """Event type -> body model; every `EventType` has one (checked by a test)."""
 

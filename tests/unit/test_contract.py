@@ -71,7 +71,8 @@ def test_contract_schema_command_prints_a_json_schema_for_every_payload() -> Non
     assert {"TelemetryMessage", "EventMessage", "StatusMessage", "EquipmentStateMessage", "UnitsMissed",
             "FaultOccurred", "UnitInspected"} <= set(schemas)
     defect = schemas["UnitInspected"]["$defs"]["Defect"]
-    assert set(defect["properties"]) == {"refdes", "code", "text"}
+    assert set(defect["properties"]) == {"refdes", "code", "text", "test"}
+    assert defect["required"] == ["refdes", "code"]
 
 
 def test_defects_become_objects_with_refdes_code_and_text_whatever_the_source_sends() -> None:
