@@ -226,6 +226,8 @@ class MesView:
             if topic.endswith("/_gateway/status"):
                 self.status = message
                 return
+            if topic.endswith("/state"):  # retained machine state: not a numbered message
+                return
             message_id = message.get("id")
             if message_id in self.ids:
                 self.duplicates += 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Mosquitto, contract_violation
+from support import REPO, Mosquitto, Subscriber, contract_violation
 from support.daemon import EMSEDGE, Daemon, wait_until
 
 from emsedge.config import load_config
@@ -31,7 +31,7 @@ PREFIX = "ems/demo-plant/smt/virtual-line"
 BOARDS = 6
 
 
-def fast_line(tmp_path: Path) -> Path:
+def fast_line(tmp_path: Path, faults: list[dict[str, Any]] | None = None) -> Path:
     """The demo line's ports with test-sized cycle times and a fault schedule, as a config file."""
     ports = load_virtual_line(REPO / "config" / "virtual-line.yaml")
     config = {
@@ -41,7 +41,7 @@ def fast_line(tmp_path: Path) -> Path:
                            "placement_time": "900ms", "pick_error_rate": 0.01},
         "reflow_oven": {"port": ports.reflow_oven.port, "dwell_time": "2s", "min_spacing": "300ms"},
         "aoi": {"port": ports.aoi.port, "inspection_time": "300ms", "defect_rate": 0.4},
-        "schedule": {"faults": [
+        "schedule": {"faults": faults if faults is not None else [
             {"at": "4.8s", "machine": "pick_and_place", "fault": "jam", "duration": "800ms"},
             {"at": "7s", "machine": "aoi", "fault": "alarm", "code": 7, "duration": "1s"},
             {"at": "8s", "machine": "reflow_oven", "fault": "alarm", "code": 3, "duration": "1s"},
@@ -179,3 +179,62 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
     reflow = [c["type"] for c in mes.connections if c["equipment"] == "reflow-1"]
     assert "connection_lost" in reflow
     assert reflow[-1] == "connection_restored"
+
+
+def test_boards_leaving_the_oven_during_an_outage_are_announced_as_units_missed_and_reported_incomplete(
+    tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
+) -> None:
+    env = {"EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", "")}
+    gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env)
+    gateway.start()
+    # The oven is unreachable long enough for several boards to leave it unseen.
+    outage = [{"at": "6s", "machine": "reflow_oven", "fault": "outage", "duration": "3s"}]
+    simulator = Simulator(fast_line(tmp_path, outage), tmp_path)
+    try:
+        wait_until(simulator.up, 20)
+        wait_until(lambda: len(simulator.inspected()) >= BOARDS, 40)
+        wait_until(lambda: len(mes.inspected_serials()) >= BOARDS, 15)
+        wait_until(lambda: bool(mes.units_missed), 15)
+        assert gateway.stop() == 0
+    finally:
+        gateway.kill()
+        simulator_status = simulator.stop()
+    assert simulator_status == 0
+
+    truth = simulator.truth()
+    start = next(e["at"] for e in truth if e["kind"] == "outage_start")
+    end = next(e["at"] for e in truth if e["kind"] == "outage_end")
+    unseen = [e["board"]["serial"] for e in truth if e["kind"] == "board_exit" and start <= e["at"] <= end]
+    assert len(unseen) >= 2, f"the outage must cover two board exits to hide one: {unseen}"
+    # Only the last board out during the outage is still in the serial register when the link returns.
+    hidden = unseen[:-1]
+    without_reflow = sorted(s for s, b in mes.boards.items() if "reflow" not in b)
+    assert without_reflow == hidden
+
+    missed = [m for m in mes.units_missed if m["equipment"] == "reflow-1"]
+    assert sum(m["count"] for m in missed) == len(hidden)
+    assert missed[0]["emit"] == "unit_processed"
+    assert missed[0]["next_serial"] == unseen[-1]
+    assert missed[0]["counter_to"] - missed[0]["counter_from"] == len(unseen)
+
+    # MES reports the incomplete boards separately from the complete ones, with the announcement.
+    reports = {r["serial"]: r for r in mes.check_incomplete()}
+    assert sorted(reports) == hidden
+    for report in reports.values():
+        assert report["missing"] == ["reflow"]
+        assert [m["equipment"] for m in report["units_missed"]] == ["reflow-1"] * len(missed)
+    assert set(mes.completed) == {b["serial"] for b in simulator.inspected()} - set(hidden)
+
+    # A subscriber joining now learns each machine's current state from the retained state topics.
+    late = Subscriber(mosquitto.port, topic=f"{PREFIX}/+/state")
+    try:
+        late.wait_for(lambda got: {p.get("equipment") for p in got} >= {"pnp-1", "reflow-1", "aoi-1"}, 10)
+        retained = {json.loads(payload)["equipment"]: json.loads(payload)
+                    for _topic, payload, flag in late.messages if flag and payload}
+    finally:
+        late.close()
+    last_inspected = simulator.inspected()[-1]["serial"]
+    assert retained["aoi-1"]["last_board"]["serial"] == last_inspected
+    assert retained["reflow-1"]["last_board"]["event"] == "unit_processed"
+    assert retained["pnp-1"]["station_state_name"] == "starved"  # the loader stopped after the last board
