@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto clean
+.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto browser clean
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
@@ -18,16 +18,19 @@ venv: $(STAMP)
 
 # The demo extra adds what only the demo needs (an embedded MQTT broker for machines without mosquitto).
 $(DEMO_STAMP): pyproject.toml
-	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[demo]'
-	touch $(DEMO_STAMP)
+	@test -x $(BIN)/pip || { echo "make demo: creating a virtual environment in $(VENV)/"; $(PYTHON) -m venv $(VENV); }
+	@echo "make demo: installing emsedge and what the demo needs into $(VENV)/ (emsedge[demo]; no test tools)..."
+	@$(BIN)/pip install -q -e '.[demo]'
+	@touch $(DEMO_STAMP)
+	@echo "make demo: installed; next time the demo starts at once"
 
 # Installs and runs the main job: the virtual SMT line demo.
 demo: $(DEMO_STAMP)
+	@echo "make demo: starting the virtual line, a broker and the gateway (Ctrl-C stops everything)"
 	$(BIN)/emsedge demo
 
-# Installs everything (Python deps into .venv, mosquitto when missing) and runs the suite.
-test: $(STAMP) mosquitto
+# Installs everything (Python deps into .venv, mosquitto and chromium when missing) and runs the suite.
+test: $(STAMP) mosquitto browser
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 	$(BIN)/pytest -q -m "not soak" -p no:cacheprovider
@@ -39,6 +42,12 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq mosquitto; \
 	    else sudo apt-get update -qq && sudo apt-get install -y -qq mosquitto; fi; }
+
+# The status page's browser test drives Debian's chromium headless through chromedriver.
+browser:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	    else sudo apt-get update -qq && sudo apt-get install -y -qq chromium chromium-driver; fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples

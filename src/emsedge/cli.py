@@ -73,7 +73,7 @@ DELEGATED = {
     "browse": ("emsedge.adapters.opcua.tools:main_browse", "print an OPC UA server's address space"),
     "opcua-cert": ("emsedge.adapters.opcua.tools:main_gen_cert", "generate a self-signed OPC UA client certificate"),
     "probe": ("emsedge.adapters.modbus.adapter:main_probe", "one-off read, e.g. probe modbus://host:502 --address 0"),
-    "buffer": ("emsedge.tooling:main_buffer", "inspect the local buffer: stats | export | purge"),
+    "buffer": ("emsedge.tooling:main_buffer", "the local buffer: stats | export | purge | backup (-c FILE or --path)"),
     "simulate": ("emsedge.simulate:main_simulate", "run the virtual SMT line (-c config/virtual-line.yaml)"),
     "demo": ("emsedge.demo:main_demo", "virtual line + broker + gateway + live view of what MES receives"),
 }

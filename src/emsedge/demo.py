@@ -46,10 +46,10 @@ import structlog
 from anyio.abc import Process, TaskStatus
 
 from emsedge.errors import ConfigError
+from emsedge.packaged import find_file
 
 log = structlog.get_logger("emsedge.demo")
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_STOP_TIMEOUT = 20.0
 STARTUP_TIMEOUT = 30.0
 REFRESH = 0.5
@@ -59,15 +59,6 @@ CONNECT_WAIT = 20.0
 
 # ------------------------------------------------------------------------------------------------
 # Files and ports
-
-
-def find_file(name: str) -> Path:
-    """A config file given on the command line, else relative to the working directory or the checkout."""
-    path = Path(name)
-    if path.is_file() or path.is_absolute():
-        return path
-    candidate = SOURCE_ROOT / name
-    return candidate if candidate.is_file() else path
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,13 @@ from emsedge.errors import AdapterError, ConfigError
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
-from emsedge.service import GatewayState, SystemdNotifier, run_watchdog, serve_http
+from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
+from emsedge.web.app import WebSources
+from emsedge.web.model import LineModel
+from emsedge.web.server import serve_http
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -104,6 +108,8 @@ class Gateway:
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
+        self.line = LineModel()
+        """What the status page shows, fed from the emit path after normalisation (never blocks it)."""
         self.notifier = SystemdNotifier()
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
@@ -126,7 +132,14 @@ class Gateway:
                 await link.start(self._publish_status)
                 await link.start(self.machine_states.run)
                 if self.settings.http.listen:
-                    await link.start(serve_http, self.settings.http.listen, self.state)
+                    sources = WebSources(
+                        self.state, self.line, drain_rate=lambda: self._drain_rate,
+                        replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
+                    )
+                    await link.start(
+                        partial(serve_http, config=self.settings.http, sources=sources), self.settings.http.listen,
+                        self.state,
+                    )
                 await link.start(run_watchdog, self.notifier, self.state)
                 link.start_soon(self._handle_signals)
                 async with anyio.create_task_group() as equipment_tg:
@@ -217,7 +230,9 @@ class Gateway:
 
     def _emitter(self, normaliser: Normaliser) -> Emit:
         async def emit(records: Sequence[Record]) -> None:
-            await self._append(normaliser.process(records))
+            normalised = normaliser.process(records)
+            self.line.observe(normalised)
+            await self._append(normalised)
 
         return emit
 
@@ -383,6 +398,7 @@ class Gateway:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
                 self.machine_states.remove(equipment_id)
+                self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:
             if equipment_id in changed:

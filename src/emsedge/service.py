@@ -6,18 +6,16 @@
   logged once and never raised: losing a status line must not take the gateway down.
 * `run_watchdog` sends `WATCHDOG=1` at half of `$WATCHDOG_USEC` from a task on the main event loop. The
   pings are only as alive as the loop: a blocked or hung loop stops them and systemd restarts the unit.
-* `serve_http` is a tiny HTTP/1.1 server on anyio streams (no threads, lives in the runtime's task group).
-  Every request is answered from the live `GatewayState` at request time; the Prometheus collector reads
-  the same objects at scrape time, so nothing is copied or cached between scrapes.
+* `/healthz` and `/metrics` are answered from the live `GatewayState` at request time (`GatewayState.health`,
+  `metrics_text`); the Prometheus collector reads the same objects at scrape time, so nothing is copied or
+  cached between scrapes. The listener that serves them, with the status page, is `emsedge.web.server`.
 
-Invariants: nothing here mutates `GatewayState` except `observe_publish_latency`; every network await has
-a deadline (request read, response write); one connection = one request (`Connection: close`).
+Invariant: nothing here mutates `GatewayState` except `observe_publish_latency`.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import socket
 import time
@@ -27,7 +25,7 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -36,7 +34,6 @@ from prometheus_client.core import (
     Metric,
     SummaryMetricFamily,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from emsedge.supervisor import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
@@ -335,86 +332,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
 async def serve_http(
     listen: str, state: GatewayState, *, task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve /healthz and /metrics until cancelled. Reports the bound port through `task_status`.
+    """Serve /healthz and /metrics (and the status page) until cancelled; reports the bound port.
 
-    A listener that cannot bind (port taken, address not on this host) is logged as an error and the
-    gateway runs on without it (started with None): collecting data matters more than observing it, and
-    a restart loop would not free the port.
+    The listener lives in `emsedge.web.server` (uvicorn + starlette); this keeps the old entry point.
+    A listener that cannot bind is logged and the gateway runs on without it (started with None).
     """
-    host, port = parse_listen(listen)
-    try:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-    except OSError as exc:
-        log.error("http listener not started: cannot bind; /healthz and /metrics are unavailable",
-                  address=listen, error=exc.strerror or str(exc))
-        task_status.started(None)
-        return
-    async with listener:
-        bound = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_port)
-        log.info("http listening", address=f"{host}:{bound}", paths="/healthz /metrics")
-        task_status.started(bound)
+    from emsedge.web.server import serve_http as serve  # noqa: PLC0415 - emsedge.web imports this module
 
-        async def handle(stream: SocketStream) -> None:
-            async with stream:
-                try:
-                    await _handle(stream, state)
-                except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError, OSError):
-                    pass  # the client went away; nothing to answer
-                except TimeoutError:
-                    log.debug("http client too slow, dropped")
-
-        await listener.serve(handle)
-
-
-async def _handle(stream: SocketStream, state: GatewayState) -> None:
-    with anyio.fail_after(REQUEST_TIMEOUT):
-        raw = b""
-        while b"\r\n\r\n" not in raw and b"\n\n" not in raw:
-            chunk = await stream.receive(4096)
-            raw += chunk
-            if len(raw) > MAX_REQUEST_BYTES:
-                await _respond(stream, 431, b"request too large\n", "text/plain")
-                return
-        request_line = raw.split(b"\n", 1)[0].decode("latin-1").strip()
-        parts = request_line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            await _respond(stream, 400, b"bad request\n", "text/plain")
-            return
-        method, target, _version = parts
-        path = target.split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            await _respond(stream, 405, b"method not allowed\n", "text/plain", {"Allow": "GET, HEAD"})
-            return
-        head = method == "HEAD"
-        if path == "/healthz":
-            code, body = state.health()
-            payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
-            await _respond(stream, code, payload, "application/json", head=head)
-        elif path == "/metrics":
-            await _respond(stream, 200, metrics_text(state), CONTENT_TYPE_LATEST, head=head)
-        elif path == "/":
-            await _respond(stream, 200, b"emsedge: /healthz /metrics\n", "text/plain", head=head)
-        else:
-            await _respond(stream, 404, b"not found\n", "text/plain", head=head)
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-async def _respond(
-    stream: SocketStream, code: int, body: bytes, content_type: str,
-    headers: Mapping[str, str] | None = None, *, head: bool = False,
-) -> None:
-    lines = [
-        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "Connection: close",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+    await serve(listen, state, task_status=task_status)
 
 
 # ---------------------------------------------------------------------------------------------------

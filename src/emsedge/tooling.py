@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -24,7 +27,8 @@ from typing import Any, TextIO
 import anyio
 
 from emsedge.config import EquipmentBase, LoggingConfig, Settings
-from emsedge.errors import AdapterError, BufferError, EmsedgeError
+from emsedge.config.loader import available_profiles
+from emsedge.errors import AdapterError, BufferError, ConfigError, EmsedgeError
 from emsedge.schema import EventType, Record
 
 ONLINE_TIMEOUT = 15.0
@@ -40,20 +44,38 @@ SCHEMA_ID = "https://emsedge.invalid/config.schema.json"
 def config_schema() -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of the YAML config, for editors (VS Code YAML) and CI checks.
 
-    An equipment entry with `profile:` gets its remaining fields from the profile, so such an entry only
-    needs `id` and `profile` here; every other entry is checked against its adapter's model.
+    An equipment entry with `profile:` gets its remaining fields from the profile, so such an entry needs
+    only `id` and `profile` (one of the shipped profile names); what else it holds overrides the profile
+    and is checked like the adapters' fields, partially: no field is required, unknown fields are refused.
     """
     schema = Settings.model_json_schema()
+    defs: dict[str, Any] = schema.get("$defs", {})
     items = schema["properties"]["equipment"]["items"]
+    models = [defs[ref["$ref"].rsplit("/", 1)[1]] for ref in items.get("oneOf", [items]) if "$ref" in ref]
+    fields: dict[str, list[Any]] = {}
+    for model in models:
+        for name, prop in model.get("properties", {}).items():
+            if name not in ("adapter", "profile"):
+                fields.setdefault(name, []).append(_partial(prop, defs))
+    properties: dict[str, Any] = {name: _one_of(options) for name, options in sorted(fields.items())}
+    properties["profile"] = {
+        "type": "string",
+        "description": "Equipment profile merged under this entry (<type>/<model>; a profile of your own "
+        "in an adapters/ folder beside the config works too).",
+        "examples": available_profiles(),
+    }
+    properties["adapter"] = {"type": "string", "description": "Normally given by the profile."}
     schema["properties"]["equipment"]["items"] = {
         "anyOf": [
             items,
             {
                 "type": "object",
                 "title": "Equipment from a profile",
-                "description": "An entry whose remaining fields come from `profile: <type>/<model>`.",
+                "description": "An entry whose remaining fields come from `profile: <type>/<model>`. Shipped "
+                "profiles: " + ", ".join(available_profiles()) + ".",
                 "required": ["id", "profile"],
-                "properties": {"id": {"type": "string"}, "profile": {"type": "string"}},
+                "properties": properties,
+                "additionalProperties": False,
             },
         ]
     }
@@ -62,6 +84,44 @@ def config_schema() -> dict[str, Any]:
         "$id": SCHEMA_ID,
         **schema,
     }
+
+
+def _partial(prop: Any, defs: dict[str, Any], depth: int = 0) -> Any:
+    """`prop` with nothing required (an override of a profile), following $refs two levels deep.
+
+    List items keep `name` required (profile signals merge by name) and may say `remove: true`.
+    """
+    if not isinstance(prop, dict) or depth > 2:
+        return prop
+    if "$ref" in prop:
+        target = defs.get(prop["$ref"].rsplit("/", 1)[1])
+        if not isinstance(target, dict) or target.get("type") != "object":
+            return prop
+        prop = {**target, **{k: v for k, v in prop.items() if k != "$ref"}}
+    out = dict(prop)
+    if out.get("type") == "object" and "properties" in out:
+        out.pop("required", None)
+        out["properties"] = {k: _partial(v, defs, depth + 1) for k, v in out["properties"].items()}
+        out.pop("title", None)
+    if out.get("type") == "array" and "items" in out:
+        item = _partial(out["items"], defs, depth + 1)
+        if isinstance(item, dict) and "name" in item.get("properties", {}):
+            item = {**item, "required": ["name"], "properties": {
+                **item["properties"], "remove": {"type": "boolean", "description": "Drop this item of the profile."}
+            }}
+        out["items"] = item
+    for key in ("anyOf", "oneOf"):
+        if key in out:
+            out[key] = [_partial(o, defs, depth) for o in out[key]]
+    return out
+
+
+def _one_of(options: list[Any]) -> Any:
+    unique: list[Any] = []
+    for option in options:
+        if option not in unique:
+            unique.append(option)
+    return unique[0] if len(unique) == 1 else {"anyOf": unique}
 
 
 def render_schema() -> str:
@@ -232,6 +292,56 @@ def main_check_online(settings: Settings, *, timeout: float = ONLINE_TIMEOUT, ou
 # buffer stats | export | purge
 
 
+DEFAULT_BUFFER = Path("/var/lib/emsedge/buffer.db")
+
+
+def buffer_path(config: Path | None, path: Path | None) -> Path:
+    """The buffer file a command works on: `--path`, else the config's `buffer.path`, else the default.
+
+    Raises ConfigError when the config is invalid.
+    """
+    if path is not None:
+        return path
+    if config is None:
+        return DEFAULT_BUFFER
+    from emsedge.config import load_config  # noqa: PLC0415
+
+    return load_config(config).buffer.path
+
+
+def backup(source: Path, dest: Path) -> int:
+    """Copy a buffer file with SQLite's online backup API: a consistent snapshot while the gateway writes.
+
+    The copy is written beside `dest` and renamed into place, so `dest` is never half a file. The seq
+    sidecar (`<file>.seq`) is copied too. Returns the number of records in the copy.
+    """
+    if not source.is_file():
+        raise BufferError(f"no buffer file at {source}")
+    if dest.is_dir():
+        dest = dest / source.name
+    partial = dest.with_name(dest.name + ".partial")
+    partial.unlink(missing_ok=True)
+    src = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        out = sqlite3.connect(partial)
+        try:
+            src.backup(out, pages=1024)  # in steps: the gateway's writer is never held up for long
+            out.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            count = int(out.execute("SELECT count(*) FROM records").fetchone()[0])
+        finally:
+            out.close()
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise BufferError(f"cannot back up {source}: {exc}") from None
+    finally:
+        src.close()
+    os.replace(partial, dest)
+    sidecar = source.with_name(source.name + ".seq")
+    if sidecar.is_file():
+        shutil.copyfile(sidecar, dest.with_name(dest.name + ".seq"))
+    return count
+
+
 def main_buffer(argv: list[str]) -> int:
     from emsedge import buffer  # noqa: PLC0415
 
@@ -241,19 +351,31 @@ def main_buffer(argv: list[str]) -> int:
         ("stats", "counts: records, bytes, oldest, seq, evictions, dead letters"),
         ("export", "every record as one JSON object per line, oldest first"),
         ("purge", "delete buffered records (data loss: the gateway must be stopped)"),
+        ("backup", "copy the buffer file to DEST, consistent even while the gateway runs"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--path", type=Path, default=Path("/var/lib/emsedge/buffer.db"), help="buffer file")
+        p.add_argument("-c", "--config", type=Path, default=None,
+                       help="gateway config: work on the buffer file it names (buffer.path)")
+        p.add_argument("--path", type=Path, default=None, help=f"buffer file (default: {DEFAULT_BUFFER})")
         if name == "stats":
             p.add_argument("--json", action="store_true", help="machine-readable output")
         if name in ("export", "purge"):
             p.add_argument("--dead-letters", action="store_true", help="only the dead letters")
         if name == "purge":
             p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+        if name == "backup":
+            p.add_argument("dest", type=Path, help="file (or folder) to write the copy to")
     args = parser.parse_args(argv)
     try:
+        path = buffer_path(args.config, args.path)
+    except ConfigError as exc:
+        sys.stderr.write(f"emsedge buffer: configuration {args.config} invalid:\n")
+        for problem in exc.problems:
+            sys.stderr.write(f"  {problem}\n")
+        return 78
+    try:
         if args.action == "stats":
-            stats = buffer.file_stats(args.path)
+            stats = buffer.file_stats(path)
             if args.json:
                 sys.stdout.write(json.dumps(stats, indent=2, default=str) + "\n")
             else:
@@ -262,20 +384,23 @@ def main_buffer(argv: list[str]) -> int:
                 for key, value in stats.items():
                     sys.stdout.write(f"{key:<22} {value}\n")
         elif args.action == "export":
-            for item in buffer.export(args.path, dead_letters=args.dead_letters):
+            for item in buffer.export(path, dead_letters=args.dead_letters):
                 sys.stdout.write(json.dumps(item, default=str) + "\n")
+        elif args.action == "backup":
+            count = backup(path, args.dest)
+            sys.stdout.write(f"backed up {path} to {args.dest} ({count} records waiting in the copy)\n")
         else:
             what = "dead letters" if args.dead_letters else "ALL buffered records and dead letters"
             if not args.yes:
                 if not sys.stdin.isatty():
                     sys.stderr.write("emsedge buffer purge: refusing without --yes when not on a terminal\n")
                     return 2
-                answer = input(f"Delete {what} in {args.path}? This loses data. Type 'purge': ")
+                answer = input(f"Delete {what} in {path}? This loses data. Type 'purge': ")
                 if answer.strip() != "purge":
                     sys.stderr.write("not purged\n")
                     return 1
-            n = buffer.purge(args.path, dead_letters_only=args.dead_letters)
-            sys.stdout.write(f"purged {n} rows from {args.path}\n")
+            n = buffer.purge(path, dead_letters_only=args.dead_letters)
+            sys.stdout.write(f"purged {n} rows from {path}\n")
     except BufferError as exc:
         sys.stderr.write(f"emsedge buffer: {exc}\n")
         return 1
@@ -286,6 +411,8 @@ def main_buffer(argv: list[str]) -> int:
 
 __all__ = [
     "OnlineResult",
+    "backup",
+    "buffer_path",
     "check_online",
     "config_schema",
     "main_buffer",

@@ -14,7 +14,9 @@ from __future__ import annotations
 from emsedge.config.core import (
     BufferConfig,
     GatewayConfig,
+    HttpAuthConfig,
     HttpConfig,
+    HttpTlsConfig,
     LoggingConfig,
     MqttConfig,
     Settings,
@@ -32,7 +34,16 @@ from emsedge.config.equipment import (
     Trigger,
 )
 from emsedge.config.loader import Position, load_config, profile_search_path
-from emsedge.config.types import Backoff, ConfigModel, Duration, Size, did_you_mean, parse_duration
+from emsedge.config.types import (
+    Backoff,
+    ConfigModel,
+    Duration,
+    DurationOrZero,
+    Host,
+    Size,
+    did_you_mean,
+    parse_duration,
+)
 from emsedge.errors import ConfigError
 
 __all__ = [
@@ -41,13 +52,17 @@ __all__ = [
     "ConfigError",
     "ConfigModel",
     "Duration",
+    "DurationOrZero",
     "EmittedEvent",
     "Equipment",
     "EquipmentBase",
     "EquipmentType",
     "EventFlag",
     "GatewayConfig",
+    "Host",
+    "HttpAuthConfig",
     "HttpConfig",
+    "HttpTlsConfig",
     "LoggingConfig",
     "MqttConfig",
     "Position",

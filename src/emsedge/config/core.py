@@ -16,7 +16,7 @@ from pydantic import ByteSize, Field, FilePath, SecretStr, field_validator, mode
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from emsedge.config.equipment import Equipment
-from emsedge.config.types import Backoff, ConfigModel, Duration, Size
+from emsedge.config.types import Backoff, ConfigModel, Duration, DurationOrZero, Size, format_duration
 from emsedge.errors import ConfigError
 
 
@@ -123,13 +123,49 @@ class BufferConfig(ConfigModel):
     replay_rate: float | None = Field(
         None, gt=0, description="Backlog messages per second replayed beside live data; null: unlimited."
     )
-    linger: Duration = Field(0.02, description="How long the writer gathers records into one transaction.")
+    linger: DurationOrZero = Field(0.02, description="How long the writer gathers records into one transaction.")
     batch_max: int = Field(5000, ge=1, description="Most records in one write transaction.")
+
+
+class HttpAuthConfig(ConfigModel):
+    """Who may read the page, /healthz and /metrics. Secrets live in files, never in the config itself."""
+
+    bearer_token_file: FilePath | None = Field(
+        None, description="File whose first line is the token; clients send `Authorization: Bearer <token>`."
+    )
+    basic_auth_file: FilePath | None = Field(
+        None, description="File whose first line is `user:password` for HTTP basic auth (what a browser asks)."
+    )
+
+    @model_validator(mode="after")
+    def _one_method(self) -> HttpAuthConfig:
+        if (self.bearer_token_file is None) == (self.basic_auth_file is None):
+            raise ValueError("give exactly one of bearer_token_file or basic_auth_file")
+        return self
+
+
+class HttpTlsConfig(ConfigModel):
+    cert_file: FilePath = Field(description="PEM certificate (chain) the endpoint presents.")
+    key_file: FilePath = Field(description="PEM private key of that certificate.")
 
 
 class HttpConfig(ConfigModel):
     listen: str | None = Field(
-        "127.0.0.1:9108", description="host:port of /healthz and /metrics; null turns the listener off."
+        "127.0.0.1:9108",
+        description="host:port of the status page, /healthz and /metrics; null turns the listener off.",
+    )
+    auth: HttpAuthConfig | None = Field(
+        None, description="Required when `listen` is not a loopback address (unless allow_insecure is set)."
+    )
+    allow_insecure: bool = Field(
+        False, description="Serve a non-loopback address without auth. Anyone on the network sees the line."
+    )
+    tls: HttpTlsConfig | None = Field(None, description="Serve HTTPS with this certificate and key.")
+    max_connections: int = Field(
+        100, ge=1, le=10000, description="Open connections at most; extra ones are closed at once, unread."
+    )
+    max_live_clients: int = Field(
+        20, ge=1, le=1000, description="Browsers following the live page at most; extra ones get 503."
     )
 
     @field_validator("listen")
@@ -140,6 +176,19 @@ class HttpConfig(ConfigModel):
             if not sep or not port.isdigit() or int(port) > 65535:
                 raise ValueError("write host:port, e.g. 127.0.0.1:9108 (or :9108 for every interface)")
         return v
+
+    @model_validator(mode="after")
+    def _network_needs_auth(self) -> HttpConfig:
+        if self.listen is None or self.auth is not None or self.allow_insecure:
+            return self
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if not _is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen!r} is reachable from the network but http.auth is not set; add "
+                "auth: {bearer_token_file: ...} or {basic_auth_file: ...}, listen on 127.0.0.1, "
+                "or write allow_insecure: true"
+            )
+        return self
 
 
 class LoggingConfig(ConfigModel):
@@ -174,7 +223,7 @@ class Settings(BaseSettings):
     gateway: GatewayConfig = Field(description="Who this gateway is; the default topic prefix uses it.")
     mqtt: MqttConfig = Field(MqttConfig(), description="The MES broker.")
     buffer: BufferConfig = Field(BufferConfig(), description="The durable local buffer.")
-    http: HttpConfig = Field(HttpConfig(), description="Health and metrics endpoint.")
+    http: HttpConfig = Field(HttpConfig(), description="Status page, health and metrics endpoint.")
     logging: LoggingConfig = Field(LoggingConfig(), description="Logging.")
     equipment: list[Equipment] = Field(default_factory=list, description="The line's machines.")
 
@@ -232,5 +281,33 @@ def summary(settings: Settings) -> str:
         n = len(e.signal_names())
         extra = f", {len(e.triggers)} triggers" if e.triggers else ""
         state = "" if e.enabled else " (disabled)"
-        lines.append(f"  {e.id:<16} {e.type:<15} {e.adapter:<7} {n} signals{extra}{state}")
+        lines.append(
+            f"  {e.id:<16} {e.type:<15} {e.adapter:<7} {address(e):<28} {period(e):<16} {n} signals{extra}"
+            f"{state}"
+        )
     return "\n".join(lines)
+
+
+def address(equipment: object) -> str:
+    """Where the gateway connects for this machine: an endpoint URL or host:port (unit id for Modbus)."""
+    conn = getattr(equipment, "connection", None)
+    if (url := getattr(conn, "url", None)) is not None:
+        return str(url)
+    host, port = getattr(conn, "host", None), getattr(conn, "port", None)
+    if host is None:
+        return "-"
+    where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    if (mode := getattr(conn, "mode", None)) is not None:
+        where += f" ({mode})"
+    if (unit := getattr(conn, "unit_id", None)) is not None:
+        where += f" unit {unit}"
+    return where
+
+
+def period(equipment: object) -> str:
+    """How often values arrive: the poll period, or the subscription's publishing interval."""
+    if getattr(equipment, "mode", None) == "subscribe" and (pub := getattr(equipment, "publishing_interval", None)):
+        return f"subscribe {format_duration(pub)}"
+    if (poll := getattr(equipment, "poll_interval", None)) is not None:
+        return f"poll {format_duration(poll)}"
+    return "push"

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ValidationError
 from emsedge.adapters import refresh, registry
 from emsedge.config.core import Settings
 from emsedge.config.equipment import EquipmentBase, adapter_tag
-from emsedge.config.types import did_you_mean
+from emsedge.config.types import did_you_mean, units_required
 from emsedge.errors import ConfigError
+from emsedge.packaged import shipped_dir
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ _HINTS = {
 }
 
 
-def _format_problem(err: Any, data: Any, index: _PositionIndex, file: Path) -> str:
+def _format_problem(err: Any, data: Any, locator: _Locator, file: Path) -> str:
     loc: tuple[str | int, ...] = tuple(err["loc"])
     kind = err["type"]
     if len(loc) > 2 and loc[0] == "equipment" and isinstance(loc[1], int):
@@ -129,8 +130,8 @@ def _format_problem(err: Any, data: Any, index: _PositionIndex, file: Path) -> s
     if kind == "adapter_missing" and (name := adapter_tag(_value_at(loc, data))) is not None:
         kind, loc = "adapter_unknown", (*loc, "adapter")  # pydantic reports a missing and an unknown tag alike
     # Pydantic puts model-level validator errors on the model.
-    field_path = _dotted(loc) or "(top level)"
-    pos = index.find(loc)
+    field_path = locator.display(loc, data) or "(top level)"
+    pos, note = locator.locate(loc)
     where = f"{pos.file}:{pos.line}:{pos.column}" if pos else f"{file}"
     msg = err["msg"]
     if msg.startswith("Value error, "):
@@ -154,8 +155,8 @@ def _format_problem(err: Any, data: Any, index: _PositionIndex, file: Path) -> s
     elif kind == "missing" and loc:
         msg = f"required field {loc[-1]!r} is missing"
         hint = ""
-    if pos and pos.file != file:
-        hint = (hint + "; " if hint else "") + f"(from profile {pos.file.name})"
+    if note:
+        hint = (hint + "; " if hint else "") + note
     return f"{where}: {field_path}: {msg}" + (f" (hint: {hint.strip()})" if hint.strip() else "")
 
 
@@ -195,7 +196,40 @@ def _dotted(loc: tuple[str | int, ...]) -> str:
     return out
 
 
-_YamlLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_BaseLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _DuplicateKey(yaml.MarkedYAMLError):
+    """A key written twice in one mapping: YAML would silently keep the last one."""
+
+
+class _YamlLoader(_BaseLoader):  # type: ignore[misc]
+    """libyaml's parser (when present) with a constructor that refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[object, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = key_node.value
+            if key in seen:
+                first = seen[key].start_mark
+                raise _DuplicateKey(
+                    problem=f"duplicate key {key!r} (first written at line {first.line + 1}; YAML would keep "
+                    "only the last one)",
+                    problem_mark=key_node.start_mark,
+                )
+            seen[key] = key_node
+        return dict(super().construct_mapping(node, deep=deep))
+
+
+def _tab_in_indentation(text: str) -> tuple[int, int] | None:
+    """(line, column) of the first tab in a line's indentation, 1-based."""
+    for number, line in enumerate(text.splitlines(), 1):
+        indent = line[: len(line) - len(line.lstrip(" \t"))]
+        if "\t" in indent:
+            return number, indent.index("\t") + 1
+    return None
 
 
 def _load_yaml(file: Path, *, with_nodes: bool = False) -> tuple[Any, yaml.Node | None]:
@@ -215,7 +249,16 @@ def _load_yaml(file: Path, *, with_nodes: bool = False) -> tuple[Any, yaml.Node 
             data = loader.construct_document(node) if node is not None else None
         else:
             node, data = None, loader.get_single_data()
+    except _DuplicateKey as exc:
+        mark = exc.problem_mark
+        where = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        raise ConfigError([f"{where}: {exc.problem} (hint: remove one of them or merge them)"]) from None
     except yaml.MarkedYAMLError as exc:
+        if (tab := _tab_in_indentation(text)) is not None:
+            raise ConfigError([
+                f"{file}:{tab[0]}:{tab[1]}: a tab in the indentation (hint: YAML indents with spaces only; "
+                "set your editor to insert spaces)"
+            ]) from None
         mark = exc.problem_mark
         line = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise ConfigError(
@@ -235,28 +278,60 @@ def profile_search_path(config_file: Path) -> list[Path]:
         paths += [Path(p) for p in env.split(os.pathsep) if p]
     here = config_file.resolve().parent
     paths += [here / "adapters", here.parent / "adapters", Path("/etc/emsedge/adapters"), Path.cwd() / "adapters"]
-    paths.append(Path(__file__).resolve().parents[3] / "adapters")  # source checkout / editable install
-    return paths
+    paths.append(packaged_profiles())
+    return list(dict.fromkeys(paths))
 
 
-def _merge_profile(profile: Mapping[str, Any], entry: Mapping[str, Any]) -> dict[str, Any]:
-    """Entry over profile: mappings merge key by key; `signals` and `status_variables` merge by name."""
+def packaged_profiles() -> Path:
+    """The equipment profiles shipped with emsedge (inside the wheel, or the checkout's `adapters/`)."""
+    return shipped_dir("adapters")
+
+
+_MERGED_LISTS = ("signals", "status_variables")
+
+
+@dataclass(frozen=True)
+class _ProfileUse:
+    """Where a profile-based entry's merged fields came from, for errors in the user's terms."""
+
+    name: str  # as written: reflow/generic-10-zone
+    file: Path
+    # list key -> per merged item: (index in the user's entry or None, index in the profile or None)
+    origins: dict[str, list[tuple[int | None, int | None]]]
+
+
+def _merge_profile(
+    profile: Mapping[str, Any], entry: Mapping[str, Any],
+    origins: dict[str, list[tuple[int | None, int | None]]] | None = None,
+) -> dict[str, Any]:
+    """Entry over profile: mappings merge key by key; `signals` and `status_variables` merge by name.
+
+    `origins`, when given, receives for each merged list item where it came from (user index, profile index).
+    """
     merged: dict[str, Any] = dict(profile)
     for key, value in entry.items():
         base = merged.get(key)
-        if key in ("signals", "status_variables") and isinstance(base, list) and isinstance(value, list):
+        if key in _MERGED_LISTS and isinstance(base, list) and isinstance(value, list):
             by_name = {s.get("name"): dict(s) for s in base if isinstance(s, dict)}
+            source: dict[Any, tuple[int | None, int | None]] = {
+                s.get("name"): (None, i) for i, s in enumerate(base) if isinstance(s, dict)
+            }
             order = [s.get("name") for s in base if isinstance(s, dict)]
-            for s in value:
+            for u, s in enumerate(value):
                 if not isinstance(s, dict):
                     continue
                 name = s.get("name")
                 if name in by_name:
                     by_name[name] = _merge_profile(by_name[name], s)
+                    source[name] = (u, source[name][1])
                 else:
                     by_name[name] = dict(s)
+                    source[name] = (u, None)
                     order.append(name)
-            merged[key] = [by_name[n] for n in order if not by_name[n].get("remove")]
+            kept = [n for n in order if not by_name[n].get("remove")]
+            merged[key] = [by_name[n] for n in kept]
+            if origins is not None:
+                origins[key] = [source[n] for n in kept]
         elif isinstance(base, dict) and isinstance(value, dict):
             merged[key] = _merge_profile(base, value)
         else:
@@ -265,26 +340,70 @@ def _merge_profile(profile: Mapping[str, Any], entry: Mapping[str, Any]) -> dict
     return merged
 
 
-def _positions(file: Path, profiles: Mapping[int, Path]) -> _PositionIndex:
-    """Where everything was written: the config file first, then each equipment's profile file."""
-    index = _PositionIndex()
-    _, node = _load_yaml(file, with_nodes=True)
-    if node is not None:
-        index.add(node, file)
-    for i, profile_file in profiles.items():
-        _, profile_node = _load_yaml(profile_file, with_nodes=True)
-        if profile_node is not None:
-            profile_index = _PositionIndex()
-            profile_index.add(profile_node, profile_file, ("equipment", i))
-            # Positions of profile values point into the profile file unless the entry overrides them.
-            for path, pos in profile_index.positions.items():
-                index.positions.setdefault(path, pos)
-    return index
+class _Locator:
+    """Finds where a field of the validated (merged) document was written, in the user's terms.
+
+    For a profile-based entry the answer is always a line of the user's file (the override, or the entry's
+    `profile:` line); when the field itself came from the profile, `note` says so and where.
+    """
+
+    def __init__(self, file: Path, profiles: Mapping[int, _ProfileUse]) -> None:
+        self.file = file
+        self.profiles = profiles
+        self.user = _PositionIndex()
+        _, node = _load_yaml(file, with_nodes=True)
+        if node is not None:
+            self.user.add(node, file)
+        self.profile_index: dict[int, _PositionIndex] = {}
+        for i, use in profiles.items():
+            index = _PositionIndex()
+            _, profile_node = _load_yaml(use.file, with_nodes=True)
+            if profile_node is not None:
+                index.add(profile_node, use.file)
+            self.profile_index[i] = index
+
+    def locate(self, loc: tuple[str | int, ...]) -> tuple[Position | None, str]:
+        """(position, note) of `loc`; the note names the profile a field came from, or is empty."""
+        if len(loc) < 2 or loc[0] != "equipment" or not isinstance(loc[1], int) or loc[1] not in self.profiles:
+            return self.user.find(loc), ""
+        i, rest = loc[1], loc[2:]
+        use = self.profiles[i]
+        user_rest: tuple[str | int, ...] | None = rest
+        profile_rest: tuple[str | int, ...] | None = rest
+        if len(rest) >= 2 and rest[0] in use.origins and isinstance(rest[1], int):
+            items = use.origins[str(rest[0])]
+            u, pi = items[rest[1]] if rest[1] < len(items) else (None, None)
+            user_rest = None if u is None else (rest[0], u, *rest[2:])
+            profile_rest = None if pi is None else (rest[0], pi, *rest[2:])
+        in_profile = None
+        if profile_rest is not None:
+            in_profile = self.profile_index[i].find(profile_rest)
+        if user_rest is not None and (exact := self.user.positions.get(("equipment", i, *user_rest))):
+            if in_profile is None or profile_rest is None or len(profile_rest) < 2:
+                return exact, f"entry based on profile {use.name}"
+            item = self.profile_index[i].positions.get(profile_rest[:2]) or in_profile
+            return exact, f"overrides profile {use.name} at {use.file.name}:{item.line}:{item.column}"
+        nearest = self.user.find(("equipment", i, *user_rest)) if user_rest is not None else None
+        if nearest is None or nearest == self.user.positions.get(("equipment", i)):
+            nearest = self.user.positions.get(("equipment", i, "profile")) or nearest
+        note = f"from profile {use.name}" + (
+            f" at {use.file.name}:{in_profile.line}:{in_profile.column}" if in_profile else ""
+        )
+        return nearest, note
+
+    def display(self, loc: tuple[str | int, ...], data: Any) -> str:
+        """The dotted field path; inside a profile-based entry list items are named (signals[zone1_temp])."""
+        if len(loc) >= 4 and loc[0] == "equipment" and loc[1] in self.profiles and loc[2] in _MERGED_LISTS:
+            item = _value_at(loc[:4], data)
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                tail = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[4:])
+                return _dotted(loc[:3]) + f"[{item['name']}]" + tail
+        return _dotted(loc)
 
 
-def _resolve_profiles(data: Any, file: Path) -> tuple[dict[int, Path], list[str]]:
-    """Merge each `profile:` into its entry; returns the profile file per equipment index and problems."""
-    used: dict[int, Path] = {}
+def _resolve_profiles(data: Any, file: Path) -> tuple[dict[int, _ProfileUse], list[str]]:
+    """Merge each `profile:` into its entry; returns the profile used per equipment index and problems."""
+    used: dict[int, _ProfileUse] = {}
     problems: list[str] = []
     if not isinstance(data, dict) or not isinstance(data.get("equipment"), list):
         return used, problems
@@ -295,12 +414,11 @@ def _resolve_profiles(data: Any, file: Path) -> tuple[dict[int, Path], list[str]
         name = entry["profile"]
         found = next((p / f"{name}.yaml" for p in search if (p / f"{name}.yaml").is_file()), None)
         if found is None:
-            available = sorted(
-                str(p.relative_to(d).with_suffix("")) for d in search if d.is_dir() for p in d.glob("*/*.yaml")
-            )
+            available = available_profiles(search)
             suggestion = did_you_mean(name, available).removeprefix("; ")
-            hint = suggestion or "available: " + ", ".join(available[:12])
-            pos = _positions(file, {}).find(("equipment", i, "profile"))
+            hint = suggestion or "available: " + (", ".join(available[:12]) or "none")
+            hint += "; searched: " + ", ".join(str(d) for d in search)
+            pos = _Locator(file, {}).user.find(("equipment", i, "profile"))
             where = f"{pos.file}:{pos.line}:{pos.column}" if pos else str(file)
             problems.append(f"{where}: equipment[{i}].profile: profile {name!r} not found (hint: {hint})")
             continue
@@ -308,10 +426,55 @@ def _resolve_profiles(data: Any, file: Path) -> tuple[dict[int, Path], list[str]
         if not isinstance(profile_data, dict):
             problems.append(f"{found}: a profile is a mapping of equipment fields")
             continue
-        used[i] = found
         profile_data = {k: v for k, v in profile_data.items() if k not in ("description", "model", "vendor")}
-        data["equipment"][i] = _merge_profile(profile_data, entry)
+        origins: dict[str, list[tuple[int | None, int | None]]] = {}
+        data["equipment"][i] = _merge_profile(profile_data, entry, origins)
+        used[i] = _ProfileUse(name, found, origins)
     return used, problems
+
+
+def available_profiles(search: list[Path] | None = None) -> list[str]:
+    """Profile names (`<type>/<model>`) found on the search path (default: the packaged profiles)."""
+    dirs = search if search is not None else [packaged_profiles()]
+    return sorted({str(p.relative_to(d).with_suffix("")) for d in dirs if d.is_dir() for p in d.glob("*/*.yaml")})
+
+
+def _duplicate_ids(data: Any, file: Path, profiles: Mapping[int, _ProfileUse]) -> list[str]:
+    """Repeated equipment ids and signal names, each reported at the line that repeats it."""
+    entries = data.get("equipment") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    repeats: list[tuple[tuple[str | int, ...], str]] = []
+    first_id: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        ident = entry.get("id")
+        if isinstance(ident, str):
+            if ident in first_id:
+                msg = f"equipment id {ident!r} is already used by equipment[{first_id[ident]}]"
+                repeats.append((("equipment", i, "id"), msg))
+            else:
+                first_id[ident] = i
+        for key in _MERGED_LISTS:
+            seen: set[str] = set()
+            for k, item in enumerate(entry.get(key) or []):
+                name = item.get("name") if isinstance(item, dict) else None
+                if isinstance(name, str) and name in seen:
+                    msg = f"{key[:-1].replace('_', ' ')} name {name!r} is repeated"
+                    repeats.append((("equipment", i, key, k, "name"), msg))
+                elif isinstance(name, str):
+                    seen.add(name)
+    if not repeats:
+        return []
+    locator = _Locator(file, profiles)
+    out = []
+    for loc, msg in repeats:
+        pos, note = locator.locate(loc)
+        where = f"{pos.file}:{pos.line}:{pos.column}" if pos else str(file)
+        hint = "ids and names must be unique" + (f"; {note}" if note else "")
+        out.append(f"{where}: {locator.display(loc, data)}: {msg} (hint: {hint})")
+    return out
 
 
 def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -> Settings:
@@ -323,6 +486,7 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
     if not isinstance(data, dict):
         raise ConfigError([f"{file}:1:1: the top level must be a mapping with gateway, mqtt, equipment, ..."])
     profiles, problems = _resolve_profiles(data, file)
+    problems += _duplicate_ids(data, file, profiles)
     if problems:
         raise ConfigError(problems)
     named = {adapter_tag(e) for e in data.get("equipment") or [] if isinstance(e, dict)} - {None}
@@ -334,10 +498,11 @@ def load_config(path: str | Path, *, environ: Mapping[str, str] | None = None) -
         os.environ.clear()
         os.environ.update(environ)
     try:
-        return Settings(**data)
+        with units_required():
+            return Settings(**data)
     except ValidationError as exc:
-        index = _positions(file, profiles)
-        raise ConfigError([_format_problem(e, data, index, file) for e in exc.errors()]) from None
+        locator = _Locator(file, profiles)
+        raise ConfigError([_format_problem(e, data, locator, file) for e in exc.errors()]) from None
     except TypeError as exc:  # e.g. a top-level key that is not a string
         raise ConfigError([f"{file}: {exc}"]) from None
     finally:

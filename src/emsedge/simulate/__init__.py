@@ -32,6 +32,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from emsedge.errors import ConfigError
+from emsedge.packaged import find_file
 from emsedge.simulate.config import VirtualLineConfig, load_virtual_line
 from emsedge.simulate.line import Line, LineEvent
 
@@ -179,7 +180,7 @@ def main_simulate(argv: list[str]) -> int:
                         help="append every line event (boards, alarms, states, outages) to this file as JSON lines")
     args = parser.parse_args(argv)
     try:
-        config = load_virtual_line(args.config)
+        config = load_virtual_line(find_file(args.config))
     except ConfigError as exc:
         print(f"emsedge simulate: configuration invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for problem in exc.problems:

@@ -15,7 +15,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emsedge.config import Duration
+from emsedge.config import Duration, DurationOrZero
+from emsedge.config.types import units_required
 from emsedge.errors import ConfigError
 
 
@@ -61,8 +62,8 @@ class PickAndPlaceSettings(_Model):
     port: int = Field(14841, ge=1, le=65535, description="OPC UA port.")
     id: str = Field("pnp-1", description="Machine name, used in logs.")
     program: str = Field("MAIN-CTRL-REV-C", description="Placement program that is loaded.")
-    setup_time: Duration = Field(20.0, description="Time spent in `setup` loading the program at start.")
-    transfer_time: Duration = Field(3.0, description="Board transport in/out of the machine per board.")
+    setup_time: DurationOrZero = Field(20.0, description="Time spent in `setup` loading the program at start.")
+    transfer_time: DurationOrZero = Field(3.0, description="Board transport in/out of the machine per board.")
     placement_time: Duration = Field(22.0, gt=0, description="Placement time per board.")
     pick_error_rate: float = Field(0.002, ge=0, le=1, description="Chance that a pick fails (retried).")
     nozzles: list[str] = Field(
@@ -78,7 +79,7 @@ class ReflowOvenSettings(_Model):
     id: str = Field("reflow-1", description="Machine name, used in logs.")
     recipe: str = Field("SAC305-STD", description="Thermal profile (recipe) name.")
     dwell_time: Duration = Field(240.0, gt=0, description="Time a board spends in the oven.")
-    min_spacing: Duration = Field(8.0, ge=0, description="Least time between two boards entering.")
+    min_spacing: DurationOrZero = Field(8.0, ge=0, description="Least time between two boards entering.")
     conveyor_speed: float = Field(80.0, gt=0, description="Conveyor speed in cm/min.")
     top_setpoints: list[float] = Field(
         default_factory=lambda: [150.0, 165.0, 175.0, 185.0, 195.0, 210.0, 235.0, 250.0, 245.0, 120.0],
@@ -123,7 +124,7 @@ ALLOWED_FAULTS: dict[str, set[str]] = {
 
 
 class FaultEntry(_Model):
-    at: Duration = Field(description="Line time the fault starts (within each repetition).")
+    at: DurationOrZero = Field(description="Line time the fault starts (within each repetition).")
     machine: Machine = Field(description="Where it happens.")
     fault: FaultKind = Field(
         description="starve: no boards arrive; jam: pick-and-place down with an alarm; pick_errors: a burst "
@@ -175,7 +176,8 @@ def load_virtual_line(path: str | Path) -> VirtualLineConfig:
     except yaml.YAMLError as exc:
         raise ConfigError([f"{file}: YAML error: {exc}"]) from None
     try:
-        return VirtualLineConfig.model_validate(data)
+        with units_required():
+            return VirtualLineConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

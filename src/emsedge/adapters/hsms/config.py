@@ -7,11 +7,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from emsedge.config import ConfigModel, Duration, EmittedEvent, EquipmentBase, SignalCommon, Size
+from emsedge.config import ConfigModel, Duration, DurationOrZero, EmittedEvent, EquipmentBase, Host, SignalCommon, Size
 
 
 class HsmsConnection(ConfigModel):
-    host: str = Field("127.0.0.1", description="Equipment host (active) or listen address (passive).")
+    host: Host = Field("127.0.0.1", description="Equipment host (active) or listen address (passive).")
     port: int = Field(5000, ge=1, le=65535, description="TCP port.")
     session_id: int = Field(0, ge=0, le=0x7FFF, description="HSMS session (device) id.")
     mode: Literal["active", "passive"] = Field("active", description="active: the gateway connects.")
@@ -20,7 +20,7 @@ class HsmsConnection(ConfigModel):
     t6: Duration = Field(5.0, description="Control transaction timeout.")
     t7: Duration = Field(10.0, description="Not-selected timeout.")
     t8: Duration = Field(5.0, description="Inter-character timeout within one message.")
-    linktest_interval: Duration = Field(30.0, description="Linktest period; 0 disables.")
+    linktest_interval: DurationOrZero = Field(30.0, description="Linktest period; 0 disables.")
     max_message_bytes: Size = Field(
         Size(4 << 20),
         description="Longest message body accepted; longer ones are skipped and answered S9F11. 4 MiB: the "

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from emsedge.config import ConfigModel, Duration, EquipmentBase, SignalCommon
+from emsedge.config import ConfigModel, Duration, EquipmentBase, Host, SignalCommon
 
 ModbusType = Literal[
     "bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"
@@ -18,7 +18,7 @@ REGISTER_WIDTH: dict[str, int] = {
 
 
 class ModbusConnection(ConfigModel):
-    host: str = Field(description="Host name or IP of the Modbus TCP server.")
+    host: Host = Field(description="Host name or IP of the Modbus TCP server.")
     port: int = Field(502, ge=1, le=65535, description="TCP port.")
     unit_id: int = Field(1, ge=0, le=255, description="Modbus unit (slave/device) id.")
     timeout: Duration = Field(1.0, description="Deadline for one request.")

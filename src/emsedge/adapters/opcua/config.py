@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from emsedge.config import ConfigModel, Duration, EquipmentBase, SignalCommon
+from emsedge.config import ConfigModel, Duration, DurationOrZero, EquipmentBase, SignalCommon
 
 
 class OpcUaSecurity(ConfigModel):
@@ -77,7 +77,7 @@ class Deadband(ConfigModel):
 class OpcUaSignal(SignalCommon):
     node: str | None = Field(None, description="NodeId string, e.g. ns=2;s=PnP.State or i=2258.")
     browse_path: str | None = Field(None, description="Browse path, e.g. 0:Objects/2:PnP/2:State.")
-    sampling_interval: Duration | None = Field(None, description="Server sampling interval for this item.")
+    sampling_interval: DurationOrZero | None = Field(None, description="Server sampling interval for this item.")
     queue_size: int = Field(1, ge=1, description="Monitored item queue size.")
     deadband: Deadband | None = Field(None, description="Data-change filter.")
     encoding: str | None = Field(

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, mo
 
 from emsedge.adapters.result_files import parsers
 from emsedge.adapters.result_files.model import TestMethod
-from emsedge.config import Duration, EquipmentBase
+from emsedge.config import Duration, DurationOrZero, EquipmentBase
 
 BoardField = Literal[
     "serial", "result", "program", "program_revision", "tester", "operator", "started", "ended",
@@ -103,7 +103,7 @@ class ResultFilesEquipment(EquipmentBase):
         None, description="Overrides the test method the parser reports (ict, fpt, fct, bst)."
     )
     poll_interval: Duration = Field(2.0, description="Folder scan period (polling works on network shares).")
-    settle: Duration = Field(2.0, description="A file is read once its size and mtime were unchanged this long.")
+    settle: DurationOrZero = Field(2.0, description="A file is read once its size and mtime were unchanged this long.")
     archive: Path | None = Field(
         None, description="Processed files move here once their events are durable; omit to leave them in place."
     )

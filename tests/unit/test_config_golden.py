@@ -1,0 +1,48 @@
+"""Golden config mistakes: a folder per case under tests/golden/config/ with the user's `config.yaml`
+(and any profiles it uses in an `adapters/` folder beside it) and `expected.txt`, the exact problems
+`load_config` reports, one per line, with file:line:column: field (paths relative to the case folder)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from emsedge.config import load_config
+from emsedge.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CASES = sorted(p for p in (REPO / "tests" / "golden" / "config").iterdir() if p.is_dir())
+# Mistakes only the loader can see: the schema checks one value at a time, not YAML syntax or uniqueness.
+SCHEMA_BLIND = {"duplicate_equipment_id", "duplicate_key", "duplicate_signal_name", "host_with_port",
+                "tab_in_indentation", "negative_duration"}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_a_config_mistake_is_reported_at_the_users_line_with_the_expected_message(case: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(case / "config.yaml")
+    problems = [p.replace(f"{case}/", "") for p in info.value.problems]
+    assert problems == (case / "expected.txt").read_text().splitlines()
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name not in SCHEMA_BLIND],
+                         ids=[c.name for c in CASES if c.name not in SCHEMA_BLIND])
+def test_the_json_schema_refuses_the_same_mistake(case: Path) -> None:
+    schema = json.loads((REPO / "docs" / "config.schema.json").read_text())
+    document = yaml.safe_load((case / "config.yaml").read_text())
+    assert list(jsonschema.Draft202012Validator(schema).iter_errors(document))
+
+
+def test_the_json_schema_accepts_every_shipped_config_and_lists_the_profiles() -> None:
+    schema = json.loads((REPO / "docs" / "config.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    for config in (REPO / "config").glob("*.yaml"):
+        if config.name == "virtual-line.yaml":
+            continue
+        assert not list(validator.iter_errors(yaml.safe_load(config.read_text()))), config.name
+    from_profile = schema["properties"]["equipment"]["items"]["anyOf"][1]
+    assert "reflow/virtual-reflow" in from_profile["properties"]["profile"]["examples"]
