@@ -161,12 +161,12 @@ class TriggerEngine:
             return None
         if count.base is None or value < count.base:  # first look, or the machine restarted its counter
             count.base, count.fired, count.held = value, 0, 0
-            self._advance(count)
+            self._advance(count, self._current_serial(trig))
             return None
         deficit = value - count.base - count.fired
         if deficit <= 0:  # every counted board had its event (a surplus: the counter lags the serial)
             count.base, count.fired, count.held = value, -deficit, 0
-            self._advance(count)
+            self._advance(count, self._current_serial(trig))
             return None
         if not fired_now and count.held < _HOLD_RECORDS:
             count.held += 1  # the counter may move a poll before the serial register: wait for it
@@ -183,10 +183,18 @@ class TriggerEngine:
         )
 
     @staticmethod
-    def _advance(count: _Count) -> None:
+    def _advance(count: _Count, current: Any = None) -> None:
+        """Start a new window; the last board seen is the latest event's, else the serial shown now."""
         if count.serials:
             count.last_serial = count.serials[-1]
+        elif current is not None:
+            count.last_serial = current
         count.serials.clear()
+
+    def _current_serial(self, trig: Trigger) -> Any:
+        latest = self._latest.get(trig.serial or trig.on_change)
+        value = _clean(latest.value) if latest is not None and latest.good else None
+        return value if value not in (None, "") else None
 
     def _check(self, i: int, trig: Trigger, r: dict[str, Any], record: Record) -> list[Record]:
         value = _clean(r["value"])

@@ -307,7 +307,8 @@ def test_a_counter_ahead_without_any_event_is_announced_after_a_few_polls() -> N
     engine = TriggerEngine(_counted_oven())
     _events(engine, _counted("PCB-1", 10))
     seen = [e for _ in range(4) for e in _events(engine, _counted("PCB-1", 12))]
-    assert [(e["type"], e["count"], e["next_serial"]) for e in seen] == [("units_missed", 2, None)]
+    assert [(e["type"], e["count"], e["last_serial"], e["next_serial"]) for e in seen] == [
+        ("units_missed", 2, "PCB-1", None)]  # the serial shown when the counter was first read
 
 
 def test_fault_text_from_a_snapshotted_text_signal_goes_into_the_events_text() -> None:
