@@ -35,8 +35,9 @@ WORKDIR /var/lib/emsedge
 # config (mount read-only) and the durable buffer (a named volume survives container replacement)
 VOLUME ["/etc/emsedge", "/var/lib/emsedge"]
 EXPOSE 9108
-# The image's config must set `http: {listen: "0.0.0.0:9108"}` for the port mapping; the check runs
-# inside the container, so it works with 127.0.0.1:9108 as well. slim has no curl: use Python.
+# The image's config must set `http: {listen: "0.0.0.0:9108"}` for the port mapping, with `http.auth` (or
+# `allow_insecure: true` when the port is published on the host's loopback only); /healthz asked from
+# inside the container needs no auth, so the check works either way. slim has no curl: use Python.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os,sys,urllib.request as u; port=os.environ.get('EMSEDGE_HEALTH_PORT','9108'); sys.exit(0 if u.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 STOPSIGNAL SIGTERM

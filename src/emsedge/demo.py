@@ -10,7 +10,8 @@ It starts, in this order and in one anyio task group:
 2. the virtual SMT line (config/virtual-line.yaml) in this process: OPC UA pick-and-place, Modbus TCP
    reflow oven, SECS/GEM AOI;
 3. the gateway, `emsedge run -c config/demo.yaml`, as a child process (its own logs, its own signals),
-   with the broker URL and a buffer in a temporary directory given through the environment;
+   with the broker URL and a buffer in a temporary directory given through the environment; it serves the
+   status page at http://127.0.0.1:9108/ (a free port when that one is taken), and the demo prints the URL;
 4. a view of what MES receives, subscribed to the gateway's topics: a live terminal screen (equipment
    states, latest values, faults, boards and their results, messages/s, backlog), or with `--no-tui` one
    JSON line per message, `{"topic": ..., "payload": {...}}`.
@@ -78,6 +79,19 @@ async def wait_for_port(port: int, within: float) -> None:
             else:
                 await stream.aclose()
                 return
+
+
+PAGE_PORT = 9108
+"""The status page's usual port; when it is taken (a gateway runs here already) the demo picks a free one."""
+
+
+def page_port() -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", PAGE_PORT))
+        except OSError:
+            return free_port()
+    return PAGE_PORT
 
 
 def open_log(path: Path) -> IO[bytes]:
@@ -492,12 +506,16 @@ class Demo:
                     "EMSEDGE_MQTT__PROTOCOL": broker.mqtt_protocol,
                     "EMSEDGE_BUFFER__PATH": str(self.workdir / "buffer.db"),
                     "EMSEDGE_LOGGING__FORMAT": "json",
+                    "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{page_port()}",
                 }
+                page = f"http://{env['EMSEDGE_HTTP__LISTEN']}/"
                 gateway: Process = await tg.start(run_gateway, self.gateway_file, env, self.workdir / "gateway.log")
                 tg.start_soon(self._watch_signals)
                 tg.start_soon(self._release_when_connected, line, view, gateway)
+                if not self.tui:  # stdout carries the JSON lines; the page's address goes to stderr
+                    print(f"emsedge demo: the line in your browser: {page}", file=sys.stderr, flush=True)
                 header = (f"emsedge demo: virtual SMT line -> gateway -> {broker.kind} {broker.url} -> MES view"
-                          "   (Ctrl-C stops)")
+                          f"   browser: {page}   (Ctrl-C stops)")
                 code = await self._show(view, header, gateway)
                 await stop_process(gateway, signal.SIGTERM, GATEWAY_STOP_TIMEOUT)
                 if gateway.returncode not in (0, None, -signal.SIGTERM) and code == 0:

@@ -133,7 +133,7 @@ class Gateway:
                 await link.start(self.machine_states.run)
                 if self.settings.http.listen:
                     sources = WebSources(
-                        self.state, self.line, drain_rate=lambda: self._drain_rate,
+                        self.state, self.line, drain_rate=lambda: getattr(self, "_drain_rate", 0.0),
                         replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
                     )
                     await link.start(

@@ -10,12 +10,14 @@ machine and the boards land in `artifacts/status-page/` (gitignored) for a perso
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,3 +222,30 @@ def test_status_page_follows_the_virtual_line_live(tmp_path: Path, mosquitto: Mo
         if gateway.alive():
             gateway.stop()
         sim.stop()
+
+
+def test_demo_prints_the_page_url_and_serves_the_page(tmp_path: Path) -> None:
+    line_file, line = line_config(tmp_path)  # free ports: another line may run on this machine
+    config = gateway_file(tmp_path, line, "mqtt://127.0.0.1:1", free_port())  # the demo sets broker and port
+    demo = subprocess.Popen(
+        [EMSEDGE, "demo", "--no-tui", "--duration", "20", "--line", str(line_file), "--config", str(config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO / "tests",
+        env={**os.environ, "EMSEDGE_PROFILES": str(REPO / "adapters")},
+    )
+    try:
+        assert demo.stderr is not None
+        url = ""
+        for line in demo.stderr:
+            if "in your browser:" in line:
+                url = line.rsplit(" ", 1)[1].strip()
+                break
+        assert url.startswith("http://127.0.0.1:")
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        wait_for_port(port, timeout=30)
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            assert answer.status == 200 and b"emsedge" in answer.read()
+        with urllib.request.urlopen(url + "api/line", timeout=5) as answer:
+            assert {m["id"] for m in json.loads(answer.read())["machines"]} == {"pnp-1", "reflow-1", "aoi-1"}
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=30)

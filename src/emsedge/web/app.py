@@ -188,7 +188,10 @@ class Snapshots:
         s = self.sources
         stats = s.state._buffer()
         buffer = health["buffer"]
-        rate = s.drain_rate()
+        try:
+            rate = float(s.drain_rate())
+        except Exception:  # a stage being rewired (reload, the forwarder starting) must not break the page
+            rate = 0.0
         outputs = []
         per_output = getattr(stats, "outputs", None) or {}
         for name in s.outputs:
