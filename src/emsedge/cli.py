@@ -1,4 +1,5 @@
-"""Commands: run, check-config, config-schema, contract-schema, browse, probe, buffer, simulate, demo, opcua-cert.
+"""Commands: run, check-config, config-schema, contract-schema, browse, probe, buffer, simulate, demo, watch,
+opcua-cert.
 
 Every command that reads a config stops with exit status 78 (EX_CONFIG) and located messages
 (file:line:column: field: problem (hint)) when the file is invalid, before anything connects.
@@ -76,6 +77,7 @@ DELEGATED = {
     "buffer": ("emsedge.tooling:main_buffer", "the local buffer: stats | export | purge | backup (-c FILE or --path)"),
     "simulate": ("emsedge.simulate:main_simulate", "run the virtual SMT line (-c config/virtual-line.yaml)"),
     "demo": ("emsedge.demo:main_demo", "virtual line + broker + gateway + live view of what MES receives"),
+    "watch": ("emsedge.watch:main_watch", "live view of a line on any broker: watch --broker URL --prefix P"),
 }
 
 

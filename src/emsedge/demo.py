@@ -39,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -217,6 +218,7 @@ class MesView:
         self.faults: dict[str, tuple[str, str, str]] = {}
         self.boards: dict[str, BoardView] = {}
         self.recent: deque[str] = deque(maxlen=8)
+        self.newest_ts: float | None = None  # wall-clock `ts` of the newest data message (not the status)
 
     def handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -244,6 +246,8 @@ class MesView:
             self.arrivals.append(now)
             if isinstance(message.get("seq"), int):
                 self.seqs.add(message["seq"])
+            if (stamp := _epoch(message.get("ts"))) is not None and (self.newest_ts is None or stamp > self.newest_ts):
+                self.newest_ts = stamp
             equipment = str(message.get("equipment"))
             if isinstance(message.get("readings"), list):
                 latest = self.latest.setdefault(equipment, {})
@@ -312,6 +316,12 @@ class MesView:
             self.arrivals.popleft()
         return len(self.arrivals) / min(5.0, max(0.5, now - self.started))
 
+    def newest_age(self, now: float | None = None) -> float | None:
+        """Seconds since the newest data message was stamped (its `ts`): how far behind MES is."""
+        if self.newest_ts is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.newest_ts)
+
     def gaps(self) -> int:
         return (max(self.seqs) - min(self.seqs) + 1 - len(self.seqs)) if self.seqs else 0
 
@@ -323,11 +333,13 @@ class MesView:
         status = self.status
         gateway = status.get("state", "not seen yet")
         backlog = status.get("backlog")
+        age = self.newest_age()
         lines = [
             header,
             f"messages {self.total} ({self.rate():.1f}/s)   events {self.events}   duplicates dropped "
             f"{self.duplicates}   seq gaps {self.gaps()}   gateway {gateway}"
-            + (f", backlog {backlog}" if backlog is not None else ""),
+            + (f", backlog {backlog}" if backlog is not None else "")
+            + (f"   newest message {age:.1f} s old" if age is not None else "   no data message yet"),
             "",
             f"{'EQUIPMENT':<10} {'STATE':<26} {'LINK':<6} LATEST VALUES",
         ]
@@ -353,6 +365,15 @@ class MesView:
             lines.append(f"{board.serial:<18} {placed:<16} {board.reflow or '-':<18} {result}")
         lines += ["", "RECENT EVENTS", *[f"  {e}" for e in self.recent]]
         return [line[:width] for line in lines]
+
+
+def _epoch(ts: object) -> float | None:
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _fmt(value: Any, unit: str | None) -> str:

@@ -5,7 +5,8 @@ Adapters report what the machine says; this step turns it into what MES cares ab
 * signals flagged `event: station_state` leave the telemetry and become `station_state_changed` events
   (SEMI E58 code and name, the previous state and how long it lasted) whenever the mapped state changes;
 * configured `triggers` (emsedge.triggers) add events with a snapshot of named signals when a trigger
-  signal changes, e.g. a board-exit serial register becomes `unit_processed` with the zone profile.
+  signal changes, e.g. a board-exit serial register becomes `unit_processed` with the zone profile;
+* `emsedge.report` then rounds floats and, with `publish: on_change`, keeps only changes and snapshots.
 
 Invariant: records keep their order; the events a batch causes follow that batch's telemetry.
 """
@@ -19,6 +20,7 @@ from typing import Any
 import structlog
 
 from emsedge.config import EquipmentBase, SignalCommon
+from emsedge.report import Reporter
 from emsedge.schema import EventType, Quality, Record, event, state_name
 
 log = structlog.get_logger("emsedge.normalise")
@@ -32,6 +34,7 @@ class Normaliser:
         self._states: dict[str, tuple[int | None, float]] = {}
         self._unmapped_logged: set[tuple[str, str]] = set()
         self._triggers: Any = None
+        self._reporter = Reporter(equipment)
         if equipment.triggers:
             from emsedge.triggers import TriggerEngine  # noqa: PLC0415 - only configs with triggers need it
 
@@ -46,7 +49,7 @@ class Normaliser:
                 out.append(record)
         if self._triggers is not None:
             out.extend(self._triggers.process(records))
-        return out
+        return self._reporter.process(out)  # triggers saw every reading; MES gets changes and snapshots
 
     def _split_states(self, record: Record) -> list[Record]:
         events: list[Record] = []

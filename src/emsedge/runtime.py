@@ -40,6 +40,7 @@ from emsedge.adapters.base import Adapter, AdapterContext, CountLoss, Emit, Equi
 from emsedge.buffer import Buffer, Lease
 from emsedge.config import EquipmentBase, Settings, load_config
 from emsedge.errors import AdapterError, ConfigError
+from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
@@ -108,6 +109,10 @@ class Gateway:
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
+        self.loop_lag = LoopLag()
+        self.state.loop_lag = lambda: (
+            self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
+        )
         self.line = LineModel()
         """What the status page shows, fed from the emit path after normalisation (never blocks it)."""
         self.notifier = SystemdNotifier()
@@ -146,6 +151,7 @@ class Gateway:
                     self._equipment_tg = equipment_tg
                     for equipment in self.settings.equipment:
                         await self._start_equipment(equipment)
+                    await link.start(self.loop_lag.run)  # after start-up (imports, first connects): steady state
                     self.notifier.ready()
                     self.notifier.status(self.state.status_line())
                     task_status.started()
@@ -231,7 +237,8 @@ class Gateway:
     def _emitter(self, normaliser: Normaliser) -> Emit:
         async def emit(records: Sequence[Record]) -> None:
             normalised = normaliser.process(records)
-            self.line.observe(normalised)
+            if self.settings.http.listen:  # nobody can look at the line model without the listener
+                self.line.observe(normalised)
             await self._append(normalised)
 
         return emit

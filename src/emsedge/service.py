@@ -77,6 +77,8 @@ class GatewayState:
     )
     publish_latency_sum: float = 0.0
     started_monotonic: float = field(default_factory=time.monotonic)
+    loop_lag: Callable[[], tuple[float, float, float]] | None = None
+    """Event-loop lateness in seconds (`emsedge.looplag`): latest, longest, longest while busy."""
 
     def observe_publish_latency(self, seconds: float) -> None:
         self.publish_latency_counts[bisect.bisect_left(PUBLISH_LATENCY_BUCKETS, seconds)] += 1
@@ -255,6 +257,13 @@ class GatewayCollector:
         yield build
         yield _gauge("emsedge_uptime_seconds", "Seconds since the gateway started.",
                      time.monotonic() - s.started_monotonic)
+        if s.loop_lag is not None:
+            latest, longest, busy = s.loop_lag()
+            yield _gauge("emsedge_event_loop_lag_seconds", "Lateness of the latest event-loop probe.", latest)
+            yield _gauge("emsedge_event_loop_lag_seconds_max",
+                         "Longest event-loop stall since running (every machine waits that long).", longest)
+            yield _gauge("emsedge_event_loop_busy_seconds_max",
+                         "Longest event-loop stall the gateway's own work caused (stall capped by CPU used).", busy)
 
 
 def _file_metrics(equipment: Mapping[str, EquipmentHealth]) -> Iterator[Metric]:

@@ -6,20 +6,28 @@
 * a `PushAdapter` (OPC UA subscriptions, HSMS) runs under a deadline until it hands over its first
   telemetry, reports a lost connection, or the deadline passes. Connected without values is reported
   as "connected; no one-shot read" and is not a failure; not reaching the endpoint is.
+It also connects and logs in to every broker URL of `mqtt` (TLS and credentials as the gateway uses
+them) and disconnects without publishing. Log lines of the protocol libraries (asyncua, pymodbus, ...)
+written while a machine is checked are grouped under that machine instead of interleaving on stderr.
 Nothing is written to the equipment, the buffer or the broker. Exit status 0 only when every enabled
-piece of equipment answered and every signal read with good quality.
+piece of equipment answered, every signal read with good quality and a broker accepted the login.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import sqlite3
+import ssl
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -156,10 +164,107 @@ class OnlineResult:
     error: str | None = None
     note: str | None = None
     seconds: float = 0.0
+    library_log: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.error is None and all(r.get("quality") == "good" for r in self.readings)
+
+
+_CHECKING: ContextVar[str | None] = ContextVar("emsedge_checking_equipment", default=None)
+
+
+class _GroupByEquipment(logging.Handler):
+    """Collects stdlib log records (the protocol libraries') by the machine being checked in that task."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: dict[str, list[str]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        equipment = _CHECKING.get()
+        if equipment is not None:
+            line = f"{record.levelname.lower():<8} {record.name}: {record.getMessage()}"
+            self.lines.setdefault(equipment, []).append(line[:300])
+
+
+def _not_while_checking(record: logging.LogRecord) -> bool:
+    return _CHECKING.get() is None
+
+
+@contextmanager
+def _grouped_library_logs() -> Iterator[_GroupByEquipment]:
+    """While it is active, stdlib records emitted inside a machine's check go to its group, not to stderr."""
+    root = logging.getLogger()
+    grouping = _GroupByEquipment()
+    others = list(root.handlers)
+    for handler in others:
+        handler.addFilter(_not_while_checking)
+    root.addHandler(grouping)
+    try:
+        yield grouping
+    finally:
+        root.removeHandler(grouping)
+        for handler in others:
+            handler.removeFilter(_not_while_checking)
+
+
+@dataclass
+class BrokerResult:
+    url: str
+    ok: bool
+    detail: str
+
+
+def check_broker(settings: Settings, deadline: float | None = None) -> list[BrokerResult]:
+    """Connect and log in to each broker URL as the gateway would (TLS, user, password); publish nothing."""
+    limit = deadline if deadline is not None else settings.mqtt.connect_timeout
+    return [_check_one_broker(settings, url, limit) for url in settings.mqtt.urls]
+
+
+def _check_one_broker(settings: Settings, url: str, limit: float) -> BrokerResult:
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    from emsedge.config import read_secret  # noqa: PLC0415
+    from emsedge.publish.mqtt import _parse_broker, _tls_context  # noqa: PLC0415
+
+    config = settings.mqtt
+    broker = _parse_broker(url)
+    username = broker.username or config.username
+    password = broker.password.reveal() if broker.password else read_secret(config.password, config.password_file)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{settings.client_id}-check-{os.getpid()}",
+                         protocol=mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311)
+    answered = threading.Event()
+    refusal: list[str] = []
+
+    def on_connect(client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
+        if getattr(reason, "is_failure", False):
+            refusal.append(str(reason))
+        answered.set()
+
+    client.on_connect = on_connect
+    if username is not None:
+        client.username_pw_set(username, password)
+    who = f" as {username}" if username else " (anonymous)"
+    try:
+        if broker.tls:
+            client.tls_set_context(_tls_context(config))
+        client.connect(broker.host, broker.port, keepalive=max(5, int(config.keepalive)))
+    except (OSError, ssl.SSLError) as exc:
+        return BrokerResult(broker.display, False, f"cannot connect: {exc}")
+    except ConfigError as exc:
+        return BrokerResult(broker.display, False, "; ".join(exc.problems))
+    client.loop_start()
+    try:
+        if not answered.wait(limit):
+            return BrokerResult(broker.display, False, f"no CONNACK within {limit:g}s")
+        if refusal:
+            return BrokerResult(broker.display, False, f"refused the login{who}: {refusal[0]}")
+        return BrokerResult(broker.display, True, f"connected and logged in{who}")
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def _readings(records: Sequence[Record]) -> list[dict[str, Any]]:
@@ -260,12 +365,17 @@ async def check_online(settings: Settings, deadline: float = ONLINE_TIMEOUT) -> 
     results: list[OnlineResult | None] = [None] * len(enabled)
 
     async def one(i: int, equipment: EquipmentBase) -> None:
+        _CHECKING.set(equipment.id)  # this task's context: tasks it starts inherit it
         results[i] = await read_equipment(equipment, deadline)
 
-    async with anyio.create_task_group() as tg:
-        for i, equipment in enumerate(enabled):
-            tg.start_soon(one, i, equipment)
-    return [r for r in results if r is not None]
+    with _grouped_library_logs() as grouping:
+        async with anyio.create_task_group() as tg:
+            for i, equipment in enumerate(enabled):
+                tg.start_soon(one, i, equipment)
+    done = [r for r in results if r is not None]
+    for r in done:
+        r.library_log = grouping.lines.get(r.equipment, [])
+    return done
 
 
 def main_check_online(settings: Settings, *, timeout: float = ONLINE_TIMEOUT, out: TextIO | None = None) -> int:
@@ -273,19 +383,29 @@ def main_check_online(settings: Settings, *, timeout: float = ONLINE_TIMEOUT, ou
 
     out = out or sys.stdout
     configure_logging(LoggingConfig(level="warning", format=settings.logging.format), stream=sys.stderr)
+    brokers = check_broker(settings)
+    out.write("\n")
+    for b in brokers:
+        out.write(f"broker  {b.url}: {'OK, ' if b.ok else 'FAILED: '}{b.detail}\n")
+    broker_ok = any(b.ok for b in brokers)
     if not any(e.enabled for e in settings.equipment):
         out.write("online check: no enabled equipment\n")
-        return 0
+        return 0 if broker_ok else 1
     results = anyio.run(check_online, settings, timeout)
     out.write("\n")
     print_table(results, out)
+    for r in results:
+        if r.library_log:
+            out.write(f"\n{r.equipment}: {len(r.library_log)} library message(s) during its check\n")
+            out.writelines(f"  {line}\n" for line in r.library_log[-20:])
     failed = [r for r in results if not r.ok]
     out.write(
         f"\nonline check: {len(results) - len(failed)} of {len(results)} equipment OK"
         + (f"; failed: {', '.join(r.equipment for r in failed)}" if failed else "")
+        + ("" if broker_ok else "; broker: FAILED")
         + "\n"
     )
-    return 1 if failed else 0
+    return 1 if failed or not broker_ok else 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,9 +530,11 @@ def main_buffer(argv: list[str]) -> int:
 
 
 __all__ = [
+    "BrokerResult",
     "OnlineResult",
     "backup",
     "buffer_path",
+    "check_broker",
     "check_online",
     "config_schema",
     "main_buffer",

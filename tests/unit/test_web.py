@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -221,3 +222,91 @@ def test_a_record_the_model_cannot_read_is_skipped_and_never_raises() -> None:
     line.observe([broken, telemetry("oven", "reflow_oven", [reading("b", 2, ts=utc_iso())])])
     assert line.skipped == 1
     assert [s["name"] for s in line.machine_detail("oven", 10)["signals"]] == ["b"]
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime as dt  # noqa: PLC0415
+    import ipaddress  # noqa: PLC0415
+
+    from cryptography import x509  # noqa: PLC0415
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "http.crt", directory / "http.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@pytest.mark.asyncio
+async def test_tls_serves_the_page_and_healthz_over_https(tmp_path: Path) -> None:
+    import ssl  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    cert, key = self_signed(tmp_path)
+    config = HttpConfig.model_validate({"listen": "127.0.0.1:0", "tls": {"cert_file": cert, "key_file": key}})
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def get(url: str) -> tuple[int, bytes]:
+        with urllib.request.urlopen(url, context=context, timeout=5) as answer:
+            return answer.status, answer.read()
+
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(lambda task_status: serve_http("127.0.0.1:0", make_state(), config=config,
+                                                              task_status=task_status))
+        code, body = await anyio.to_thread.run_sync(get, f"https://127.0.0.1:{port}/healthz")
+        assert code == 200 and json.loads(body)["gateway"] == "gw"
+        code, body = await anyio.to_thread.run_sync(get, f"https://127.0.0.1:{port}/")
+        assert code == 200 and b"emsedge" in body
+        async with await anyio.connect_tcp("127.0.0.1", port) as plain:  # plain HTTP gets no data
+            await plain.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = b""
+            with anyio.fail_after(5), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    received += await plain.receive()
+            assert b"gateway" not in received
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_a_certificate_that_cannot_be_loaded_leaves_the_gateway_running_without_the_listener(
+    tmp_path: Path,
+) -> None:
+    cert, key = tmp_path / "bad.crt", tmp_path / "bad.key"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    config = HttpConfig.model_validate({"listen": "127.0.0.1:0", "tls": {"cert_file": cert, "key_file": key}})
+    async with anyio.create_task_group() as tg:
+        assert await tg.start(lambda task_status: serve_http("127.0.0.1:0", make_state(), config=config,
+                                                              task_status=task_status)) is None
+
+
+@pytest.mark.asyncio
+async def test_healthz_and_metrics_heads_are_byte_for_byte_what_they_always_were() -> None:
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_http, "127.0.0.1:0", make_state())
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw = b""
+            with anyio.fail_after(5):
+                try:
+                    while True:
+                        raw += await stream.receive()
+                except anyio.EndOfStream:
+                    pass
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert head == (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                        + str(len(body)).encode() + b"\r\nCache-Control: no-store\r\nConnection: close")
+        assert body.endswith(b"}\n") and b": " not in body  # compact JSON and a newline, as before
+        tg.cancel_scope.cancel()

@@ -8,13 +8,14 @@ as a built-in one.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, GetCoreSchemaHandler, WithJsonSchema, field_validator, model_validator
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
-from emsedge.config.types import Backoff, ConfigModel, did_you_mean
+from emsedge.config.types import Backoff, ConfigModel, Duration, did_you_mean
 from emsedge.schema import EMITTABLE_EVENTS, EventType
 
 EquipmentType = Literal["pick_and_place", "reflow_oven", "aoi", "spi", "xray", "ict", "fct", "fpt", "other"]
@@ -38,6 +39,103 @@ EmittedEvent = Annotated[
 """An event type a trigger or a SECS/GEM collection event may emit (`emsedge.schema.EMITTABLE_EVENTS`)."""
 
 
+PublishMode = Literal["always", "on_change"]
+
+
+class Deadband(ConfigModel):
+    """Changes smaller than this are not reported. Written `0.5` (absolute), `2%` or the long form."""
+
+    type: Literal["absolute", "percent"] = Field(
+        description="absolute: in the signal's unit; percent: of the last reported value (an OPC UA server "
+        "filtering for us takes percent of the item's EURange)."
+    )
+    value: float = Field(ge=0, description="Changes smaller than this are not reported.")
+
+    def exceeded(self, last: float, new: float) -> bool:
+        """True when `new` differs from the last reported value by more than the deadband."""
+        limit = self.value if self.type == "absolute" else abs(last) * self.value / 100
+        return abs(new - last) > limit
+
+
+def _deadband(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("write a deadband such as 0.5 (absolute) or 2% (of the last reported value)")  # noqa: TRY004
+    if isinstance(value, int | float):
+        return {"type": "absolute", "value": value}
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return {"type": "percent", "value": float(text[:-1])} if text.endswith("%") else {
+                "type": "absolute", "value": float(text)}
+        except ValueError:
+            raise ValueError("write a deadband such as 0.5 (absolute) or 2% (of the last reported value)") from None
+    return value
+
+
+DeadbandSpec = Annotated[
+    Deadband,
+    BeforeValidator(_deadband),
+    WithJsonSchema({"anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*%?\s*$", "examples": ["0.5", "2%"]},
+        {"type": "object", "properties": {"type": {"enum": ["absolute", "percent"]}, "value": {"type": "number"}},
+         "required": ["type", "value"], "additionalProperties": False},
+    ]}),
+]
+"""A deadband: `0.5` (absolute), `2%` (of the last reported value) or `{type: absolute, value: 0.5}`."""
+
+
+class Precision(ConfigModel):
+    """How many digits of a float reach MES (float32 registers carry noise digits: 247.0500030517578)."""
+
+    decimals: int | None = Field(None, ge=0, le=15, description="Round to this many decimal places.")
+    significant: int | None = Field(None, ge=1, le=17, description="Round to this many significant digits.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Precision:
+        if (self.decimals is None) == (self.significant is None):
+            raise ValueError("give either decimals or significant digits")
+        return self
+
+    def apply(self, value: float) -> float:
+        if self.decimals is not None:
+            return round(value, self.decimals)
+        if value == 0 or not math.isfinite(value):
+            return value
+        return float(f"{value:.{self.significant}g}")
+
+
+_SIGNIFICANT = re.compile(r"^\s*(\d+)\s*(?:sig|significant|significant digits)\s*$")
+
+
+def _precision(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("write decimal places (2) or significant digits (4 significant)")  # noqa: TRY004
+    if isinstance(value, int):
+        return {"decimals": value}
+    if isinstance(value, str):
+        if value.strip().isdigit():
+            return {"decimals": int(value)}
+        if m := _SIGNIFICANT.match(value):
+            return {"significant": int(m.group(1))}
+        raise ValueError("write decimal places (2) or significant digits (4 significant)")
+    return value
+
+
+PrecisionSpec = Annotated[
+    Precision,
+    BeforeValidator(_precision),
+    WithJsonSchema({"anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": 15, "description": "decimal places"},
+        {"type": "string", "pattern": r"^\s*\d+\s*(sig|significant|significant digits)\s*$",
+         "examples": ["4 significant"]},
+        {"type": "object", "properties": {"decimals": {"type": "integer"}, "significant": {"type": "integer"}},
+         "additionalProperties": False},
+    ]}),
+]
+"""Float precision: `2` (decimal places), `4 significant` or `{significant: 4}`."""
+
+
 class SignalCommon(ConfigModel):
     """Fields every adapter's signal model has (its address fields come from the adapter)."""
 
@@ -48,6 +146,16 @@ class SignalCommon(ConfigModel):
     )
     map: dict[int | str, int] | None = Field(
         None, description="With event: station_state, the machine's value -> SEMI E58 state code."
+    )
+    publish: PublishMode | None = Field(
+        None, description="always: every reading; on_change: only changes (beyond `deadband`) and snapshots. "
+        "Default: the equipment's `publish`."
+    )
+    deadband: DeadbandSpec | None = Field(
+        None, description="With publish: on_change, smaller changes are not reported. Default: the equipment's."
+    )
+    precision: PrecisionSpec | None = Field(
+        None, description="Rounding of float values: decimal places (2) or `4 significant`. Default: the equipment's."
     )
 
     @field_validator("name")
@@ -92,6 +200,19 @@ class EquipmentBase(ConfigModel):
     profile: str | None = Field(None, description="Equipment profile merged under this entry.")
     triggers: list[Trigger] = Field(default_factory=list, description="Events fired by signal changes.")
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+    publish: PublishMode = Field(
+        "always",
+        description="always: every reading goes to MES; on_change: a reading goes only when its value changed "
+        "(beyond `deadband`) or its quality changed, plus every signal's value each `snapshot_interval`.",
+    )
+    deadband: DeadbandSpec | None = Field(
+        None, description="Default deadband of the signals with publish: on_change (none: any change counts)."
+    )
+    snapshot_interval: Duration = Field(
+        60.0, description="With publish: on_change, every signal's latest value is sent this often (and at "
+        "start), so a late subscriber and a restarted gateway see every value."
+    )
+    precision: PrecisionSpec | None = Field(None, description="Default float precision of the signals.")
 
     @field_validator("id")
     @classmethod
@@ -165,11 +286,16 @@ Equipment = Annotated[EquipmentBase, _RegisteredModel()]
 
 
 __all__ = [
+    "Deadband",
+    "DeadbandSpec",
     "EmittedEvent",
     "Equipment",
     "EquipmentBase",
     "EquipmentType",
     "EventFlag",
+    "Precision",
+    "PrecisionSpec",
+    "PublishMode",
     "SignalCommon",
     "Trigger",
     "adapter_tag",

@@ -142,6 +142,7 @@ class HsmsAdapter:
         self._dataid = 0
         self.event_reports = 0
         self._deliveries: MemoryObjectSendStream[_Delivery] | None = None
+        self._refused: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------------------------------------
     # lifecycle
@@ -403,7 +404,7 @@ class HsmsAdapter:
             else:
                 self.log.debug("unhandled primary ignored", message=msg.name)
         except MalformedMessage as exc:
-            self.log.warning("malformed message answered S9F7", message=msg.name, error=str(exc))
+            self._log_refused(msg, str(exc))
             await link.send_s9(7, msg)
         except (HsmsClosed, anyio.get_cancelled_exc_class()):
             raise
@@ -412,6 +413,17 @@ class HsmsAdapter:
             # queued behind this one) goes on; the traceback is for the bug report
             self.log.exception("message could not be processed, answered S9F7", message=msg.name, error=repr(exc))
             await link.send_s9(7, msg)
+
+    def _log_refused(self, msg: Message, error: str) -> None:
+        """Warn once per kind of malformed message; a tool re-sending the same one is logged at debug."""
+        key = (msg.name, error)
+        if key in self._refused:
+            self.log.debug("malformed message answered S9F7", message=msg.name, error=error)
+            return
+        if len(self._refused) >= 256:
+            self._refused.clear()
+        self._refused.add(key)
+        self.log.warning("malformed message answered S9F7 (repeats logged at debug)", message=msg.name, error=error)
 
     @staticmethod
     async def _ack_if_wanted(link: HsmsLink, msg: Message, body: Item | None) -> None:

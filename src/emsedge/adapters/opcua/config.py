@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from emsedge.config import ConfigModel, Duration, DurationOrZero, EquipmentBase, SignalCommon
+from emsedge.config import ConfigModel, DeadbandSpec, Duration, DurationOrZero, EquipmentBase, SignalCommon
 
 
 class OpcUaSecurity(ConfigModel):
@@ -69,17 +69,15 @@ def _known_encoding(value: str | None) -> str | None:
     return value
 
 
-class Deadband(ConfigModel):
-    type: Literal["absolute", "percent"] = Field(description="absolute units, or percent of EURange.")
-    value: float = Field(ge=0, description="Changes smaller than this are not reported.")
-
-
 class OpcUaSignal(SignalCommon):
     node: str | None = Field(None, description="NodeId string, e.g. ns=2;s=PnP.State or i=2258.")
     browse_path: str | None = Field(None, description="Browse path, e.g. 0:Objects/2:PnP/2:State.")
     sampling_interval: DurationOrZero | None = Field(None, description="Server sampling interval for this item.")
     queue_size: int = Field(1, ge=1, description="Monitored item queue size.")
-    deadband: Deadband | None = Field(None, description="Data-change filter.")
+    deadband: DeadbandSpec | None = Field(
+        None, description="Data-change filter the server applies (percent: of the item's EURange); with "
+        "publish: on_change the gateway applies it too (percent: of the last reported value)."
+    )
     encoding: str | None = Field(
         None, description="Text encoding of this signal's strings; the equipment's `encoding` when omitted."
     )

@@ -117,8 +117,9 @@ function lineView(s) {
 }
 function spark(values) {
   if (!values || values.length < 2) return "";
-  const min = Math.min(...values), max = Math.max(...values), span = max - min || 1;
-  const pts = values.map((v, i) => `${(i / (values.length - 1) * 118 + 1).toFixed(1)},${(22 - (v - min) / span * 20).toFixed(1)}`).join(" ");
+  const min = Math.min(...values), max = Math.max(...values), span = max - min;
+  const y = v => span ? 22 - (v - min) / span * 20 : 12;  // a steady value is a line through the middle
+  const pts = values.map((v, i) => `${(i / (values.length - 1) * 118 + 1).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
   return `<svg class="spark" viewBox="0 0 120 24" preserveAspectRatio="none"><title>min ${fmt(min)} · max ${fmt(max)}</title><polyline points="${pts}"/></svg>`;
 }
 function machineView(s, id) {
