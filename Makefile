@@ -55,7 +55,7 @@ lint: $(STAMP)
 
 # Benchmarks print figures (values/s, latency percentiles, CPU, RSS); a few minutes each, not tests.
 bench: $(STAMP) mosquitto
-	for b in pipeline buffer_replay publisher opcua hsms service_http web; do $(BIN)/python benchmarks/$$b.py || exit 1; done
+	for b in pipeline buffer_replay publisher opcua hsms service_http web result_files; do $(BIN)/python benchmarks/$$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

@@ -10,10 +10,13 @@ It starts, in this order and in one anyio task group:
 2. the virtual SMT line (config/virtual-line.yaml) in this process: OPC UA pick-and-place, Modbus TCP
    reflow oven, SECS/GEM AOI;
 3. the gateway, `emsedge run -c config/demo.yaml`, as a child process (its own logs, its own signals),
-   with the broker URL and a buffer in a temporary directory given through the environment; it serves the
-   status page at http://127.0.0.1:9108/ (a free port when that one is taken), and the demo prints the URL;
+   with the broker URL and a buffer in a temporary directory given through the environment, and that
+   directory as its working directory (the in-circuit tester writes its logs into `./var/ict-1/out`
+   there, which the gateway's `ict-1` reads); it serves the status page at http://127.0.0.1:9108/ (a
+   free port when that one is taken), and the demo prints the URL;
 4. a view of what MES receives, subscribed to the gateway's topics: a live terminal screen (equipment
-   states, latest values, faults, boards and their results, messages/s, backlog), or with `--no-tui` one
+   states, latest values, faults, boards with placement, reflow, inspection and test result, messages/s,
+   backlog), or with `--no-tui` one
    JSON line per message, `{"topic": ..., "payload": {...}}`.
 
 Ctrl-C (or `--duration`) stops it in reverse order: the gateway first (it drains its buffer and publishes
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -189,6 +193,7 @@ class BoardView:
     reflow: str | None = None
     result: str | None = None
     defects: list[str] = field(default_factory=list)
+    test: str | None = None
 
 
 PREFERRED = [
@@ -293,12 +298,19 @@ class MesView:
                                   and isinstance(v.get("value"), int | float)]
             self._board(str(serial)).reflow = f"peak {max(peaks):.1f} Cel" if peaks else "done"
             detail = str(serial)
-        elif serial and kind in ("unit_inspected", "unit_tested"):
+        elif serial and kind == "unit_inspected":
             board = self._board(str(serial))
             board.result = str(ev.get("result", "?")).upper()
             board.defects = [f"{d.get('refdes')}:{d.get('code')}" if isinstance(d, dict) else str(d)
                              for d in ev.get("defects") or []]
             detail = f"{serial} {board.result}"
+        elif serial and kind == "unit_tested":
+            board = self._board(str(serial))
+            result = str(ev.get("result", "?")).upper()
+            failed = [str(t) for t in ev.get("failed_tests") or []]
+            verdict = result + (" " + ",".join(failed[:2]) if failed else "")
+            board.test = verdict if board.test is None else f"{board.test} > {verdict}"  # a retest: both runs
+            detail = f"{serial} {verdict}"
         if kind not in ("components_placed",):
             self.recent.appendleft(f"{clock} {equipment:<9} {kind} {detail}".rstrip())
 
@@ -354,7 +366,7 @@ class MesView:
         lines += ["", f"ACTIVE FAULTS ({len(self.faults)})"]
         lines += [f"  {eq:<9} {code:<10} {text}" for eq, code, text in list(self.faults.values())[-5:]] or ["  none"]
         placing = sum(1 for b in self.boards.values() if b.reflow is None and b.result is None)
-        lines += ["", f"{'BOARD':<18} {'PLACED':<16} {'REFLOW':<18} INSPECTION"
+        lines += ["", f"{'BOARD':<18} {'PLACED':<16} {'REFLOW':<18} {'INSPECTION':<22} TEST"
                   f"      ({placing} more placed, in the oven or on the way)"]
         left = [b for b in self.boards.values() if b.reflow is not None or b.result is not None]
         for board in sorted(left, key=lambda b: b.serial)[-10:][::-1]:
@@ -362,7 +374,7 @@ class MesView:
             result = board.result or "-"
             if board.defects:
                 result += " " + ", ".join(board.defects[:3])
-            lines.append(f"{board.serial:<18} {placed:<16} {board.reflow or '-':<18} {result}")
+            lines.append(f"{board.serial:<18} {placed:<16} {board.reflow or '-':<18} {result:<22} {board.test or '-'}")
         lines += ["", "RECENT EVENTS", *[f"  {e}" for e in self.recent]]
         return [line[:width] for line in lines]
 
@@ -405,11 +417,11 @@ def subscribe_view(view: MesView, url: str, prefix: str, protocol: str) -> Any:
 
 
 async def run_gateway(config: Path, env: dict[str, str], log_path: Path, *,
-                      task_status: TaskStatus[Process]) -> None:
+                      task_status: TaskStatus[Process], cwd: Path | None = None) -> None:
     with open_log(log_path) as out:
         process = await anyio.open_process(
             [sys.executable, "-m", "emsedge.cli", "run", "-c", str(config)],
-            stdout=out, stderr=out, env={**os.environ, **env}, start_new_session=True,
+            stdout=out, stderr=out, env={**os.environ, **env}, start_new_session=True, cwd=cwd,
         )
     try:
         task_status.started(process)
@@ -441,7 +453,7 @@ def main_demo(argv: list[str]) -> int:
     from emsedge.config import load_config  # noqa: PLC0415
     from emsedge.simulate import first_os_error, load_virtual_line  # noqa: PLC0415
 
-    line_file, gateway_file = find_file(args.line), find_file(args.config)
+    line_file, gateway_file = find_file(args.line), find_file(args.config).resolve()  # the gateway runs elsewhere
     try:
         line_config = load_virtual_line(line_file)
         gateway_config = load_config(gateway_file)
@@ -517,7 +529,7 @@ class Demo:
         try:
             async with anyio.create_task_group() as tg:
                 broker: Broker = await tg.start(run_broker, self.workdir, self.broker_kind)
-                line = VirtualLine(self.line_config, hold=True)
+                line = VirtualLine(self._line_in_workdir(), hold=True)
                 with anyio.fail_after(STARTUP_TIMEOUT):
                     await tg.start(line.run)
                 client = await anyio.to_thread.run_sync(subscribe_view, view, broker.url, self.prefix,
@@ -530,7 +542,10 @@ class Demo:
                     "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{page_port()}",
                 }
                 page = f"http://{env['EMSEDGE_HTTP__LISTEN']}/"
-                gateway: Process = await tg.start(run_gateway, self.gateway_file, env, self.workdir / "gateway.log")
+                gateway: Process = await tg.start(
+                    functools.partial(run_gateway, cwd=self.workdir), self.gateway_file, env,
+                    self.workdir / "gateway.log",
+                )
                 tg.start_soon(self._watch_signals)
                 tg.start_soon(self._release_when_connected, line, view, gateway)
                 if not self.tui:  # stdout carries the JSON lines; the page's address goes to stderr
@@ -554,6 +569,14 @@ class Demo:
             print(f"emsedge demo stopped: {view.total} messages received, {view.events} events, "
                   f"{len(view.boards)} boards, {view.gaps()} seq gaps.")
         return code
+
+    def _line_in_workdir(self) -> Any:
+        """The line config with a relative tester folder moved into the temporary directory, where the
+        gateway (which runs there) reads it."""
+        ict = self.line_config.ict
+        if ict.folder.is_absolute():
+            return self.line_config
+        return self.line_config.model_copy(update={"ict": ict.model_copy(update={"folder": self.workdir / ict.folder})})
 
     async def _release_when_connected(self, line: Any, view: MesView, gateway: Process) -> None:
         """Start the line's clock once MES sees every machine connected (or after CONNECT_WAIT)."""

@@ -1,8 +1,8 @@
-"""The supervisor: one task group, start order, signals, reload, drain.
+"""The runtime: wiring only. One task group, start order, signals, reload, drain.
 
 The pipeline, top to bottom:
 
-    equipment ─ adapter ─> Normaliser ─> Buffer.append (durable) ─> forward(): lease ─> publish_batch ─> ack
+    equipment ─ adapter ─> Normaliser ─> Buffer.append (durable) ─> Forwarder: lease ─> publish_batch ─> settle
 
 Start order (each stage reports readiness through `TaskGroup.start()` before the next one starts):
 buffer writer, then MQTT publisher and the forwarder, then the health/metrics listener and the systemd
@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import anyio
 import structlog
@@ -37,13 +36,14 @@ from anyio.abc import TaskGroup, TaskStatus
 from emsedge import __version__
 from emsedge.adapters import spec_for
 from emsedge.adapters.base import Adapter, AdapterContext, CountLoss, Emit, EquipmentHealth, EquipmentState
-from emsedge.buffer import Buffer, Lease
+from emsedge.buffer import Buffer, StoredMessage
 from emsedge.config import EquipmentBase, Settings, load_config
 from emsedge.errors import AdapterError, ConfigError
+from emsedge.forward import Forwarder
 from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
-from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
+from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
@@ -56,8 +56,6 @@ log = structlog.get_logger("emsedge.runtime")
 
 DRAIN_TIMEOUT = 5.0
 """Seconds a clean stop keeps publishing the backlog before it leaves the rest on disk."""
-MAX_PUBLISH_ATTEMPTS = 3
-"""A record the broker rejects permanently this often goes to the dead-letter table."""
 STATUS_INTERVAL = 10.0
 """Seconds between retained status updates (backlog depth, oldest age, drain ETA)."""
 
@@ -90,7 +88,7 @@ class Gateway:
         self.config_path = config_path
         self.topics = Topics(settings.topic_prefix)
         self.started_at = utc_iso()
-        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics)
+        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=("mqtt",))
         self.publisher = MqttPublisher(
             settings.mqtt,
             client_id=settings.client_id,
@@ -109,6 +107,15 @@ class Gateway:
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
+        self.forwarder = Forwarder(
+            self.buffer,
+            self.publisher,
+            name="mqtt",
+            qos=settings.mqtt.qos,
+            window=settings.mqtt.max_inflight,
+            max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
+            on_delivered=self._delivered,
+        )
         self.loop_lag = LoopLag()
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
@@ -119,7 +126,6 @@ class Gateway:
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
         self._stop = anyio.Event()
-        self._drain_rate = 0.0  # messages/s delivered recently, for the drain ETA
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
@@ -133,12 +139,12 @@ class Gateway:
             await core.start(self.buffer.run)
             async with anyio.create_task_group() as link:
                 await link.start(self.publisher.run)
-                await link.start(self._forward)
+                await link.start(self.forwarder.run)
                 await link.start(self._publish_status)
                 await link.start(self.machine_states.run)
                 if self.settings.http.listen:
                     sources = WebSources(
-                        self.state, self.line, drain_rate=lambda: getattr(self, "_drain_rate", 0.0),
+                        self.state, self.line, drain_rate=lambda: self.forwarder.drain_rate,
                         replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
                     )
                     await link.start(
@@ -180,13 +186,9 @@ class Gateway:
 
     async def _drain(self) -> None:
         """Publish what can be published within DRAIN_TIMEOUT; the rest stays on disk."""
-        with anyio.move_on_after(DRAIN_TIMEOUT):
-            while self.publisher.connected:
-                stats = self.buffer.stats()
-                if stats.count == 0 and stats.leased == 0:
-                    return
-                await anyio.sleep(0.05)
-        log.info("drain ended", left_on_disk=self.buffer.stats().count)
+        left = await self.forwarder.drain(DRAIN_TIMEOUT)
+        if left:
+            log.info("drain ended", left_on_disk=left)
 
     # ----------------------------------------------------------------------------------------------
     # Equipment supervision
@@ -247,97 +249,28 @@ class Gateway:
         """`CountLoss` for one equipment: `Buffer.count_loss` makes the count durable and announces it."""
 
         async def count_loss(reason: str, count: int) -> None:
-            counter = getattr(self.buffer, "count_loss", None)  # the buffer package provides it
-            if counter is not None:
-                await counter(equipment_id, reason, count)
-            else:
-                log.warning("data lost before it became a record", equipment=equipment_id, reason=reason,
-                            count=count)
+            await self.buffer.count_loss(equipment_id, reason, count)
 
         return count_loss
 
     async def _append(self, records: Sequence[Record]) -> None:
+        """Durable when it returns. Loss (eviction, too large) is counted and announced by the buffer."""
         if not records:
             return
         result = await self.buffer.append(records)
         self.machine_states.observe(records)
         self.state.messages_buffered += result.accepted
-        if result.evicted:
-            self.state.messages_dropped += result.evicted
-            log.warning(
-                "buffer full: oldest records dropped", count=result.evicted,
-                by_equipment=result.evicted_by_equipment,
-            )
-            dropped = event(
-                GATEWAY_EQUIPMENT, "gateway", EventType.BUFFER_DROPPED, None,
-                count=result.evicted, by_equipment=result.evicted_by_equipment,
-                first_ts=result.evicted_first_ts, last_ts=result.evicted_last_ts,
-                reason="buffer limit (max_bytes or max_age)",
-                max_bytes=int(self.settings.buffer.max_bytes), max_age_s=self.settings.buffer.max_age,
-            )
-            await self.buffer.append([dropped])
 
-    # ----------------------------------------------------------------------------------------------
-    # Forwarding: buffer -> broker, delete only after PUBACK
-
-    async def _forward(self, *, task_status: TaskStatus[None]) -> None:
-        task_status.started()
-        qos = self.settings.mqtt.qos
-        window = self.settings.mqtt.max_inflight
-        epoch = -1
-        delivered_window: list[tuple[float, int]] = []
-        while True:
-            await self.publisher.wait_connected()
-            if self.publisher.connection_epoch != epoch:
-                epoch = self.publisher.connection_epoch
-                self.buffer.begin_replay()
-                backlog = self.buffer.stats().backlog
-                if backlog:
-                    log.info("replaying backlog", backlog=backlog)
-            lease = await self.buffer.lease(window)
-            if not lease.messages:
-                await self.buffer.wait_for_messages(1.0)
-                continue
-            delivered = await self._publish_lease(lease, qos)
-            now = time.monotonic()
-            delivered_window.append((now, delivered))
-            delivered_window = [(t, n) for t, n in delivered_window if now - t < 10.0]
-            span = max(now - delivered_window[0][0], 1.0)
-            self._drain_rate = sum(n for _, n in delivered_window) / span
-
-    async def _publish_lease(self, lease: Lease, qos: int) -> int:
-        messages = lease.messages
-        results = await self.publisher.publish_batch([(m.topic, m.payload) for m in messages], qos=qos)
-        acked: list[int] = []
-        retry: list[int] = []
-        dead: list[tuple[int, str]] = []
-        now = time.time()
-        for message, result in zip(messages, results, strict=True):
-            if result.ok:
-                acked.append(message.seq)
-                self.state.observe_publish_latency(max(now - message.created, 0.0))
-            elif result.permanent and message.attempts + 1 >= MAX_PUBLISH_ATTEMPTS:
-                dead.append((message.seq, result.reason or "rejected by broker"))
-            else:
-                retry.append(message.seq)
-        if acked:
-            await self.buffer.ack(lease, acked)
-            self.state.messages_published += len(acked)
-        for seq, reason in dead:
-            await self.buffer.dead_letter([seq], reason)
-        if dead:
-            self.state.messages_dropped += len(dead)
-        if retry:
-            await self.buffer.nack(lease, retry)
-            if not any(r.ok for r in results):
-                await anyio.sleep(0.2)  # link trouble: let the publisher notice before leasing again
-        return len(acked)
+    def _delivered(self, messages: Sequence[StoredMessage], acked_at: float) -> None:
+        self.state.messages_published += len(messages)
+        for message in messages:
+            self.state.observe_publish_latency(max(acked_at - message.created, 0.0))
 
     # ----------------------------------------------------------------------------------------------
     # Status
 
     def _status_payload(self, state: str) -> bytes:
-        body: dict[str, Any] = {
+        body: dict[str, object] = {
             "schema": SCHEMA_STATUS,
             "gateway": self.settings.gateway.id,
             "state": state,
@@ -348,12 +281,12 @@ class Gateway:
         if state == "online":
             stats = self.buffer.stats()
             body["backlog"] = stats.count
-            body["backlog_oldest_age_s"] = (
-                round(time.time() - stats.oldest_created, 3) if stats.oldest_created else 0.0
-            )
-            body["drain_eta_s"] = round(stats.count / self._drain_rate, 1) if self._drain_rate > 0 else None
+            body["backlog_oldest_age_s"] = round(stats.oldest_age_s(time.monotonic()), 3)
+            body["drain_eta_s"] = self.forwarder.drain_eta()
             body["dropped"] = stats.evicted_total
             body["dead_letters"] = stats.dead_letters
+            body["dropped_total"] = stats.dropped_total
+            body["dropped_total_by_equipment"] = dict(sorted(stats.dropped_by_equipment.items()))
         return json.dumps(body, separators=(",", ":")).encode()
 
     async def _publish_status(self, *, task_status: TaskStatus[None]) -> None:
@@ -365,8 +298,8 @@ class Gateway:
             if stats.count > self.settings.mqtt.max_inflight:
                 log.info(
                     "backlog", count=stats.count,
-                    oldest_age_s=round(time.time() - stats.oldest_created, 1) if stats.oldest_created else 0,
-                    drain_rate=round(self._drain_rate, 1),
+                    oldest_age_s=round(stats.oldest_age_s(time.monotonic()), 1),
+                    drain_rate=round(self.forwarder.drain_rate, 1),
                 )
             if self.publisher.connected:
                 with anyio.move_on_after(5):

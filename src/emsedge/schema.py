@@ -464,6 +464,10 @@ class BufferDropped(BaseModel):
     first_ts: str | None = None
     last_ts: str | None = None
     reason: str | None = None
+    by_reason: dict[str, int] | None = Field(default=None, description="count per loss reason.")
+    dropped_seqs: list[list[int]] | None = Field(default=None, description="[[first, last], ...] seqs that are gone.")
+    dropped_total: int | None = Field(default=None, description="Cumulative loss count of the gateway.")
+    dropped_total_by_equipment: dict[str, int] | None = None
     max_bytes: int | None = None
     max_age_s: float | None = None
 
@@ -475,8 +479,8 @@ class FileRejected(_Event):
     file: str = Field(description="File name.")
     reason: str
     line: int | None = Field(description="1-based line of the problem, or null.")
-    sha256: str | None = None
-    size: int | None = None
+    sha256: str = Field(description="Hash of the file's content.")
+    size: int = Field(description="File size in bytes.")
 
 
 class UnitsMissed(_Event):
@@ -544,6 +548,63 @@ class EventMessage(_Envelope):
     event: EventBody
 
 
+TestResult = Literal["pass", "fail", "aborted", "error"]
+
+
+class MeasurementModel(_Wire):
+    name: str
+    value: float | str | None = Field(description="In base SI units (100.2K ohm is 100200.0 with unit Ohm).")
+    unit: str | None
+    low: float | None
+    high: float | None
+    nominal: float | None
+    result: TestResult | None
+
+
+class TestModel(_Wire):
+    __test__ = False  # a contract name, not a pytest class
+
+    name: str
+    result: TestResult
+    raw_result: str | None
+    measurements: list[MeasurementModel]
+
+
+class ResultSourceModel(_Wire):
+    file: str = Field(description="File name, relative to the scanned folder.")
+    sha256: str = Field(description="Hash of the file's content.")
+    board_index: int = Field(description="0-based position of the board in the file.")
+
+
+class UnitTestedEvent(_Wire):
+    """`unit_tested` as the result_files adapter sends it: one tested board (a retest is a new event).
+    With `source.sha256` + `source.board_index` MES recognises a result re-sent after a crash."""
+
+    type: Literal["unit_tested"]
+    serial: str
+    result: TestResult
+    raw_result: str
+    test_method: Literal["ict", "fpt", "fct", "bst"]
+    program: str | None
+    program_revision: str | None
+    tester: str | None
+    operator: str | None
+    started: str | None = Field(description="UTC ISO-8601 (tester-local times are converted).")
+    ended: str | None
+    board_number: int | None
+    panel_serial: str | None
+    tests: list[TestModel]
+    failed_tests: list[str]
+    defects: list[Defect] = Field(
+        description="One {refdes: null, code: test_failed, text: null, test} per failed test."
+    )
+    source: ResultSourceModel
+
+
+FileRejectedEvent = FileRejected
+"""The result_files adapter's name for the `file_rejected` body model."""
+
+
 class StatusMessage(_Wire):
     """`{prefix}/_gateway/status` (retained): the gateway is online or offline."""
 
@@ -558,6 +619,12 @@ class StatusMessage(_Wire):
     drain_eta_s: float | None = None
     dropped: int | None = Field(default=None, description="Records evicted from the buffer since it was created.")
     dead_letters: int | None = Field(default=None, description="Records the broker rejected for good.")
+    dropped_total: int | None = Field(
+        default=None, description="Records lost by any sanctioned policy, cumulative, never reset."
+    )
+    dropped_total_by_equipment: dict[str, int] | None = Field(
+        default=None, description="dropped_total per equipment."
+    )
 
 
 class ActiveFault(_Wire):

@@ -6,6 +6,9 @@
   logged once and never raised: losing a status line must not take the gateway down.
 * `run_watchdog` sends `WATCHDOG=1` at half of `$WATCHDOG_USEC` from a task on the main event loop. The
   pings are only as alive as the loop: a blocked or hung loop stops them and systemd restarts the unit.
+  They also stop while the buffer's owner thread has been stuck in one disk command (a commit in fsync on
+  a dying SD card) for longer than `WRITER_STUCK_AFTER`: every adapter is blocked behind it, so systemd
+  should restart the unit. `/healthz` reports `failing` (HTTP 503) for the same condition.
 * `/healthz` and `/metrics` are answered from the live `GatewayState` at request time (`GatewayState.health`,
   `metrics_text`); the Prometheus collector reads the same objects at scrape time, so nothing is copied or
   cached between scrapes. The listener that serves them, with the status page, is `emsedge.web.server`.
@@ -35,6 +38,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from emsedge.buffer import BufferStats
 from emsedge.supervisor import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
 log = structlog.get_logger("emsedge.service")
@@ -46,6 +50,11 @@ REQUEST_TIMEOUT = 5.0
 """Deadline for reading one request and writing its answer; a slow client is dropped, never waited on."""
 
 MAX_REQUEST_BYTES = 16 * 1024
+
+WRITER_STUCK_AFTER = 30.0
+"""Seconds one buffer disk command (a commit, a lease) may run before the writer counts as wedged: the
+watchdog stops pinging and /healthz turns `failing`. A healthy commit takes milliseconds; a busy SD card a
+few seconds; 30 s is well beyond both and below systemd's usual WatchdogSec restart budget of a minute."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -66,12 +75,11 @@ class GatewayState:
     started_at: str
     equipment: dict[str, EquipmentHealth]
     equipment_info: dict[str, tuple[str, str]]
-    buffer_stats: Callable[[], Any]
+    buffer_stats: Callable[[], BufferStats]
     broker_connected: Callable[[], bool]
     broker_url: Callable[[], str | None]
     messages_buffered: int = 0
     messages_published: int = 0
-    messages_dropped: int = 0
     publish_latency_counts: list[int] = field(
         default_factory=lambda: [0] * (len(PUBLISH_LATENCY_BUCKETS) + 1)
     )
@@ -84,12 +92,29 @@ class GatewayState:
         self.publish_latency_counts[bisect.bisect_left(PUBLISH_LATENCY_BUCKETS, seconds)] += 1
         self.publish_latency_sum += seconds
 
-    def _buffer(self) -> Any | None:
+    def _buffer(self) -> BufferStats | None:
         try:
             return self.buffer_stats()
         except Exception as exc:  # a closed or broken buffer must not break health reporting
             log.debug("buffer stats unavailable", error=str(exc))
             return None
+
+    @property
+    def messages_dropped(self) -> int:
+        """Records lost by a sanctioned policy, cumulative: read from the buffer's durable counters (the one
+        place loss is counted), never kept here."""
+        stats = self._buffer()
+        return int(_stat(stats, "dropped_total", 0))
+
+    def writer_stuck_for(self, now: float | None = None) -> float:
+        """Seconds the buffer's owner thread has been in its current disk command (0 when idle)."""
+        stats = self._buffer()
+        if stats is None or getattr(stats, "writer_busy_since", None) is None:
+            return 0.0
+        return stats.writer_stuck_for(time.monotonic() if now is None else now)
+
+    def writer_wedged(self) -> bool:
+        return self.writer_stuck_for() > WRITER_STUCK_AFTER
 
     def status_line(self) -> str:
         """E.g. "5 equipment, 4 connected, backlog 0" (plus ", broker disconnected" when it is)."""
@@ -133,8 +158,9 @@ class GatewayState:
                 "poll_errors": h.poll_errors,
                 "reconnects": h.reconnects,
             }
-        oldest = _stat(stats, "oldest_created", None)
-        status = "failing" if not writable else ("ok" if broker and all_up else "degraded")
+        stuck = self.writer_stuck_for()
+        wedged = stuck > WRITER_STUCK_AFTER
+        status = "failing" if not writable or wedged else ("ok" if broker and all_up else "degraded")
         body: dict[str, Any] = {
             "status": status,
             "gateway": self.gateway_id,
@@ -146,9 +172,13 @@ class GatewayState:
                 "writable": writable,
                 "backlog": _stat(stats, "count", None),
                 "bytes": _stat(stats, "bytes", None),
-                "oldest_age_s": round(max(time.time() - oldest, 0.0), 1) if oldest else None,
+                "oldest_age_s": _oldest_age(stats),
                 "dead_letters": _stat(stats, "dead_letters", None),
                 "evicted": _stat(stats, "evicted_total", None),
+                "dropped_total": _stat(stats, "dropped_total", None),
+                "dropped_total_by_equipment": dict(_stat(stats, "dropped_by_equipment", {}) or {}),
+                "writer_stuck_s": round(stuck, 1),
+                "writer_wedged": wedged,
                 "last_error": _stat(stats, "last_error", None),
             },
             "messages": {
@@ -161,8 +191,16 @@ class GatewayState:
         return (503 if status == "failing" else 200), body
 
 
-def _stat(stats: Any, name: str, default: Any) -> Any:
+def _stat(stats: BufferStats | None, name: str, default: Any) -> Any:
     return getattr(stats, name, default) if stats is not None else default
+
+
+def _oldest_age(stats: BufferStats | None) -> float | None:
+    """Age of the oldest record on the buffer clock (a wall-clock step cannot fool it); None when empty."""
+    if stats is None or getattr(stats, "oldest_age_base", None) is None:
+        oldest = _stat(stats, "oldest_created", None)
+        return round(max(time.time() - oldest, 0.0), 1) if oldest else None
+    return round(stats.oldest_age_s(time.monotonic()), 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -238,13 +276,27 @@ class GatewayCollector:
 
         stats = s._buffer()
         if stats is not None:
-            oldest = _stat(stats, "oldest_created", None)
             yield _gauge("emsedge_backlog_messages", "Undelivered records in the buffer.", _stat(stats, "count", 0))
             yield _gauge("emsedge_buffer_bytes", "Size of the buffer's records.", _stat(stats, "bytes", 0))
             yield _gauge(
                 "emsedge_backlog_oldest_age_seconds", "Age of the oldest undelivered record (0 when empty).",
-                max(time.time() - oldest, 0.0) if oldest else 0.0,
+                _oldest_age(stats) or 0.0,
             )
+            lost = CounterMetricFamily(
+                "emsedge_records_lost",
+                "Records lost by a sanctioned policy, cumulative over the buffer file's life, by equipment and "
+                "reason (max_bytes, max_age, dead_letter, too_large, adapter reasons).",
+                labels=["equipment", "reason"],
+            )
+            for equipment, by_reason in sorted((_stat(stats, "losses", {}) or {}).items()):
+                for reason, n in sorted(by_reason.items()):
+                    lost.add_metric([equipment, reason], float(n))
+            yield lost
+            yield _gauge("emsedge_loss_announcements_pending", "buffer_dropped announcements not yet delivered.",
+                         _stat(stats, "announcements_pending", 0))
+            yield _gauge("emsedge_buffer_writer_stuck_seconds",
+                         "Seconds the buffer writer has been in its current disk command (0 when idle).",
+                         s.writer_stuck_for())
             yield _counter("emsedge_buffer_evicted", "Records evicted by the size or age cap.",
                            _stat(stats, "evicted_total", 0))
             yield _gauge("emsedge_dead_letters", "Messages refused for good.", _stat(stats, "dead_letters", 0))
@@ -454,8 +506,17 @@ async def run_watchdog(
         log.info("systemd watchdog enabled", ping_every_s=round(interval, 3))
     task_status.started()
     period = min(interval, STATUS_EVERY) if interval is not None else STATUS_EVERY
+    wedged_logged = False
     while True:
-        if interval is not None:
+        wedged = state.writer_wedged()
+        if wedged != wedged_logged:
+            wedged_logged = wedged
+            if wedged:
+                log.error("buffer writer wedged: watchdog pings stopped", stuck_s=round(state.writer_stuck_for(), 1),
+                          bound_s=WRITER_STUCK_AFTER)
+            else:
+                log.info("buffer writer moving again: watchdog pings resumed")
+        if interval is not None and not wedged:
             notifier.watchdog()
         notifier.status(state.status_line())
         await anyio.sleep(period)
@@ -463,6 +524,7 @@ async def run_watchdog(
 
 __all__ = [
     "PUBLISH_LATENCY_BUCKETS",
+    "WRITER_STUCK_AFTER",
     "GatewayCollector",
     "GatewayState",
     "SystemdNotifier",

@@ -19,6 +19,8 @@ from support import Mosquitto, Subscriber, seq_report
 from support.daemon import Daemon, Equipment, gateway_config, wait_until
 from support.proxy import LinkProxy
 
+from emsedge.buffer import BufferError, file_stats
+
 
 def _data(checker: Subscriber) -> list[dict]:
     return [p for p in checker.payloads() if "seq" in p]
@@ -46,6 +48,14 @@ def _start(tmp_path: Path, daemons: list[Daemon], url: str | list[str], equipmen
     daemon.start()
     daemons.append(daemon)
     return daemon
+
+
+def _evicted(db: Path) -> int:
+    """Records the daemon's buffer evicted so far (0 before the file exists)."""
+    try:
+        return int(file_stats(db)["evicted_total"])
+    except BufferError:
+        return 0
 
 
 def _wait_for_data(checker: Subscriber, n: int, timeout: float = 20.0) -> None:
@@ -224,7 +234,9 @@ def test_full_buffer_drops_oldest_and_announces_it_with_buffer_dropped(
 ) -> None:
     durable_broker.stop()  # everything produced now has to wait in a buffer too small to hold it
     daemon = _start(tmp_path, daemons, durable_broker.url, equipment, buffer={"max_bytes": "40KiB"})
-    time.sleep(4)  # ~80 telemetry messages of ~700 bytes: more than 40 KiB
+    # ~700-byte telemetry every 50 ms: 40 KiB overflow within seconds (waited for, not slept: a busy machine
+    # polls slower)
+    wait_until(lambda: _evicted(tmp_path / "buffer.db") > 0, 30)
     durable_broker.start()
     wait_until(lambda: any(p.get("event", {}).get("type") == "buffer_dropped" for p in _data(checker)), 20)
     _drained(daemon, checker)
@@ -236,4 +248,4 @@ def test_full_buffer_drops_oldest_and_announces_it_with_buffer_dropped(
     # Every seq is either delivered or counted as dropped: the only gaps are the announced evictions.
     assert len(missing) <= counted
     assert unique[0] > 1  # the oldest went first
-    print(f"FAULT buffer full (40 KiB, broker down 4 s): delivered={len(unique)} dropped={counted}")
+    print(f"FAULT buffer full (40 KiB, broker down until it evicted): delivered={len(unique)} dropped={counted}")

@@ -128,6 +128,7 @@ def test_online_check_reads_the_virtual_line_through_all_three_protocols(tmp_pat
     line = yaml.safe_load((REPO / "config" / "virtual-line.yaml").read_text())
     for machine, port in ports.items():
         line[machine]["port"] = port
+    line["ict"]["enabled"] = False  # the tester writes files; this test reads the three protocols
     line_file = tmp_path / "line.yaml"
     line_file.write_text(yaml.safe_dump(line))
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
@@ -136,6 +137,7 @@ def test_online_check_reads_the_virtual_line_through_all_three_protocols(tmp_pat
         "reflow-1": {"port": ports["reflow_oven"]},
         "aoi-1": {"port": ports["aoi"]},
     }
+    demo["equipment"] = [e for e in demo["equipment"] if e["id"] in overrides]
     for entry in demo["equipment"]:
         entry["connection"] = overrides[entry["id"]]
     demo["mqtt"]["url"] = mosquitto.url

@@ -90,7 +90,8 @@ def line_and_gateway(tmp_path: Path, installed: Path) -> tuple[Path, Path]:
     connection = {"pnp-1": {"url": f"opc.tcp://127.0.0.1:{ports['pick_and_place']}/emsedge/pnp"},
                   "reflow-1": {"port": ports["reflow_oven"]}, "aoi-1": {"port": ports["aoi"]}}
     for entry in demo["equipment"]:
-        entry["connection"] = connection[entry["id"]]
+        if entry["id"] in connection:  # ict-1 reads a folder (./var/ict-1/out in the working directory)
+            entry["connection"] = connection[entry["id"]]
     (tmp_path / "line.yaml").write_text(yaml.safe_dump(line))
     (tmp_path / "demo.yaml").write_text(yaml.safe_dump(demo))
     return tmp_path / "line.yaml", tmp_path / "demo.yaml"

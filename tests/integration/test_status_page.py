@@ -51,6 +51,7 @@ def line_config(tmp_path: Path) -> tuple[Path, Any]:
                            "placement_time": "900ms", "pick_error_rate": 0.01},
         "reflow_oven": {"port": ports[1], "dwell_time": "2s", "min_spacing": "300ms"},
         "aoi": {"port": ports[2], "inspection_time": "300ms", "defect_rate": 0.4},
+        "ict": {"enabled": False},  # the page test is about the three protocol machines
         "schedule": {"faults": [
             {"at": "12s", "machine": "pick_and_place", "fault": "jam", "duration": "3s"},
         ]},
@@ -72,6 +73,7 @@ def gateway_file(tmp_path: Path, line: Any, broker: str, http_port: int) -> Path
         line.reflow_oven.id: {"host": "127.0.0.1", "port": line.reflow_oven.port},
         line.aoi.id: {"host": "127.0.0.1", "port": line.aoi.port},
     }
+    data["equipment"] = [e for e in data["equipment"] if e["id"] in connections]  # not the tester's folder
     for entry in data["equipment"]:
         entry["connection"] = {**(entry.get("connection") or {}), **connections[entry["id"]]}
     data["mqtt"].update({"url": broker, "keepalive": "2s", "connect_timeout": "2s",

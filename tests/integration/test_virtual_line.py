@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Mosquitto, Subscriber, contract_violation
+from support import REPO, Mosquitto, Subscriber, contract_violation, free_port
 from support.daemon import EMSEDGE, Daemon, wait_until
 
 from emsedge.config import load_config
@@ -41,6 +41,8 @@ def fast_line(tmp_path: Path, faults: list[dict[str, Any]] | None = None) -> Pat
                            "placement_time": "900ms", "pick_error_rate": 0.01},
         "reflow_oven": {"port": ports.reflow_oven.port, "dwell_time": "2s", "min_spacing": "300ms"},
         "aoi": {"port": ports.aoi.port, "inspection_time": "300ms", "defect_rate": 0.4},
+        # the gateway runs in tmp_path, where config/demo.yaml's ./var/ict-1/out is this folder
+        "ict": {"folder": str(tmp_path / "var" / "ict-1" / "out"), "test_time": "200ms", "fail_rate": 0.5},
         "schedule": {"faults": faults if faults is not None else [
             {"at": "4.8s", "machine": "pick_and_place", "fault": "jam", "duration": "800ms"},
             {"at": "7s", "machine": "aoi", "fault": "alarm", "code": 7, "duration": "1s"},
@@ -71,6 +73,9 @@ class Simulator:
 
     def inspected(self) -> list[dict[str, Any]]:
         return [e["board"] for e in self.truth() if e["kind"] == "board_inspected"]
+
+    def tested(self) -> list[dict[str, Any]]:
+        return [e["board"] for e in self.truth() if e["kind"] == "board_tested"]
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -115,14 +120,19 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
     tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
 ) -> None:
     env = {"EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
-           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", "")}
-    gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env)
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", ""),
+           "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"}  # demo.yaml's 9108 may be taken
+    gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env, cwd=tmp_path)
     gateway.start()
     simulator = Simulator(fast_line(tmp_path), tmp_path)
     try:
         wait_until(simulator.up, 20)
         wait_until(lambda: len(simulator.inspected()) >= BOARDS, 40)
         wait_until(lambda: len(mes.inspected_serials()) >= BOARDS, 15)
+        wait_until(lambda: len(simulator.tested()) >= BOARDS, 15)
+        wait_until(lambda: len(mes.tested_serials()) >= BOARDS
+                   and all(len(mes.boards[b["serial"]]["test"]["runs"]) == len(b["test_results"])
+                           for b in simulator.tested()), 15)
         wait_until(lambda: sum(c["type"] == "connection_restored" and c["equipment"] == "reflow-1"
                                for c in mes.connections) >= 2, 15)
         assert gateway.stop() == 0
@@ -158,6 +168,24 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
         assert placement["ts"] <= reflow["ts"] <= inspection["ts"]
     assert any(b["result"] == "FAIL" for b in truth)
     assert any(b["result"] == "PASS" for b in truth)
+    # The in-circuit test after the AOI: every run of every board, in order, from the tester's files.
+    tested = simulator.tested()
+    assert sorted(b["serial"] for b in tested) == sorted(b["serial"] for b in truth)
+    for board in tested:
+        record = mes.boards[board["serial"]]
+        assert MesSubscriber.is_complete(record, test=True)
+        runs = record["test"]["runs"]
+        assert [r["result"] for r in runs] == [v.lower() for v in board["test_results"]]
+        for run in runs:
+            assert run["equipment"] == "ict-1" and run["test_method"] == "ict"
+            assert run["measurements"] == 11  # 8 parts + the shorts block (shorts, opens, phantoms)
+            assert (run["failed_tests"] != []) == (run["result"] == "fail")
+            assert run["started"].endswith("Z") and run["started"] < run["ended"]
+    assert any(r == "FAIL" for b in tested for r in b["test_results"])
+    # Every file archived once its events were durable; nothing left behind, nothing rejected.
+    folder = tmp_path / "var" / "ict-1"
+    assert len(list((folder / "done").glob("*.log"))) == sum(len(b["test_results"]) for b in tested)
+    assert not list((folder / "out").glob("*.log")) and not (folder / "error").exists()
 
     assert mes.gaps() == {}
     assert mes.received > 100
@@ -185,8 +213,9 @@ def test_boards_leaving_the_oven_during_an_outage_are_announced_as_units_missed_
     tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
 ) -> None:
     env = {"EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
-           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", "")}
-    gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env)
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", ""),
+           "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"}
+    gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env, cwd=tmp_path)
     gateway.start()
     # The oven is unreachable long enough for several boards to leave it unseen.
     outage = [{"at": "6s", "machine": "reflow_oven", "fault": "outage", "duration": "3s"}]
@@ -226,11 +255,11 @@ def test_boards_leaving_the_oven_during_an_outage_are_announced_as_units_missed_
 
     # MES reports the incomplete boards separately from the complete ones, with the announcement.
     reports = {r["serial"]: r for r in mes.check_incomplete()}
-    assert sorted(reports) == hidden
-    for report in reports.values():
-        assert report["missing"] == ["reflow"]
-        assert [m["equipment"] for m in report["units_missed"]] == ["reflow-1"] * len(missed)
-    assert set(mes.completed) == {b["serial"] for b in simulator.inspected()} - set(hidden)
+    assert sorted(s for s, r in reports.items() if "reflow" in r["missing"]) == hidden
+    for serial in hidden:
+        assert "placement" in reports[serial]["seen"] and "inspection" in reports[serial]["seen"]
+        assert [m["equipment"] for m in reports[serial]["units_missed"]] == ["reflow-1"]
+    assert not set(mes.completed) & set(hidden)
 
     # A subscriber joining now learns each machine's current state from the retained state topics.
     late = Subscriber(mosquitto.port, topic=f"{PREFIX}/+/state")

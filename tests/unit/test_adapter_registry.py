@@ -81,7 +81,7 @@ def test_validating_a_config_and_rendering_the_schema_import_no_protocol_library
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["adapters"] == ["hsms", "modbus", "opcua"]
+    assert report["adapters"] == ["hsms", "modbus", "opcua", "result_files"]
     assert report["before"] == []
     assert report["after"] == ["asyncua"]  # building an OPC UA machine is what imports asyncua
 

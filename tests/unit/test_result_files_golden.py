@@ -20,7 +20,7 @@ import yaml
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.result_files.adapter import ResultFilesAdapter
 from emsedge.adapters.result_files.config import ResultFilesEquipment
-from emsedge.schema import Record
+from emsedge.schema import FileRejectedEvent, Record, UnitTestedEvent
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "result_files"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -61,6 +61,9 @@ async def test_golden_case_emits_exactly_the_expected_events(case: str, tmp_path
         expected_file.write_text(json.dumps(got, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     expected = json.loads(expected_file.read_text(encoding="utf-8"))
     assert got == expected
+    for record in emitted:  # every event matches its documented wire model (docs/mqtt-contract.md)
+        event_body = record.body["event"]
+        (UnitTestedEvent if event_body["type"] == "unit_tested" else FileRejectedEvent).model_validate(event_body)
 
     rejected = [e for e in got if e["event"]["type"] == "file_rejected"]
     if rejected:

@@ -125,6 +125,10 @@ class BufferConfig(ConfigModel):
     )
     linger: DurationOrZero = Field(0.02, description="How long the writer gathers records into one transaction.")
     batch_max: int = Field(5000, ge=1, description="Most records in one write transaction.")
+    max_inflight_bytes: Size = Field(
+        ByteSize(8 << 20),
+        description="Most payload bytes handed to an output at once: bounds memory during a replay.",
+    )
 
 
 class HttpAuthConfig(ConfigModel):

@@ -690,6 +690,12 @@ class MqttPublisher:
         return self._link.broker.display if self.connected and self._link else None
 
     @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size from CONNACK (MQTT 5), None when it set none or is not connected."""
+        link = self._link
+        return link.max_packet if link is not None and not link.closed else None
+
+    @property
     def last_error(self) -> str | None:
         """Why the last connect failed or the last connection ended (None after a success)."""
         return self._last_error

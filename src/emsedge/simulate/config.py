@@ -112,6 +112,22 @@ class AoiSettings(_Model):
     defect_rate: float = Field(0.05, ge=0, le=1, description="Chance that a board has defects.")
 
 
+class IctSettings(_Model):
+    enabled: bool = Field(True, description="Test every inspected board (false: the line ends at the AOI).")
+    id: str = Field("ict-1", description="Machine name, used in logs.")
+    folder: Path = Field(
+        Path("./var/ict-1/out"), description="Where the tester writes its i3070 logs (relative: to the working "
+        "directory; the demo puts it in its temporary directory)."
+    )
+    test_time: Duration = Field(30.0, gt=0, description="Test time per board.")
+    fail_rate: float = Field(0.03, ge=0, le=1, description="Chance that a board fails a component.")
+    retest_rate: float = Field(
+        0.5, ge=0, le=1, description="Chance that a failed board is retested at once and passes (a second file)."
+    )
+    timezone: str = Field("Europe/Berlin", description="The tester PC's clock (local times in the logs).")
+    program: str = Field("MAINBOARD", description="Test program.")
+
+
 Machine = Literal["line", "pick_and_place", "reflow_oven", "aoi"]
 FaultKind = Literal["starve", "jam", "pick_errors", "pause", "alarm", "conveyor_stop", "defects", "outage"]
 
@@ -163,6 +179,7 @@ class VirtualLineConfig(_Model):
     pick_and_place: PickAndPlaceSettings = Field(PickAndPlaceSettings(), description="OPC UA pick-and-place.")
     reflow_oven: ReflowOvenSettings = Field(ReflowOvenSettings(), description="Modbus TCP reflow oven.")
     aoi: AoiSettings = Field(AoiSettings(), description="SECS/GEM (HSMS) AOI.")
+    ict: IctSettings = Field(IctSettings(), description="In-circuit tester writing i3070 logs into a folder.")
     schedule: FaultSchedule = Field(FaultSchedule(), description="Faults produced on purpose.")
 
 

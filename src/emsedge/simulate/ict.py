@@ -6,7 +6,8 @@ retested at once and pass (a contact problem), which is a second file and a seco
 serial. Files are written under a temporary `.tmp` name and renamed into place, as testers do, so a
 reader never sees half a file; `chunked=True` appends in pieces instead, to exercise settle detection.
 
-Not wired into the line yet: `emsedge simulate` gains the station after the AOI in phase 2.
+In the virtual line (`emsedge simulate`) the station stands after the AOI: the line model decides each
+board's verdicts (`Ict` in line.py, the ground truth) and `write_results` writes them as files.
 """
 
 from __future__ import annotations
@@ -135,6 +136,13 @@ class IctStation:
         if fail and self.rng.random() < self.retest_rate:
             outcomes.append(self._write(serial, when + timedelta(seconds=40), self.measure(False), chunked))
         return outcomes
+
+    def write_results(self, serial: str, when: datetime, results: list[str]) -> list[IctOutcome]:
+        """Write one file per verdict (`PASS`/`FAIL`), in order, 40 s apart (a retest right after a fail)."""
+        return [
+            self._write(serial, when + timedelta(seconds=40 * i), self.measure(result == "FAIL"), False)
+            for i, result in enumerate(results)
+        ]
 
     def _write(self, serial: str, when: datetime, values: list[tuple[Component, float]], chunked: bool) -> IctOutcome:
         local = when.astimezone(self.zone).replace(tzinfo=None)
