@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto browser clean
+.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto rabbitmq browser clean
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
@@ -30,13 +30,19 @@ demo: $(DEMO_STAMP)
 	$(BIN)/emsedge demo
 
 # Installs everything (Python deps into .venv, mosquitto and chromium when missing) and runs the suite.
-test: $(STAMP) mosquitto browser
+test: $(STAMP) mosquitto rabbitmq browser
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 	$(BIN)/pytest -q -m "not soak" -p no:cacheprovider
 
 soak: $(STAMP) mosquitto
 	$(BIN)/pytest -q -m soak
+
+# tests/integration/test_cfx_rabbitmq.py runs a private RabbitMQ node (AMQP 1.0 plugin is bundled).
+rabbitmq:
+	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq rabbitmq-server; \
+	    else sudo apt-get update -qq && sudo apt-get install -y -qq rabbitmq-server; fi; }
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \

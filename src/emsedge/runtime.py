@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -48,9 +49,7 @@ from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
-from emsedge.web.app import WebSources
 from emsedge.web.model import LineModel
-from emsedge.web.server import serve_http
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -88,7 +87,8 @@ class Gateway:
         self.config_path = config_path
         self.topics = Topics(settings.topic_prefix)
         self.started_at = utc_iso()
-        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=("mqtt",))
+        outputs = ("mqtt", "cfx") if settings.cfx is not None else ("mqtt",)
+        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=outputs)
         self.publisher = MqttPublisher(
             settings.mqtt,
             client_id=settings.client_id,
@@ -116,6 +116,25 @@ class Gateway:
             max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             on_delivered=self._delivered,
         )
+        self.cfx: Any = None
+        """The CFX output (`publish.cfx.CfxPublisher`) and its forwarder, when `cfx:` is configured."""
+        self.cfx_forwarder: Forwarder | None = None
+        if settings.cfx is not None:
+            from emsedge.publish.cfx import CfxPublisher, handles_for  # noqa: PLC0415 - optional extra emsedge[cfx]
+
+            handles = handles_for(
+                settings.cfx, settings.gateway.site, settings.gateway.line,
+                {e.id: e.cfx_handle for e in settings.equipment},
+            )
+            self.cfx = CfxPublisher(settings.cfx, handles)
+            self.cfx_forwarder = Forwarder(
+                self.buffer,
+                self.cfx,
+                name="cfx",
+                qos=1,
+                window=settings.cfx.window,
+                max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
+            )
         self.loop_lag = LoopLag()
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
@@ -140,12 +159,28 @@ class Gateway:
             async with anyio.create_task_group() as link:
                 await link.start(self.publisher.run)
                 await link.start(self.forwarder.run)
+                if self.cfx is not None and self.cfx_forwarder is not None:
+                    await link.start(self.cfx.run)
+                    await link.start(self.cfx_forwarder.run)
                 await link.start(self._publish_status)
                 await link.start(self.machine_states.run)
                 if self.settings.http.listen:
+                    # Imported only when served: starlette and uvicorn cost ~0.2 s of start-up otherwise.
+                    from emsedge.web.app import OutputSource, WebSources  # noqa: PLC0415
+                    from emsedge.web.server import serve_http  # noqa: PLC0415
+
+                    outputs = {"mqtt": OutputSource(
+                        lambda: self.publisher.connected, lambda: self.forwarder.drain_rate, self.state.broker_url,
+                    )}
+                    if self.cfx is not None and self.cfx_forwarder is not None and self.settings.cfx is not None:
+                        cfx, cfx_forwarder, cfx_url = self.cfx, self.cfx_forwarder, self.settings.cfx.broker
+                        outputs["cfx"] = OutputSource(
+                            lambda: cfx.connected, lambda: cfx_forwarder.drain_rate, lambda: cfx_url
+                        )
                     sources = WebSources(
                         self.state, self.line, drain_rate=lambda: self.forwarder.drain_rate,
                         replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
+                        outputs=outputs,
                     )
                     await link.start(
                         partial(serve_http, config=self.settings.http, sources=sources), self.settings.http.listen,
@@ -186,7 +221,12 @@ class Gateway:
 
     async def _drain(self) -> None:
         """Publish what can be published within DRAIN_TIMEOUT; the rest stays on disk."""
-        left = await self.forwarder.drain(DRAIN_TIMEOUT)
+        if self.cfx_forwarder is not None:
+            async with anyio.create_task_group() as drains:
+                drains.start_soon(self.cfx_forwarder.drain, DRAIN_TIMEOUT)
+                left = await self.forwarder.drain(DRAIN_TIMEOUT)
+        else:
+            left = await self.forwarder.drain(DRAIN_TIMEOUT)
         if left:
             log.info("drain ended", left_on_disk=left)
 

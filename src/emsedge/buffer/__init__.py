@@ -51,7 +51,9 @@ no "start buffering when the link drops" moment that could lose data.
   backoff, and one line is logged when it recovers.
 * **Loss accounting.** Every sanctioned loss (eviction by `max_bytes` or `max_age`, a dead letter, a record
   larger than the broker's Maximum Packet Size refused at append time (`too_large`; it still gets a seq),
-  and `count_loss()` reports from adapters, e.g. an OPC UA queue overflow) increments the durable
+  a record the encoder raises on (`unprocessable`: undecoded bytes, nesting, integers over 64 bits; its bad
+  readings, or an `unprocessable` event, go out in its place and the rest of the batch commits: poison never
+  stops the writer), and `count_loss()` reports from adapters, e.g. an OPC UA queue overflow) increments the durable
   cumulative counter `losses(equipment, reason)` in the same transaction as the loss. These counters live
   outside the evictable records and are never reset (not by a restart, not by `purge`).
 * **Loss announcements.** The same transaction merges the loss into the open `buffer_dropped`
@@ -134,6 +136,7 @@ from emsedge.buffer.model import (
     REASON_MAX_AGE,
     REASON_MAX_BYTES,
     REASON_TOO_LARGE,
+    REASON_UNPROCESSABLE,
     AppendResult,
     BufferStats,
     Lease,
@@ -152,6 +155,7 @@ __all__ = [
     "REASON_MAX_AGE",
     "REASON_MAX_BYTES",
     "REASON_TOO_LARGE",
+    "REASON_UNPROCESSABLE",
     "ROW_OVERHEAD",
     "SEQ_RESERVE_STEP",
     "AppendResult",

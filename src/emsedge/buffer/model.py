@@ -11,6 +11,9 @@ REASON_MAX_BYTES = "max_bytes"
 REASON_MAX_AGE = "max_age"
 REASON_DEAD_LETTER = "dead_letter"
 REASON_TOO_LARGE = "too_large"
+REASON_UNPROCESSABLE = "unprocessable"
+"""A record the encoder refused (undecoded bytes, nesting, huge integers): sent as bad readings or an
+`unprocessable` event in its place (or refused when even that fails), counted and announced."""
 
 
 @dataclass(frozen=True, slots=True)

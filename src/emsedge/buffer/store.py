@@ -31,6 +31,7 @@ from emsedge.buffer.model import (
     REASON_MAX_AGE,
     REASON_MAX_BYTES,
     REASON_TOO_LARGE,
+    REASON_UNPROCESSABLE,
     AppendResult,
     BufferStats,
     Lease,
@@ -119,13 +120,61 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     return "not a database" in text or "malformed" in text
 
 
+FILE_MODE = 0o600
+"""The buffer, its -wal/-shm and the .seq sidecar: production data, readable by the gateway's user only."""
+DIR_MODE = 0o700
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create `directory` and missing parents 0700 whatever the umask (existing folders are left alone)."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def _private_files(path: Path) -> None:
+    """The database, -wal and -shm: 0600 (SQLite creates them with 0644 & ~umask)."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        with contextlib.suppress(FileNotFoundError, PermissionError, OSError):
+            os.chmod(path.with_name(name), FILE_MODE)
+
+
+def _diagnosis(path: Path) -> str:
+    """Why a buffer file cannot be created, for the one line the operator reads."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return " (hint: buffer.path needs a writable folder)"
+    if st.f_flag & os.ST_RDONLY:
+        return " (the file system is read-only; hint: point buffer.path at a writable one, e.g. /var/lib/emsedge)"
+    if st.f_bavail * st.f_frsize < 65536:
+        return " (the file system is full; hint: free space there or point buffer.path elsewhere)"
+    if not os.access(path.parent, os.W_OK):
+        return " (no permission to write the folder; hint: give it to the gateway's user, or StateDirectory=)"
+    return " (hint: buffer.path needs a writable folder with free space)"
+
+
 def _connect(path: Path, sync: str) -> sqlite3.Connection:
+    if not path.exists():
+        with contextlib.suppress(OSError):  # created empty and private first: SQLite keeps an existing mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     try:
         conn.execute("PRAGMA journal_mode=WAL").fetchone()
         conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA journal_size_limit=67108864")
         conn.execute("PRAGMA temp_store=MEMORY")
+        _private_files(path)
     except BaseException:
         conn.close()
         raise
@@ -202,7 +251,9 @@ class SeqSidecar:
         writable = True
         fd: int | None
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, FILE_MODE)  # also a sidecar an older emsedge created 0644
         except OSError as exc:
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
@@ -403,6 +454,7 @@ class Store:
         self.settle_fault_logged = False
         self.evict_log_pending = Evicted()
         self.evict_logged_at: float | None = None
+        self.poison_logged: set[tuple[str, str, str]] = set()
 
     # -- clock ---------------------------------------------------------------------------------------
 
@@ -413,8 +465,18 @@ class Store:
     # -- open / close --------------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.sidecar = SeqSidecar(self.path.with_name(self.path.name + ".seq"))
+        if self.path.is_dir():
+            raise BufferUnwritable(
+                f"buffer.path {self.path} is a directory (hint: name a file in it, e.g. {self.path / 'buffer.db'})"
+            )
+        try:
+            _make_private_dirs(self.path.parent)
+            self.sidecar = SeqSidecar(self.path.with_name(self.path.name + ".seq"))
+        except OSError as exc:
+            raise BufferUnwritable(
+                f"cannot create buffer {self.path}: {exc.strerror or exc} "
+                "(hint: buffer.path needs a writable folder with free space; under systemd StateDirectory=)"
+            ) from exc
         existed = self.path.exists() and self.path.stat().st_size > 0
         try:
             conn = self._open_db()
@@ -423,7 +485,7 @@ class Store:
                 readonly = self._open_readonly_fallback(exc) if existed else None
                 if readonly is None:
                     self.sidecar.close()
-                    raise BufferUnwritable(f"cannot open buffer {self.path}: {exc}") from exc
+                    raise BufferUnwritable(f"cannot open buffer {self.path}: {exc}{_diagnosis(self.path)}") from exc
                 self.conn = readonly
                 self._load_state(readonly, fresh=False)
                 return
@@ -672,6 +734,8 @@ class Store:
         """
         rows: list[tuple[int, str, str, str, str, float, int, bytes, float]] = []
         refused: list[tuple[int, str, str]] = []
+        unprocessable: list[tuple[int | None, str, str, int]] = []
+        """(seq when nothing could be stored, equipment, ts, values replaced)."""
         refused_per: list[int] = []
         now = self.wall()
         base = self.now_base()
@@ -680,9 +744,20 @@ class Store:
         limit = self.max_message_bytes
         for records in batch:
             n_refused = 0
-            for record in records:
+            for given in records:
+                record = given
                 message_id = str(uuid.uuid4())
-                payload = schema.encode(record, gateway=gateway, seq=seq, message_id=message_id)
+                try:
+                    payload = schema.encode(record, gateway=gateway, seq=seq, message_id=message_id)
+                except Exception as exc:  # poison: never the writer's or the batch's end (see _replace_poison)
+                    replaced = self._replace_poison(record, exc, seq, message_id)
+                    if replaced is None:
+                        unprocessable.append((seq, schema.safe_text(record.equipment), schema.safe_text(record.ts), 1))
+                        n_refused += 1
+                        seq += 1
+                        continue
+                    record, payload, n_bad = replaced
+                    unprocessable.append((None, record.equipment, record.ts, n_bad))
                 topic = self.topics.for_record(record)
                 if limit is not None and len(payload) + len(topic) + PACKET_OVERHEAD > limit:
                     refused.append((seq, record.equipment, record.ts))
@@ -717,6 +792,16 @@ class Store:
                     reason=REASON_TOO_LARGE, first_ts=min(t for _, _, t in refused),
                     last_ts=max(t for _, _, t in refused),
                 )
+            if unprocessable:
+                lost: Counter[str] = Counter()
+                for _where, equipment, _ts, n in unprocessable:
+                    lost[equipment] += n
+                    delta.losses[(equipment, REASON_UNPROCESSABLE)] += n
+                self._announce(
+                    conn, delta, seqs=[s for s, _, _, _ in unprocessable if s is not None], by_equipment=lost,
+                    reason=REASON_UNPROCESSABLE, first_ts=min(t for _, _, t, _ in unprocessable),
+                    last_ts=max(t for _, _, t, _ in unprocessable),
+                )
             self._write_meta(conn, delta)
             if delta.evicted.count:
                 delta.head, delta.head_changed = self._head(conn), True
@@ -738,6 +823,29 @@ class Store:
             results.append(report.result(accepted, refused_per[i]) if i == 0 else AppendResult(
                 accepted, 0, {}, None, None, refused_per[i]))
         return results
+
+    def _replace_poison(
+        self, record: schema.Record, error: Exception, seq: int, message_id: str
+    ) -> tuple[schema.Record, bytes, int] | None:
+        """A record `encode` raised on, in its place: bad readings or an `unprocessable` event (None when even
+        that cannot be encoded; the record is then refused). Logged once per equipment, signal and reason."""
+        try:
+            replacement, problems = schema.unprocessable(record, error)
+            payload = schema.encode(replacement, gateway=self.gateway, seq=seq, message_id=message_id)
+            self.topics.for_record(replacement)
+        except Exception as exc:
+            problems = [("", schema.escape_raw(error_text(exc)), "")]
+            replacement, payload = record, b""
+        for signal, reason, raw in problems:
+            key = (schema.safe_text(record.equipment, 100), signal, reason)
+            first = key not in self.poison_logged
+            if first and len(self.poison_logged) < 10_000:
+                self.poison_logged.add(key)
+            (log.error if first else log.debug)(
+                "record_unprocessable", equipment=key[0], signal=signal, reason=reason, raw=raw,
+                hint="replaced by a bad reading or an unprocessable event; counted and announced as unprocessable",
+            )
+        return None if not payload else (replacement, payload, len(problems))
 
     def _write_meta(self, conn: sqlite3.Connection, delta: _Delta) -> None:
         conn.execute("UPDATE meta SET value=? WHERE key='next_seq'", (delta.next_seq,))

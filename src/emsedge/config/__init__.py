@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from emsedge.config.core import (
     BufferConfig,
+    CfxConfig,
+    CfxListenConfig,
     GatewayConfig,
     HttpAuthConfig,
     HttpConfig,
@@ -54,6 +56,8 @@ from emsedge.errors import ConfigError
 __all__ = [
     "Backoff",
     "BufferConfig",
+    "CfxConfig",
+    "CfxListenConfig",
     "ConfigError",
     "ConfigModel",
     "Deadband",

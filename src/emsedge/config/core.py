@@ -8,6 +8,7 @@ YAML is the base; `EMSEDGE_*` environment variables override it (`EMSEDGE_MQTT__
 from __future__ import annotations
 
 import ipaddress
+import unicodedata
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -16,8 +17,58 @@ from pydantic import ByteSize, Field, FilePath, SecretStr, field_validator, mode
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from emsedge.config.equipment import Equipment
-from emsedge.config.types import Backoff, ConfigModel, Duration, DurationOrZero, Size, format_duration
+from emsedge.config.types import (
+    Backoff,
+    ConfigModel,
+    Duration,
+    DurationOrZero,
+    Size,
+    format_duration,
+    validating_file,
+)
 from emsedge.errors import ConfigError
+
+TOPIC_MAX_BYTES = 65_535
+"""An MQTT topic (and any MQTT string: client id, user name) holds at most this many UTF-8 bytes."""
+NAME_MAX_BYTES = 256
+"""Gateway fields, client id and equipment ids: short enough that every topic built from them fits."""
+PREFIX_MAX_BYTES = 1024
+"""`topic_prefix`: with an equipment id and the suffix, far below `TOPIC_MAX_BYTES`."""
+MIN_BUFFER_BYTES = 16 * 1024
+"""`buffer.max_bytes` floor: room for the largest ordinary record (a 200-reading telemetry message is about
+12 KiB); below it the buffer evicts what it just stored and MES receives nothing."""
+
+
+def mqtt_text(value: str, *, limit: int = NAME_MAX_BYTES, what: str = "it is part of every MQTT topic") -> str:
+    """Refuse what a broker refuses: control characters, surrogates and non-characters (MQTT 5 §1.5.4
+    closes the connection on them), and text longer than `limit` UTF-8 bytes."""
+    for i, char in enumerate(value, start=1):
+        code = ord(char)
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise ValueError(
+                f"holds the control character U+{code:04X} at position {i} (hint: remove it; {what}, "
+                "and a broker closes the connection on control characters)"
+            )
+        if 0xFDD0 <= code <= 0xFDEF or (code & 0xFFFE) == 0xFFFE:
+            raise ValueError(
+                f"holds the Unicode non-character U+{code:04X} at position {i} (hint: remove it; {what}, "
+                "and a broker closes the connection on non-characters)"
+            )
+    size = len(value.encode("utf-8"))
+    if size > limit:
+        raise ValueError(
+            f"is {size:,} bytes long; at most {limit:,} (hint: {what}, and an MQTT topic holds at most "
+            f"{TOPIC_MAX_BYTES:,} bytes)"
+        )
+    return value
+
+
+def redact_url(url: str) -> str:
+    """`url` with any user name and password replaced by `***` (for messages and logs)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]).geturl()
 
 
 class GatewayConfig(ConfigModel):
@@ -31,7 +82,7 @@ class GatewayConfig(ConfigModel):
     def _topic_safe(cls, v: str) -> str:
         if not v or any(c in v for c in "+#/") or v != v.strip():
             raise ValueError("must be non-empty and contain no '/', '+', '#' or surrounding spaces")
-        return v
+        return mqtt_text(v)
 
 
 class TlsConfig(ConfigModel):
@@ -74,8 +125,22 @@ class MqttConfig(ConfigModel):
     def _check_urls(cls, v: str | list[str]) -> str | list[str]:
         for url in [v] if isinstance(v, str) else v:
             parts = urlsplit(url)
+            shown = redact_url(url)
             if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-                raise ValueError(f"{url!r} is not a broker URL; write mqtt://host:1883 or mqtts://host:8883")
+                raise ValueError(f"{shown!r} is not a broker URL; write mqtt://host:1883 or mqtts://host:8883")
+            if parts.username is not None or parts.password is not None:
+                raise ValueError(
+                    f"{shown!r} holds credentials (hint: move them to mqtt.username and mqtt.password_file; "
+                    "a URL is printed in logs, and the plain-TCP password guard looks at password fields)"
+                )
+            try:
+                port = parts.port
+            except ValueError:
+                port = -1
+            if port is not None and not 1 <= port <= 65535:
+                raise ValueError(
+                    f"{shown!r} has a port out of range (hint: a port is 1 to 65535, e.g. 1883 or 8883)"
+                )
         if isinstance(v, list) and not v:
             raise ValueError("give at least one broker URL")
         return v
@@ -85,6 +150,26 @@ class MqttConfig(ConfigModel):
     def _check_prefix(cls, v: str | None) -> str | None:
         if v is not None and (not v or any(c in v for c in "+#") or v.startswith("/") or v.endswith("/")):
             raise ValueError("a topic prefix has no wildcards (+, #) and no leading or trailing '/'")
+        return v if v is None else mqtt_text(v, limit=PREFIX_MAX_BYTES)
+
+    @field_validator("client_id", "username")
+    @classmethod
+    def _check_mqtt_strings(cls, v: str | None) -> str | None:
+        return v if v is None else mqtt_text(v, what="the broker receives it in the CONNECT packet")
+
+    @field_validator("password_file")
+    @classmethod
+    def _secret_is_text(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            try:
+                v.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{v} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}) "
+                    "(hint: save the file as UTF-8, e.g. iconv -f latin1 -t utf-8)"
+                ) from None
+            except OSError:
+                pass  # unreadable here (check-config as another user): reported when the gateway reads it
         return v
 
     @model_validator(mode="after")
@@ -129,6 +214,17 @@ class BufferConfig(ConfigModel):
         ByteSize(8 << 20),
         description="Most payload bytes handed to an output at once: bounds memory during a replay.",
     )
+
+    @field_validator("max_bytes")
+    @classmethod
+    def _holds_a_record(cls, v: ByteSize) -> ByteSize:
+        # Only for a config file: tests and tools build small buffers in Python on purpose.
+        if validating_file() and v < MIN_BUFFER_BYTES:
+            raise ValueError(
+                f"{int(v):,} bytes cannot hold one record; at least {MIN_BUFFER_BYTES:,} (16KiB) "
+                "(hint: size it for the longest outage to ride out, e.g. 1GiB)"
+            )
+        return v
 
 
 class HttpAuthConfig(ConfigModel):
@@ -195,6 +291,75 @@ class HttpConfig(ConfigModel):
         return self
 
 
+class CfxListenConfig(ConfigModel):
+    """The optional AMQP 1.0 listener that answers CFX requests addressed to the gateway's handles."""
+
+    address: str = Field("127.0.0.1:5673", description="host:port the request listener binds.")
+
+
+class CfxConfig(ConfigModel):
+    """The IPC-CFX (IPC-2591) output: every machine becomes a CFX endpoint on an AMQP 1.0 broker."""
+
+    broker: str = Field(description="amqp://host:5672 or amqps://host:5671 of the AMQP 1.0 broker.")
+    address: str = Field(
+        "/exchange/cfx",
+        description="AMQP target address messages are sent to (RabbitMQ 3.x: /exchange/<name>; brokers differ).",
+    )
+    username: str | None = Field(None, description="SASL user name.")
+    password: SecretStr | None = Field(
+        None, description="SASL password; prefer password_file or EMSEDGE_CFX__PASSWORD. Never logged."
+    )
+    password_file: FilePath | None = Field(None, description="File holding the SASL password (first line).")
+    tls: TlsConfig | None = Field(None, description="CA, client certificate and key for amqps://.")
+    handle_prefix: str | None = Field(
+        None, description="CFX handle prefix; a machine's handle is <prefix>.<equipment id>. Default <site>.<line>."
+    )
+    codec: Literal["json", "gzip"] = Field("json", description="Body encoding, as the CFX SDK allows.")
+    heartbeat: Duration = Field(60.0, description="CFX.Heartbeat period per handle; CFX requires at most 5 min.")
+    durable: bool = Field(True, description="Mark messages durable (AMQP header), as the SDK does by default.")
+    connect_timeout: Duration = Field(10.0, description="Deadline for the TCP/TLS/SASL connect and attach.")
+    publish_timeout: Duration = Field(30.0, description="Deadline for the broker's disposition of a batch.")
+    window: int = Field(200, ge=1, le=10000, description="Messages sent but not yet settled by the broker.")
+    listen: CfxListenConfig | None = Field(
+        None, description="Answer AreYouThere/WhoIsThere/GetEndpointInformation requests (off by default)."
+    )
+    backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an AMQP broker URL; write amqp://host:5672 or amqps://host:5671")
+        if parts.password:
+            raise ValueError("do not put the password in the URL; use cfx.password_file or EMSEDGE_CFX__PASSWORD")
+        return v
+
+    @field_validator("heartbeat")
+    @classmethod
+    def _check_heartbeat(cls, v: float) -> float:
+        if not 1.0 <= v <= 300.0:
+            raise ValueError("CFX requires a heartbeat at least every 5 min; write 1s..5min")
+        return v
+
+    @field_validator("handle_prefix")
+    @classmethod
+    def _check_prefix(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in " /#*")):
+            raise ValueError("a CFX handle prefix holds no spaces, '/', '#' or '*'")
+        return v
+
+    @model_validator(mode="after")
+    def _one_password(self) -> CfxConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def secret(self) -> str | None:
+        """The SASL password (the value, or its file's first line); never logged."""
+        return read_secret(self.password, self.password_file)
+
+
 class LoggingConfig(ConfigModel):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     format: Literal["auto", "json", "console"] = Field(
@@ -228,6 +393,7 @@ class Settings(BaseSettings):
     mqtt: MqttConfig = Field(MqttConfig(), description="The MES broker.")
     buffer: BufferConfig = Field(BufferConfig(), description="The durable local buffer.")
     http: HttpConfig = Field(HttpConfig(), description="Status page, health and metrics endpoint.")
+    cfx: CfxConfig | None = Field(None, description="IPC-CFX output over AMQP 1.0 (beside MQTT); off when absent.")
     logging: LoggingConfig = Field(LoggingConfig(), description="Logging.")
     equipment: list[Equipment] = Field(default_factory=list, description="The line's machines.")
 
@@ -271,6 +437,10 @@ def read_secret(value: SecretStr | None, file: Path | None) -> str | None:
         return file.read_text(encoding="utf-8").splitlines()[0] if file.stat().st_size else ""
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read secret file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [f"{file}: the secret file is not UTF-8 text (byte at offset {exc.start}) (hint: save it as UTF-8)"]
+        ) from None
 
 
 def summary(settings: Settings) -> str:
@@ -299,7 +469,8 @@ def address(equipment: object) -> str:
         return str(url)
     host, port = getattr(conn, "host", None), getattr(conn, "port", None)
     if host is None:
-        return "-"
+        folder = getattr(equipment, "path", None)  # a watched folder (result files)
+        return str(folder) if folder is not None else "-"
     where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     if (mode := getattr(conn, "mode", None)) is not None:
         where += f" ({mode})"

@@ -16,7 +16,10 @@ from pydantic import BeforeValidator, Field, GetCoreSchemaHandler, WithJsonSchem
 from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from emsedge.config.types import Backoff, ConfigModel, Duration, did_you_mean
-from emsedge.schema import EMITTABLE_EVENTS, EventType
+from emsedge.schema import EMITTABLE_EVENTS, EventType, find_unencodable
+
+EQUIPMENT_ID_MAX = 256
+"""Characters in an equipment id (ASCII only): every topic built from it fits an MQTT topic."""
 
 EquipmentType = Literal["pick_and_place", "reflow_oven", "aoi", "spi", "xray", "ict", "fct", "fpt", "other"]
 
@@ -178,6 +181,15 @@ class Trigger(ConfigModel):
     serial: str | None = Field(None, description="Signal holding the board serial, copied to event.serial.")
     include: list[str] = Field(default_factory=list, description="Signals snapshotted into the event.")
     fields: dict[str, Any] = Field(default_factory=dict, description="Constant fields added to the event.")
+
+    @field_validator("fields")
+    @classmethod
+    def _encodable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        found = find_unencodable(v)
+        if found is not None:
+            path, reason, _ = found
+            raise ValueError(f"{path}: {reason} (hint: JSON on the wire holds 64-bit integers; write it as text)")
+        return v
     skip_initial: bool = Field(
         True,
         description="Do not fire on the first value seen after the gateway starts (the last good value is "
@@ -213,12 +225,20 @@ class EquipmentBase(ConfigModel):
         "start), so a late subscriber and a restarted gateway see every value."
     )
     precision: PrecisionSpec | None = Field(None, description="Default float precision of the signals.")
+    cfx_handle: str | None = Field(
+        None, description="CFX handle of this machine (cfx output); default <cfx.handle_prefix>.<id>."
+    )
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", v):
             raise ValueError("an equipment id holds letters, digits, _ . - (it is part of MQTT topics)")
+        if len(v) > EQUIPMENT_ID_MAX:
+            raise ValueError(
+                f"is {len(v):,} characters long; at most {EQUIPMENT_ID_MAX} (hint: it is part of every topic of "
+                "this machine, and an MQTT topic holds at most 65,535 bytes)"
+            )
         return v
 
     def configured_signals(self) -> list[SignalCommon]:

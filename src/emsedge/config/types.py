@@ -35,6 +35,11 @@ def units_required() -> Iterator[None]:
         _UNITS_REQUIRED.reset(token)
 
 
+def validating_file() -> bool:
+    """True while a config file is being validated (inside `units_required()`)."""
+    return _UNITS_REQUIRED.get()
+
+
 def _with_unit(number: float) -> str:
     """The most likely meaning of a bare number: 500 -> 500ms, 5 -> 5s, 0.5 -> 500ms."""
     if number >= 50 and float(number).is_integer():
@@ -156,4 +161,5 @@ __all__ = [
     "format_duration",
     "parse_duration",
     "units_required",
+    "validating_file",
 ]

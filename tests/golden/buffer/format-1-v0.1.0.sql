@@ -1,5 +1,3 @@
-2026-12-01 22:33:14 [info     ] buffer_opened                  bytes=0 next_seq=1 path=/tmp/wt-b/buffer.db records=0 sync=normal
-2026-12-01 22:33:14 [error    ] buffer_dead_lettered           equipment=['reflow-1'] path=/tmp/wt-b/buffer.db reason='payload too large' records=1 seqs=[3]
 BEGIN TRANSACTION;
 CREATE TABLE dead_letters (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL, equipment TEXT NOT NULL,
