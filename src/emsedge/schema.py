@@ -621,6 +621,17 @@ class FileRejected(_Event):
     size: int = Field(description="File size in bytes.")
 
 
+class Unprocessable(_Event):
+    """A record that could not be encoded (undecodable bytes, nesting, an integer over 64 bits), sent in its
+    place by the buffer; counted as lost with reason `unprocessable` and announced."""
+
+    type: Literal[EventType.UNPROCESSABLE]
+    original_type: str | None = Field(description="Event type (or `telemetry`) of the record it replaces.")
+    signal: str = Field(description="Path of the offending value, e.g. event.fields.count.")
+    reason: str
+    raw: str | None = Field(description="The offending value, escaped and truncated.")
+
+
 class UnitsMissed(_Event):
     """Boards passed a machine without their event: a counter jumped by more than the events seen."""
 
@@ -638,7 +649,7 @@ class UnitsMissed(_Event):
 EventBody = Annotated[
     StationStateChanged | FaultOccurred | FaultCleared | UnitProcessed | UnitInspected | UnitTested
     | MaterialsInstalled | ComponentsPlaced | CollectionEvent | ConnectionLost | ConnectionRestored
-    | BufferDropped | UnitsMissed | FileRejected,
+    | BufferDropped | UnitsMissed | FileRejected | Unprocessable,
     Field(discriminator="type"),
 ]
 
@@ -646,7 +657,7 @@ EVENT_MODELS: dict[str, type[BaseModel]] = {
     str(m.model_fields["type"].annotation.__args__[0]): m  # type: ignore[union-attr]
     for m in (StationStateChanged, FaultOccurred, FaultCleared, UnitProcessed, UnitInspected, UnitTested,
               MaterialsInstalled, ComponentsPlaced, CollectionEvent, ConnectionLost, ConnectionRestored,
-              BufferDropped, UnitsMissed, FileRejected)
+              BufferDropped, UnitsMissed, FileRejected, Unprocessable)
 }
 """Event type -> body model; every `EventType` has one (checked by a test)."""
 
