@@ -135,6 +135,7 @@ class Gateway:
                 window=settings.cfx.window,
                 max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             )
+            self.state.cfx = self.cfx.snapshot
         self.loop_lag = LoopLag()
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
