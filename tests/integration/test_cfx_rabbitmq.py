@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ import pytest
 from proton import Timeout
 from proton.utils import BlockingConnection, BlockingReceiver
 from support import Mosquitto, free_port
-from support.daemon import Daemon, Equipment, gateway_config, wait_until
+from support.daemon import EMSEDGE, Daemon, Equipment, gateway_config, wait_until
 from support.rabbitmq import RabbitMQ, available
 
 from emsedge.config import CfxConfig
@@ -174,3 +175,23 @@ def read_all(url: str, address: str) -> list[Any]:
     finally:
         connection.close()
     return got
+
+
+def test_check_config_online_checks_the_cfx_broker_and_fails_when_it_is_unreachable(
+    tmp_path: Path, mosquitto: Mosquitto, rabbitmq: RabbitMQ
+) -> None:
+    def check(broker: str) -> subprocess.CompletedProcess[str]:
+        config = gateway_config(
+            tmp_path, f"mqtt://127.0.0.1:{mosquitto.port}", 1, equipment=[],
+            cfx={"broker": broker, "address": "/exchange/amq.topic", "username": "guest", "password": "guest",
+                 "connect_timeout": "3s"},
+        )
+        return subprocess.run([EMSEDGE, "check-config", "--online", str(config)], capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    good = check(rabbitmq.url)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert f"cfx     {rabbitmq.url}: OK, link attached to /exchange/amq.topic" in good.stdout
+    bad = check(f"amqp://127.0.0.1:{free_port()}")
+    assert bad.returncode == 1
+    assert "cfx     amqp://127.0.0.1:" in bad.stdout and "FAILED" in bad.stdout

@@ -135,7 +135,7 @@ class CfxPublisher:
         """What /healthz and /metrics show (no secrets: the broker URL without user or password)."""
         return {
             "connected": self.connected,
-            "broker": _redact(self.config.broker),
+            "broker": redact_url(self.config.broker),
             "address": self.config.address,
             "last_error": self.last_error,
             "counters": asdict(self.counters),
@@ -278,13 +278,30 @@ class CfxPublisher:
         self.counters.connects += 1
         self.last_error = None
         self._connected.set()
-        log.info("cfx link up", broker=_redact(self.config.broker), address=self.config.address)
+        log.info("cfx link up", broker=redact_url(self.config.broker), address=self.config.address)
 
     def on_link_down(self, reason: str) -> None:
         if self._connected.is_set():
-            log.warning("cfx link lost; retrying", broker=_redact(self.config.broker), reason=reason)
+            log.warning("cfx link lost; retrying", broker=redact_url(self.config.broker), reason=reason)
         self.last_error = reason
         self._connected.clear()
+
+
+def probe(config: CfxConfig, timeout: float = 10.0) -> tuple[bool, str]:
+    """`check-config --online`: connect, authenticate and attach a sender to `address`, send nothing.
+
+    Uses the same connection code as the output (TLS, SASL), so what passes here passes at run time."""
+    publisher = CfxPublisher(config, {})  # no handles: no EndpointConnected is announced by a check
+    publisher._start_thread()
+    thread = publisher._thread
+    try:
+        ok = publisher._connected.wait(timeout)
+        detail = f"link attached to {config.address}" if ok else (publisher.last_error or f"no link in {timeout:g} s")
+    finally:
+        publisher._submit(publisher._handler.stop)
+        if thread is not None:
+            thread.join(5.0)
+    return ok, detail
 
 
 def _combine(futures: list[concurrent.futures.Future[Outcome]]) -> PublishResult:
@@ -303,7 +320,7 @@ def _combine(futures: list[concurrent.futures.Future[Outcome]]) -> PublishResult
     return _OK
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
 
