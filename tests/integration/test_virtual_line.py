@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Mosquitto, free_port
+from support import REPO, Mosquitto, Subscriber, contract_violation, free_port
 from support.daemon import EMSEDGE, Daemon, wait_until
 
 from emsedge.config import load_config
@@ -31,7 +31,7 @@ PREFIX = "ems/demo-plant/smt/virtual-line"
 BOARDS = 6
 
 
-def fast_line(tmp_path: Path) -> Path:
+def fast_line(tmp_path: Path, faults: list[dict[str, Any]] | None = None) -> Path:
     """The demo line's ports with test-sized cycle times and a fault schedule, as a config file."""
     ports = load_virtual_line(REPO / "config" / "virtual-line.yaml")
     config = {
@@ -43,7 +43,7 @@ def fast_line(tmp_path: Path) -> Path:
         "aoi": {"port": ports.aoi.port, "inspection_time": "300ms", "defect_rate": 0.4},
         # the gateway runs in tmp_path, where config/demo.yaml's ./var/ict-1/out is this folder
         "ict": {"folder": str(tmp_path / "var" / "ict-1" / "out"), "test_time": "200ms", "fail_rate": 0.5},
-        "schedule": {"faults": [
+        "schedule": {"faults": faults if faults is not None else [
             {"at": "4.8s", "machine": "pick_and_place", "fault": "jam", "duration": "800ms"},
             {"at": "7s", "machine": "aoi", "fault": "alarm", "code": 7, "duration": "1s"},
             {"at": "8s", "machine": "reflow_oven", "fault": "alarm", "code": 3, "duration": "1s"},
@@ -90,11 +90,22 @@ class Simulator:
 
 @pytest.fixture
 def mes(mosquitto: Mosquitto) -> Iterator[MesSubscriber]:
-    sub = MesSubscriber()
+    """The reference MES subscriber; every message it receives is also validated against the contract."""
+    sub = MesSubscriber(incomplete_after=0.0)
+    violations: list[str] = []
+    handle = sub.handle
+
+    def checked(topic: str, payload: bytes) -> None:
+        if (violation := contract_violation(topic, payload)) is not None:
+            violations.append(violation)
+        handle(topic, payload)
+
+    sub.handle = checked  # type: ignore[method-assign]
     client = connect(sub, mosquitto.url, PREFIX)
     yield sub
     client.loop_stop()
     client.disconnect()
+    assert not violations, f"{len(violations)} message(s) break the contract: {violations[:3]}"
 
 
 def test_demo_config_and_virtual_line_agree_on_every_port() -> None:
@@ -187,7 +198,7 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
         return [(f["type"], f.get("fault_code", f.get("alid")), f["fault_occurrence_id"])
                 for f in mes.faults if f["equipment"] == equipment]
 
-    for equipment, code in (("pnp-1", 1201), ("aoi-1", 7), ("reflow-1", "REFLOW-3")):
+    for equipment, code in (("pnp-1", "1201"), ("aoi-1", "7"), ("reflow-1", "REFLOW-3")):
         got = faults(equipment)
         assert [(kind, c) for kind, c, _ in got] == [("fault_occurred", code), ("fault_cleared", code)], got
         assert got[0][2] == got[1][2]  # linked by the fault occurrence id
@@ -196,3 +207,69 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
     reflow = [c["type"] for c in mes.connections if c["equipment"] == "reflow-1"]
     assert "connection_lost" in reflow
     assert reflow[-1] == "connection_restored"
+
+
+def test_boards_leaving_the_oven_during_an_outage_are_announced_as_units_missed_and_reported_incomplete(
+    tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
+) -> None:
+    env = {"EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", ""),
+           "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"}
+    gateway = Daemon(REPO / "config" / "demo.yaml", tmp_path / "gateway.log", env=env, cwd=tmp_path)
+    gateway.start()
+    # The oven is unreachable long enough for several boards to leave it unseen.
+    outage = [{"at": "6s", "machine": "reflow_oven", "fault": "outage", "duration": "3s"}]
+    simulator = Simulator(fast_line(tmp_path, outage), tmp_path)
+    try:
+        wait_until(simulator.up, 20)
+        wait_until(lambda: len(simulator.inspected()) >= BOARDS, 40)
+        wait_until(lambda: len(mes.inspected_serials()) >= BOARDS, 15)
+        wait_until(lambda: bool(mes.units_missed), 15)
+        assert gateway.stop() == 0
+    finally:
+        gateway.kill()
+        simulator_status = simulator.stop()
+    assert simulator_status == 0
+
+    truth = simulator.truth()
+    start = next(e["at"] for e in truth if e["kind"] == "outage_start")
+    exits = [(e["at"], e["board"]["serial"]) for e in truth if e["kind"] == "board_exit"]
+    missed = [m for m in mes.units_missed if m["equipment"] == "reflow-1"]
+    assert len(missed) == 1, missed
+    announced = missed[0]
+    assert announced["emit"] == "unit_processed"
+    # The boards between the last one seen before the gap and the first one seen after it left the oven
+    # while the gateway could not see it (the outage and the reconnect backoff) ...
+    serials = [serial for _, serial in exits]
+    last = announced["last_serial"]  # null when no board had left before the gap
+    before = serials.index(last) if last is not None else -1
+    after = serials.index(announced["next_serial"])
+    hidden = serials[before + 1:after]
+    assert hidden, "the outage must hide at least one board"
+    assert all(at >= start for at, serial in exits if serial in hidden)
+    assert announced["count"] == len(hidden)
+    assert announced["counter_to"] - announced["counter_from"] == len(hidden) + 1
+    # ... and exactly those have no reflow record at MES.
+    without_reflow = sorted(s for s, b in mes.boards.items() if "reflow" not in b)
+    assert without_reflow == hidden
+
+    # MES reports the incomplete boards separately from the complete ones, with the announcement.
+    reports = {r["serial"]: r for r in mes.check_incomplete()}
+    assert sorted(s for s, r in reports.items() if "reflow" in r["missing"]) == hidden
+    for serial in hidden:
+        assert "placement" in reports[serial]["seen"] and "inspection" in reports[serial]["seen"]
+        assert [m["equipment"] for m in reports[serial]["units_missed"]] == ["reflow-1"]
+    assert not set(mes.completed) & set(hidden)
+
+    # A subscriber joining now learns each machine's current state from the retained state topics.
+    late = Subscriber(mosquitto.port, topic=f"{PREFIX}/+/state")
+    try:
+        late.wait_for(lambda got: {p.get("equipment") for p in got} >= {"pnp-1", "reflow-1", "aoi-1"}, 10)
+        retained = {json.loads(payload)["equipment"]: json.loads(payload)
+                    for _topic, payload, flag in late.messages if flag and payload}
+    finally:
+        late.close()
+    last_inspected = simulator.inspected()[-1]["serial"]
+    assert retained["aoi-1"]["last_board"]["serial"] == last_inspected
+    assert retained["reflow-1"]["last_board"]["event"] == "unit_processed"
+    assert retained["pnp-1"]["station_state_name"] == "starved"  # the loader stopped after the last board
