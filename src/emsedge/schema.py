@@ -15,7 +15,6 @@ buffer inside the transaction that makes it durable, so `seq` is strictly increa
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -137,10 +136,6 @@ def event(
     equipment: str, equipment_type: str, type: str | EventType, ts: str | None = None, **fields: Any
 ) -> Record:
     return Record("event", equipment, equipment_type, ts or utc_iso(), {"event": {"type": str(type), **fields}})
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
 
 
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS  # device structures may be keyed by numbers

@@ -7,7 +7,6 @@ import traceback
 from pathlib import Path
 
 import anyio
-import paho.mqtt.client as paho
 import pytest
 from faults.fake_broker import FakeBroker, make_publisher, running, wait_until
 from structlog.testing import capture_logs
@@ -15,15 +14,9 @@ from structlog.testing import capture_logs
 from emsedge.config import MqttConfig
 from emsedge.errors import ConfigError
 from emsedge.publish import MqttPublisher, PublishResult
-from emsedge.publish.mqtt import _describe, _PahoClient, _parse_broker, _Secret
+from emsedge.publish.mqtt import _describe, _parse_broker, _Secret
 
 PASSWORD = "pa55-Very-Secret-42"
-
-
-def test_the_private_paho_hook_the_publisher_overrides_still_exists() -> None:
-    # The publisher hands paho a socket connected on the event loop through this one private method.
-    assert callable(paho.Client.__dict__.get("_create_socket"))
-    assert "_create_socket" in _PahoClient.__dict__
 
 
 @pytest.mark.parametrize(

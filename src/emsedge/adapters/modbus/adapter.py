@@ -8,7 +8,7 @@ Why it is shaped this way:
   read through rather than split, because one extra request costs far more than a few spare registers.
   A signal wider than the cap (a long string with a small cap) gets a read of its own.
 * **Decoding** is compiled once, at construction (`compile_block`). Per poll a block is two byte
-  strings: the answer's raw bytes as sent (kept by `_fast_register_responses`) and, only when a signal
+  strings: the answer's raw bytes as sent (kept by `emsedge.compat.fast_register_responses`) and, only when a signal
   needs it, the same with the two bytes of every register swapped.
   Every byte/word order is then one of four (variant, struct endianness) pairs:
 
@@ -46,6 +46,7 @@ from typing import Any, Literal, Self
 import anyio
 
 from emsedge.adapters.base import AdapterContext
+from emsedge.compat import fast_register_responses
 from emsedge.config import ModbusConnection, ModbusEquipment, ModbusSignal
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, telemetry, utc_iso
@@ -312,42 +313,6 @@ class ModbusDecoder:
 # The adapter
 
 
-_FAST_RESPONSES: list[type[Any]] = []
-
-
-def _fast_register_responses() -> list[type[Any]]:
-    """Register-read responses that keep the raw bytes and decode them in one C call.
-
-    pymodbus' own responses unpack every register with its own `struct.unpack` call and format the
-    whole register list into a debug message (`str(pdu)`) even when debug logging is off; at 125
-    registers a response that is most of the client's CPU. These subclasses are registered per client
-    with pymodbus' public `client.register()` (meant for custom responses) and replace nothing globally.
-    """
-    if _FAST_RESPONSES:
-        return _FAST_RESPONSES
-    from pymodbus.exceptions import ModbusIOException  # noqa: PLC0415
-    from pymodbus.pdu.register_message import (  # noqa: PLC0415
-        ReadHoldingRegistersResponse,
-        ReadInputRegistersResponse,
-    )
-
-    def decode(self: Any, data: bytes) -> None:
-        size = data[0]
-        if size >= len(data) or size % 2:
-            raise ModbusIOException(f"byte_count {size} > length of packet {len(data)}",
-                                    function_code=self.function_code)
-        self.raw = bytes(data[1 : 1 + size])
-        self.registers = list(struct.unpack(f">{size // 2}H", self.raw))
-
-    def brief(self: Any) -> str:
-        return f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, " \
-               f"registers={len(self.registers)})"
-
-    for base in (ReadHoldingRegistersResponse, ReadInputRegistersResponse):
-        _FAST_RESPONSES.append(type(f"Fast{base.__name__}", (base,), {"decode": decode, "__str__": brief}))
-    return _FAST_RESPONSES
-
-
 def _new_client(conn: ModbusConnection) -> Any:
     from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415 - keep `import emsedge` light
 
@@ -355,7 +320,7 @@ def _new_client(conn: ModbusConnection) -> Any:
     client = AsyncModbusTcpClient(
         conn.host, port=conn.port, timeout=conn.timeout, retries=0, reconnect_delay=0, name="emsedge"
     )
-    for response in _fast_register_responses():
+    for response in fast_register_responses():
         client.register(response)
     return client
 

@@ -49,6 +49,7 @@ from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.opcua.connect import ResolvedSignal, classify, connect, disconnect, resolve
 from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, to_json
+from emsedge.compat import subscription_event_queue
 from emsedge.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, telemetry, utc_iso
@@ -201,7 +202,7 @@ class OpcUaSubscriber(_Base):
     async def _consume(
         self, sub: Subscription, handles: dict[int, ResolvedSignal], lost: anyio.Event, reason: list[str]
     ) -> None:
-        queue = getattr(sub, "_event_queue", None)
+        queue = subscription_event_queue(sub)
         drainable = isinstance(queue, asyncio.Queue)
         cfg = self.config
         while True:
