@@ -61,3 +61,13 @@ def test_records_without_state_signals_pass_through_untouched() -> None:
     })
     rec = telemetry("r", "reflow_oven", [reading("zone1", 1, ts="t")], "t")
     assert Normaliser(eq).process([rec]) == [rec]
+
+
+def test_the_records_given_are_never_modified_and_triggers_see_the_state_readings() -> None:
+    n = Normaliser(_oven(triggers=[{"on_change": "zone1", "emit": "unit_processed", "include": ["state"]}]))
+    n.process([_cycle(1, zone1=200.0)])
+    given = [_cycle(3, zone1=201.0)]
+    out = n.process(given)
+    assert [r["signal"] for r in given[0].body["readings"]] == ["state", "zone1"]
+    assert [r["signal"] for r in out[0].body["readings"]] == ["zone1"]
+    assert out[-1].body["event"]["values"] == {"state": {"value": 3, "unit": None}}
