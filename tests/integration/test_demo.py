@@ -12,7 +12,9 @@ from support.daemon import EMSEDGE
 
 def run_demo(*extra: str) -> tuple[int, list[dict[str, Any]], str]:
     # Run from another folder than the repo root: the demo finds its configs in the checkout anyway.
-    result = subprocess.run([EMSEDGE, "demo", "--no-tui", "--duration", "8", *extra], check=False,
+    # `--port-base 0`: the line on free ports, so a demo (or `emsedge simulate`) running beside the
+    # suite cannot make it fail.
+    result = subprocess.run([EMSEDGE, "demo", "--no-tui", "--duration", "8", "--port-base", "0", *extra], check=False,
                             capture_output=True, text=True, timeout=90, cwd=REPO / "tests")
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     return result.returncode, lines, result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -121,3 +122,20 @@ def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) ->
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def buffer_seqs(path: Path) -> tuple[int, set[int]]:
+    """(the last seq the gateway assigned, the seqs still waiting in its buffer) of a stopped gateway.
+
+    Read with the gateway's own tool (`emsedge buffer stats --json`, `emsedge buffer export`), so a seq
+    check can cover the tail: every seq up to the last one was delivered or is still buffered.
+    """
+    def run(*args: str) -> str:
+        result = subprocess.run([EMSEDGE, "buffer", *args, "--path", str(path)], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    stats = json.loads(run("stats", "--json"))
+    waiting = {json.loads(line)["seq"] for line in run("export").splitlines() if line.strip()}
+    return int(stats["next_seq"]) - 1, waiting
