@@ -124,7 +124,7 @@ async def test_the_publisher_starts_without_a_broker_and_connects_when_one_appea
     port = free_port()
     pub = make_publisher(f"mqtt://127.0.0.1:{port}")
     async with running(pub, connected=False):
-        await anyio.sleep(0.3)
+        await wait_until(lambda: pub.last_error is not None, limit=10)
         assert not pub.connected
         assert "connection refused" in (pub.last_error or "")
         assert (await pub.publish_batch(items(range(2)), qos=1))[0].reason == "not connected to a broker"
