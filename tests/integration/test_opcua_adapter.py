@@ -17,6 +17,7 @@ import pytest_asyncio
 from asyncua import ua
 from opcua_server import PnPServer
 from support import free_port
+from support.proxy import LinkProxy
 
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.opcua import OpcUaPoller, OpcUaSubscriber, build
@@ -92,11 +93,15 @@ async def test_subscribe_mode_emits_one_telemetry_record_per_publishing_cycle(se
         before = len(c.telemetry())
         await server.tick()
         await c.wait(lambda: any(x["value"] == f"SN{server.ticks:04d}" for x in c.readings("board_serial")))
-        await anyio.sleep(0.2)
+        # A marker written after the cycle: once it arrived, every notification of the cycle did too.
+        await server.write("PnP.Feeders.Feeder1.ReelId", "REEL-MARKER", ua.VariantType.String)
+        await c.wait(lambda: any(x["value"] == "REEL-MARKER" for x in c.readings("reel_id")))
         tg.cancel_scope.cancel()
+    await server.write("PnP.Feeders.Feeder1.ReelId", "REEL-0001", ua.VariantType.String)  # the module's server
     assert c.events("connection_restored")
     assert {x["signal"] for x in initial.body["readings"]} == {s["name"] for s in PNP_SIGNALS}
-    cycle = c.telemetry()[before:]
+    *cycle, marker = c.telemetry()[before:]
+    assert [x["signal"] for x in marker.body["readings"]] == ["reel_id"]
     # placed, boards and serial changed in one machine cycle: they travel together, not one record per value
     assert len(cycle) == 1
     changed = {x["signal"]: x for x in cycle[0].body["readings"]}
@@ -132,12 +137,10 @@ async def test_absolute_deadband_suppresses_changes_smaller_than_the_band(server
     async with anyio.create_task_group() as tg:
         await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
         await c.wait(lambda: len(c.readings("head1_vacuum")) == 1)
-        for v in (-60.1, -60.3, -59.9, -59.2, -59.4):
+        for v in (-60.1, -60.3, -59.9, -59.2, -59.4):  # the server applies the deadband at each write
             await server.write("PnP.Heads.Head1.Vacuum", v, ua.VariantType.Double)
-            await anyio.sleep(0.06)
         await server.write("PnP.Counters.Boards", 999, ua.VariantType.UInt32)  # a marker after the last change
         await c.wait(lambda: any(x["value"] == 999 for x in c.readings("boards")))
-        await anyio.sleep(0.1)
         tg.cancel_scope.cancel()
     # -59.2 is the first value more than 0.5 from the last reported -60.0; -59.4 is within 0.5 of -59.2
     assert [x["value"] for x in c.readings("head1_vacuum")] == [-60.0, pytest.approx(-59.2)]
@@ -229,7 +232,9 @@ async def test_a_browse_path_that_does_not_exist_is_a_permanent_error_naming_the
 async def test_server_restart_gives_connection_events_and_a_recreated_subscription() -> None:
     srv = PnPServer()
     await srv.start()
-    c = Collector(equipment(srv.url, PNP_SIGNALS[:4]))
+    relay = LinkProxy(srv.port)  # counts the adapter's connection attempts
+    relay.start()
+    c = Collector(equipment(srv.url.replace(f":{srv.port}/", f":{relay.port}/"), PNP_SIGNALS[:4]))
     adapter = build(c.ctx)
     assert isinstance(adapter, OpcUaSubscriber)
     try:
@@ -241,7 +246,8 @@ async def test_server_restart_gives_connection_events_and_a_recreated_subscripti
             bad = c.telemetry()[-1].body["readings"]
             assert {x["quality"] for x in bad} == {"bad"}
             assert {x["status"] for x in bad} == {"BadNotConnected"}
-            await anyio.sleep(0.5)  # a few failed reconnects while it is down: still one connection_lost
+            attempts = relay.attempts
+            await c.wait(lambda: relay.attempts >= attempts + 3)  # failed reconnects: still one connection_lost
             await srv.start()
             await c.wait(lambda: len(c.events("connection_restored")) == 2)
             srv.ticks = 40
@@ -249,6 +255,7 @@ async def test_server_restart_gives_connection_events_and_a_recreated_subscripti
             await c.wait(lambda: any(x["value"] == "SN0041" for x in c.readings("board_serial")))
             tg.cancel_scope.cancel()
     finally:
+        relay.close()
         await srv.stop()
     assert len(c.events("connection_lost")) == 1
     assert adapter.subscription_count == 2
@@ -257,12 +264,17 @@ async def test_server_restart_gives_connection_events_and_a_recreated_subscripti
 
 
 async def test_a_dead_server_address_never_hangs_and_reports_cannot_connect() -> None:
-    c = Collector(equipment(f"opc.tcp://127.0.0.1:{free_port()}", PNP_SIGNALS[:1]))
-    async with anyio.create_task_group() as tg:
-        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
-        await c.wait(lambda: bool(c.events("connection_lost")), limit=5)
-        await anyio.sleep(0.5)
-        tg.cancel_scope.cancel()
+    relay = LinkProxy(free_port())  # nothing listens behind it; it counts the attempts
+    relay.start()
+    c = Collector(equipment(f"opc.tcp://127.0.0.1:{relay.port}", PNP_SIGNALS[:1]))
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+            await c.wait(lambda: bool(c.events("connection_lost")), limit=5)
+            await c.wait(lambda: relay.attempts >= 4)  # retried: still one connection_lost
+            tg.cancel_scope.cancel()
+    finally:
+        relay.close()
     assert len(c.events("connection_lost")) == 1
     assert not c.ctx.health.disabled
     assert c.telemetry()[0].body["readings"][0]["quality"] == "bad"
@@ -281,12 +293,10 @@ async def test_alarms_and_conditions_become_linked_fault_occurred_and_fault_clea
     gen.event.Severity = 700
     async with anyio.create_task_group() as tg:
         await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
-        await c.wait(lambda: bool(c.events("connection_restored")))
-        await anyio.sleep(0.1)
+        await c.wait(lambda: bool(c.events("connection_restored")))  # the event subscription is in place
         for active in (True, True, False):  # the second True is a re-notification (e.g. an acknowledge)
             setattr(gen.event, "ActiveState/Id", active)
             await gen.trigger()
-            await anyio.sleep(0.1)
         await c.wait(lambda: bool(c.events("fault_cleared")))
         tg.cancel_scope.cancel()
     occurred, cleared = c.events("fault_occurred"), c.events("fault_cleared")

@@ -26,6 +26,9 @@ class LinkProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        """Connections relayed to the server."""
+        self.attempts = 0
+        """Connections the client opened, relayed or not (the server may be down)."""
         self.held_upstream = 0
         """Chunks from the client (the gateway) that a stall kept from the server: messages in flight."""
 
@@ -45,6 +48,7 @@ class LinkProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.attempts += 1
         if self.mode == "cut":
             writer.close()
             return
