@@ -23,6 +23,7 @@ from hsms_support import (
     aoi_simulator,
     context,
 )
+from support.proxy import LinkProxy
 
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.hsms import build
@@ -114,11 +115,12 @@ async def test_event_report_becomes_unit_inspected_with_serial_result_and_defect
 @pytest.mark.asyncio
 async def test_event_report_is_acknowledged_only_after_emit_returned() -> None:
     eq, collector = aoi_simulator(), Collector()
-    release = anyio.Event()
+    release, entered = anyio.Event(), anyio.Event()
     inner = collector.emit
 
     async def slow_emit(records: Sequence[Record]) -> None:
         if any(r.event_type == "unit_inspected" for r in records):
+            entered.set()
             await release.wait()
         await inner(records)
 
@@ -131,8 +133,12 @@ async def test_event_report_is_acknowledged_only_after_emit_returned() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(send)
-            await anyio.sleep(0.2)
+            with anyio.fail_after(10):
+                await entered.wait()
+            assert eq.link is not None
+            await eq.link.linktest()  # an S6F12 the host wrote before it answered this would have arrived by now
             assert acks == []
+            assert not any(m.name == "S6F12" for m in eq.received)
             release.set()
         assert acks == [0]
         assert len(collector.events("unit_inspected")) == 1
@@ -265,18 +271,25 @@ async def test_connect_refused_is_reported_once_and_retried_until_the_equipment_
         port = await tg.start(eq.serve)
         tg.cancel_scope.cancel()
     # nothing listens on `port` now
-    config = aoi_config(port)
+    relay = LinkProxy(port)  # counts the host's connection attempts
+    relay.start()
+    config = aoi_config(relay.port)
     ctx = context(config, collector)
-    async with anyio.create_task_group() as tg:
-        await tg.start(build(ctx).run, ctx)
-        await collector.wait_for(lambda c: bool(c.events("connection_lost")))
-        await anyio.sleep(0.5)
-        assert len(collector.events("connection_lost")) == 1
-        assert ctx.health.connected is False
-        eq2 = aoi_simulator(port=port)
-        await tg.start(eq2.serve)
-        await collector.wait_for(restored)
-        tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(build(ctx).run, ctx)
+            await collector.wait_for(lambda c: bool(c.events("connection_lost")))
+            with anyio.fail_after(15):
+                while relay.attempts < 4:  # noqa: ASYNC110 - a counter of the relay's thread
+                    await anyio.sleep(0.01)
+            assert len(collector.events("connection_lost")) == 1
+            assert ctx.health.connected is False
+            eq2 = aoi_simulator(port=port)
+            await tg.start(eq2.serve)
+            await collector.wait_for(restored)
+            tg.cancel_scope.cancel()
+    finally:
+        relay.close()
 
 
 @pytest.mark.asyncio
