@@ -243,7 +243,7 @@ async def test_undecodable_body_is_answered_s9f7_and_the_connection_keeps_workin
     async with running(eq, collector):
         # S6F11 W with a list header that promises 200 items in 2 bytes
         await eq.send_raw(frame(0, 0x80 | 6, 11, 0, 0xABCDEF, body=b"\x01\xc8\x01\xff"))
-        with anyio.fail_after(3):
+        with anyio.fail_after(10):
             while not any(m.name == "S9F7" for m in eq.received):  # noqa: ASYNC110 - a plain list
                 await anyio.sleep(0.01)
         s9f7 = next(m for m in eq.received if m.name == "S9F7")
@@ -313,7 +313,7 @@ async def test_stopping_the_adapter_sends_separate_to_the_equipment() -> None:
             await adapter_group.start(build(ctx).run, ctx)
             await collector.wait_for(restored)
             adapter_group.cancel_scope.cancel()
-        with anyio.fail_after(3):
+        with anyio.fail_after(10):
             await eq.wait_disconnected()
         assert eq.last_close_reason == "separate from peer"
         tg.cancel_scope.cancel()

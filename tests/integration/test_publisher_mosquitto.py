@@ -35,7 +35,7 @@ def retained_status(port: int) -> str:
     """What a subscriber arriving now gets as the retained status."""
     late = Subscriber(port, topic=STATUS_TOPIC)
     try:
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             got = statuses(late)
             if got:
@@ -84,7 +84,7 @@ async def test_a_retained_message_is_on_the_broker_when_publish_returns(mosquitt
         assert result.ok
         late = await anyio.to_thread.run_sync(lambda: Subscriber(mosquitto.port, topic="ems/test/marker"))
         try:
-            await anyio.to_thread.run_sync(lambda: late.wait_for(lambda p: len(p) == 1, timeout=5))
+            await anyio.to_thread.run_sync(lambda: late.wait_for(lambda p: len(p) == 1, timeout=15))
         finally:
             close_quickly(late)
 
@@ -131,7 +131,7 @@ async def test_the_publisher_starts_without_a_broker_and_connects_when_one_appea
         late = Mosquitto(workdir=tmp_path, port=port)
         await anyio.to_thread.run_sync(late.start)
         try:
-            with anyio.fail_after(5):
+            with anyio.fail_after(15):
                 await pub.wait_connected()
             assert pub.connection_epoch == 1
             assert pub.last_error is None
