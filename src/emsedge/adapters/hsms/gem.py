@@ -44,7 +44,7 @@ ALARM_SET: Final = 0x80
 _KNOWN_STREAMS: Final = frozenset({1, 2, 5, 6, 7, 9, 10})
 _UNIT_EVENTS: Final = frozenset({"unit_inspected", "unit_tested"})
 _BATCH_MAX: Final = 1000
-_SELECT_RACE_RETRIES: Final = 5
+_SELECT_RACE_RETRIES: Final = 20  # up to ~10 s: on a loaded machine secsgem records the selection late
 _EMIT_DEADLINE: Final = 30.0
 
 # SEMI E5 ALCD categories (bits 0-6) -> severity words
