@@ -67,7 +67,7 @@ def _wait_for_data(checker: Subscriber, n: int, timeout: float = 20.0) -> None:
 
 def _wait_past(checker: Subscriber, margin: int, timeout: float) -> None:
     """Wait until the subscriber holds a seq `margin` past the highest it has now (the backlog arrived)."""
-    before = max(p["seq"] for p in _data(checker))
+    before = max((p["seq"] for p in _data(checker)), default=0)
     wait_until(lambda: any(p["seq"] > before + margin for p in _data(checker)), timeout)
 
 
@@ -115,15 +115,16 @@ def test_repeated_sigkill_during_publish_replay_and_outage_leaves_no_gap(
     phases = ["publish", "outage", "replay"]
     for i in range(20):
         daemon = _start(tmp_path, daemons, durable_broker.url, equipment)
+        # This daemon is up and delivering (ten new seqs arrived) before its fault starts, however slow
+        # the machine: twenty rounds deliver more than 200 seqs.
+        _wait_past(checker, 10, 30)
         phase = phases[i % 3]
         if phase == "publish":
-            time.sleep(rng.uniform(0.6, 1.2))
+            time.sleep(rng.uniform(0.1, 0.6))
         elif phase == "outage":
-            time.sleep(0.5)
             durable_broker.stop()
             time.sleep(rng.uniform(0.3, 0.8))
         else:  # build a backlog, bring the broker back and kill in the middle of the replay
-            time.sleep(0.3)
             durable_broker.stop()
             time.sleep(rng.uniform(0.5, 1.0))
             durable_broker.start()
