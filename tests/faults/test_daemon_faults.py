@@ -108,7 +108,7 @@ def test_repeated_sigkill_during_publish_replay_and_outage_leaves_no_gap(
         daemon = _start(tmp_path, daemons, durable_broker.url, equipment)
         # This daemon is up and delivering (ten new seqs arrived) before its fault starts, however slow
         # the machine: twenty rounds deliver more than 200 seqs.
-        _wait_past(checker, 10, 30)
+        _wait_past(checker, 10, 60)
         phase = phases[i % 3]
         if phase == "publish":
             time.sleep(rng.uniform(0.1, 0.6))
