@@ -66,7 +66,7 @@ def test_sighup_with_a_valid_change_restarts_only_the_changed_equipment_and_lose
     daemon = Daemon(path, tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(lambda: both_deliver(subscriber, 5), 20)
+        wait_until(lambda: both_deliver(subscriber, 5), 60)
         assert (connects(daemon, "reflow-1"), connects(daemon, "reflow-2")) == (1, 1)
 
         config = yaml.safe_load(path.read_text())
@@ -105,7 +105,7 @@ def test_sighup_with_a_broken_file_keeps_the_old_config_and_logs_file_and_line(
     daemon = Daemon(path, tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(lambda: both_deliver(subscriber, 3), 20)
+        wait_until(lambda: both_deliver(subscriber, 3), 60)
         text = path.read_text()
         path.write_text(text.replace("poll_interval: 50ms", "poll_intervall: 50ms", 1))
         broken_line = next(i for i, line in enumerate(path.read_text().splitlines(), 1) if "poll_intervall" in line)

@@ -115,7 +115,7 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> None:
+def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
