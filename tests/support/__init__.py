@@ -150,7 +150,7 @@ class Subscriber:
         got = self.payloads(suffix)
         raise AssertionError(f"condition not met within {timeout}s; {len(got)} messages received")
 
-    def sync(self, timeout: float = 15.0) -> None:
+    def sync(self, timeout: float = 60.0) -> None:
         """Return once every message the broker accepted before this call has reached this subscriber.
 
         Publishes a marker to a topic this subscriber listens to and waits for it to come back: the broker
