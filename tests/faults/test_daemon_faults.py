@@ -17,9 +17,14 @@ from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 
+import pytest
 from support import Mosquitto, Subscriber, seq_report
 from support.daemon import Daemon, Equipment, buffer_seqs, gateway_config, wait_until
 from support.proxy import LinkProxy
+
+# Real daemons started again and again: on a loaded machine a test takes several times its quiet length,
+# and its own waits already have deadlines.
+pytestmark = pytest.mark.timeout(600)
 
 
 def _data(checker: Subscriber) -> list[dict]:

@@ -134,6 +134,7 @@ def test_the_demo_config_pointed_at_a_line_on_other_ports_reaches_it(tmp_path: P
         assert e.model_dump(exclude={"connection"}) == original[i].model_dump(exclude={"connection"})
 
 
+@pytest.mark.timeout(600)  # the line, the gateway and MES as processes: minutes on a loaded machine
 def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_inspection_joined_by_serial(
     tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
 ) -> None:
