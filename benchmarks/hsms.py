@@ -37,7 +37,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from support import Mosquitto  # noqa: E402
 from support.daemon import Daemon, gateway_config  # noqa: E402
 
-from emsedge.adapters.hsms import build  # noqa: E402
+from emsedge.adapters.hsms.gem import HsmsAdapter  # noqa: E402
 from emsedge.adapters.hsms.secs2 import F4, U4, A, L, decode, encode  # noqa: E402
 
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
@@ -79,7 +79,7 @@ async def bench_emit(seconds: float, window: int) -> None:
         port = await tg.start(eq.serve)
         config = aoi_config(port, t3="10s")
         ctx = context(config, collector)
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(HsmsAdapter(ctx).run, ctx)
         await collector.wait_for(lambda c: bool(c.events("connection_restored")), within=10)
         ctx.emit = emit
         sent = 0

@@ -49,8 +49,8 @@ from opcua_server import PnPServer  # noqa: E402
 from support import Mosquitto, Subscriber, free_port  # noqa: E402
 
 from emsedge.adapters.base import AdapterContext  # noqa: E402
-from emsedge.adapters.opcua import OpcUaSubscriber  # noqa: E402
-from emsedge.config import OpcUaEquipment  # noqa: E402
+from emsedge.adapters.opcua.adapter import OpcUaSubscriber  # noqa: E402
+from emsedge.adapters.opcua.config import OpcUaEquipment  # noqa: E402
 from emsedge.schema import Record  # noqa: E402
 
 SAMPLE_EVERY = 97  # latency sampled on ~1% of values, so measuring does not dominate the client's CPU

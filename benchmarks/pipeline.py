@@ -40,8 +40,8 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from emsedge.adapters.modbus import plan_requests  # noqa: E402
-from emsedge.config import ModbusEquipment  # noqa: E402
+from emsedge.adapters.modbus.adapter import plan_requests  # noqa: E402
+from emsedge.adapters.modbus.config import ModbusEquipment  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PREFIX = "ems/bench/smt/line-1"

@@ -6,7 +6,8 @@ paho-mqtt (`pip install paho-mqtt`). Run it against a gateway's broker:
 
     python examples/mes_subscriber.py --url mqtt://127.0.0.1:1883 --prefix ems/demo-plant/smt/virtual-line
 
-and it prints one JSON line per board once placement, reflow and inspection have all been seen:
+and it prints one JSON line per board once placement, reflow and inspection (and, once a tester has
+reported, its test) have all been seen:
 
     {"serial": "PCB-2026-000123",
      "placement": {"equipment": "pnp-1", "ts": "...", "program": "MAIN-CTRL-REV-C",
@@ -14,7 +15,9 @@ and it prints one JSON line per board once placement, reflow and inspection have
                                   "ref_designators": ["R1", "R2", ...]}, ...]},
      "reflow": {"equipment": "reflow-1", "ts": "...", "profile": {"zone1_top_actual": 150.2, ...},
                 "units": {"zone1_top_actual": "Cel", ...}},
-     "inspection": {"equipment": "aoi-1", "ts": "...", "result": "pass", "defects": []}}
+     "inspection": {"equipment": "aoi-1", "ts": "...", "result": "pass", "defects": []},
+     "test": {"equipment": "ict-1", "ts": "...", "result": "pass", "failed_tests": [], "measurements": 8,
+              "source": {"file": "...", "sha256": "...", "board_index": 0}, "runs": [...]}}
 
 What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file does it:
 
@@ -22,12 +25,22 @@ What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file 
   the broker had not acknowledged). Every message has a UUID `id` that is stable across re-delivery:
   `MesSubscriber` remembers recent ids and drops repeats.
 * **Gaps**: every message of one gateway has a `seq`, strictly increasing and persisted across gateway
-  restarts. A missing number means a message never arrived (for example a broker that dropped it);
-  `gaps()` lists them. Backlog replayed after an outage carries `"replayed": true` and may interleave
-  with live messages, so numbers are tracked as a set, not as "last + 1".
-* **Traceability**: the three machines report the same board serial in their own events
-  (`materials_installed`, `unit_processed`, `unit_inspected`); joining them by `serial` gives the
-  record of each board down to the reel of every component.
+  restarts. Backlog replayed after an outage carries `"replayed": true` and may interleave with live
+  messages, so numbers are tracked as a set, not as "last + 1".
+* **Reconciliation**: when the gateway had to drop records by policy (its buffer was full during a long
+  outage, a record the broker refused for good, data an adapter lost), it says so in a `buffer_dropped`
+  event whose `dropped_seqs` ([[first, last], ...]) lists exactly the seqs that are gone. Those events are
+  never dropped themselves. So every seq is either received or covered by an announcement:
+  `explained_gaps()` lists missing seqs an announcement covers ("gap explained by eviction" and the other
+  reasons), `gaps()` only the unexplained ones, which point at a fault outside the gateway (a broker that
+  lost messages, a subscriber session that expired). `dropped_total` in the announcements and in the
+  retained status is the gateway's cumulative loss count.
+* **Traceability**: the machines report the same board serial in their own events
+  (`materials_installed`, `unit_processed`, `unit_inspected`, and the tester's `unit_tested`); joining
+  them by `serial` gives the record of each board down to the reel of every component. A retest is a new
+  `unit_tested` event: `test` is the latest run, `test.runs` every run in order. A tester result that the
+  gateway re-sent after a crash has a new `id` but the same `source` (file sha256 and board index); it is
+  recognised by that and not counted as a run twice.
 
 `MesSubscriber.handle(topic, payload)` is pure (no network) so it can be unit-tested and reused; the
 paho wiring is in `connect()` and `main()`.
@@ -133,6 +146,12 @@ class MesSubscriber:
         self.connections: list[dict[str, Any]] = []
         self.latest: dict[str, dict[str, Any]] = {}
         self.status: dict[str, dict[str, Any]] = {}
+        self.announced: dict[str, set[int]] = {}
+        """Per gateway: seqs a `buffer_dropped` announcement said are gone."""
+        self.dropped_total: dict[str, int] = {}
+        self.loss_reasons: dict[str, dict[str, int]] = {}
+        self.tester_seen = False
+        """True once any unit_tested arrived: from then on a board is complete only with its test."""
 
     # --------------------------------------------------------------------------------------------
     # intake
@@ -191,12 +210,14 @@ class MesSubscriber:
                 "equipment": equipment, "ts": ts, "profile": values, "units": units,
                 **{k: v for k, v in ev.items() if k not in skip},
             })
-        elif kind in ("unit_inspected", "unit_tested"):
+        elif kind == "unit_inspected":
             defects = ev.get("defects") or []
-            self._stage(ev.get("serial"), "inspection" if kind == "unit_inspected" else "test", {
+            self._stage(ev.get("serial"), "inspection", {
                 "equipment": equipment, "ts": ts, "result": ev.get("result"),
                 "defects": [parse_defect(d) for d in (defects if isinstance(defects, list) else [defects])],
             })
+        elif kind == "unit_tested":
+            self._test(message, ev)
         elif kind == "station_state_changed":
             change = {"equipment": equipment, "ts": ts, "state": ev.get("state"), "state_name": ev.get("state_name"),
                       "old_state_name": ev.get("old_state_name")}
@@ -210,6 +231,17 @@ class MesSubscriber:
             self.faults.append({"type": kind, "equipment": equipment, "ts": ts,
                                 **{k: v for k, v in ev.items() if k != "type"}})
             self.active_faults.pop(str(ev.get("fault_occurrence_id")), None)
+        elif kind == "buffer_dropped":
+            gateway = str(message.get("gateway"))
+            covered = self.announced.setdefault(gateway, set())
+            for first, last in ev.get("dropped_seqs") or []:
+                covered.update(range(int(first), int(last) + 1))
+            total = ev.get("dropped_total")
+            if isinstance(total, int):
+                self.dropped_total[gateway] = max(total, self.dropped_total.get(gateway, 0))
+            reasons = self.loss_reasons.setdefault(gateway, {})
+            for reason, n in (ev.get("by_reason") or {ev.get("reason") or "unknown": ev.get("count", 0)}).items():
+                reasons[reason] = reasons.get(reason, 0) + int(n)
         elif kind in ("connection_lost", "connection_restored"):
             self.connections.append({"type": kind, "equipment": equipment, "ts": ts, "reason": ev.get("reason")})
 
@@ -229,13 +261,34 @@ class MesSubscriber:
             **({"values": other} if other else {}),
         })
 
+    def _test(self, message: dict[str, Any], ev: dict[str, Any]) -> None:
+        """One test run. Runs of a serial are kept in order; a re-sent result (same source) is dropped."""
+        serial = ev.get("serial")
+        if not serial:
+            return
+        self.tester_seen = True
+        raw_tests = ev.get("tests")
+        tests: list[Any] = raw_tests if isinstance(raw_tests, list) else []
+        run = {
+            "equipment": message.get("equipment"), "ts": message.get("ts"), "result": ev.get("result"),
+            "failed_tests": ev.get("failed_tests") or [], "started": ev.get("started"), "ended": ev.get("ended"),
+            "program": ev.get("program"), "test_method": ev.get("test_method"),
+            "measurements": sum(len(t.get("measurements") or ()) for t in tests if isinstance(t, dict)),
+            "source": ev.get("source"),
+        }
+        previous = self.boards.get(str(serial), {}).get("test", {}).get("runs", [])
+        if run["source"] is not None and any(r["source"] == run["source"] for r in previous):
+            self.duplicates += 1
+            return
+        self._stage(serial, "test", {**run, "runs": [*previous, run]})
+
     def _stage(self, serial: Any, stage: str, data: dict[str, Any]) -> None:
         if not serial:
             return
         serial = str(serial)
         board = self.boards.setdefault(serial, {"serial": serial})
         board[stage] = data
-        if serial not in self.completed and self.is_complete(board):
+        if serial not in self.completed and self.is_complete(board, test=self.tester_seen):
             self.completed.append(serial)
             if self.on_board is not None:
                 self.on_board(board)
@@ -244,17 +297,37 @@ class MesSubscriber:
     # queries
 
     @staticmethod
-    def is_complete(board: dict[str, Any]) -> bool:
-        return all(stage in board for stage in ("placement", "reflow", "inspection"))
+    def is_complete(board: dict[str, Any], *, test: bool = False) -> bool:
+        stages = ("placement", "reflow", "inspection", "test") if test else ("placement", "reflow", "inspection")
+        return all(stage in board for stage in stages)
 
     def gaps(self) -> dict[str, list[int]]:
-        """Missing sequence numbers per gateway (between the first and the highest seen)."""
+        """Unexplained missing sequence numbers per gateway (between the first and the highest seen): no
+        message and no `buffer_dropped` announcement covers them."""
         with self.lock:
-            return {gw: missing for gw, s in self.seqs.items() if (missing := s.missing())}
+            return {gw: missing for gw in self.seqs if (missing := self._unexplained(gw))}
+
+    def explained_gaps(self) -> dict[str, list[int]]:
+        """Missing sequence numbers that a `buffer_dropped` announcement covers (gap explained by eviction,
+        dead letter or another counted loss)."""
+        with self.lock:
+            return {gw: explained for gw in self.seqs if (explained := self._explained(gw))}
+
+    def _unexplained(self, gateway: str) -> list[int]:
+        covered = self.announced.get(gateway, set())
+        return [s for s in self.seqs[gateway].missing() if s not in covered]
+
+    def _explained(self, gateway: str) -> list[int]:
+        covered = self.announced.get(gateway, set())
+        return [s for s in self.seqs[gateway].missing() if s in covered]
 
     def inspected_serials(self) -> list[str]:
         with self.lock:
             return [s for s, b in self.boards.items() if "inspection" in b]
+
+    def tested_serials(self) -> list[str]:
+        with self.lock:
+            return [s for s, b in self.boards.items() if "test" in b]
 
     def summary(self) -> dict[str, Any]:
         with self.lock:
@@ -262,7 +335,10 @@ class MesSubscriber:
                 "received": self.received,
                 "duplicates": self.duplicates,
                 "invalid": self.invalid,
-                "gaps": {gw: s.missing() for gw, s in self.seqs.items()},
+                "gaps": {gw: self._unexplained(gw) for gw in self.seqs},
+                "gaps_explained_by_loss": {gw: len(self._explained(gw)) for gw in self.seqs},
+                "dropped_total": dict(self.dropped_total),
+                "loss_reasons": {gw: dict(r) for gw, r in self.loss_reasons.items()},
                 "boards": len(self.boards),
                 "complete_boards": len(self.completed),
                 "active_faults": len(self.active_faults),

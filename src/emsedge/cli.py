@@ -1,4 +1,4 @@
-"""Commands: run, check-config, config-schema, browse, probe, buffer, simulate, demo, opcua-cert.
+"""Commands: run, check-config, config-schema, browse, probe, buffer, simulate, demo, watch, opcua-cert.
 
 Every command that reads a config stops with exit status 78 (EX_CONFIG) and located messages
 (file:line:column: field: problem (hint)) when the file is invalid, before anything connects.
@@ -68,12 +68,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 DELEGATED = {
     "config-schema": ("emsedge.tooling:main_config_schema", "print the JSON Schema of the config"),
-    "browse": ("emsedge.adapters.opcua:main_browse", "print an OPC UA server's address space"),
-    "opcua-cert": ("emsedge.adapters.opcua:main_gen_cert", "generate a self-signed OPC UA client certificate"),
-    "probe": ("emsedge.adapters.modbus:main_probe", "one-off read, e.g. probe modbus://host:502 --address 0"),
-    "buffer": ("emsedge.tooling:main_buffer", "inspect the local buffer: stats | export | purge"),
+    "browse": ("emsedge.adapters.opcua.tools:main_browse", "print an OPC UA server's address space"),
+    "opcua-cert": ("emsedge.adapters.opcua.tools:main_gen_cert", "generate a self-signed OPC UA client certificate"),
+    "probe": ("emsedge.adapters.modbus.adapter:main_probe", "one-off read, e.g. probe modbus://host:502 --address 0"),
+    "buffer": ("emsedge.tooling:main_buffer", "the local buffer: stats | export | purge | backup (-c FILE or --path)"),
     "simulate": ("emsedge.simulate:main_simulate", "run the virtual SMT line (-c config/virtual-line.yaml)"),
     "demo": ("emsedge.demo:main_demo", "virtual line + broker + gateway + live view of what MES receives"),
+    "watch": ("emsedge.watch:main_watch", "live view of a line on any broker: watch --broker URL --prefix P"),
 }
 
 

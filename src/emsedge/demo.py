@@ -5,14 +5,19 @@
 It starts, in this order and in one anyio task group:
 
 1. an MQTT broker on a free loopback port: mosquitto when it is installed, otherwise an embedded amqtt
-   broker in this process (so the demo needs no system package);
+   broker in this process (the `demo` extra, `pip install 'emsedge[demo]'`, so the demo needs no system
+   package; the gateway itself does not carry it);
 2. the virtual SMT line (config/virtual-line.yaml) in this process: OPC UA pick-and-place, Modbus TCP
    reflow oven, SECS/GEM AOI;
 3. the gateway, `emsedge run -c config/demo.yaml`, as a child process (its own logs, its own signals),
-   with the broker URL and a buffer in a temporary directory given through the environment; with
-   `--port-base` the line listens elsewhere and the gateway reads a copy of its config pointed there;
+   with the broker URL and a buffer in a temporary directory given through the environment, and that
+   directory as its working directory (the in-circuit tester writes its logs into `./var/ict-1/out`
+   there, which the gateway's `ict-1` reads); it serves the status page at http://127.0.0.1:9108/ (a
+   free port when that one is taken), and the demo prints the URL; with `--port-base` the line listens
+   elsewhere and the gateway reads a copy of its config pointed there;
 4. a view of what MES receives, subscribed to the gateway's topics: a live terminal screen (equipment
-   states, latest values, faults, boards and their results, messages/s, backlog), or with `--no-tui` one
+   states, latest values, faults, boards with placement, reflow, inspection and test result, messages/s,
+   backlog), or with `--no-tui` one
    JSON line per message, `{"topic": ..., "payload": {...}}`.
 
 Ctrl-C (or `--duration`) stops it in reverse order: the gateway first (it drains its buffer and publishes
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib.util
 import json
 import os
 import shutil
@@ -37,6 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, TextIO
 
@@ -45,10 +53,10 @@ import structlog
 from anyio.abc import Process, TaskStatus
 
 from emsedge.errors import ConfigError
+from emsedge.packaged import find_file
 
 log = structlog.get_logger("emsedge.demo")
 
-SOURCE_ROOT = Path(__file__).resolve().parents[2]
 GATEWAY_STOP_TIMEOUT = 20.0
 STARTUP_TIMEOUT = 30.0
 REFRESH = 0.5
@@ -58,15 +66,6 @@ CONNECT_WAIT = 20.0
 
 # ------------------------------------------------------------------------------------------------
 # Files and ports
-
-
-def find_file(name: str) -> Path:
-    """A config file given on the command line, else relative to the working directory or the checkout."""
-    path = Path(name)
-    if path.is_file() or path.is_absolute():
-        return path
-    candidate = SOURCE_ROOT / name
-    return candidate if candidate.is_file() else path
 
 
 def free_port() -> int:
@@ -88,6 +87,19 @@ async def wait_for_port(port: int, within: float) -> None:
                 return
 
 
+PAGE_PORT = 9108
+"""The status page's usual port; when it is taken (a gateway runs here already) the demo picks a free one."""
+
+
+def page_port() -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", PAGE_PORT))
+        except OSError:
+            return free_port()
+    return PAGE_PORT
+
+
 def open_log(path: Path) -> IO[bytes]:
     """A child process's log file (opened before the await that starts the child)."""
     return open(path, "ab")
@@ -106,6 +118,18 @@ class Broker:
     url: str
     kind: str
     mqtt_protocol: str
+
+
+def missing_broker(kind: str) -> str | None:
+    """Why the broker `kind` cannot run here, or None. The embedded broker comes with the `demo` extra,
+    which the gateway itself (and its Docker image) does not install."""
+    if kind == "mosquitto" and mosquitto_binary() is None:
+        return "mosquitto is not installed; use --broker embedded"
+    embedded = kind == "embedded" or (kind == "auto" and mosquitto_binary() is None)
+    if embedded and importlib.util.find_spec("amqtt") is None:
+        return ("the embedded MQTT broker needs the demo extra: pip install 'emsedge[demo]' "
+                "(or `make demo`), or install mosquitto")
+    return None
 
 
 async def run_broker(workdir: Path, kind: str = "auto", *, task_status: TaskStatus[Broker]) -> None:
@@ -170,6 +194,7 @@ class BoardView:
     reflow: str | None = None
     result: str | None = None
     defects: list[str] = field(default_factory=list)
+    test: str | None = None
 
 
 PREFERRED = [
@@ -199,6 +224,7 @@ class MesView:
         self.faults: dict[str, tuple[str, str, str]] = {}
         self.boards: dict[str, BoardView] = {}
         self.recent: deque[str] = deque(maxlen=8)
+        self.newest_ts: float | None = None  # wall-clock `ts` of the newest data message (not the status)
 
     def handle(self, topic: str, payload: bytes) -> None:
         try:
@@ -224,6 +250,8 @@ class MesView:
             self.arrivals.append(now)
             if isinstance(message.get("seq"), int):
                 self.seqs.add(message["seq"])
+            if (stamp := _epoch(message.get("ts"))) is not None and (self.newest_ts is None or stamp > self.newest_ts):
+                self.newest_ts = stamp
             equipment = str(message.get("equipment"))
             if isinstance(message.get("readings"), list):
                 latest = self.latest.setdefault(equipment, {})
@@ -269,11 +297,18 @@ class MesView:
                                   and isinstance(v.get("value"), int | float)]
             self._board(str(serial)).reflow = f"peak {max(peaks):.1f} Cel" if peaks else "done"
             detail = str(serial)
-        elif serial and kind in ("unit_inspected", "unit_tested"):
+        elif serial and kind == "unit_inspected":
             board = self._board(str(serial))
             board.result = str(ev.get("result", "?")).upper()
             board.defects = [str(d) for d in ev.get("defects") or []]
             detail = f"{serial} {board.result}"
+        elif serial and kind == "unit_tested":
+            board = self._board(str(serial))
+            result = str(ev.get("result", "?")).upper()
+            failed = [str(t) for t in ev.get("failed_tests") or []]
+            verdict = result + (" " + ",".join(failed[:2]) if failed else "")
+            board.test = verdict if board.test is None else f"{board.test} > {verdict}"  # a retest: both runs
+            detail = f"{serial} {verdict}"
         if kind not in ("components_placed",):
             self.recent.appendleft(f"{clock} {equipment:<9} {kind} {detail}".rstrip())
 
@@ -291,6 +326,12 @@ class MesView:
             self.arrivals.popleft()
         return len(self.arrivals) / min(5.0, max(0.5, now - self.started))
 
+    def newest_age(self, now: float | None = None) -> float | None:
+        """Seconds since the newest data message was stamped (its `ts`): how far behind MES is."""
+        if self.newest_ts is None:
+            return None
+        return max(0.0, (time.time() if now is None else now) - self.newest_ts)
+
     def gaps(self) -> int:
         return (max(self.seqs) - min(self.seqs) + 1 - len(self.seqs)) if self.seqs else 0
 
@@ -302,11 +343,13 @@ class MesView:
         status = self.status
         gateway = status.get("state", "not seen yet")
         backlog = status.get("backlog")
+        age = self.newest_age()
         lines = [
             header,
             f"messages {self.total} ({self.rate():.1f}/s)   events {self.events}   duplicates dropped "
             f"{self.duplicates}   seq gaps {self.gaps()}   gateway {gateway}"
-            + (f", backlog {backlog}" if backlog is not None else ""),
+            + (f", backlog {backlog}" if backlog is not None else "")
+            + (f"   newest message {age:.1f} s old" if age is not None else "   no data message yet"),
             "",
             f"{'EQUIPMENT':<10} {'STATE':<26} {'LINK':<6} LATEST VALUES",
         ]
@@ -321,7 +364,7 @@ class MesView:
         lines += ["", f"ACTIVE FAULTS ({len(self.faults)})"]
         lines += [f"  {eq:<9} {code:<10} {text}" for eq, code, text in list(self.faults.values())[-5:]] or ["  none"]
         placing = sum(1 for b in self.boards.values() if b.reflow is None and b.result is None)
-        lines += ["", f"{'BOARD':<18} {'PLACED':<16} {'REFLOW':<18} INSPECTION"
+        lines += ["", f"{'BOARD':<18} {'PLACED':<16} {'REFLOW':<18} {'INSPECTION':<22} TEST"
                   f"      ({placing} more placed, in the oven or on the way)"]
         left = [b for b in self.boards.values() if b.reflow is not None or b.result is not None]
         for board in sorted(left, key=lambda b: b.serial)[-10:][::-1]:
@@ -329,9 +372,18 @@ class MesView:
             result = board.result or "-"
             if board.defects:
                 result += " " + ", ".join(board.defects[:3])
-            lines.append(f"{board.serial:<18} {placed:<16} {board.reflow or '-':<18} {result}")
+            lines.append(f"{board.serial:<18} {placed:<16} {board.reflow or '-':<18} {result:<22} {board.test or '-'}")
         lines += ["", "RECENT EVENTS", *[f"  {e}" for e in self.recent]]
         return [line[:width] for line in lines]
+
+
+def _epoch(ts: object) -> float | None:
+    if not isinstance(ts, str):
+        return None
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _fmt(value: Any, unit: str | None) -> str:
@@ -363,11 +415,11 @@ def subscribe_view(view: MesView, url: str, prefix: str, protocol: str) -> Any:
 
 
 async def run_gateway(config: Path, env: dict[str, str], log_path: Path, *,
-                      task_status: TaskStatus[Process]) -> None:
+                      task_status: TaskStatus[Process], cwd: Path | None = None) -> None:
     with open_log(log_path) as out:
         process = await anyio.open_process(
             [sys.executable, "-m", "emsedge.cli", "run", "-c", str(config)],
-            stdout=out, stderr=out, env={**os.environ, **env}, start_new_session=True,
+            stdout=out, stderr=out, env={**os.environ, **env}, start_new_session=True, cwd=cwd,
         )
     try:
         task_status.started(process)
@@ -394,11 +446,14 @@ def main_demo(argv: list[str]) -> int:
     parser.add_argument("--port-base", type=int, default=None, metavar="N",
                         help="run the line on ports N, N+1, N+2 instead of those in its config; 0: free ports")
     args = parser.parse_args(argv)
+    if (missing := missing_broker(args.broker)) is not None:
+        print(f"emsedge demo: {missing}", file=sys.stderr)
+        return 1
 
     from emsedge.config import load_config  # noqa: PLC0415
     from emsedge.simulate import first_os_error, load_virtual_line, with_port_base  # noqa: PLC0415
 
-    line_file, gateway_file = find_file(args.line), find_file(args.config)
+    line_file, gateway_file = find_file(args.line), find_file(args.config).resolve()  # the gateway runs elsewhere
     try:
         line_config = with_port_base(load_virtual_line(line_file), args.port_base)
         gateway_config = load_config(gateway_file)
@@ -485,7 +540,7 @@ class Demo:
         try:
             async with anyio.create_task_group() as tg:
                 broker: Broker = await tg.start(run_broker, self.workdir, self.broker_kind)
-                line = VirtualLine(self.line_config, hold=True)
+                line = VirtualLine(self._line_in_workdir(), hold=True)
                 with anyio.fail_after(STARTUP_TIMEOUT):
                     await tg.start(line.run)
                 client = await anyio.to_thread.run_sync(subscribe_view, view, broker.url, self.prefix,
@@ -496,12 +551,19 @@ class Demo:
                     "EMSEDGE_MQTT__PROTOCOL": broker.mqtt_protocol,
                     "EMSEDGE_BUFFER__PATH": str(self.workdir / "buffer.db"),
                     "EMSEDGE_LOGGING__FORMAT": "json",
+                    "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{page_port()}",
                 }
-                gateway: Process = await tg.start(run_gateway, self.gateway_file, env, self.workdir / "gateway.log")
+                page = f"http://{env['EMSEDGE_HTTP__LISTEN']}/"
+                gateway: Process = await tg.start(
+                    functools.partial(run_gateway, cwd=self.workdir), self.gateway_file, env,
+                    self.workdir / "gateway.log",
+                )
                 tg.start_soon(self._watch_signals)
                 tg.start_soon(self._release_when_connected, line, view, gateway)
+                if not self.tui:  # stdout carries the JSON lines; the page's address goes to stderr
+                    print(f"emsedge demo: the line in your browser: {page}", file=sys.stderr, flush=True)
                 header = (f"emsedge demo: virtual SMT line -> gateway -> {broker.kind} {broker.url} -> MES view"
-                          "   (Ctrl-C stops)")
+                          f"   browser: {page}   (Ctrl-C stops)")
                 code = await self._show(view, header, gateway)
                 await stop_process(gateway, signal.SIGTERM, GATEWAY_STOP_TIMEOUT)
                 if gateway.returncode not in (0, None, -signal.SIGTERM) and code == 0:
@@ -519,6 +581,14 @@ class Demo:
             print(f"emsedge demo stopped: {view.total} messages received, {view.events} events, "
                   f"{len(view.boards)} boards, {view.gaps()} seq gaps.")
         return code
+
+    def _line_in_workdir(self) -> Any:
+        """The line config with a relative tester folder moved into the temporary directory, where the
+        gateway (which runs there) reads it."""
+        ict = self.line_config.ict
+        if ict.folder.is_absolute():
+            return self.line_config
+        return self.line_config.model_copy(update={"ict": ict.model_copy(update={"folder": self.workdir / ict.folder})})
 
     async def _release_when_connected(self, line: Any, view: MesView, gateway: Process) -> None:
         """Start the line's clock once MES sees every machine connected (or after CONNECT_WAIT)."""

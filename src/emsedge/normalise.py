@@ -5,7 +5,8 @@ Adapters report what the machine says; this step turns it into what MES cares ab
 * signals flagged `event: station_state` leave the telemetry and become `station_state_changed` events
   (SEMI E58 code and name, the previous state and how long it lasted) whenever the mapped state changes;
 * configured `triggers` (emsedge.triggers) add events with a snapshot of named signals when a trigger
-  signal changes, e.g. a board-exit serial register becomes `unit_processed` with the zone profile.
+  signal changes, e.g. a board-exit serial register becomes `unit_processed` with the zone profile;
+* `emsedge.report` then rounds floats and, with `publish: on_change`, keeps only changes and snapshots.
 
 Invariants:
 * Records keep their order; the events a batch causes follow that batch's telemetry.
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from emsedge.config import EquipmentBase, SignalCommon
+from emsedge.report import Reporter
 from emsedge.schema import EventType, Quality, Record, event, state_name
 
 if TYPE_CHECKING:
@@ -39,6 +41,7 @@ class Normaliser:
         self._states: dict[str, tuple[int | None, float]] = {}
         self._unmapped_logged: set[tuple[str, str]] = set()
         self._triggers: TriggerEngine | None = None
+        self._reporter = Reporter(equipment)
         if equipment.triggers:
             from emsedge.triggers import TriggerEngine  # noqa: PLC0415 - only configs with triggers need it
 
@@ -54,7 +57,7 @@ class Normaliser:
                 out.append(record)
         if self._triggers is not None:
             out.extend(self._triggers.process(records))
-        return out
+        return self._reporter.process(out)  # triggers saw every reading; MES gets changes and snapshots
 
     def _split_states(self, record: Record) -> list[Record]:
         events: list[Record] = []

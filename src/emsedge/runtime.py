@@ -1,8 +1,8 @@
-"""The supervisor: one task group, start order, signals, reload, drain.
+"""The runtime: wiring only. One task group, start order, signals, reload, drain.
 
 The pipeline, top to bottom:
 
-    equipment ─ adapter ─> Normaliser ─> Buffer.append (durable) ─> forward(): lease ─> publish_batch ─> ack
+    equipment ─ adapter ─> Normaliser ─> Buffer.append (durable) ─> Forwarder: lease ─> publish_batch ─> settle
 
 Start order (each stage reports readiness through `TaskGroup.start()` before the next one starts):
 buffer writer, then MQTT publisher and the forwarder, then the health/metrics listener and the systemd
@@ -13,9 +13,10 @@ committed; the forwarder keeps publishing until the buffer is empty or `DRAIN_TI
 publisher publishes the retained `offline` status and disconnects; the buffer writer closes the database.
 Whatever was not delivered stays on disk and is replayed, oldest first, on the next start.
 
-Isolation: each piece of equipment runs in its own cancel scope under a supervisor loop. An adapter that
-raises is logged, reported as `connection_lost` and restarted with backoff; it never takes down the
-gateway or the other equipment. Reload (SIGHUP) restarts only the equipment whose config changed.
+Isolation: each piece of equipment runs in its own cancel scope under `emsedge.supervisor`. A session
+that ends is logged once, reported as `connection_lost` and retried with backoff (a permanent error at the
+slowest rate, state `failed`); it never takes down the gateway or the other equipment. Reload (SIGHUP)
+restarts only the equipment whose config changed.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import json
 import signal
 import time
 from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,26 +35,42 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from emsedge import __version__
-from emsedge.adapters import factory_for
-from emsedge.adapters.base import AdapterContext, EquipmentHealth, PolledAdapter, PushAdapter, backoff_delays
-from emsedge.buffer import Buffer, Lease
+from emsedge.adapters import spec_for
+from emsedge.adapters.base import Adapter, AdapterContext, CountLoss, Emit, EquipmentHealth, EquipmentState
+from emsedge.buffer import Buffer, StoredMessage
 from emsedge.config import EquipmentBase, Settings, load_config
 from emsedge.errors import AdapterError, ConfigError
+from emsedge.forward import Forwarder
+from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
-from emsedge.scheduler import run_polled
-from emsedge.schema import GATEWAY_EQUIPMENT, SCHEMA_STATUS, EventType, Record, event, utc_iso
-from emsedge.service import GatewayState, SystemdNotifier, run_watchdog, serve_http
+from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
+from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
+from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
+from emsedge.web.app import WebSources
+from emsedge.web.model import LineModel
+from emsedge.web.server import serve_http
 
 log = structlog.get_logger("emsedge.runtime")
 
 DRAIN_TIMEOUT = 5.0
 """Seconds a clean stop keeps publishing the backlog before it leaves the rest on disk."""
-MAX_PUBLISH_ATTEMPTS = 3
-"""A record the broker rejects permanently this often goes to the dead-letter table."""
 STATUS_INTERVAL = 10.0
 """Seconds between retained status updates (backlog depth, oldest age, drain ETA)."""
+
+
+class _Unbuildable:
+    """Stands in for an adapter whose factory raised: its only session fails for a permanent reason."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    async def session(self, ctx: AdapterContext) -> None:
+        raise AdapterError(self.reason, transient=False)
+
+    def offline_records(self, reason: str) -> Sequence[Record]:
+        return ()
 
 
 @dataclass
@@ -71,7 +88,8 @@ class Gateway:
         self.config_path = config_path
         self.topics = Topics(settings.topic_prefix)
         self.started_at = utc_iso()
-        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics)
+        outputs = ("mqtt", "cfx") if settings.cfx is not None else ("mqtt",)
+        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=outputs)
         self.publisher = MqttPublisher(
             settings.mqtt,
             client_id=settings.client_id,
@@ -89,11 +107,44 @@ class Gateway:
             broker_connected=lambda: self.publisher.connected,
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
+        self.forwarder = Forwarder(
+            self.buffer,
+            self.publisher,
+            name="mqtt",
+            qos=settings.mqtt.qos,
+            window=settings.mqtt.max_inflight,
+            max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
+            on_delivered=self._delivered,
+        )
+        self.cfx: Any = None
+        """The CFX output (`publish.cfx.CfxPublisher`) and its forwarder, when `cfx:` is configured."""
+        self.cfx_forwarder: Forwarder | None = None
+        if settings.cfx is not None:
+            from emsedge.publish.cfx import CfxPublisher, handles_for  # noqa: PLC0415 - optional extra emsedge[cfx]
+
+            handles = handles_for(
+                settings.cfx, settings.gateway.site, settings.gateway.line,
+                {e.id: e.cfx_handle for e in settings.equipment},
+            )
+            self.cfx = CfxPublisher(settings.cfx, handles)
+            self.cfx_forwarder = Forwarder(
+                self.buffer,
+                self.cfx,
+                name="cfx",
+                qos=1,
+                window=settings.cfx.window,
+                max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
+            )
+        self.loop_lag = LoopLag()
+        self.state.loop_lag = lambda: (
+            self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
+        )
+        self.line = LineModel()
+        """What the status page shows, fed from the emit path after normalisation (never blocks it)."""
         self.notifier = SystemdNotifier()
         self._equipment: dict[str, _RunningEquipment] = {}
         self._equipment_tg: TaskGroup | None = None
         self._stop = anyio.Event()
-        self._drain_rate = 0.0  # messages/s delivered recently, for the drain ETA
 
     # ----------------------------------------------------------------------------------------------
     # Lifecycle
@@ -107,16 +158,27 @@ class Gateway:
             await core.start(self.buffer.run)
             async with anyio.create_task_group() as link:
                 await link.start(self.publisher.run)
-                await link.start(self._forward)
+                await link.start(self.forwarder.run)
+                if self.cfx is not None and self.cfx_forwarder is not None:
+                    await link.start(self.cfx.run)
+                    await link.start(self.cfx_forwarder.run)
                 await link.start(self._publish_status)
                 if self.settings.http.listen:
-                    await link.start(serve_http, self.settings.http.listen, self.state)
+                    sources = WebSources(
+                        self.state, self.line, drain_rate=lambda: self.forwarder.drain_rate,
+                        replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
+                    )
+                    await link.start(
+                        partial(serve_http, config=self.settings.http, sources=sources), self.settings.http.listen,
+                        self.state,
+                    )
                 await link.start(run_watchdog, self.notifier, self.state)
                 link.start_soon(self._handle_signals)
                 async with anyio.create_task_group() as equipment_tg:
                     self._equipment_tg = equipment_tg
                     for equipment in self.settings.equipment:
                         await self._start_equipment(equipment)
+                    await link.start(self.loop_lag.run)  # after start-up (imports, first connects): steady state
                     self.notifier.ready()
                     self.notifier.status(self.state.status_line())
                     task_status.started()
@@ -145,13 +207,14 @@ class Gateway:
 
     async def _drain(self) -> None:
         """Publish what can be published within DRAIN_TIMEOUT; the rest stays on disk."""
-        with anyio.move_on_after(DRAIN_TIMEOUT):
-            while self.publisher.connected:
-                stats = self.buffer.stats()
-                if stats.count == 0 and stats.leased == 0:
-                    return
-                await anyio.sleep(0.05)
-        log.info("drain ended", left_on_disk=self.buffer.stats().count)
+        if self.cfx_forwarder is not None:
+            async with anyio.create_task_group() as drains:
+                drains.start_soon(self.cfx_forwarder.drain, DRAIN_TIMEOUT)
+                left = await self.forwarder.drain(DRAIN_TIMEOUT)
+        else:
+            left = await self.forwarder.drain(DRAIN_TIMEOUT)
+        if left:
+            log.info("drain ended", left_on_disk=left)
 
     # ----------------------------------------------------------------------------------------------
     # Equipment supervision
@@ -159,9 +222,9 @@ class Gateway:
     async def _start_equipment(self, equipment: EquipmentBase) -> None:
         assert self._equipment_tg is not None
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
-        self.state.equipment_info[equipment.id] = (equipment.type, getattr(equipment, "adapter", "?"))
+        self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         if not equipment.enabled:
-            health.disabled = True
+            health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)
             return
         running = _RunningEquipment(equipment, anyio.CancelScope())
@@ -177,132 +240,61 @@ class Gateway:
     async def _supervise(
         self, running: _RunningEquipment, health: EquipmentHealth, *, task_status: TaskStatus[None]
     ) -> None:
-        """Run one adapter forever; anything it raises is contained here and retried with backoff."""
+        """Run one adapter under the supervisor until stopped; nothing it raises reaches the gateway."""
         equipment = running.config
-        normaliser = Normaliser(equipment)
-        ctx = AdapterContext(equipment=equipment, emit=self._emitter(normaliser), health=health)
-        delays = backoff_delays(equipment.backoff)
+        ctx = AdapterContext(
+            equipment=equipment, emit=self._emitter(Normaliser(equipment)), health=health,
+            loss_counter=self._loss_counter(equipment.id), state_dir=self.settings.buffer.path.parent,
+        )
         task_status.started()
         try:
             with running.scope:
-                while True:
-                    try:
-                        adapter = factory_for(getattr(equipment, "adapter", ""))(ctx)
-                        if isinstance(adapter, PushAdapter):
-                            await self._start_child(adapter.run, ctx)
-                        elif isinstance(adapter, PolledAdapter):
-                            interval = getattr(equipment, "poll_interval", 1.0)
-                            await self._start_child(run_polled, adapter, ctx, interval)
-                        else:
-                            raise AdapterError(f"{type(adapter).__name__} is not an adapter", transient=False)
-                        if health.disabled:  # the adapter gave up for a permanent reason it logged
-                            await anyio.sleep_forever()
-                    except AdapterError as exc:
-                        if not exc.transient:
-                            health.disabled = True
-                            health.last_error = str(exc)
-                            log.error("equipment disabled", equipment=equipment.id, error=str(exc))
-                            await anyio.sleep_forever()
-                    except Exception as exc:  # one machine's fault never stops the gateway
-                        log.exception("adapter crashed; restarting", equipment=equipment.id)
-                        with suppress(Exception):
-                            await ctx.connection_lost(f"adapter error: {type(exc).__name__}: {exc}")
-                    await anyio.sleep(next(delays))
+                await supervise_adapter(self._build_adapter(ctx), ctx)
         finally:
             running.stopped.set()
 
-    async def _start_child(self, fn: Any, *args: Any) -> None:
-        """Run an adapter loop to completion in its own task group (so `task_status` is honoured)."""
-        async with anyio.create_task_group() as tg:
-            await tg.start(fn, *args)
+    @staticmethod
+    def _build_adapter(ctx: AdapterContext) -> Adapter:
+        name = ctx.equipment.adapter
+        try:
+            return spec_for(name).build(ctx.equipment, ctx)
+        except Exception as exc:  # a broken plugin is one failed machine, not a failed gateway
+            return _Unbuildable(f"cannot build the {name!r} adapter: {type(exc).__name__}: {exc}")
 
-    def _emitter(self, normaliser: Normaliser) -> Any:
+    def _emitter(self, normaliser: Normaliser) -> Emit:
         async def emit(records: Sequence[Record]) -> None:
-            await self._append(normaliser.process(records))
+            normalised = normaliser.process(records)
+            if self.settings.http.listen:  # nobody can look at the line model without the listener
+                self.line.observe(normalised)
+            await self._append(normalised)
 
         return emit
 
+    def _loss_counter(self, equipment_id: str) -> CountLoss:
+        """`CountLoss` for one equipment: `Buffer.count_loss` makes the count durable and announces it."""
+
+        async def count_loss(reason: str, count: int) -> None:
+            await self.buffer.count_loss(equipment_id, reason, count)
+
+        return count_loss
+
     async def _append(self, records: Sequence[Record]) -> None:
+        """Durable when it returns. Loss (eviction, too large) is counted and announced by the buffer."""
         if not records:
             return
         result = await self.buffer.append(records)
         self.state.messages_buffered += result.accepted
-        if result.evicted:
-            self.state.messages_dropped += result.evicted
-            log.warning(
-                "buffer full: oldest records dropped", count=result.evicted,
-                by_equipment=result.evicted_by_equipment,
-            )
-            dropped = event(
-                GATEWAY_EQUIPMENT, "gateway", EventType.BUFFER_DROPPED, None,
-                count=result.evicted, by_equipment=result.evicted_by_equipment,
-                first_ts=result.evicted_first_ts, last_ts=result.evicted_last_ts,
-                reason="buffer limit (max_bytes or max_age)",
-                max_bytes=int(self.settings.buffer.max_bytes), max_age_s=self.settings.buffer.max_age,
-            )
-            await self.buffer.append([dropped])
 
-    # ----------------------------------------------------------------------------------------------
-    # Forwarding: buffer -> broker, delete only after PUBACK
-
-    async def _forward(self, *, task_status: TaskStatus[None]) -> None:
-        task_status.started()
-        qos = self.settings.mqtt.qos
-        window = self.settings.mqtt.max_inflight
-        epoch = -1
-        delivered_window: list[tuple[float, int]] = []
-        while True:
-            await self.publisher.wait_connected()
-            if self.publisher.connection_epoch != epoch:
-                epoch = self.publisher.connection_epoch
-                self.buffer.begin_replay()
-                backlog = self.buffer.stats().backlog
-                if backlog:
-                    log.info("replaying backlog", backlog=backlog)
-            lease = await self.buffer.lease(window)
-            if not lease.messages:
-                await self.buffer.wait_for_messages(1.0)
-                continue
-            delivered = await self._publish_lease(lease, qos)
-            now = time.monotonic()
-            delivered_window.append((now, delivered))
-            delivered_window = [(t, n) for t, n in delivered_window if now - t < 10.0]
-            span = max(now - delivered_window[0][0], 1.0)
-            self._drain_rate = sum(n for _, n in delivered_window) / span
-
-    async def _publish_lease(self, lease: Lease, qos: int) -> int:
-        messages = lease.messages
-        results = await self.publisher.publish_batch([(m.topic, m.payload) for m in messages], qos=qos)
-        acked: list[int] = []
-        retry: list[int] = []
-        dead: list[tuple[int, str]] = []
-        now = time.time()
-        for message, result in zip(messages, results, strict=True):
-            if result.ok:
-                acked.append(message.seq)
-                self.state.observe_publish_latency(max(now - message.created, 0.0))
-            elif result.permanent and message.attempts + 1 >= MAX_PUBLISH_ATTEMPTS:
-                dead.append((message.seq, result.reason or "rejected by broker"))
-            else:
-                retry.append(message.seq)
-        if acked:
-            await self.buffer.ack(lease, acked)
-            self.state.messages_published += len(acked)
-        for seq, reason in dead:
-            await self.buffer.dead_letter([seq], reason)
-        if dead:
-            self.state.messages_dropped += len(dead)
-        if retry:
-            await self.buffer.nack(lease, retry)
-            if not any(r.ok for r in results):
-                await anyio.sleep(0.2)  # link trouble: let the publisher notice before leasing again
-        return len(acked)
+    def _delivered(self, messages: Sequence[StoredMessage], acked_at: float) -> None:
+        self.state.messages_published += len(messages)
+        for message in messages:
+            self.state.observe_publish_latency(max(acked_at - message.created, 0.0))
 
     # ----------------------------------------------------------------------------------------------
     # Status
 
     def _status_payload(self, state: str) -> bytes:
-        body: dict[str, Any] = {
+        body: dict[str, object] = {
             "schema": SCHEMA_STATUS,
             "gateway": self.settings.gateway.id,
             "state": state,
@@ -313,12 +305,12 @@ class Gateway:
         if state == "online":
             stats = self.buffer.stats()
             body["backlog"] = stats.count
-            body["backlog_oldest_age_s"] = (
-                round(time.time() - stats.oldest_created, 3) if stats.oldest_created else 0.0
-            )
-            body["drain_eta_s"] = round(stats.count / self._drain_rate, 1) if self._drain_rate > 0 else None
+            body["backlog_oldest_age_s"] = round(stats.oldest_age_s(time.monotonic()), 3)
+            body["drain_eta_s"] = self.forwarder.drain_eta()
             body["dropped"] = stats.evicted_total
             body["dead_letters"] = stats.dead_letters
+            body["dropped_total"] = stats.dropped_total
+            body["dropped_total_by_equipment"] = dict(sorted(stats.dropped_by_equipment.items()))
         return json.dumps(body, separators=(",", ":")).encode()
 
     async def _publish_status(self, *, task_status: TaskStatus[None]) -> None:
@@ -330,8 +322,8 @@ class Gateway:
             if stats.count > self.settings.mqtt.max_inflight:
                 log.info(
                     "backlog", count=stats.count,
-                    oldest_age_s=round(time.time() - stats.oldest_created, 1) if stats.oldest_created else 0,
-                    drain_rate=round(self._drain_rate, 1),
+                    oldest_age_s=round(stats.oldest_age_s(time.monotonic()), 1),
+                    drain_rate=round(self.forwarder.drain_rate, 1),
                 )
             if self.publisher.connected:
                 with anyio.move_on_after(5):
@@ -349,7 +341,7 @@ class Gateway:
             return False
         self.notifier.reloading()
         try:
-            new = load_config(self.config_path)
+            new = await anyio.to_thread.run_sync(load_config, self.config_path)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload refused: config invalid, old config stays in force", problem=problem)
@@ -369,6 +361,7 @@ class Gateway:
             if equipment_id in removed:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
+                self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:
             if equipment_id in changed:

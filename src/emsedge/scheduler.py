@@ -1,55 +1,60 @@
-"""Poll loops for `PolledAdapter`s: a period without drift, a deadline per poll, skip on overrun, backoff.
+"""The one poll grid: a period without drift, a deadline per poll, skip on overrun.
 
-`run_polled` is adapter-agnostic (Modbus and OPC UA in poll mode share it). Its invariants:
+`poll_grid` is source-agnostic. Modbus and OPC UA in poll mode run it inside one supervised session
+(`async with adapter: await poll_grid(adapter.poll, ...)`); the HSMS host runs it for its S1F3
+status-variable polls inside its session. Reconnecting, backoff and connection events are not its
+business: the session it runs in ends when a poll raises, and `emsedge.supervisor` takes over.
 
-* **No drift.** Poll k of a session starts at `start + k * interval` (`anyio.current_time()`, monotonic),
-  never at "end of last poll + interval". The first poll of a session runs at once; `start` is the
-  session start plus a per-equipment phase (`phase_offset`, stable, from the equipment id) so that many
-  machines spread their polls over the period instead of all firing in the same instant.
-  When a poll overruns (or waits for the previous emit), the slots it ran over are
-  skipped, not made up in a burst, and counted in `health.skipped_cycles`. A new session (after a
-  reconnect) starts a new grid.
+Invariants:
+
+* **No drift.** Poll k of a session starts at `start + k * interval` on anyio's clock (monotonic; a
+  trio `MockClock` in tests), never at "end of last poll + interval". The first poll of a session runs
+  at once; `start` is the session start plus a per-equipment phase (`phase_offset`, stable, from the
+  equipment id) so that many machines spread their polls over the period instead of all firing in the
+  same instant. When a poll overruns (or waits for the previous emit), the slots it ran over are skipped,
+  not made up in a burst, and counted in `health.skipped_cycles`. A new session starts a new grid.
 * **A deadline per poll.** `adapter.poll_deadline` when the adapter defines one, otherwise
   `max(interval, connection timeout) * 3` (connection timeout when the equipment config has one, else
-  5 s). It is a backstop: adapters put their own deadline on every request. A poll past it counts as a
-  transient failure.
-* **Failures never escape.** A transient `AdapterError`, a deadline or any unexpected exception (logged
-  once with its traceback) leads to `ctx.connection_lost(reason, adapter.offline_records(reason))`,
-  leaving the adapter (close), a capped, jittered backoff sleep, and a new attempt. The backoff restarts
-  from its initial delay after the first good poll of a session. A permanent `AdapterError` logs one error,
-  sets `health.disabled` and returns, so one bad machine never takes down the daemon.
-* **Connected means data flows.** `connection_restored` is emitted when the first poll of a session
-  succeeds, not when the socket opens: a device that accepts TCP but never answers must not flap
-  restored/lost on every retry. Its records follow the event.
-* **Emits overlap polls, in order.** Handing records on (`ctx.emit`, durable when it returns) runs
-  beside the next poll, one emit in flight per equipment: a slow commit bounds the rate, it does not
-  stretch every period by a disk flush. Memory stays bounded at one poll in flight plus one emitting.
-* **Readiness.** `task_status.started()` is called at once: the daemon does not wait for equipment.
+  5 s). It is a backstop: adapters put their own deadline on every request. A poll past it ends the
+  session as a transient `AdapterError`.
+* **A failed poll ends the session**, except `SkipCycle`: the source says this one cycle failed but the
+  connection is fine (an S1F3 the equipment rejects); it is counted in `health.poll_errors` and the grid
+  goes on.
+* **Connected means data flows.** `ctx.connected()` is awaited when the first poll of a session succeeds,
+  not when the socket opens, so a device that accepts TCP but never answers does not flap restored/lost
+  on every retry. Its records follow the `connection_restored` event.
+* **Emits overlap polls, in order.** Handing records on (`ctx.emit`, durable when it returns) runs beside
+  the next poll, one emit in flight per equipment: a slow commit bounds the rate, it does not stretch
+  every period by a disk flush. Before the session ends the emit in flight completes, so the records of
+  the last good poll precede the `connection_lost` that follows them.
 """
 
 from __future__ import annotations
 
 import math
-import time
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
-from anyio import TASK_STATUS_IGNORED
-from anyio.abc import TaskStatus
 
-from emsedge.adapters.base import AdapterContext, PolledAdapter
+from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.spec import HasPollDeadline
 from emsedge.errors import AdapterError
 from emsedge.schema import Record
 
 DEFAULT_TIMEOUT = 5.0
 
+Poll = Callable[[], Awaitable[Sequence[Record]]]
 
-def poll_deadline(adapter: PolledAdapter, ctx: AdapterContext, interval: float) -> float:
+
+class SkipCycle(Exception):
+    """Raised by a poll whose cycle failed while its connection is fine: counted, the grid goes on."""
+
+
+def poll_deadline(adapter: object, ctx: AdapterContext, interval: float) -> float:
     """The backstop deadline of one poll (see the module docstring)."""
-    own = getattr(adapter, "poll_deadline", None)
-    if isinstance(own, int | float) and own > 0:
-        return float(own)
+    if isinstance(adapter, HasPollDeadline) and adapter.poll_deadline > 0:
+        return float(adapter.poll_deadline)
     connection = getattr(ctx.equipment, "connection", None)
     timeout = getattr(connection, "timeout", None)
     if not isinstance(timeout, int | float) or timeout <= 0:
@@ -78,65 +83,27 @@ def next_slot(start: float, interval: float, k: int, now: float) -> tuple[int, i
     return due, due - following
 
 
-async def run_polled(
-    adapter: PolledAdapter,
-    ctx: AdapterContext,
-    interval: float,
-    *,
-    task_status: TaskStatus[None] = TASK_STATUS_IGNORED,
-) -> None:
-    """Connect, poll on a fixed grid and emit, forever, until cancelled (or a permanent error)."""
+def _count_values(records: Sequence[Record]) -> int:
+    values = 0
+    for record in records:
+        readings = record.body.get("readings")
+        if readings is not None:
+            values += len(readings)
+    return values
+
+
+async def poll_grid(poll: Poll, ctx: AdapterContext, interval: float, deadline: float) -> None:
+    """Poll at once, then on the (phase-shifted) grid of this session until a poll raises.
+
+    Never returns normally: the session ends with the exception of the failed poll (a deadline becomes
+    a transient `AdapterError`) or with the failure of an emit.
+    """
     if interval <= 0:
         raise ValueError("poll interval must be positive")
-    task_status.started()
-    health = ctx.health
-    deadline = poll_deadline(adapter, ctx, interval)
-    backoff: Iterator[float] = ctx.backoff()
-    logged_unexpected: str | None = None
-
-    def reset() -> None:
-        nonlocal backoff, logged_unexpected
-        backoff = ctx.backoff()
-        logged_unexpected = None
-    while True:
-        try:
-            async with adapter:
-                await _poll_session(adapter, ctx, interval, deadline, reset)
-        except AdapterError as exc:
-            if not exc.transient:
-                health.disabled = True
-                health.connected = False
-                health.last_error = str(exc)
-                ctx.log.error("equipment disabled: permanent error; fix the config and restart", reason=str(exc))
-                return
-            reason = str(exc)
-        except TimeoutError:
-            reason = f"poll did not finish within its {deadline:g}s deadline"
-        except Exception as exc:
-            reason = f"unexpected error: {type(exc).__name__}: {exc}"
-            if reason != logged_unexpected:
-                ctx.log.exception("unexpected error in poll loop; treated as a transient failure", reason=reason)
-                logged_unexpected = reason
-        await ctx.connection_lost(reason, adapter.offline_records(reason))
-        await anyio.sleep(next(backoff))
-
-
-async def _poll_session(
-    adapter: PolledAdapter,
-    ctx: AdapterContext,
-    interval: float,
-    deadline: float,
-    on_first_good_poll: Callable[[], None],
-) -> None:
-    """Poll at once, then on the (phase-shifted) grid of this session until an exception ends it.
-
-    The emit of poll k overlaps poll k+1 (a durable commit takes a disk flush); at most one emit is in
-    flight and emits complete in poll order. Before the session ends, the emit in flight completes, so
-    the records of the last good poll precede the `connection_lost` that follows them.
-    """
     health = ctx.health
     start = anyio.current_time() + phase_offset(ctx.equipment.id, interval)
     k = 0  # the first poll runs now, ahead of slot 0; the next one takes slot 1
+    first = True
     emitted: anyio.Event | None = None
     emit_failure: list[Exception] = []
     failure: Exception | None = None
@@ -152,30 +119,34 @@ async def _poll_session(
     async with anyio.create_task_group() as tg:
         try:
             while True:
-                began = time.perf_counter()
+                began = anyio.current_time()
+                records: Sequence[Record] | None
                 try:
                     with anyio.fail_after(deadline):
-                        records = await adapter.poll()
+                        records = await poll()
+                except SkipCycle:
+                    health.poll_errors += 1
+                    records = None
+                except TimeoutError:
+                    health.poll_errors += 1
+                    raise AdapterError(f"poll did not finish within its {deadline:g}s deadline") from None
                 except Exception:
                     health.poll_errors += 1
                     raise
-                duration = time.perf_counter() - began
+                duration = anyio.current_time() - began
                 if emitted is not None:
                     await emitted.wait()
                 if emit_failure:
                     raise emit_failure[0]
-                if k == 0:
-                    await ctx.connection_restored()
-                    on_first_good_poll()
-                health.polls += 1
-                values = 0
-                for record in records:
-                    readings = record.body.get("readings")
-                    if readings is not None:
-                        values += len(readings)
-                health.good_read(values, duration)
-                emitted = anyio.Event()
-                tg.start_soon(emit, records, emitted)
+                if records is not None:
+                    if first:
+                        await ctx.connected()
+                        first = False
+                    health.polls += 1
+                    health.good_read(_count_values(records), duration)
+                    if records:
+                        emitted = anyio.Event()
+                        tg.start_soon(emit, records, emitted)
                 k, skipped = next_slot(start, interval, k, anyio.current_time())
                 if skipped:
                     health.skipped_cycles += skipped
@@ -188,3 +159,4 @@ async def _poll_session(
         raise failure
     if emit_failure:
         raise emit_failure[0]
+    raise AssertionError("the poll grid ended without an error")  # pragma: no cover - the loop never breaks

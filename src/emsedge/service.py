@@ -6,18 +6,19 @@
   logged once and never raised: losing a status line must not take the gateway down.
 * `run_watchdog` sends `WATCHDOG=1` at half of `$WATCHDOG_USEC` from a task on the main event loop. The
   pings are only as alive as the loop: a blocked or hung loop stops them and systemd restarts the unit.
-* `serve_http` is a tiny HTTP/1.1 server on anyio streams (no threads, lives in the runtime's task group).
-  Every request is answered from the live `GatewayState` at request time; the Prometheus collector reads
-  the same objects at scrape time, so nothing is copied or cached between scrapes.
+  They also stop while the buffer's owner thread has been stuck in one disk command (a commit in fsync on
+  a dying SD card) for longer than `WRITER_STUCK_AFTER`: every adapter is blocked behind it, so systemd
+  should restart the unit. `/healthz` reports `failing` (HTTP 503) for the same condition.
+* `/healthz` and `/metrics` are answered from the live `GatewayState` at request time (`GatewayState.health`,
+  `metrics_text`); the Prometheus collector reads the same objects at scrape time, so nothing is copied or
+  cached between scrapes. The listener that serves them, with the status page, is `emsedge.web.server`.
 
-Invariants: nothing here mutates `GatewayState` except `observe_publish_latency`; every network await has
-a deadline (request read, response write); one connection = one request (`Connection: close`).
+Invariant: nothing here mutates `GatewayState` except `observe_publish_latency`.
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import socket
 import time
@@ -27,17 +28,18 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketStream, TaskStatus
+from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from emsedge.adapters.base import POLL_DURATION_BUCKETS, EquipmentHealth
+from emsedge.buffer import BufferStats
+from emsedge.supervisor import POLL_DURATION_BUCKETS, EquipmentHealth, EquipmentState
 
 log = structlog.get_logger("emsedge.service")
 
@@ -48,6 +50,11 @@ REQUEST_TIMEOUT = 5.0
 """Deadline for reading one request and writing its answer; a slow client is dropped, never waited on."""
 
 MAX_REQUEST_BYTES = 16 * 1024
+
+WRITER_STUCK_AFTER = 30.0
+"""Seconds one buffer disk command (a commit, a lease) may run before the writer counts as wedged: the
+watchdog stops pinging and /healthz turns `failing`. A healthy commit takes milliseconds; a busy SD card a
+few seconds; 30 s is well beyond both and below systemd's usual WatchdogSec restart budget of a minute."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -68,39 +75,57 @@ class GatewayState:
     started_at: str
     equipment: dict[str, EquipmentHealth]
     equipment_info: dict[str, tuple[str, str]]
-    buffer_stats: Callable[[], Any]
+    buffer_stats: Callable[[], BufferStats]
     broker_connected: Callable[[], bool]
     broker_url: Callable[[], str | None]
     messages_buffered: int = 0
     messages_published: int = 0
-    messages_dropped: int = 0
     publish_latency_counts: list[int] = field(
         default_factory=lambda: [0] * (len(PUBLISH_LATENCY_BUCKETS) + 1)
     )
     publish_latency_sum: float = 0.0
     started_monotonic: float = field(default_factory=time.monotonic)
+    loop_lag: Callable[[], tuple[float, float, float]] | None = None
+    """Event-loop lateness in seconds (`emsedge.looplag`): latest, longest, longest while busy."""
 
     def observe_publish_latency(self, seconds: float) -> None:
         self.publish_latency_counts[bisect.bisect_left(PUBLISH_LATENCY_BUCKETS, seconds)] += 1
         self.publish_latency_sum += seconds
 
-    def _buffer(self) -> Any | None:
+    def _buffer(self) -> BufferStats | None:
         try:
             return self.buffer_stats()
         except Exception as exc:  # a closed or broken buffer must not break health reporting
             log.debug("buffer stats unavailable", error=str(exc))
             return None
 
+    @property
+    def messages_dropped(self) -> int:
+        """Records lost by a sanctioned policy, cumulative: read from the buffer's durable counters (the one
+        place loss is counted), never kept here."""
+        stats = self._buffer()
+        return int(_stat(stats, "dropped_total", 0))
+
+    def writer_stuck_for(self, now: float | None = None) -> float:
+        """Seconds the buffer's owner thread has been in its current disk command (0 when idle)."""
+        stats = self._buffer()
+        if stats is None or getattr(stats, "writer_busy_since", None) is None:
+            return 0.0
+        return stats.writer_stuck_for(time.monotonic() if now is None else now)
+
+    def writer_wedged(self) -> bool:
+        return self.writer_stuck_for() > WRITER_STUCK_AFTER
+
     def status_line(self) -> str:
         """E.g. "5 equipment, 4 connected, backlog 0" (plus ", broker disconnected" when it is)."""
-        active = [h for h in self.equipment.values() if not h.disabled]
-        connected = sum(1 for h in active if h.connected)
+        states = [h.state for h in self.equipment.values()]
+        connected = states.count(EquipmentState.CONNECTED)
         stats = self._buffer()
         backlog = _stat(stats, "count", "?")
         line = f"{len(self.equipment)} equipment, {connected} connected, backlog {backlog}"
-        disabled = len(self.equipment) - len(active)
-        if disabled:
-            line += f", {disabled} disabled"
+        for state in (EquipmentState.FAILED, EquipmentState.DISABLED):
+            if states.count(state):
+                line += f", {states.count(state)} {state.value}"
         if not self.broker_connected():
             line += ", broker disconnected"
         return line
@@ -108,8 +133,9 @@ class GatewayState:
     def health(self) -> tuple[int, dict[str, Any]]:
         """(HTTP status, JSON body) for /healthz.
 
-        `ok`: broker and every enabled piece of equipment connected, buffer writable. `degraded`: something
-        is down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
+        `ok`: broker and every enabled piece of equipment connected, buffer writable (`failed` equipment,
+        refused for a permanent reason, is not ok; `disabled` in the config is). `degraded`: something is
+        down but no data is being lost (that is what the buffer is for), still HTTP 200. `failing`: the
         buffer cannot accept records, HTTP 503 so Docker or a load balancer notices.
         """
         stats = self._buffer()
@@ -119,10 +145,11 @@ class GatewayState:
         all_up = True
         for equipment_id, h in sorted(self.equipment.items()):
             kind, adapter = self.equipment_info.get(equipment_id, ("?", "?"))
-            all_up &= h.connected or h.disabled
+            all_up &= h.connected or h.state is EquipmentState.DISABLED
             equipment[equipment_id] = {
                 "type": kind,
                 "adapter": adapter,
+                "state": h.state.value,
                 "connected": h.connected,
                 "disabled": h.disabled,
                 "last_good_read": h.last_good_read,
@@ -131,8 +158,9 @@ class GatewayState:
                 "poll_errors": h.poll_errors,
                 "reconnects": h.reconnects,
             }
-        oldest = _stat(stats, "oldest_created", None)
-        status = "failing" if not writable else ("ok" if broker and all_up else "degraded")
+        stuck = self.writer_stuck_for()
+        wedged = stuck > WRITER_STUCK_AFTER
+        status = "failing" if not writable or wedged else ("ok" if broker and all_up else "degraded")
         body: dict[str, Any] = {
             "status": status,
             "gateway": self.gateway_id,
@@ -144,9 +172,13 @@ class GatewayState:
                 "writable": writable,
                 "backlog": _stat(stats, "count", None),
                 "bytes": _stat(stats, "bytes", None),
-                "oldest_age_s": round(max(time.time() - oldest, 0.0), 1) if oldest else None,
+                "oldest_age_s": _oldest_age(stats),
                 "dead_letters": _stat(stats, "dead_letters", None),
                 "evicted": _stat(stats, "evicted_total", None),
+                "dropped_total": _stat(stats, "dropped_total", None),
+                "dropped_total_by_equipment": dict(_stat(stats, "dropped_by_equipment", {}) or {}),
+                "writer_stuck_s": round(stuck, 1),
+                "writer_wedged": wedged,
                 "last_error": _stat(stats, "last_error", None),
             },
             "messages": {
@@ -159,8 +191,16 @@ class GatewayState:
         return (503 if status == "failing" else 200), body
 
 
-def _stat(stats: Any, name: str, default: Any) -> Any:
+def _stat(stats: BufferStats | None, name: str, default: Any) -> Any:
     return getattr(stats, name, default) if stats is not None else default
+
+
+def _oldest_age(stats: BufferStats | None) -> float | None:
+    """Age of the oldest record on the buffer clock (a wall-clock step cannot fool it); None when empty."""
+    if stats is None or getattr(stats, "oldest_age_base", None) is None:
+        oldest = _stat(stats, "oldest_created", None)
+        return round(max(time.time() - oldest, 0.0), 1) if oldest else None
+    return round(stats.oldest_age_s(time.monotonic()), 1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -191,6 +231,14 @@ class GatewayCollector:
         disabled = GaugeMetricFamily(
             "emsedge_equipment_disabled", "1 when disabled (permanent error or config).", labels=labels
         )
+        state = GaugeMetricFamily(
+            "emsedge_equipment_state", "1 for the state the equipment is in (connecting, connected, retrying, "
+            "failed, disabled), 0 for the others.", labels=["equipment", "state"],
+        )
+        lost = CounterMetricFamily(
+            "emsedge_equipment_lost_values", "Values lost at the source before they became records "
+            "(e.g. reason=opcua_queue_overflow).", labels=["equipment", "reason"],
+        )
         durations = HistogramMetricFamily(
             "emsedge_poll_duration_seconds", "Duration of successful polls.", labels=labels
         )
@@ -205,10 +253,15 @@ class GatewayCollector:
             reconnects.add_metric(lv, h.reconnects)
             connected.add_metric(lv, 1.0 if h.connected else 0.0)
             disabled.add_metric(lv, 1.0 if h.disabled else 0.0)
+            for candidate in EquipmentState:
+                state.add_metric([equipment_id, candidate.value], 1.0 if h.state is candidate else 0.0)
+            for reason, count in sorted(h.losses.items()):
+                lost.add_metric([equipment_id, reason], count)
             durations.add_metric(
                 lv, _buckets(POLL_DURATION_BUCKETS, h.poll_duration_counts), sum_value=h.poll_duration_sum
             )
-        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, durations)
+        yield from (info, polls, errors, skipped, values, reconnects, connected, disabled, state, lost, durations)
+        yield from _file_metrics(s.equipment)
 
         yield _counter("emsedge_messages_buffered", "Records committed to the buffer.", s.messages_buffered)
         yield _counter("emsedge_messages_published", "Messages acknowledged by the broker.", s.messages_published)
@@ -223,13 +276,27 @@ class GatewayCollector:
 
         stats = s._buffer()
         if stats is not None:
-            oldest = _stat(stats, "oldest_created", None)
             yield _gauge("emsedge_backlog_messages", "Undelivered records in the buffer.", _stat(stats, "count", 0))
             yield _gauge("emsedge_buffer_bytes", "Size of the buffer's records.", _stat(stats, "bytes", 0))
             yield _gauge(
                 "emsedge_backlog_oldest_age_seconds", "Age of the oldest undelivered record (0 when empty).",
-                max(time.time() - oldest, 0.0) if oldest else 0.0,
+                _oldest_age(stats) or 0.0,
             )
+            lost = CounterMetricFamily(
+                "emsedge_records_lost",
+                "Records lost by a sanctioned policy, cumulative over the buffer file's life, by equipment and "
+                "reason (max_bytes, max_age, dead_letter, too_large, adapter reasons).",
+                labels=["equipment", "reason"],
+            )
+            for equipment, by_reason in sorted((_stat(stats, "losses", {}) or {}).items()):
+                for reason, n in sorted(by_reason.items()):
+                    lost.add_metric([equipment, reason], float(n))
+            yield lost
+            yield _gauge("emsedge_loss_announcements_pending", "buffer_dropped announcements not yet delivered.",
+                         _stat(stats, "announcements_pending", 0))
+            yield _gauge("emsedge_buffer_writer_stuck_seconds",
+                         "Seconds the buffer writer has been in its current disk command (0 when idle).",
+                         s.writer_stuck_for())
             yield _counter("emsedge_buffer_evicted", "Records evicted by the size or age cap.",
                            _stat(stats, "evicted_total", 0))
             yield _gauge("emsedge_dead_letters", "Messages refused for good.", _stat(stats, "dead_letters", 0))
@@ -242,6 +309,44 @@ class GatewayCollector:
         yield build
         yield _gauge("emsedge_uptime_seconds", "Seconds since the gateway started.",
                      time.monotonic() - s.started_monotonic)
+        if s.loop_lag is not None:
+            latest, longest, busy = s.loop_lag()
+            yield _gauge("emsedge_event_loop_lag_seconds", "Lateness of the latest event-loop probe.", latest)
+            yield _gauge("emsedge_event_loop_lag_seconds_max",
+                         "Longest event-loop stall since running (every machine waits that long).", longest)
+            yield _gauge("emsedge_event_loop_busy_seconds_max",
+                         "Longest event-loop stall the gateway's own work caused (stall capped by CPU used).", busy)
+
+
+def _file_metrics(equipment: Mapping[str, EquipmentHealth]) -> Iterator[Metric]:
+    """Per-equipment counters of the adapters that read result files (only equipment that has them)."""
+    with_files = [(eq, h.files) for eq, h in sorted(equipment.items()) if h.files is not None]
+    if not with_files:
+        return
+    labels = ["equipment"]
+    processed = CounterMetricFamily(
+        "emsedge_result_files_processed", "Result files whose events the buffer made durable.", labels=labels
+    )
+    rejected = CounterMetricFamily(
+        "emsedge_result_files_rejected", "Result files rejected (file_rejected, moved to error).", labels=labels
+    )
+    duplicate = CounterMetricFamily(
+        "emsedge_result_files_duplicate", "Identical result files dropped again (nothing emitted).", labels=labels
+    )
+    boards = CounterMetricFamily(
+        "emsedge_boards_emitted", "Boards (unit_tested events) emitted from result files.", labels=labels
+    )
+    parse = SummaryMetricFamily(
+        "emsedge_result_file_parse_seconds", "Time spent parsing result files.", labels=labels
+    )
+    for equipment_id, f in with_files:
+        lv = [equipment_id]
+        processed.add_metric(lv, f.files_processed)
+        rejected.add_metric(lv, f.files_rejected)
+        duplicate.add_metric(lv, f.files_duplicate)
+        boards.add_metric(lv, f.boards_emitted)
+        parse.add_metric(lv, count_value=f.parse_count, sum_value=f.parse_seconds)
+    yield from (processed, rejected, duplicate, boards, parse)
 
 
 def _counter(name: str, documentation: str, value: float) -> Metric:
@@ -288,86 +393,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
 async def serve_http(
     listen: str, state: GatewayState, *, task_status: TaskStatus[int | None] = anyio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve /healthz and /metrics until cancelled. Reports the bound port through `task_status`.
+    """Serve /healthz and /metrics (and the status page) until cancelled; reports the bound port.
 
-    A listener that cannot bind (port taken, address not on this host) is logged as an error and the
-    gateway runs on without it (started with None): collecting data matters more than observing it, and
-    a restart loop would not free the port.
+    The listener lives in `emsedge.web.server` (uvicorn + starlette); this keeps the old entry point.
+    A listener that cannot bind is logged and the gateway runs on without it (started with None).
     """
-    host, port = parse_listen(listen)
-    try:
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-    except OSError as exc:
-        log.error("http listener not started: cannot bind; /healthz and /metrics are unavailable",
-                  address=listen, error=exc.strerror or str(exc))
-        task_status.started(None)
-        return
-    async with listener:
-        bound = listener.listeners[0].extra(anyio.abc.SocketAttribute.local_port)
-        log.info("http listening", address=f"{host}:{bound}", paths="/healthz /metrics")
-        task_status.started(bound)
+    from emsedge.web.server import serve_http as serve  # noqa: PLC0415 - emsedge.web imports this module
 
-        async def handle(stream: SocketStream) -> None:
-            async with stream:
-                try:
-                    await _handle(stream, state)
-                except (anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError, OSError):
-                    pass  # the client went away; nothing to answer
-                except TimeoutError:
-                    log.debug("http client too slow, dropped")
-
-        await listener.serve(handle)
-
-
-async def _handle(stream: SocketStream, state: GatewayState) -> None:
-    with anyio.fail_after(REQUEST_TIMEOUT):
-        raw = b""
-        while b"\r\n\r\n" not in raw and b"\n\n" not in raw:
-            chunk = await stream.receive(4096)
-            raw += chunk
-            if len(raw) > MAX_REQUEST_BYTES:
-                await _respond(stream, 431, b"request too large\n", "text/plain")
-                return
-        request_line = raw.split(b"\n", 1)[0].decode("latin-1").strip()
-        parts = request_line.split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            await _respond(stream, 400, b"bad request\n", "text/plain")
-            return
-        method, target, _version = parts
-        path = target.split("?", 1)[0]
-        if method not in ("GET", "HEAD"):
-            await _respond(stream, 405, b"method not allowed\n", "text/plain", {"Allow": "GET, HEAD"})
-            return
-        head = method == "HEAD"
-        if path == "/healthz":
-            code, body = state.health()
-            payload = json.dumps(body, separators=(",", ":")).encode() + b"\n"
-            await _respond(stream, code, payload, "application/json", head=head)
-        elif path == "/metrics":
-            await _respond(stream, 200, metrics_text(state), CONTENT_TYPE_LATEST, head=head)
-        elif path == "/":
-            await _respond(stream, 200, b"emsedge: /healthz /metrics\n", "text/plain", head=head)
-        else:
-            await _respond(stream, 404, b"not found\n", "text/plain", head=head)
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-
-
-async def _respond(
-    stream: SocketStream, code: int, body: bytes, content_type: str,
-    headers: Mapping[str, str] | None = None, *, head: bool = False,
-) -> None:
-    lines = [
-        f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}",
-        f"Content-Type: {content_type}",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "Connection: close",
-        *(f"{k}: {v}" for k, v in (headers or {}).items()),
-    ]
-    await stream.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+    await serve(listen, state, task_status=task_status)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -473,8 +506,17 @@ async def run_watchdog(
         log.info("systemd watchdog enabled", ping_every_s=round(interval, 3))
     task_status.started()
     period = min(interval, STATUS_EVERY) if interval is not None else STATUS_EVERY
+    wedged_logged = False
     while True:
-        if interval is not None:
+        wedged = state.writer_wedged()
+        if wedged != wedged_logged:
+            wedged_logged = wedged
+            if wedged:
+                log.error("buffer writer wedged: watchdog pings stopped", stuck_s=round(state.writer_stuck_for(), 1),
+                          bound_s=WRITER_STUCK_AFTER)
+            else:
+                log.info("buffer writer moving again: watchdog pings resumed")
+        if interval is not None and not wedged:
             notifier.watchdog()
         notifier.status(state.status_line())
         await anyio.sleep(period)
@@ -482,6 +524,7 @@ async def run_watchdog(
 
 __all__ = [
     "PUBLISH_LATENCY_BUCKETS",
+    "WRITER_STUCK_AFTER",
     "GatewayCollector",
     "GatewayState",
     "SystemdNotifier",

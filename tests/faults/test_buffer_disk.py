@@ -100,7 +100,7 @@ async def test_a_full_disk_keeps_records_in_memory_logs_once_and_recovers_withou
                 assert len(committed) == stuck_at  # append waits: back-pressure, nothing dropped
                 assert stats.queued > 0
                 assert "full" in (stats.last_error or "")
-                lease = await buf.lease(3)  # what is on disk can still be delivered
+                lease = await buf.lease("mqtt", 3)  # what is on disk can still be delivered
                 assert [m.seq for m in lease.messages] == [1, 2, 3]
                 limit[0] = stuck_at + 5  # a few batches more, well within the space about to return
                 ballast.unlink()  # space returns
@@ -151,9 +151,9 @@ async def test_an_unwritable_buffer_keeps_serving_what_it_has_and_recovers(small
         with capture_logs() as logs:
             async with running(db) as buf:
                 assert not buf.stats().writable
-                lease = await buf.lease(10)
+                lease = await buf.lease("mqtt", 10)
                 assert [m.seq for m in lease.messages] == [1, 2, 3]
-                await buf.ack(lease, [1])  # cannot be written yet: kept out of circulation, retried
+                await buf.settle(lease, acked=[1])  # cannot be written yet: kept out of circulation, retried
                 done: list[int] = []
 
                 async def producer() -> None:

@@ -127,6 +127,26 @@ async def test_an_mqtt5_puback_with_not_authorized_is_a_permanent_failure_and_th
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize(("code", "name"), [(0x97, "Quota exceeded"), (0x91, "Packet identifier in use")])
+async def test_an_mqtt5_puback_with_a_temporary_reason_code_is_a_transient_failure_to_retry(
+    code: int, name: str
+) -> None:
+    def policy(publish: Publish) -> str:
+        return "reason" if publish.payload == b'{"seq":1}' else "ack"
+
+    async with FakeBroker(policy=policy, reason_code=code) as broker, running(
+        make_publisher(broker.url, protocol="5")
+    ) as pub:
+        results = await pub.publish_batch(items(3), qos=1)
+        assert pub.connected
+    assert [results[0].ok, results[2].ok] == [True, True]
+    deferred = results[1]
+    assert (deferred.ok, deferred.permanent, deferred.reason_code) == (False, False, code)
+    assert name in (deferred.reason or "")
+    assert len(broker.connects) == 1
+
+
+@pytest.mark.asyncio
 async def test_a_message_over_the_brokers_maximum_packet_size_is_refused_permanently_before_sending() -> None:
     async with FakeBroker(connack_properties={MAXIMUM_PACKET_SIZE: 200}) as broker, running(
         make_publisher(broker.url, protocol="5")

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,3 +269,23 @@ def test_an_unreadable_ca_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "garbage.pem").write_text("not a certificate")
     with pytest.raises(ConfigError, match=r"mqtt\.tls: cannot load"):
         make_publisher("mqtts://127.0.0.1:8883", tls={"ca_file": str(tmp_path / "garbage.pem")})
+
+
+def test_emsedge_watch_connects_over_tls_with_the_plant_ca_and_refuses_another(
+    good_broker: Mosquitto, pki: Pki
+) -> None:
+    url = f"mqtts://127.0.0.1:{good_broker.port}"
+
+    def watch(ca: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "emsedge.cli", "watch", "--broker", url, "--prefix", "ems/p/smt/l",
+             "--ca-file", str(ca), "--once", "--json", "--wait", "1"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    trusted = watch(pki.ca.pem)
+    assert "refused" not in trusted.stderr and "cannot reach" not in trusted.stderr, trusted.stderr
+    assert json.loads(trusted.stdout)["broker"] == url  # connected and subscribed; the line is silent
+    untrusted = watch(pki.other_ca.pem)
+    assert untrusted.returncode == 1
+    assert "cannot reach" in untrusted.stderr and "certificate verify failed" in untrusted.stderr

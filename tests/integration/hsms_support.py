@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.config import HsmsEquipment
+from emsedge.adapters.hsms.config import HsmsEquipment
 from emsedge.schema import Record
 from emsedge.simulate.gem_equipment import GemEquipment, SimAlarm, SimStatusVariable
 

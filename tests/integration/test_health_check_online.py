@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 from opcua_server import PnPServer
-from support import REPO, free_port
+from support import REPO, Mosquitto, free_port
 from support.daemon import EMSEDGE, Equipment, gateway_config, wait_until
 
-from emsedge.config import OpcUaEquipment
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.tooling import read_equipment
 
 
@@ -30,9 +30,12 @@ def table_rows(stdout: str) -> dict[tuple[str, str], list[str]]:
     return rows
 
 
-def test_online_check_reads_every_signal_once_and_prints_a_table(tmp_path: Path, equipment: Equipment) -> None:
-    result = check_online(gateway_config(tmp_path, "mqtt://127.0.0.1:1", equipment.port))
+def test_online_check_reads_every_signal_once_and_prints_a_table(
+    tmp_path: Path, equipment: Equipment, mosquitto: Mosquitto
+) -> None:
+    result = check_online(gateway_config(tmp_path, mosquitto.url, equipment.port))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"broker  {mosquitto.url}: OK, connected and logged in (anonymous)" in result.stdout
     assert "EQUIPMENT  SIGNAL" in result.stdout
     rows = table_rows(result.stdout)
     assert rows[("reflow-1", "zone1_top_temp")] == ["215.5", "Cel", "good"]
@@ -56,6 +59,33 @@ def test_online_check_fails_for_unreachable_equipment_and_bad_signals(tmp_path: 
     assert rows[("reflow-1", "beyond_the_table")][1].startswith("bad")
     assert rows[("reflow-dead", "-")][0] == "FAILED:"
     assert "0 of 2 equipment OK; failed: reflow-1, reflow-dead" in result.stdout
+    assert "broker  mqtt://127.0.0.1:1: FAILED: cannot connect" in result.stdout  # nothing listens on port 1
+    assert result.stdout.rstrip().endswith("broker: FAILED")
+    # pymodbus' own complaint about port 1 is grouped under the machine, not interleaved on stderr.
+    assert "pymodbus" not in result.stderr
+    assert "reflow-dead: 1 library message(s) during its check\n  warning  pymodbus" in result.stdout
+
+
+def test_online_check_logs_in_to_the_broker_and_reports_a_refused_login(
+    tmp_path: Path, equipment: Equipment
+) -> None:
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gw", "right"], check=True, capture_output=True)
+    passwords.chmod(0o600)
+    broker = Mosquitto(workdir=tmp_path, extra_config=f"allow_anonymous false\npassword_file {passwords}")
+    broker.start()
+    try:
+        path = gateway_config(tmp_path, broker.url, equipment.port, mqtt={"username": "gw", "password": "right"})
+        good = check_online(path)
+        assert good.returncode == 0, good.stdout + good.stderr
+        assert f"broker  {broker.url}: OK, connected and logged in as gw" in good.stdout
+        path = gateway_config(tmp_path, broker.url, equipment.port, mqtt={"username": "gw", "password": "wrong"})
+        refused = check_online(path)
+        assert refused.returncode == 1
+        assert f"broker  {broker.url}: FAILED: refused the login as gw" in refused.stdout
+        assert "wrong" not in refused.stdout + refused.stderr
+    finally:
+        broker.stop()
 
 
 @pytest.mark.asyncio
@@ -93,11 +123,12 @@ async def test_online_check_of_a_push_adapter_fails_when_the_endpoint_is_unreach
     assert result.error
 
 
-def test_online_check_reads_the_virtual_line_through_all_three_protocols(tmp_path: Path) -> None:
+def test_online_check_reads_the_virtual_line_through_all_three_protocols(tmp_path: Path, mosquitto: Mosquitto) -> None:
     ports = {"pick_and_place": free_port(), "reflow_oven": free_port(), "aoi": free_port()}
     line = yaml.safe_load((REPO / "config" / "virtual-line.yaml").read_text())
     for machine, port in ports.items():
         line[machine]["port"] = port
+    line["ict"]["enabled"] = False  # the tester writes files; this test reads the three protocols
     line_file = tmp_path / "line.yaml"
     line_file.write_text(yaml.safe_dump(line))
     demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
@@ -106,8 +137,10 @@ def test_online_check_reads_the_virtual_line_through_all_three_protocols(tmp_pat
         "reflow-1": {"port": ports["reflow_oven"]},
         "aoi-1": {"port": ports["aoi"]},
     }
+    demo["equipment"] = [e for e in demo["equipment"] if e["id"] in overrides]
     for entry in demo["equipment"]:
         entry["connection"] = overrides[entry["id"]]
+    demo["mqtt"]["url"] = mosquitto.url
     gateway_file = tmp_path / "demo.yaml"
     gateway_file.write_text(yaml.safe_dump(demo))
     log_path = tmp_path / "simulate.log"

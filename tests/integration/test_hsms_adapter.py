@@ -23,14 +23,16 @@ from hsms_support import (
     aoi_simulator,
     context,
 )
+from trio.testing import MockClock
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.hsms import build
-from emsedge.adapters.hsms.connection import Message, TransactionRejected, frame
+from emsedge.adapters.hsms.config import HsmsEquipment
+from emsedge.adapters.hsms.connection import HsmsClosed, Message, TransactionRejected, frame
+from emsedge.adapters.hsms.gem import HsmsAdapter
 from emsedge.adapters.hsms.secs2 import U4, A, B, L
-from emsedge.config import HsmsEquipment
 from emsedge.schema import EventMessage, Record, TelemetryMessage, encode
 from emsedge.simulate.gem_equipment import GemEquipment
+from emsedge.supervisor import supervise_adapter
 
 
 def restored(c: Collector, n: int = 1) -> bool:
@@ -45,7 +47,7 @@ async def running(
         port = await tg.start(eq.serve)
         config = aoi_config(port, **connection)
         ctx = context(config, collector)
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
         await collector.wait_for(restored)
         yield config, ctx
         tg.cancel_scope.cancel()
@@ -141,6 +143,65 @@ async def test_event_report_is_acknowledged_only_after_emit_returned() -> None:
             release.set()
         assert acks == [0]
         assert len(collector.events("unit_inspected")) == 1
+
+
+def test_a_report_whose_emit_is_held_past_every_deadline_is_never_acknowledged_and_is_resent() -> None:
+    """Durable acknowledgement only: no S6F12 while the buffer holds the emit (a full disk), however long;
+    when the emit fails the link closes without a reply, and the equipment's re-send is acknowledged.
+
+    Real HSMS over TCP on trio's MockClock: once every task waits, the clock jumps, so a ten-minute hold
+    (past T3, T5-T8, and any internal deadline a host might put around the emit) takes a moment.
+    """
+    eq, collector = aoi_simulator(t3=3600.0), Collector()  # the equipment waits an hour for its S6F12
+    release, holding = anyio.Event(), anyio.Event()
+    failing = [True]
+    inner = collector.emit
+    answers: list[object] = []
+
+    async def held_emit(records: Sequence[Record]) -> None:
+        if any(r.event_type == "unit_inspected" for r in records):
+            holding.set()
+            await release.wait()
+            if failing[0]:
+                failing[0] = False
+                raise OSError(28, "No space left on device")
+        await inner(records)
+
+    collector.emit = held_emit  # type: ignore[method-assign]
+
+    async def send() -> None:
+        try:
+            answers.append(await eq.send_event(CEID_BOARD_INSPECTED))
+        except HsmsClosed as exc:
+            answers.append(exc)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(eq.serve)
+            config = aoi_config(port).model_copy(update={"status_variables": []})  # no poll timers
+            ctx = context(config, collector)
+            await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
+            await collector.wait_for(restored)
+            await eq.wait_ready()
+            async with anyio.create_task_group() as sender:
+                sender.start_soon(send)
+                with anyio.fail_after(5):
+                    await holding.wait()
+                held_from = anyio.current_time()
+                await anyio.sleep(600)  # ten (virtual) minutes of back-pressure
+                assert answers == []  # no ACKC6 of any value while the record is not durable
+                release.set()
+            assert anyio.current_time() - held_from >= 600
+            assert len(answers) == 1
+            assert isinstance(answers[0], HsmsClosed)  # the link closed without a reply
+            assert collector.events("unit_inspected") == []
+            await collector.wait_for(lambda c: restored(c, 2))
+            await eq.wait_ready()
+            assert await eq.send_event(CEID_BOARD_INSPECTED) == 0  # the re-send is stored, then acknowledged
+            assert len(collector.events("unit_inspected")) == 1
+            tg.cancel_scope.cancel()
+
+    anyio.run(main, backend="trio", backend_options={"clock": MockClock(autojump_threshold=0.5)})
 
 
 @pytest.mark.asyncio
@@ -273,7 +334,7 @@ async def test_connect_refused_is_reported_once_and_retried_until_the_equipment_
     config = aoi_config(port)
     ctx = context(config, collector)
     async with anyio.create_task_group() as tg:
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
         await collector.wait_for(lambda c: bool(c.events("connection_lost")))
         # A refused connect leaves nothing to observe: watch a few retries for a second connection_lost.
         await anyio.sleep(0.5)
@@ -303,7 +364,7 @@ async def test_stopping_the_adapter_sends_separate_to_the_equipment() -> None:
         port = await tg.start(eq.serve)
         ctx = context(aoi_config(port), collector)
         async with anyio.create_task_group() as adapter_group:
-            await adapter_group.start(build(ctx).run, ctx)
+            await adapter_group.start(supervise_adapter, HsmsAdapter(ctx), ctx)
             await collector.wait_for(restored)
             adapter_group.cancel_scope.cancel()
         with anyio.fail_after(10):
@@ -328,3 +389,43 @@ async def test_terminal_message_from_the_equipment_is_acknowledged() -> None:
         reply = await eq.link.request(Message(10, 1, L(B(0), A("operator: check nozzle 4"))))
         assert reply.name == "S10F2"
         assert reply.body == B(0)
+
+
+def _nested(depth: int) -> bytes:
+    return bytes([0x01, 0x01]) * depth + bytes([0x01, 0x00])
+
+
+@pytest.mark.asyncio
+async def test_oddly_shaped_messages_get_s9f7_and_the_report_queued_behind_them_is_delivered() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector):
+        assert eq.link is not None
+        odd = [
+            Message(6, 11, L(U4(1), L(U4(CEID_BOARD_INSPECTED)), L())),  # CEID as a list
+            Message(6, 11, L(U4(1), U4(CEID_BOARD_INSPECTED), L(L(L(U4(100)), L(A("x")))))),  # RPTID as a list
+            Message(5, 1, L(B(0x80), L(U4(ALID_CONVEYOR)), A("jam"))),  # ALID as a list
+            Message(6, 11, L(U4(1), U4(1, 2), L())),  # CEID as an array of two
+        ]
+        for message in odd:
+            with pytest.raises(TransactionRejected, match="S9F7"):
+                await eq.link.request(message)
+        for body in (_nested(2000), _nested(300)):  # decodable, beyond the decode budget
+            await eq.send_raw(frame(0, 0x80 | 6, 11, 0, 0xBEEF, body=body))
+            await eq.send_raw(frame(0, 9, 7, 0, 0xBEF0, body=body))  # an S9F7 nested as deep
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+        assert sum(m.name == "S9F7" for m in eq.received) >= 4
+        assert collector.events("connection_lost") == []
+        assert len(collector.events("unit_inspected")) == 1
+        assert collector.events("fault_occurred") == []
+
+
+@pytest.mark.asyncio
+async def test_a_message_longer_than_max_message_bytes_is_skipped_answered_s9f11_and_the_link_stays() -> None:
+    eq, collector = aoi_simulator(), Collector()
+    async with running(eq, collector, max_message_bytes="64KiB"):
+        assert eq.link is not None
+        huge = L(U4(1), U4(CEID_BOARD_INSPECTED), L(L(U4(100), L(A("x" * 200_000)))))
+        with pytest.raises(TransactionRejected, match="S9F11"):
+            await eq.link.request(Message(6, 11, huge))
+        assert await eq.send_event(CEID_BOARD_INSPECTED) == 0
+        assert collector.events("connection_lost") == []

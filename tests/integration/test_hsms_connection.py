@@ -9,11 +9,12 @@ import pytest
 from hsms_support import Collector, aoi_config, aoi_simulator, context
 from support import free_port
 
-from emsedge.adapters.hsms import build
+from emsedge.adapters.hsms.config import HsmsConnection
 from emsedge.adapters.hsms.connection import HEADER, HsmsLink, Message, SType, frame
+from emsedge.adapters.hsms.gem import HsmsAdapter
 from emsedge.adapters.hsms.secs2 import L
-from emsedge.config import HsmsConnection
 from emsedge.simulate.gem_equipment import GemEquipment
+from emsedge.supervisor import supervise_adapter
 
 
 async def read_frame(stream: anyio.abc.ByteStream) -> tuple[int, int, int, int, int, bytes]:
@@ -137,7 +138,7 @@ async def test_passive_host_mode_accepts_an_active_equipment_and_serves_it() -> 
             await link.reply(msg, msg.stream, msg.function + 1, L())
 
     async with anyio.create_task_group() as tg:
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
         with anyio.fail_after(10):
             while True:
                 try:

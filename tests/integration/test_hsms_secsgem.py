@@ -20,9 +20,10 @@ from hsms_support import Collector, aoi_config, context
 from support import Mosquitto, Subscriber, free_port
 from support.daemon import Daemon, gateway_config
 
-from emsedge.adapters.hsms import build
-from emsedge.config import HsmsEquipment
+from emsedge.adapters.hsms.config import HsmsEquipment
+from emsedge.adapters.hsms.gem import HsmsAdapter
 from emsedge.schema import EventMessage, Record
+from emsedge.supervisor import supervise_adapter
 
 HERE = Path(__file__).parent
 SV_PROCESS_STATE, SV_INSPECTED = 2101, 2102
@@ -103,7 +104,7 @@ async def adapter_against(aoi: SecsgemAoi, collector: Collector) -> AsyncIterato
     config = secsgem_config(aoi.port)
     ctx = context(config, collector)
     async with anyio.create_task_group() as tg:
-        await tg.start(build(ctx).run, ctx)
+        await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
         await collector.wait_for(lambda c: bool(c.events("connection_restored")), within=20)
         yield
         tg.cancel_scope.cancel()

@@ -11,8 +11,8 @@ import pytest
 from modbus_server import ModbusTestServer, RegisterImage, free_port
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.modbus import ModbusAdapter
-from emsedge.config import ModbusEquipment
+from emsedge.adapters.modbus.adapter import ModbusAdapter
+from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, TelemetryMessage, encode
 

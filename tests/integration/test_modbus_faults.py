@@ -11,11 +11,11 @@ from anyio.abc import SocketStream
 from modbus_server import ModbusTestServer, RegisterImage, free_port
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.modbus import ModbusAdapter
-from emsedge.config import ModbusEquipment
+from emsedge.adapters.modbus.adapter import ModbusAdapter
+from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.errors import AdapterError
-from emsedge.scheduler import run_polled
 from emsedge.schema import Record
+from emsedge.supervisor import supervise_adapter
 
 
 def equipment(port: int) -> ModbusEquipment:
@@ -114,7 +114,7 @@ async def test_a_hung_server_gives_connection_lost_and_bad_readings_then_recover
         # 1. The real server answers: connected, good values.
         server = ModbusTestServer(holding=image().registers(4), input=[1234], port=port)
         await server.start()
-        await tg.start(run_polled, adapter, ctx, 0.05)
+        await tg.start(supervise_adapter, adapter, ctx, 0.05)
         await rec.wait_for("connection_restored")
         await rec.until(lambda: bool(rec.telemetry()))
         first = {r["signal"]: r for r in rec.telemetry()[0]["readings"]}
@@ -171,8 +171,8 @@ async def test_a_server_that_stops_gives_connection_lost_and_the_other_equipment
     async with ModbusTestServer(holding=image().registers(4), port=healthy_port), anyio.create_task_group() as tg:
         dying = ModbusTestServer(holding=image().registers(4), port=dying_port)
         await dying.start()
-        await tg.start(run_polled, ModbusAdapter(healthy_ctx), healthy_ctx, 0.05)
-        await tg.start(run_polled, ModbusAdapter(dying_ctx), dying_ctx, 0.05)
+        await tg.start(supervise_adapter, ModbusAdapter(healthy_ctx), healthy_ctx, 0.05)
+        await tg.start(supervise_adapter, ModbusAdapter(dying_ctx), dying_ctx, 0.05)
         await dying_rec.wait_for("connection_restored")
         await dying.stop()
         await dying_rec.wait_for("connection_lost")

@@ -6,7 +6,7 @@ import anyio
 import pytest
 from modbus_server import ModbusTestServer, RegisterImage, free_port
 
-from emsedge.adapters.modbus import main_probe
+from emsedge.adapters.modbus.adapter import main_probe
 
 
 @pytest.mark.asyncio

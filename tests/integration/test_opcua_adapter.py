@@ -18,15 +18,25 @@ from asyncua import ua
 from opcua_server import PnPServer
 from support import free_port
 
-from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.opcua import OpcUaPoller, OpcUaSubscriber, build
-from emsedge.config import OpcUaEquipment
+from emsedge.adapters.base import AdapterContext, EquipmentState
+from emsedge.adapters.opcua import adapter as opcua_adapter
+from emsedge.adapters.opcua import spec
+from emsedge.adapters.opcua.adapter import OpcUaPoller, OpcUaSubscriber
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, TelemetryMessage, utc_iso
+from emsedge.supervisor import supervise_adapter
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 NONE = {"policy": "None", "mode": "None"}
+
+
+def build(ctx: AdapterContext) -> OpcUaSubscriber | OpcUaPoller:
+    """The adapter the registered `opcua` spec builds for this equipment (its shape follows `mode`)."""
+    adapter = spec.build(ctx.equipment, ctx)
+    assert isinstance(adapter, OpcUaSubscriber | OpcUaPoller)
+    return adapter
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -86,7 +96,7 @@ async def test_subscribe_mode_emits_one_telemetry_record_per_publishing_cycle(se
     adapter = build(c.ctx)
     assert isinstance(adapter, OpcUaSubscriber)
     async with anyio.create_task_group() as tg:
-        await tg.start(adapter.run, c.ctx)
+        await tg.start(supervise_adapter, adapter, c.ctx)
         await c.wait(lambda: len(c.readings("reel_id")) == 1)
         initial = c.telemetry()[-1]
         before = len(c.telemetry())
@@ -116,7 +126,7 @@ async def test_reading_ts_is_the_source_timestamp_and_server_ts_is_kept_when_dif
     c = Collector(equipment(server.url, [{"name": "board_serial", "node": "ns=2;s=PnP.BoardSerial"}]))
     source = dt.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=dt.UTC)
     async with anyio.create_task_group() as tg:
-        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
         await c.wait(lambda: len(c.readings("board_serial")) == 1)
         await server.write("PnP.BoardSerial", "SN-TS", ua.VariantType.String, source_ts=source)
         await c.wait(lambda: len(c.readings("board_serial")) == 2)
@@ -134,7 +144,7 @@ async def test_absolute_deadband_suppresses_changes_smaller_than_the_band(server
     c = Collector(equipment(server.url, vacuum))
     await server.write("PnP.Heads.Head1.Vacuum", -60.0, ua.VariantType.Double)
     async with anyio.create_task_group() as tg:
-        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
         await c.wait(lambda: len(c.readings("head1_vacuum")) == 1)
         for v in (-60.1, -60.3, -59.9, -59.2, -59.4):  # the server applies the deadband at each write
             await server.write("PnP.Heads.Head1.Vacuum", v, ua.VariantType.Double)
@@ -150,7 +160,7 @@ async def test_status_codes_map_to_quality_and_keep_the_status_name(server: PnPS
     c = Collector(equipment(server.url, [{"name": "head1_vacuum", "node": "ns=2;s=PnP.Heads.Head1.Vacuum"}]))
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+            await tg.start(supervise_adapter, build(c.ctx), c.ctx)
             await c.wait(lambda: len(c.readings("head1_vacuum")) == 1)
             await server.write("PnP.Heads.Head1.Vacuum", -61.0, ua.VariantType.Double,
                                status=ua.StatusCodes.BadSensorFailure)
@@ -216,11 +226,15 @@ async def test_a_browse_path_that_does_not_exist_is_a_permanent_error_naming_the
     assert not err.value.transient
     assert "head2_vacuum" in str(err.value)
     assert "0:Objects/2:PnP/2:Heads/2:Head2/2:Vacuum" in str(err.value)
-    assert c.ctx.health.disabled
+    async with anyio.create_task_group() as tg:  # the poller under the supervisor: failed
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
+        await c.wait(lambda: c.ctx.health.disabled)
+        tg.cancel_scope.cancel()
+    assert c.ctx.health.state is EquipmentState.FAILED
 
     c = Collector(equipment(server.url, signals))
     async with anyio.create_task_group() as tg:
-        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
         await c.wait(lambda: bool(c.events("connection_lost")))
         tg.cancel_scope.cancel()
     assert "head2_vacuum" in c.events("connection_lost")[0].body["event"]["reason"]
@@ -236,7 +250,7 @@ async def test_server_restart_gives_connection_events_and_a_recreated_subscripti
     assert isinstance(adapter, OpcUaSubscriber)
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(adapter.run, c.ctx)
+            await tg.start(supervise_adapter, adapter, c.ctx)
             await c.wait(lambda: bool(c.events("connection_restored")) and bool(c.readings("board_serial")))
             await srv.stop()
             await c.wait(lambda: bool(c.events("connection_lost")))
@@ -262,7 +276,7 @@ async def test_server_restart_gives_connection_events_and_a_recreated_subscripti
 async def test_a_dead_server_address_never_hangs_and_reports_cannot_connect() -> None:
     c = Collector(equipment(f"opc.tcp://127.0.0.1:{free_port()}", PNP_SIGNALS[:1]))
     async with anyio.create_task_group() as tg:
-        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
         await c.wait(lambda: bool(c.events("connection_lost")), limit=15)
         await anyio.sleep(0.5)  # a refused connect leaves nothing to observe: a few retries, one connection_lost
         tg.cancel_scope.cancel()
@@ -283,7 +297,7 @@ async def test_alarms_and_conditions_become_linked_fault_occurred_and_fault_clea
     gen.event.Message = ua.LocalizedText("Vacuum low on head 1")
     gen.event.Severity = 700
     async with anyio.create_task_group() as tg:
-        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
         await c.wait(lambda: bool(c.events("connection_restored")))  # the event subscription is in place
         for active in (True, True, False):  # the second True is a re-notification (e.g. an acknowledge)
             setattr(gen.event, "ActiveState/Id", active)
@@ -306,7 +320,7 @@ async def test_namespace_uri_node_ids_are_re_resolved_when_a_restart_moves_the_n
                                       {"name": "reel_id", "node": "ns=2;s=PnP.Feeders.Feeder1.ReelId"}]))
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+            await tg.start(supervise_adapter, build(c.ctx), c.ctx)
             await c.wait(lambda: len(c.readings("board_serial")) == 1)
             await srv.stop()
             srv.extra_namespaces = 1  # our namespace is now ns=3
@@ -317,7 +331,7 @@ async def test_namespace_uri_node_ids_are_re_resolved_when_a_restart_moves_the_n
         c2 = Collector(equipment(srv.url, [{"name": "board_serial",
                                             "node": "nsu=urn:emsedge:test:pnp;s=PnP.BoardSerial"}]))
         async with anyio.create_task_group() as tg:
-            await tg.start(build(c2.ctx).run, c2.ctx)  # type: ignore[union-attr]
+            await tg.start(supervise_adapter, build(c2.ctx), c2.ctx)
             await srv.write("PnP.BoardSerial", "SN-NS3", ua.VariantType.String)
             await c2.wait(lambda: any(x["value"] == "SN-NS3" for x in c2.readings("board_serial")))
             tg.cancel_scope.cancel()
@@ -334,7 +348,7 @@ async def test_a_permanently_broken_signal_recovers_without_restart_once_the_ser
     signals = [{"name": "head3_vacuum", "browse_path": "0:Objects/2:PnP/2:Heads/2:Head3/2:Vacuum"}]
     c = Collector(equipment(server.url, signals))
     async with anyio.create_task_group() as tg:
-        await tg.start(build(c.ctx).run, c.ctx)  # type: ignore[union-attr]
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
         await c.wait(lambda: c.ctx.health.disabled)
         heads = server.server.get_node(ua.NodeId("PnP.Heads", 2))
         head3 = await heads.add_object(ua.NodeId("PnP.Heads.Head3", 2), ua.QualifiedName("Head3", 2))
@@ -354,3 +368,46 @@ async def test_poll_mode_asks_for_a_reconnect_when_every_node_is_unknown(server:
         with pytest.raises(AdapterError, match="every node is unknown") as err:
             await poller.poll()
     assert err.value.transient
+
+
+async def test_notifications_dropped_from_a_full_queue_are_counted_as_loss(
+    server: PnPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stalled emit (a busy disk) while the server keeps publishing overflows asyncua's notification
+    queue; every notification it drops reaches `count_loss("opcua_queue_overflow", n)`."""
+    monkeypatch.setattr(opcua_adapter, "QUEUE_FLOOR", 8)
+    signals = [{"name": "placed_components", "node": "ns=2;s=PnP.Counters.Placed"},
+               {"name": "boards", "node": "ns=2;s=PnP.Counters.Boards"},
+               {"name": "board_serial", "node": "ns=2;s=PnP.BoardSerial"}]
+    c = Collector(equipment(server.url, signals))  # queue: max(8, 8 x 3 x queue_size 1) = 24 notifications
+    losses: list[tuple[str, int]] = []
+
+    async def count_loss(reason: str, count: int) -> None:
+        losses.append((reason, count))
+
+    c.ctx.loss_counter = count_loss
+    held, release = anyio.Event(), anyio.Event()
+    inner = c.ctx.emit
+
+    async def stalling_emit(records: Sequence[Record]) -> None:
+        if held.is_set():
+            await release.wait()
+        await inner(records)
+
+    c.ctx.emit = stalling_emit
+    async with anyio.create_task_group() as tg:
+        await tg.start(supervise_adapter, build(c.ctx), c.ctx)
+        await c.wait(lambda: len(c.readings("board_serial")) == 1)
+        held.set()
+        for _ in range(40):  # 3 changes per cycle, 40 cycles: far more than the queue holds
+            await server.tick()
+            await anyio.sleep(0.06)
+        release.set()
+        await c.wait(lambda: bool(losses))
+        tg.cancel_scope.cancel()
+    assert {reason for reason, _ in losses} == {"opcua_queue_overflow"}
+    lost = sum(count for _, count in losses)
+    assert lost > 0
+    assert c.ctx.health.losses == {"opcua_queue_overflow": lost}
+    delivered = len(c.readings("board_serial")) + len(c.readings("boards")) + len(c.readings("placed_components"))
+    assert delivered + lost >= 24 + 1  # what the queue held plus what it dropped

@@ -8,17 +8,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import pytest_asyncio
 from asyncua import ua
 from opcua_server import PnPServer
 
-from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.opcua import OpcUaPoller
+from emsedge.adapters.base import AdapterContext, EquipmentState
+from emsedge.adapters.opcua.adapter import OpcUaPoller
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.adapters.opcua.tools import generate_certificate, main_gen_cert
-from emsedge.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import Record
+from emsedge.supervisor import supervise_adapter
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -101,7 +103,13 @@ async def test_an_untrusted_server_certificate_is_a_clear_permanent_error(secure
                 pass
         assert not err.value.transient
         assert "untrusted server certificate" in str(err.value)
-        assert p.ctx.health.disabled
+        async with anyio.create_task_group() as tg:  # under the supervisor: failed, not retrying fast
+            await tg.start(supervise_adapter, p, p.ctx)
+            with anyio.fail_after(5):
+                while not p.ctx.health.disabled:  # noqa: ASYNC110 - health is plain state
+                    await anyio.sleep(0.02)
+            tg.cancel_scope.cancel()
+        assert p.ctx.health.state is EquipmentState.FAILED
 
 
 async def test_a_policy_or_mode_the_server_does_not_offer_is_refused_without_fallback(

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from opcua_server import PnPServer
 from support import free_port
 
-from emsedge.adapters.opcua import main_browse, main_gen_cert
+from emsedge.adapters.opcua.tools import main_browse, main_gen_cert
 
 
 @pytest.mark.asyncio

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Mosquitto
+from support import REPO, Mosquitto, free_port
 from support.daemon import EMSEDGE, Daemon, buffer_seqs, wait_until
 
 from emsedge.config import load_config
@@ -48,6 +48,8 @@ def fast_line(tmp_path: Path) -> tuple[Path, VirtualLineConfig]:
                            "placement_time": "900ms", "pick_error_rate": 0.01},
         "reflow_oven": {"port": ports.reflow_oven.port, "dwell_time": "2s", "min_spacing": "300ms"},
         "aoi": {"port": ports.aoi.port, "inspection_time": "300ms", "defect_rate": 0.4},
+        # the gateway runs in tmp_path, where config/demo.yaml's ./var/ict-1/out is this folder
+        "ict": {"folder": str(tmp_path / "var" / "ict-1" / "out"), "test_time": "200ms", "fail_rate": 0.5},
         "schedule": {"faults": [
             {"at": "4.8s", "machine": "pick_and_place", "fault": "jam", "duration": "800ms"},
             {"at": "7s", "machine": "aoi", "fault": "alarm", "code": 7, "duration": "1s"},
@@ -85,6 +87,9 @@ class Simulator:
 
     def inspected(self) -> list[dict[str, Any]]:
         return [e["board"] for e in self.truth() if e["kind"] == "board_inspected"]
+
+    def tested(self) -> list[dict[str, Any]]:
+        return [e["board"] for e in self.truth() if e["kind"] == "board_tested"]
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
@@ -143,8 +148,9 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
     gateway_file = tmp_path / "gateway.yaml"
     env = {**point_gateway_config(REPO / "config" / "demo.yaml", line, gateway_file),
            "EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
-           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", "")}
-    gateway = Daemon(gateway_file, tmp_path / "gateway.log", env=env)
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", ""),
+           "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"}  # demo.yaml's 9108 may be taken
+    gateway = Daemon(gateway_file, tmp_path / "gateway.log", env=env, cwd=tmp_path)
     started = time.time()
     try:
         wait_until(simulator.up, 60)
@@ -156,6 +162,10 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
         simulator.release()
         wait_until(lambda: len(simulator.inspected()) >= BOARDS, 90)
         wait_until(lambda: len(mes.inspected_serials()) >= BOARDS, 60)
+        wait_until(lambda: len(simulator.tested()) >= BOARDS, 60)
+        wait_until(lambda: len(mes.tested_serials()) >= BOARDS
+                   and all(len(mes.boards[b["serial"]]["test"]["runs"]) == len(b["test_results"])
+                           for b in simulator.tested()), 60)
         wait_until(lambda: sum(c["type"] == "connection_restored" and c["equipment"] == "reflow-1"
                                for c in mes.connections) >= 2, 60)
         assert gateway.stop() == 0
@@ -199,6 +209,24 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
         assert stamps == sorted(stamps), (stage, stamps)
     assert any(b["result"] == "FAIL" for b in truth)
     assert any(b["result"] == "PASS" for b in truth)
+    # The in-circuit test after the AOI: every run of every board, in order, from the tester's files.
+    tested = simulator.tested()
+    assert sorted(b["serial"] for b in tested) == sorted(b["serial"] for b in truth)
+    for board in tested:
+        record = mes.boards[board["serial"]]
+        assert MesSubscriber.is_complete(record, test=True)
+        runs = record["test"]["runs"]
+        assert [r["result"] for r in runs] == [v.lower() for v in board["test_results"]]
+        for run in runs:
+            assert run["equipment"] == "ict-1" and run["test_method"] == "ict"
+            assert run["measurements"] == 11  # 8 parts + the shorts block (shorts, opens, phantoms)
+            assert (run["failed_tests"] != []) == (run["result"] == "fail")
+            assert run["started"].endswith("Z") and run["started"] < run["ended"]
+    assert any(r == "FAIL" for b in tested for r in b["test_results"])
+    # Every file archived once its events were durable; nothing left behind, nothing rejected.
+    folder = tmp_path / "var" / "ict-1"
+    assert len(list((folder / "done").glob("*.log"))) == sum(len(b["test_results"]) for b in tested)
+    assert not list((folder / "out").glob("*.log")) and not (folder / "error").exists()
 
     # Every seq the gateway assigned reached MES, from the first to the last (or is still buffered).
     last, waiting = buffer_seqs(tmp_path / "buffer.db")

@@ -1,14 +1,16 @@
 """A hypothesis state machine over the buffer, checked against a simple in-memory model.
 
-Rules: append (with a small `max_bytes`, so evictions happen), lease, ack, nack, release, begin_replay and
-crash-and-reopen (a copy of the database files taken between transactions, as a power cut with
-`sync: full` would leave them, opened by a fresh Buffer). Invariants: no acked record comes back,
-accepted = delivered + evicted + present, the byte cap holds, eviction is oldest first, leases are
-oldest first and never overlap, and seq never goes back.
+Rules: append (with a small `max_bytes`, so evictions happen), lease, settle acked, settle retry,
+begin_replay and crash-and-reopen (a copy of the database files taken by the owner thread between two
+commands, as a power cut with `sync: full` would leave them, opened by a fresh Buffer). Invariants: no
+acked record comes back, accepted = delivered + evicted + present, the byte cap holds, eviction is oldest
+first, leases are oldest first and never overlap, seq never goes back, and every evicted seq is covered by
+exactly one loss announcement (delivered or still pending), none by two.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from concurrent.futures import Future
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from emsedge import schema
-from emsedge.buffer import Buffer, Lease, export
+from emsedge.buffer import Buffer, Lease, StoredMessage, export
 from emsedge.config import BufferConfig
 from emsedge.topics import Topics
 
@@ -43,6 +45,9 @@ class BufferMachine(RuleBasedStateMachine):
         self.present: dict[int, str] = {}  # seq -> equipment, in seq order
         self.leases: dict[int, tuple[Lease, set[int]]] = {}
         self.acked: set[int] = set()
+        self.evicted_seqs: set[int] = set()
+        self.announced: list[int] = []  # dropped_seqs of delivered announcements, with repeats
+        self.announcement_seqs: set[int] = set()
         self.accepted = 0
         self.delivered = 0
         self.evicted = 0
@@ -81,6 +86,7 @@ class BufferMachine(RuleBasedStateMachine):
         dropped = list(self.present)[: result.evicted]
         expected_by_equipment: dict[str, int] = {}
         for seq in dropped:
+            self.evicted_seqs.add(seq)
             eq = self.present.pop(seq)
             expected_by_equipment[eq] = expected_by_equipment.get(eq, 0) + 1
             for _, seqs in self.leases.values():
@@ -90,15 +96,22 @@ class BufferMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, 8))
     def lease(self, n: int) -> None:
-        lease = self.portal.call(self.buf.lease, n)
-        got = [m.seq for m in lease.messages]
+        lease = self.portal.call(self.buf.lease, "mqtt", n)
+        notes = [m for m in lease.messages if m.announcement]
+        self.announcement_seqs |= {m.seq for m in notes}
+        got = [m.seq for m in lease.messages if not m.announcement]
+        assert lease.messages[: len(notes)] == notes  # due announcements go first
         busy = self.leased_now()
-        expected = [s for s in self.present if s not in busy][:n]
+        expected = [s for s in self.present if s not in busy][: n - len(notes)]
         assert got == expected, (got, expected)
         assert not set(got) & self.acked
-        assert all(m.replayed == (m.seq <= self.mark) for m in lease.messages)
-        if got:
-            self.leases[lease.id] = (lease, set(got))
+        assert all(m.replayed == (m.seq <= self.mark) for m in lease.messages if not m.announcement)
+        if lease.messages:
+            self.leases[lease.id] = (lease, {m.seq for m in lease.messages})
+
+    def _delivered_announcement(self, message: StoredMessage) -> None:
+        for first, last in json.loads(message.payload)["event"]["dropped_seqs"]:
+            self.announced += list(range(first, last + 1))
 
     @precondition(lambda self: bool(self.leases))
     @rule(data=st.data())
@@ -106,10 +119,13 @@ class BufferMachine(RuleBasedStateMachine):
         lease_id = data.draw(st.sampled_from(sorted(self.leases)))
         lease, seqs = self.leases[lease_id]
         chosen = data.draw(st.lists(st.sampled_from(sorted(seqs)), unique=True, min_size=1)) if seqs else []
-        self.portal.call(self.buf.ack, lease, chosen)
+        self.portal.call(self.buf.settle, lease, chosen)
+        by_seq = {m.seq: m for m in lease.messages}
         for seq in chosen:
             seqs.discard(seq)
-            if self.present.pop(seq, None) is not None:
+            if by_seq[seq].announcement:
+                self._delivered_announcement(by_seq[seq])
+            elif self.present.pop(seq, None) is not None:
                 self.delivered += 1
             self.acked.add(seq)
         if not seqs:
@@ -121,19 +137,15 @@ class BufferMachine(RuleBasedStateMachine):
         lease_id = data.draw(st.sampled_from(sorted(self.leases)))
         lease, seqs = self.leases[lease_id]
         chosen = data.draw(st.lists(st.sampled_from(sorted(seqs)), unique=True, min_size=1)) if seqs else []
-        self.portal.call(self.buf.nack, lease, chosen)
+        self.portal.call(self.buf.settle, lease, (), chosen)
         seqs.difference_update(chosen)
         if not seqs:
             del self.leases[lease_id]
 
     @rule()
-    def release_all(self) -> None:
-        self.buf.release_all()
-        self.leases.clear()
-
-    @rule()
     def begin_replay(self) -> None:
-        self.buf.begin_replay()
+        self.buf.begin_replay("mqtt")
+        self.portal.call(self.buf.lease, "mqtt", 0)  # one round trip: the replay mark is set
         self.mark = self.buf.stats().next_seq - 1
 
     @precondition(lambda self: self.generation < 3)  # a few crashes per run leave room for long lease chains
@@ -141,10 +153,14 @@ class BufferMachine(RuleBasedStateMachine):
     def crash_and_reopen(self) -> None:
         old = self.path
         self.generation += 1
-        with self.buf._db_lock:  # between transactions: what a power cut leaves with sync: full
+        new = self.path
+
+        def copy() -> None:  # in the owner thread, between two commands: what a power cut leaves
             for suffix in ("", "-wal", ".seq"):
                 if Path(f"{old}{suffix}").exists():
-                    shutil.copyfile(f"{old}{suffix}", f"{self.path}{suffix}")
+                    shutil.copyfile(f"{old}{suffix}", f"{new}{suffix}")
+
+        self.portal.call(self.buf._call, copy)
         self.task.cancel()
         self._start()
         self.leases.clear()
@@ -161,8 +177,20 @@ class BufferMachine(RuleBasedStateMachine):
         assert stats.leased == len(self.leased_now())
 
     @invariant()
+    def every_evicted_seq_is_announced_exactly_once(self) -> None:
+        pending: list[int] = []
+        for row in export(self.path):
+            if row["equipment"] == schema.GATEWAY_EQUIPMENT:
+                for first, last in json.loads(row["payload"])["event"]["dropped_seqs"]:
+                    pending += list(range(first, last + 1))
+        covered = self.announced + pending
+        assert len(covered) == len(set(covered))  # no seq announced twice
+        assert set(covered) == self.evicted_seqs
+        assert not set(covered) & set(self.present)
+
+    @invariant()
     def the_file_holds_exactly_the_present_records(self) -> None:
-        on_disk = [r["seq"] for r in export(self.path)]
+        on_disk = [r["seq"] for r in export(self.path) if r["equipment"] != schema.GATEWAY_EQUIPMENT]
         assert on_disk == list(self.present)
         assert not set(on_disk) & self.acked
 

@@ -77,12 +77,13 @@ class Daemon:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    cwd: Path | None = None
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [EMSEDGE, "run", "-c", str(self.config)],
-                stdout=log, stderr=log, env={**os.environ, **self.env},
+                stdout=log, stderr=log, env={**os.environ, **self.env}, cwd=self.cwd,
             )
 
     def signal(self, sig: int) -> None:

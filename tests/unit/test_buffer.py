@@ -12,9 +12,10 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-import emsedge.buffer as buffer_module
+import emsedge.buffer.store as buffer_module
 from emsedge import schema
 from emsedge.buffer import Buffer, export, file_stats, purge
+from emsedge.buffer.store import Store
 from emsedge.config import BufferConfig
 from emsedge.errors import BufferError
 from emsedge.topics import Topics
@@ -49,7 +50,8 @@ async def running(path: Path, **kwargs: Any) -> AsyncIterator[Buffer]:
         extra["clock"] = clock
     if wall is not None:
         extra["wall_clock"] = wall
-    buf = Buffer(config(path, **kwargs), gateway="line1-gw", topics=TOPICS, **extra)
+    outputs = kwargs.pop("outputs", ("mqtt",))
+    buf = Buffer(config(path, **kwargs), gateway="line1-gw", topics=TOPICS, outputs=outputs, **extra)
     async with anyio.create_task_group() as tg:
         await tg.start(buf.run)
         try:
@@ -63,7 +65,8 @@ async def fill(buf: Buffer, n: int, equipment: str = "oven-1") -> None:
 
 
 def seqs_on_disk(path: Path) -> list[int]:
-    return [r["seq"] for r in export(path)]
+    """Seqs of the records on disk (pending loss announcements, equipment `_gateway`, left out)."""
+    return [r["seq"] for r in export(path) if r["equipment"] != schema.GATEWAY_EQUIPMENT]
 
 
 @pytest.mark.asyncio
@@ -75,7 +78,7 @@ async def test_append_is_durable_a_reopened_buffer_sees_the_records(tmp_path: Pa
         assert result.evicted == 0
     async with running(db) as buf:
         assert buf.stats().count == 2
-        lease = await buf.lease(10)
+        lease = await buf.lease("mqtt", 10)
     assert [m.equipment for m in lease.messages] == ["oven-1", "aoi-1"]
 
 
@@ -83,8 +86,8 @@ async def test_append_is_durable_a_reopened_buffer_sees_the_records(tmp_path: Pa
 async def test_payload_is_the_encoded_envelope_with_id_seq_gateway_and_topic(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await buf.append([rec(), schema.event("oven-1", "reflow_oven", "fault_occurred", code=7)])
-        buf.begin_replay()  # mark = 2: both are backlog now, but with replay_rate None order is kept
-        lease = await buf.lease(10)
+        buf.begin_replay("mqtt")  # mark = 2: both are backlog now, but with replay_rate None order is kept
+        lease = await buf.lease("mqtt", 10)
     telemetry, event = (json.loads(m.payload) for m in lease.messages)
     assert telemetry["seq"] == 1
     assert event["seq"] == 2
@@ -113,8 +116,8 @@ async def test_seq_is_never_reused_even_when_every_row_was_acked(tmp_path: Path)
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 5)
-        lease = await buf.lease(10)
-        await buf.ack(lease, [m.seq for m in lease.messages])
+        lease = await buf.lease("mqtt", 10)
+        await buf.settle(lease, acked=[m.seq for m in lease.messages])
         assert buf.stats().count == 0
     async with running(db) as buf:
         await fill(buf, 1)
@@ -141,12 +144,12 @@ async def test_ack_deletes_the_records_and_updates_counts(tmp_path: Path) -> Non
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 4)
-        lease = await buf.lease(4)
-        await buf.ack(lease, [1, 2])
+        lease = await buf.lease("mqtt", 4)
+        await buf.settle(lease, acked=[1, 2])
         stats = buf.stats()
         assert stats.count == 2
         assert stats.leased == 2
-        await buf.ack(lease, [3, 4])
+        await buf.settle(lease, acked=[3, 4])
         stats = buf.stats()
         assert stats.count == 0
         assert stats.bytes == 0
@@ -159,8 +162,8 @@ async def test_ack_deletes_the_records_and_updates_counts(tmp_path: Path) -> Non
 async def test_ack_ignores_seqs_that_are_not_in_the_lease(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 4)
-        lease = await buf.lease(2)
-        await buf.ack(lease, [3, 4])
+        lease = await buf.lease("mqtt", 2)
+        await buf.settle(lease, acked=[3, 4])
         assert buf.stats().count == 4
 
 
@@ -168,12 +171,12 @@ async def test_ack_ignores_seqs_that_are_not_in_the_lease(tmp_path: Path) -> Non
 async def test_nack_returns_records_in_order_with_attempts_counted(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 6)
-        first = await buf.lease(3)
-        second = await buf.lease(2)
+        first = await buf.lease("mqtt", 3)
+        second = await buf.lease("mqtt", 2)
         assert [m.seq for m in second.messages] == [4, 5]
-        await buf.nack(first, [2, 3])
-        await buf.ack(first, [1])
-        again = await buf.lease(10)
+        await buf.settle(first, retry=[2, 3])
+        await buf.settle(first, acked=[1])
+        again = await buf.lease("mqtt", 10)
     assert [m.seq for m in again.messages] == [2, 3, 6]
     assert [m.attempts for m in again.messages] == [1, 1, 0]
 
@@ -184,24 +187,24 @@ async def test_leases_never_hand_out_the_same_record_twice(tmp_path: Path) -> No
         await fill(buf, 50)
         seen: list[int] = []
         for _ in range(8):
-            seen += [m.seq for m in (await buf.lease(7)).messages]
+            seen += [m.seq for m in (await buf.lease("mqtt", 7)).messages]
         assert sorted(seen) == list(range(1, 51))
         assert len(seen) == 50
-        assert (await buf.lease(5)).messages == []
+        assert (await buf.lease("mqtt", 5)).messages == []
         assert buf.stats().leased == 50
 
 
 @pytest.mark.asyncio
-async def test_release_all_makes_leased_records_leasable_again_oldest_first(tmp_path: Path) -> None:
+async def test_settling_a_stale_lease_cannot_put_back_what_a_newer_lease_holds(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 5)
-        old = await buf.lease(3)
-        buf.release_all()
-        assert buf.stats().leased == 0
-        lease = await buf.lease(10)
+        old = await buf.lease("mqtt", 3)
+        await buf.settle(old, retry=[1, 2, 3])
+        lease = await buf.lease("mqtt", 10)
         assert [m.seq for m in lease.messages] == [1, 2, 3, 4, 5]
-        await buf.nack(old, [1])  # a stale lease cannot put back what a newer lease holds
-        assert [m.seq for m in (await buf.lease(10)).messages] == []
+        await buf.settle(old, retry=[1], acked=[2])  # belongs to the newer lease now: ignored
+        assert buf.stats().count == 5
+        assert [m.seq for m in (await buf.lease("mqtt", 10)).messages] == []
 
 
 @pytest.mark.asyncio
@@ -231,7 +234,10 @@ async def test_eviction_keeps_the_byte_cap_and_the_counters_survive_a_restart(tm
             assert buf.stats().bytes <= 3000
         before = buf.stats()
     on_disk = seqs_on_disk(db)
-    assert on_disk == list(range(41 - len(on_disk), 41))  # a suffix: eviction took a prefix
+    announced = {r["seq"] for r in export(db) if r["equipment"] == schema.GATEWAY_EQUIPMENT}
+    records = [s for s in range(1, before.next_seq) if s not in announced]
+    assert len(records) == 40
+    assert on_disk == records[len(records) - len(on_disk) :]  # a suffix: eviction took a prefix
     assert before.evicted_total == 40 - len(on_disk)
     async with running(db, max_bytes=3000) as buf:
         after = buf.stats()
@@ -251,7 +257,7 @@ async def test_a_record_larger_than_the_cap_is_evicted_at_once_and_reported(tmp_
 @pytest.mark.asyncio
 async def test_max_age_evicts_old_records_on_append_and_when_idle(tmp_path: Path) -> None:
     wall = FakeClock(1_000_000.0)
-    async with running(tmp_path / "b.db", max_age=60, wall_clock=wall) as buf:
+    async with running(tmp_path / "b.db", max_age=60, clock=wall) as buf:
         await fill(buf, 3, "oven-1")
         wall.now += 30
         await fill(buf, 2, "aoi-1")
@@ -276,7 +282,7 @@ async def test_everything_on_disk_at_open_is_replayed_and_later_appends_are_live
         await fill(buf, 1)
         stats = buf.stats()
         assert stats.backlog == 2
-        lease = await buf.lease(10)
+        lease = await buf.lease("mqtt", 10)
     assert [(m.seq, m.replayed) for m in lease.messages] == [(1, True), (2, True), (3, False)]
     assert json.loads(lease.messages[0].payload)["replayed"] is True
     assert "replayed" not in json.loads(lease.messages[2].payload)
@@ -287,12 +293,12 @@ async def test_everything_on_disk_at_open_is_replayed_and_later_appends_are_live
 async def test_begin_replay_turns_everything_appended_so_far_into_backlog(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         await fill(buf, 3)
-        buf.begin_replay()
+        buf.begin_replay("mqtt")
         await fill(buf, 1)
         assert buf.stats().backlog == 3
-        lease = await buf.lease(10)
+        lease = await buf.lease("mqtt", 10)
         assert [m.replayed for m in lease.messages] == [True, True, True, False]
-        await buf.ack(lease, [1, 2])
+        await buf.settle(lease, acked=[1, 2])
         assert buf.stats().backlog == 1
 
 
@@ -304,14 +310,14 @@ async def test_replay_rate_lets_live_records_through_first_and_meters_the_backlo
     clock = FakeClock()
     async with running(db, replay_rate=5.0, clock=clock) as buf:
         await fill(buf, 3)  # live: seqs 31..33
-        first = await buf.lease(20)
+        first = await buf.lease("mqtt", 20)
         assert [m.seq for m in first.messages] == [31, 32, 33, 1, 2, 3, 4, 5]  # live, then a 5-token burst
-        assert (await buf.lease(20)).messages == []  # bucket empty, no live records
+        assert (await buf.lease("mqtt", 20)).messages == []  # bucket empty, no live records
         clock.now += 1.0
-        second = await buf.lease(20)
+        second = await buf.lease("mqtt", 20)
         assert [m.seq for m in second.messages] == [6, 7, 8, 9, 10]
         clock.now += 0.2
-        assert [m.seq for m in (await buf.lease(20)).messages] == [11]
+        assert [m.seq for m in (await buf.lease("mqtt", 20)).messages] == [11]
 
 
 @pytest.mark.asyncio
@@ -321,7 +327,7 @@ async def test_without_replay_rate_leasing_is_strictly_oldest_first(tmp_path: Pa
         await fill(buf, 3)
     async with running(db) as buf:
         await fill(buf, 2)
-        lease = await buf.lease(4)
+        lease = await buf.lease("mqtt", 4)
     assert [m.seq for m in lease.messages] == [1, 2, 3, 4]
 
 
@@ -330,14 +336,14 @@ async def test_dead_letter_moves_records_aside_counts_and_logs_them(tmp_path: Pa
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 3)
-        lease = await buf.lease(3)
+        lease = await buf.lease("mqtt", 3)
         with capture_logs() as logs:
-            await buf.dead_letter([2], "PUBACK reason 0x97 payload format invalid")
+            await buf.settle(lease, dead=[(2, "PUBACK reason 0x97 payload format invalid")])
         stats = buf.stats()
         assert stats.dead_letters == 1
         assert stats.count == 2
         assert stats.leased == 2
-        await buf.ack(lease, [1, 3])
+        await buf.settle(lease, acked=[1, 3])
     (line,) = [e for e in logs if e["event"] == "buffer_dead_lettered"]
     assert line["equipment"] == ["oven-1"]
     assert "0x97" in line["reason"]
@@ -352,13 +358,13 @@ async def test_dead_letter_moves_records_aside_counts_and_logs_them(tmp_path: Pa
 async def test_wait_for_messages_wakes_on_append_and_times_out_when_empty(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
         start = anyio.current_time()
-        await buf.wait_for_messages(0.1)
+        await buf.wait_for_messages("mqtt", 0.1)
         assert anyio.current_time() - start >= 0.09
         async with anyio.create_task_group() as tg:
             tg.start_soon(fill, buf, 1)
             with anyio.fail_after(2):
-                await buf.wait_for_messages(10)
-        assert (await buf.lease(1)).messages
+                await buf.wait_for_messages("mqtt", 10)
+        assert (await buf.lease("mqtt", 1)).messages
 
 
 @pytest.mark.asyncio
@@ -367,24 +373,24 @@ async def test_wait_for_messages_sleeps_until_the_next_replay_token(tmp_path: Pa
     async with running(db) as buf:
         await fill(buf, 5)
     async with running(db, replay_rate=2.0) as buf:
-        assert len((await buf.lease(100)).messages) == 2  # burst of one second at 2/s
+        assert len((await buf.lease("mqtt", 100)).messages) == 2  # burst of one second at 2/s
         start = anyio.current_time()
-        await buf.wait_for_messages(5)
+        await buf.wait_for_messages("mqtt", 5)
         waited = anyio.current_time() - start
         assert 0.3 <= waited <= 1.5
-        assert len((await buf.lease(100)).messages) == 1
+        assert len((await buf.lease("mqtt", 100)).messages) == 1
 
 
 @pytest.mark.asyncio
 async def test_concurrent_appends_share_write_transactions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    original = Buffer._write_batch
+    original = Store.append
 
-    def counting(self: Buffer, batch: list[Any]) -> Any:
-        calls.append(sum(len(p.records) for p in batch))
+    def counting(self: Store, batch: list[Any]) -> Any:
+        calls.append(sum(len(records) for records in batch))
         return original(self, batch)
 
-    monkeypatch.setattr(Buffer, "_write_batch", counting)
+    monkeypatch.setattr(Store, "append", counting)
     async with running(tmp_path / "b.db", linger=0.05) as buf:
         async with anyio.create_task_group() as tg:
             for i in range(200):
@@ -476,17 +482,298 @@ async def test_purge_empties_the_file_but_keeps_the_seq(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     async with running(db) as buf:
         await fill(buf, 4)
-        lease = await buf.lease(1)
-        await buf.dead_letter([m.seq for m in lease.messages], "test")
+        lease = await buf.lease("mqtt", 1)
+        await buf.settle(lease, dead=[(m.seq, "test") for m in lease.messages])
     assert purge(db, dead_letters_only=True) == 1
     assert len(seqs_on_disk(db)) == 3
     assert purge(db) == 3
     assert file_stats(db)["records"] == 0
+    assert file_stats(db)["announcements_pending"] == 1  # the dead letter's announcement (seq 5) is kept
     async with running(db) as buf:
         await fill(buf, 1)
-    assert seqs_on_disk(db) == [5]
+    assert seqs_on_disk(db) == [6]
 
 
 def test_offline_helpers_refuse_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(BufferError, match="no buffer file"):
         file_stats(tmp_path / "nope.db")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One owner, settle, outputs, loss accounting (issues 10 and 11)
+
+
+def announcements(path: Path) -> list[dict[str, Any]]:
+    """The pending `buffer_dropped` announcements on disk, as their event bodies (with their seq)."""
+    return [
+        {"seq": r["seq"], **json.loads(r["payload"])["event"]}
+        for r in export(path)
+        if r["equipment"] == schema.GATEWAY_EQUIPMENT
+    ]
+
+
+@pytest.mark.asyncio
+async def test_every_command_runs_in_the_one_owner_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading  # noqa: PLC0415
+
+    threads: set[str] = set()
+    for name in ("append", "lease", "settle", "count_loss", "housekeeping"):
+        original = getattr(Store, name)
+
+        def spy(self: Store, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            threads.add(threading.current_thread().name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Store, name, spy)
+    async with running(tmp_path / "b.db") as buf:
+        await fill(buf, 3)
+        lease = await buf.lease("mqtt", 3)
+        await buf.settle(lease, acked=[1], retry=[2], dead=[(3, "refused")])
+        await buf.count_loss("oven-1", "opcua_queue_overflow", 4)
+    assert threads == {"emsedge-buffer-owner"}
+
+
+@pytest.mark.asyncio
+async def test_settle_acks_retries_and_dead_letters_in_one_transaction(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        await fill(buf, 4)
+        lease = await buf.lease("mqtt", 4)
+        await buf.settle(lease, acked=[1, 2], retry=[3], dead=[(4, "PUBACK 0x99 payload format invalid")])
+        stats = buf.stats()
+        assert (stats.count, stats.leased, stats.dead_letters) == (1, 0, 1)  # seq 3 back in the queue
+        again = await buf.lease("mqtt", 10)
+    records = [m for m in again.messages if not m.announcement]
+    (note,) = [m for m in again.messages if m.announcement]
+    assert [(m.seq, m.attempts) for m in records] == [(3, 1)]
+    body = json.loads(note.payload)["event"]
+    assert body["type"] == "buffer_dropped"
+    assert body["reason"] == "dead_letter"
+    assert body["dropped_seqs"] == [[4, 4]]
+    assert body["dropped_total"] == 1
+    assert body["dropped_total_by_equipment"] == {"oven-1": 1}
+
+
+@pytest.mark.asyncio
+async def test_a_record_is_deleted_only_when_every_output_acked_it(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db, outputs=("mqtt", "cfx")) as buf:
+        await fill(buf, 3)
+        mqtt = await buf.lease("mqtt", 10)
+        cfx = await buf.lease("cfx", 10)
+        assert [m.seq for m in mqtt.messages] == [m.seq for m in cfx.messages] == [1, 2, 3]
+        await buf.settle(mqtt, acked=[1, 2, 3])
+        assert buf.stats().count == 3
+        assert (await buf.lease("mqtt", 10)).messages == []  # acked by mqtt: never handed to it again
+        await buf.settle(cfx, acked=[2], retry=[1, 3])
+        assert seqs_on_disk(db) == [1, 3]
+    async with running(db, outputs=("mqtt", "cfx")) as buf:  # per-output acks survive a restart
+        assert [m.seq for m in (await buf.lease("mqtt", 10)).messages] == []
+        cfx = await buf.lease("cfx", 10)
+        assert [m.seq for m in cfx.messages] == [1, 3]
+        await buf.settle(cfx, acked=[1, 3])
+        assert buf.stats().count == 0
+    assert seqs_on_disk(db) == []
+
+
+@pytest.mark.asyncio
+async def test_lease_is_bounded_in_bytes_as_well_as_in_count(tmp_path: Path) -> None:
+    async with running(tmp_path / "b.db") as buf:
+        await fill(buf, 20)
+        size = len((await buf.lease("mqtt", 1)).messages[0].payload)
+        lease = await buf.lease("mqtt", 1000, max_bytes=size * 5 + size // 2)
+        assert [m.seq for m in lease.messages] == [2, 3, 4, 5, 6]
+        assert buf.stats().outputs["mqtt"].leased_bytes <= size * 6
+        tiny = await buf.lease("mqtt", 1000, max_bytes=1)  # always at least one record
+        assert [m.seq for m in tiny.messages] == [7]
+
+
+@pytest.mark.asyncio
+async def test_a_producer_cancelled_under_backpressure_does_not_leak_its_queued_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    free = {"bytes": 1 << 20}
+    monkeypatch.setattr(buffer_module, "_free_disk", lambda _d: free["bytes"])
+    monkeypatch.setattr("emsedge.buffer.core.QUEUE_APPENDS", 1)
+    async with running(tmp_path / "b.db", min_free_bytes=64 << 20) as buf:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(buf.append, [rec()])
+            with anyio.fail_after(5):
+                while buf.stats().writable:  # noqa: ASYNC110 - the writer holds the first batch (low disk)
+                    await anyio.sleep(0.01)
+            for _ in range(5):  # one fits in the queue, four wait for room
+                tg.start_soon(buf.append, [rec()])
+            with anyio.fail_after(5):
+                while buf.stats().queued < 6:  # noqa: ASYNC110 - polling a sync stats() snapshot
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()  # every producer gives up
+        free["bytes"] = 1 << 30
+        with anyio.fail_after(5):
+            while buf.stats().queued != 0:  # noqa: ASYNC110 - the writer finishes the batch it took
+                await anyio.sleep(0.01)
+        assert buf.stats().count == 2  # the batch the writer held and the queued one; the four waiting are gone
+
+
+@pytest.mark.asyncio
+async def test_a_wall_clock_step_neither_evicts_young_records_nor_keeps_old_ones(tmp_path: Path) -> None:
+    mono = FakeClock(500.0)
+    wall = FakeClock(1_000_000.0)
+    async with running(tmp_path / "b.db", max_age=3600, clock=mono, wall_clock=wall) as buf:
+        await fill(buf, 3)
+        wall.now += 2 * 3600  # NTP steps the wall clock 2 h forward: the records are still seconds old
+        mono.now += 60
+        result = await buf.append([rec("aoi-1")])
+        assert result.evicted == 0
+        assert buf.stats().oldest_age_s(mono.now) == pytest.approx(60.0)
+        wall.now -= 4 * 3600  # and 2 h back: an hour and a half later they are evicted all the same
+        mono.now += 5400
+        result = await buf.append([rec("spi-1")])
+        assert result.evicted_by_equipment == {"oven-1": 3, "aoi-1": 1}
+        assert buf.stats().oldest_age_s(mono.now) == pytest.approx(0.0)
+
+
+@pytest.mark.asyncio
+async def test_ages_continue_across_a_restart_from_the_stored_anchor(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    mono = FakeClock(100.0)
+    async with running(db, clock=mono) as buf:
+        await fill(buf, 1)
+        mono.now += 50
+        await fill(buf, 1, "aoi-1")  # commits the buffer clock (50 s after the first record)
+    mono.now = 7.0  # a reboot: the monotonic clock starts again near zero
+    async with running(db, clock=mono) as buf:
+        assert buf.stats().oldest_age_s(mono.now) == pytest.approx(50.0)
+
+
+@pytest.mark.asyncio
+async def test_count_loss_is_durable_per_equipment_and_reason_and_announced(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        await buf.count_loss("opcua-1", "opcua_queue_overflow", 7)
+        await buf.count_loss("opcua-1", "opcua_queue_overflow", 3)
+        stats = buf.stats()
+        assert stats.losses == {"opcua-1": {"opcua_queue_overflow": 10}}
+        assert stats.dropped_total == 10
+    (note,) = announcements(db)  # merged while unsent: one announcement
+    assert note["count"] == 10
+    assert note["dropped_seqs"] == []
+    assert note["dropped_total_by_equipment"] == {"opcua-1": 10}
+    async with running(db) as buf:
+        assert buf.stats().dropped_by_equipment == {"opcua-1": 10}
+    assert file_stats(db)["losses"] == {"opcua-1": {"opcua_queue_overflow": 10}}
+
+
+@pytest.mark.asyncio
+async def test_records_larger_than_the_broker_takes_are_refused_counted_and_announced(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        buf.set_max_message_bytes(600)
+        big = schema.telemetry("oven-1", "reflow_oven", [schema.reading("blob", "x" * 1000, ts=rec().ts)])
+        result = await buf.append([rec(), big, rec()])
+        assert (result.accepted, result.refused) == (2, 1)
+        assert buf.stats().losses == {"oven-1": {"too_large": 1}}
+    assert seqs_on_disk(db) == [1, 3]
+    (note,) = announcements(db)
+    assert (note["reason"], note["dropped_seqs"]) == ("too_large", [[2, 2]])
+
+
+@pytest.mark.asyncio
+async def test_announcements_are_never_evicted_and_merge_while_unsent(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db, max_bytes=2000) as buf:
+        for i in range(60):
+            await buf.append([rec("oven-1" if i % 2 else "aoi-1", float(i))])
+        stats = buf.stats()
+    (note,) = announcements(db)
+    covered = [s for first, last in note["dropped_seqs"] for s in range(first, last + 1)]
+    assert len(covered) == stats.evicted_total == note["count"] == note["dropped_total"]
+    on_disk = seqs_on_disk(db)
+    assert sorted(covered + on_disk + [note["seq"]]) == list(range(1, stats.next_seq))  # every seq accounted
+
+
+@pytest.mark.asyncio
+async def test_an_announcement_in_flight_is_not_merged_into_a_new_loss_opens_a_new_one(tmp_path: Path) -> None:
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        await buf.count_loss("oven-1", "x", 1)
+        first = await buf.lease("mqtt", 10)  # due at once: the link "connected" at open
+        await buf.count_loss("oven-1", "x", 2)
+        await buf.settle(first, acked=[m.seq for m in first.messages])
+    (note,) = announcements(db)
+    assert (note["count"], note["dropped_total"]) == (2, 3)
+
+
+@pytest.mark.asyncio
+async def test_a_format_1_file_is_upgraded_in_place_and_keeps_its_records_and_counters(tmp_path: Path) -> None:
+    import sqlite3  # noqa: PLC0415
+
+    db = tmp_path / "b.db"
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+        CREATE TABLE records (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL,
+            equipment TEXT NOT NULL, ts TEXT NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+            size INTEGER NOT NULL, payload BLOB NOT NULL);
+        CREATE TABLE evictions (equipment TEXT PRIMARY KEY, count INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE dead_letters (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, topic TEXT NOT NULL,
+            equipment TEXT NOT NULL, ts TEXT NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL,
+            size INTEGER NOT NULL, payload BLOB NOT NULL, reason TEXT NOT NULL, dead_at REAL NOT NULL);
+        INSERT INTO meta VALUES ('format', 1), ('gateway', 'line1-gw'), ('next_seq', 11), ('dead_letters_total', 2);
+        INSERT INTO evictions VALUES ('oven-1', 5);
+        INSERT INTO records VALUES (9, 'a', 't/oven-1/telemetry', 'oven-1', '2026-01-01T00:00:00.000Z', 1.0, 0, 100,
+            CAST('{"seq":9}' AS BLOB));
+        INSERT INTO records VALUES (10, 'b', 't/oven-1/telemetry', 'oven-1', '2026-01-01T00:00:00.000Z', 1.0, 0, 100,
+            CAST('{"seq":10}' AS BLOB));
+    """)
+    conn.close()
+    with capture_logs() as logs:
+        async with running(db) as buf:
+            stats = buf.stats()
+            assert (stats.count, stats.next_seq, stats.evicted_total, stats.dead_letters) == (2, 11, 5, 2)
+            assert stats.losses == {"oven-1": {"evicted": 5}, "_gateway": {"dead_letter": 2}}
+            lease = await buf.lease("mqtt", 10)
+            assert [(m.seq, m.replayed) for m in lease.messages] == [(9, True), (10, True)]
+            await fill(buf, 1)
+    assert any(e["event"] == "buffer_format_upgraded" for e in logs)
+    assert file_stats(db)["format"] == 2
+    assert seqs_on_disk(db) == [9, 10, 11]
+
+
+@pytest.mark.asyncio
+async def test_typed_errors_say_what_went_wrong(tmp_path: Path) -> None:
+    from emsedge.buffer import BufferClosed, BufferFormatError, BufferInUse  # noqa: PLC0415
+
+    db = tmp_path / "b.db"
+    with pytest.raises(BufferClosed):
+        await Buffer(config(db), gateway="gw", topics=TOPICS).append([rec()])
+    async with running(db):
+        with pytest.raises(BufferInUse):
+            await Buffer(config(db), gateway="gw", topics=TOPICS).run()
+    import sqlite3  # noqa: PLC0415
+
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value = 99 WHERE key = 'format'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(BufferFormatError):
+        await Buffer(config(db), gateway="gw", topics=TOPICS).run()
+
+
+@pytest.mark.asyncio
+async def test_stats_show_since_when_the_writer_is_busy(tmp_path: Path) -> None:
+    import threading  # noqa: PLC0415
+
+    release = threading.Event()
+    async with running(tmp_path / "b.db") as buf:
+        assert buf.stats().writer_busy_since is None
+
+        def stuck() -> None:
+            release.wait(5)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(buf._call, stuck)
+            with anyio.fail_after(5):
+                while buf.stats().writer_busy_since is None:  # noqa: ASYNC110 - polling a sync snapshot
+                    await anyio.sleep(0.01)
+            release.set()
+        assert buf.stats().writer_busy_since is None

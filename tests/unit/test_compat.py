@@ -16,9 +16,11 @@ from asyncua import ua
 from asyncua.common.subscription import OverflowPolicy, Subscription
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.pdu import DecodePDU, ModbusPDU
+from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
-from emsedge.compat import PahoClient, fast_register_responses, subscription_event_queue
+from emsedge.adapters.modbus.adapter import FUNCTION_CODES
+from emsedge.compat import READ_FUNCTION_CODES, PahoClient, subscription_event_queue, tolerant_responses
 
 # -------------------------------------------------------------------------------------------------
 # paho-mqtt: Client._create_socket
@@ -52,36 +54,54 @@ def test_paho_connects_on_the_socket_it_is_handed_and_refuses_to_open_one_itself
 # pymodbus: register-read responses decoded from their raw bytes
 
 
-def test_pymodbus_decodes_register_answers_with_the_registered_fast_responses() -> None:
+def test_pymodbus_decodes_register_answers_with_the_registered_tolerant_responses() -> None:
     decoder = DecodePDU(is_server=False)
-    for response in fast_register_responses():
+    for response in tolerant_responses():
         assert issubclass(response, ModbusPDU)
         decoder.register(response)
     for base, function_code in ((ReadHoldingRegistersResponse, 3), (ReadInputRegistersResponse, 4)):
         pdu = decoder.decode(bytes([function_code, 4, 0x12, 0x34, 0xAB, 0xCD]))
         assert isinstance(pdu, base)
-        assert type(pdu).__name__ == f"Fast{base.__name__}"
+        assert type(pdu).__name__ == f"Tolerant{base.__name__}"
         assert pdu.function_code == function_code
         assert pdu.raw == b"\x12\x34\xab\xcd"  # type: ignore[attr-defined]
         assert pdu.registers == [0x1234, 0xABCD]
-        assert str(pdu) == f"Fast{base.__name__}(dev_id=0, transaction_id=0, registers=2)"
+        assert str(pdu) == f"Tolerant{base.__name__}(dev_id=0, transaction_id=0, registers=2)"
+    for base, function_code in ((ReadCoilsResponse, 1), (ReadDiscreteInputsResponse, 2)):
+        pdu = decoder.decode(bytes([function_code, 1, 0b101]))
+        assert isinstance(pdu, base)
+        assert pdu.bits[:3] == [True, False, True]
 
 
-def test_pymodbus_rejects_a_register_answer_shorter_than_its_byte_count() -> None:
+def test_pymodbus_hands_a_register_answer_shorter_than_its_byte_count_to_us_instead_of_dropping_it() -> None:
     decoder = DecodePDU(is_server=False)
-    decoder.register(fast_register_responses()[0])
-    assert decoder.decode(bytes([3, 4, 0x12, 0x34])) is None  # pymodbus turns our ModbusIOException into None
+    for response in tolerant_responses():
+        decoder.register(response)
+    pdu = decoder.decode(bytes([3, 4, 0x12, 0x34]))
+    assert pdu is not None  # pymodbus' own response would raise and the frame would be dropped (a timeout)
+    assert (pdu.byte_count, pdu.raw) == (4, b"\x12\x34")  # type: ignore[attr-defined]
+
+
+def test_pymodbus_decodes_an_unexpected_function_code_into_a_response_that_keeps_its_bytes() -> None:
+    assert tuple(FUNCTION_CODES.values()) == READ_FUNCTION_CODES
+    decoder = DecodePDU(is_server=False)
+    for response in tolerant_responses():
+        decoder.register(response)
+    pdu = decoder.decode(bytes([0x41, 1, 2, 3]))
+    assert pdu is not None
+    assert pdu.function_code == 0x41
+    assert pdu.raw == b"\x01\x02\x03"  # type: ignore[attr-defined]
 
 
 @pytest.mark.asyncio
-async def test_a_modbus_client_registers_the_fast_responses_with_its_own_decoder_only() -> None:
+async def test_a_modbus_client_registers_the_tolerant_responses_with_its_own_decoder_only() -> None:
     client = AsyncModbusTcpClient("127.0.0.1", port=1, retries=0, reconnect_delay=0)
     try:
-        for response in fast_register_responses():
+        for response in tolerant_responses():
             client.register(response)
         table = client.ctx.framer.decoder.pdu_table
         assert [table[fc][1].__name__ for fc in (3, 4)] == [
-            "FastReadHoldingRegistersResponse", "FastReadInputRegistersResponse"]
+            "TolerantReadHoldingRegistersResponse", "TolerantReadInputRegistersResponse"]
         assert DecodePDU.pdu_table[3][1] is ReadHoldingRegistersResponse  # nothing replaced globally
     finally:
         client.close()

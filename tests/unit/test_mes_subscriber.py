@@ -82,3 +82,64 @@ def test_faults_are_active_until_cleared_by_occurrence_id_and_states_are_kept() 
     sub.handle(f"{PREFIX}/x/events", b"not json")
     assert sub.status["gw"]["state"] == "online"
     assert sub.invalid == 1
+
+
+def test_gaps_covered_by_a_buffer_dropped_announcement_are_explained_the_rest_are_not() -> None:
+    sub = MesSubscriber()
+    for seq in (1, 2, 7, 9, 10):
+        sub.handle(*_msg(seq, "reflow-1", readings=[]))
+    assert sub.gaps() == {"gw": [3, 4, 5, 6, 8]}
+    sub.handle(*_msg(11, "_gateway", {
+        "type": "buffer_dropped", "count": 4, "by_equipment": {"reflow-1": 4}, "reason": "max_bytes",
+        "by_reason": {"max_bytes": 4}, "dropped_seqs": [[3, 6]], "dropped_total": 4,
+        "dropped_total_by_equipment": {"reflow-1": 4},
+    }))
+    assert sub.explained_gaps() == {"gw": [3, 4, 5, 6]}  # gap explained by eviction
+    assert sub.gaps() == {"gw": [8]}  # unexplained: lost outside the gateway
+    summary = sub.summary()
+    assert summary["gaps_explained_by_loss"] == {"gw": 4}
+    assert summary["dropped_total"] == {"gw": 4}
+    assert summary["loss_reasons"] == {"gw": {"max_bytes": 4}}
+
+
+def _tested(serial: str, result: str, sha: str, failed: list[str] | None = None) -> dict[str, Any]:
+    return {"type": "unit_tested", "serial": serial, "result": result, "test_method": "ict",
+            "failed_tests": failed or [], "started": "2026-11-24T09:59:00.000Z", "ended": "2026-11-24T09:59:31.000Z",
+            "tests": [{"name": "1%r101", "result": result, "measurements": [{"name": "1%r101", "value": 1.0}]},
+                      {"name": "1%c12", "result": "pass", "measurements": [{"name": "1%c12", "value": 2.0}]}],
+            "source": {"file": f"{sha}.log", "sha256": sha, "board_index": 0}}
+
+
+def test_test_runs_join_the_board_record_in_order_and_a_resent_result_is_recognised_by_its_source() -> None:
+    done: list[dict[str, Any]] = []
+    sub = MesSubscriber(on_board=done.append)
+    sub.handle(*_msg(1, "ict-1", _tested("PCB-0", "pass", "s0")))  # a tester is on the line from now on
+    sub.handle(*_msg(2, "pnp-1", {"type": "materials_installed", "serial": "PCB-1", "values": {}}))
+    sub.handle(*_msg(3, "reflow-1", {"type": "unit_processed", "serial": "PCB-1", "values": {}}))
+    sub.handle(*_msg(4, "aoi-1", {"type": "unit_inspected", "serial": "PCB-1", "result": "pass"}))
+    assert done == []  # complete only with its test
+    sub.handle(*_msg(5, "ict-1", _tested("PCB-1", "fail", "s1", ["1%r101"])))
+    sub.handle(*_msg(6, "ict-1", _tested("PCB-1", "fail", "s1", ["1%r101"])))  # re-sent after a crash: new id
+    sub.handle(*_msg(7, "ict-1", _tested("PCB-1", "pass", "s2")))  # the retest
+    (board,) = done
+    assert board["serial"] == "PCB-1"
+    test = sub.boards["PCB-1"]["test"]
+    assert [r["result"] for r in test["runs"]] == ["fail", "pass"]
+    assert test["result"] == "pass" and test["runs"][0]["failed_tests"] == ["1%r101"]
+    assert test["measurements"] == 2 and test["equipment"] == "ict-1"
+    assert sub.duplicates == 1 and sub.tested_serials() == ["PCB-0", "PCB-1"]
+
+
+def test_the_demo_view_shows_each_boards_test_runs_beside_placement_reflow_and_inspection() -> None:
+    from emsedge.demo import MesView  # noqa: PLC0415
+
+    view = MesView()
+    view.handle(*_msg(1, "reflow-1", {"type": "unit_processed", "serial": "PCB-1", "values": {}}))
+    view.handle(*_msg(2, "aoi-1", {"type": "unit_inspected", "serial": "PCB-1", "result": "pass"}))
+    view.handle(*_msg(3, "ict-1", _tested("PCB-1", "fail", "s1", ["1%r101"])))
+    view.handle(*_msg(4, "ict-1", _tested("PCB-1", "pass", "s2")))
+    lines = view.render("demo", 160)
+    header = next(line for line in lines if line.startswith("BOARD"))
+    assert "INSPECTION" in header and "TEST" in header
+    row = next(line for line in lines if line.startswith("PCB-1"))
+    assert "PASS" in row and row.rstrip().endswith("FAIL 1%r101 > PASS")

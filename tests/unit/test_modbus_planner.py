@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from emsedge.adapters.modbus import ModbusDecoder, plan_requests, signal_width
-from emsedge.config import ModbusSignal
+from emsedge.adapters.modbus.adapter import ModbusDecoder, plan_requests, signal_width
+from emsedge.adapters.modbus.config import ModbusSignal
 
 
 def sig(name: str, address: int, type_: str = "uint16", table: str = "holding", **kw: Any) -> ModbusSignal:

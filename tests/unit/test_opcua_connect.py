@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from emsedge.adapters.opcua.config import OpcUaConnection
 from emsedge.adapters.opcua.connect import _first_certificate, check_server_certificate, classify
 from emsedge.adapters.opcua.tools import generate_certificate
-from emsedge.config import OpcUaConnection
 from emsedge.errors import AdapterError
 
 

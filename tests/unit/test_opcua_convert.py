@@ -10,8 +10,8 @@ import uuid
 import pytest
 from asyncua import ua
 
+from emsedge.adapters.opcua.config import OpcUaSignal
 from emsedge.adapters.opcua.convert import quality_of, reading_from_datavalue, to_json
-from emsedge.config import OpcUaSignal
 from emsedge.schema import Quality
 
 SIGNAL = OpcUaSignal(name="vacuum", node="ns=2;s=V", unit="kPa")
@@ -91,3 +91,44 @@ def test_non_finite_floats_become_bad_null_readings() -> None:
     for bad in (float("nan"), float("inf"), [1.0, float("-inf")]):
         r = reading_from_datavalue(SIGNAL, ua.DataValue(ua.Variant(bad)), 0)
         assert (r["value"], r["quality"], r["status"]) == (None, "bad", "BadOutOfRange")
+
+
+def test_a_latin1_byte_in_a_string_is_decoded_with_the_configured_encoding() -> None:
+    raw = "25 °C".encode("latin-1")  # what asyncua hands over: undecodable bytes as lone surrogates
+    as_received = raw.decode("utf-8", "surrogateescape")
+    dv = ua.DataValue(ua.Variant(as_received, ua.VariantType.String))
+    assert reading_from_datavalue(SIGNAL, dv, 0)["value"] == "25 \ufffdC"
+    assert reading_from_datavalue(SIGNAL, dv, 0, "latin-1")["value"] == "25 °C"
+    signal = OpcUaSignal(name="t", node="ns=2;s=T", encoding="cp1252")
+    assert reading_from_datavalue(signal, dv, 0)["value"] == "25 °C"
+    assert reading_from_datavalue(SIGNAL, dv, 0)["quality"] == "good"
+
+
+def test_an_unknown_encoding_is_refused_by_the_config() -> None:
+    with pytest.raises(ValueError, match="unknown text encoding"):
+        OpcUaSignal(name="t", node="ns=2;s=T", encoding="klingon")
+
+
+def test_absurd_nesting_size_and_integers_make_a_bad_reading_naming_the_bound() -> None:
+    nested: object = [1]
+    for _ in range(259):
+        nested = [nested]
+    deep = reading_from_datavalue(SIGNAL, ua.DataValue(ua.Variant(nested)), 0)
+    assert (deep["quality"], deep["value"], deep["status"]) == ("bad", None, "BadEncodingLimitsExceeded")
+    huge = reading_from_datavalue(SIGNAL, ua.DataValue(ua.Variant(list(range(200_000)))), 0)
+    assert (huge["quality"], huge["status"]) == ("bad", "BadEncodingLimitsExceeded")
+    wide = reading_from_datavalue(SIGNAL, ua.DataValue(ua.Variant(2**64)), 0)
+    assert (wide["quality"], wide["status"]) == ("bad", "BadOutOfRange")
+    fine = reading_from_datavalue(SIGNAL, ua.DataValue(ua.Variant(2**64 - 1, ua.VariantType.UInt64)), 0)
+    assert (fine["quality"], fine["value"]) == ("good", 2**64 - 1)
+
+
+def test_a_minvalue_source_time_falls_back_to_the_server_time() -> None:
+    srv = dt.datetime(2026, 5, 6, 7, 8, 9)
+    dv = ua.DataValue(ua.Variant(1.0), SourceTimestamp=dt.datetime(1601, 1, 1), ServerTimestamp=srv)
+    r = reading_from_datavalue(SIGNAL, dv, 0)
+    assert r["ts"] == "2026-05-06T07:08:09.000Z"
+    assert "server_ts" not in r
+    neither = ua.DataValue(ua.Variant(1.0), SourceTimestamp=dt.datetime(1601, 1, 1),
+                           ServerTimestamp=dt.datetime(1601, 1, 1))
+    assert reading_from_datavalue(SIGNAL, neither, 1_700_000_000.0)["ts"] == "2023-11-14T22:13:20.000Z"

@@ -8,14 +8,16 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 import yaml
 
-from emsedge.adapters.base import EquipmentHealth
+from emsedge.adapters.base import EquipmentHealth, EquipmentState
 from emsedge.service import GatewayState, serve_http
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,7 +77,7 @@ async def test_docker_healthcheck_command_passes_on_a_healthy_gateway_and_fails_
     stats = Stats()
     state = GatewayState(
         gateway_id="gw", version="0", started_at="2026-01-01T00:00:00.000Z",
-        equipment={"reflow-1": EquipmentHealth(connected=False)}, equipment_info={},
+        equipment={"reflow-1": EquipmentHealth(state=EquipmentState.RETRYING)}, equipment_info={},
         buffer_stats=lambda: stats, broker_connected=lambda: False, broker_url=lambda: None,
     )
     async with anyio.create_task_group() as tg:
@@ -144,3 +146,38 @@ def test_systemd_unit_has_the_required_service_settings() -> None:
     assert any(s.startswith("WatchdogSec=") for s in settings)
     assert any(s.startswith("MemoryMax=") for s in settings)
     assert any("/etc/emsedge/" in s for s in settings if s.startswith("ExecStart="))
+
+
+def _pyproject() -> dict[str, Any]:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def test_the_gateway_and_its_image_do_not_carry_the_demo_broker() -> None:
+    project = _pyproject()["project"]
+    names = [re.split(r"[<>=!\[; ]", d, maxsplit=1)[0].lower() for d in project["dependencies"]]
+    assert "amqtt" not in names
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("amqtt") for d in extras["demo"])
+    assert "emsedge[demo]" in extras["test"]  # the suite runs the demo on the embedded broker
+    installs = re.findall(r"pip install[^\n&]*", DOCKERFILE.read_text())
+    assert installs and all("[" not in line for line in installs), installs  # no extras in the image
+    assert "pip install -q -e '.[demo]'" in (REPO / "Makefile").read_text()
+
+
+def test_every_dependency_has_a_major_version_upper_bound() -> None:
+    project = _pyproject()["project"]
+    for requirement in [*project["dependencies"], *project["optional-dependencies"]["demo"],
+                        *project["optional-dependencies"]["test"]]:
+        if requirement.startswith("emsedge[") or "==" in requirement:
+            continue
+        assert re.search(r",\s*<\s*\d", requirement), f"{requirement} has no upper bound"
+
+
+def test_the_demo_says_how_to_get_the_embedded_broker_when_the_extra_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from emsedge.demo import main_demo  # noqa: PLC0415
+
+    monkeypatch.setitem(sys.modules, "amqtt", None)  # as if the demo extra were not installed
+    assert main_demo(["--no-tui", "--broker", "embedded"]) == 1
+    assert "pip install 'emsedge[demo]'" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def test_removing_a_signal_a_trigger_still_uses_is_refused_with_its_name(tmp_pat
     assert "names signal 'o2_ppm', which is not configured" in str(info.value)
 
 
-def test_a_profile_error_names_the_profile_file(tmp_path: Path) -> None:
+def test_a_profile_error_names_the_users_entry_the_signal_and_the_profile_file(tmp_path: Path) -> None:
     profiles = tmp_path / "adapters" / "reflow"
     profiles.mkdir(parents=True)
     (profiles / "broken.yaml").write_text(
@@ -95,8 +95,9 @@ def test_a_profile_error_names_the_profile_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(_config_using(tmp_path, "reflow/broken"))
     message = str(info.value)
-    assert "broken.yaml:6:" in message
-    assert "signals[0].type" in message
+    assert message.startswith(f"{tmp_path / 'gateway.yaml'}:")  # the user's file, at the entry's profile: line
+    assert "signals[t].type" in message  # the signal by name: its index in the merged list means nothing
+    assert "from profile reflow/broken at broken.yaml:6:" in message
 
 
 def test_a_bad_virtual_line_config_exits_78_naming_the_field(tmp_path: Path,

@@ -14,7 +14,13 @@ from structlog.testing import capture_logs
 from emsedge.config import MqttConfig
 from emsedge.errors import ConfigError
 from emsedge.publish import MqttPublisher, PublishResult
-from emsedge.publish.mqtt import _describe, _parse_broker, _Secret
+from emsedge.publish.mqtt import (
+    TRANSIENT_REASON_CODES,
+    _describe,
+    _parse_broker,
+    _Secret,
+    is_permanent_reason_code,
+)
 
 PASSWORD = "pa55-Very-Secret-42"
 
@@ -154,3 +160,19 @@ async def test_cancelling_run_sends_offline_and_disconnect_within_the_close_dead
         ]
         assert all(p.retain for p in broker.publishes)
         assert not pub.connected
+
+
+@pytest.mark.parametrize("code", [0x88, 0x89, 0x8B, 0x8D, 0x8E, 0x91, 0x93, 0x96, 0x97, 0x9C, 0x9D, 0x9F])
+def test_mqtt5_reason_codes_the_specification_marks_temporary_are_transient(code: int) -> None:
+    assert not is_permanent_reason_code(code)
+    assert code in TRANSIENT_REASON_CODES
+
+
+@pytest.mark.parametrize("code", [0x80, 0x83, 0x87, 0x90, 0x95, 0x99, 0x9A, 0x9B, 0xA2, 0xFE])
+def test_mqtt5_reason_codes_that_refuse_the_message_itself_are_permanent(code: int) -> None:
+    assert is_permanent_reason_code(code)
+
+
+@pytest.mark.parametrize("code", [0x00, 0x10])
+def test_mqtt5_success_codes_are_not_failures(code: int) -> None:
+    assert not is_permanent_reason_code(code)

@@ -12,8 +12,10 @@ from emsedge.adapters.hsms.secs2 import (
     U4,
     A,
     B,
+    DecodeBudget,
     Item,
     L,
+    Secs2BudgetExceeded,
     Secs2DecodeError,
     Secs2EncodeError,
     decode,
@@ -113,3 +115,22 @@ def test_sml_text_is_readable_and_elides_long_lists() -> None:
     assert text == '<L [4]\n  <U4 1>\n  <A "say \\"hi\\"">\n  <L [0]>\n  <B 0x00>\n>'
     long = to_sml(L(*[U1(1)] * 100), max_items=3)
     assert "... 97 more" in long
+
+
+def test_a_budget_refuses_deep_nesting_before_building_it() -> None:
+    data = bytes([0x01, 0x01]) * 2000 + bytes([0x01, 0x00])
+    with pytest.raises(Secs2BudgetExceeded, match="deeper than 32"):
+        decode(data, DecodeBudget())
+    assert decode(bytes([0x01, 0x01]) * 31 + bytes([0x01, 0x00]), DecodeBudget()).fmt == "L"
+
+
+def test_a_budget_refuses_a_list_declaring_more_items_than_it_allows_at_its_header() -> None:
+    # 8,000,000 empty lists: refused at the first header, nothing is built
+    data = bytes([0x03, 0x7A, 0x12, 0x00]) + bytes([0x01, 0x00]) * 8_000_000
+    with pytest.raises(Secs2BudgetExceeded, match="more than 250000 items"):
+        decode(data, DecodeBudget(max_bytes=len(data)))
+    with pytest.raises(Secs2BudgetExceeded, match="budget"):
+        decode(data, DecodeBudget())
+    numbers = encode(num("U1", *range(200)))
+    with pytest.raises(Secs2BudgetExceeded, match="more than 100 items"):
+        decode(numbers, DecodeBudget(max_items=100))

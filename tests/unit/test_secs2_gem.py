@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.hsms.config import HsmsEquipment
 from emsedge.adapters.hsms.gem import (
     HsmsAdapter,
     MalformedMessage,
@@ -17,7 +18,6 @@ from emsedge.adapters.hsms.gem import (
     parse_event_report,
 )
 from emsedge.adapters.hsms.secs2 import U4, A, L
-from emsedge.config import HsmsEquipment
 from emsedge.schema import Record
 
 

@@ -7,7 +7,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +14,38 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from emsedge.adapters.base import EquipmentHealth
+from emsedge.adapters.base import EquipmentHealth, EquipmentState
+from emsedge.buffer import BufferStats
 from emsedge.service import GatewayState, SystemdNotifier, parse_listen, run_watchdog, serve_http
 
 
-@dataclass
-class FakeStats:
-    count: int = 0
-    bytes: int = 0
-    oldest_created: float | None = None
-    evicted_total: int = 0
-    dead_letters: int = 0
-    writable: bool = True
-    last_error: str | None = None
+def FakeStats(**fields: Any) -> BufferStats:
+    """A real (immutable) buffer snapshot with the given fields; 2 records dropped by default."""
+    values: dict[str, Any] = {
+        "count": 0, "bytes": 0, "oldest_created": None, "next_seq": 1, "evicted_total": 0,
+        "evicted_by_equipment": {}, "dead_letters": 0, "leased": 0, "backlog": 0, "writable": True,
+        "last_error": None, "dropped_total": 2, "dropped_by_equipment": {"reflow-1": 2},
+        "losses": {"reflow-1": {"max_bytes": 2}},
+    }
+    values.update(fields)
+    return BufferStats(**values)
 
 
-def make_state(stats: FakeStats | None = None, broker: bool = True) -> GatewayState:
+def make_state(stats: BufferStats | None = None, broker: bool = True) -> GatewayState:
     stats = stats or FakeStats()
-    up = EquipmentHealth(connected=True, polls=10, values=40, last_good_read="2026-01-01T00:00:00.000Z")
+    up = EquipmentHealth(state=EquipmentState.CONNECTED, polls=10, values=40, last_good_read="2026-01-01T00:00:00.000Z")
     up.good_read(4, 0.003)
     up.good_read(4, 0.2)
-    down = EquipmentHealth(connected=False, polls=3, poll_errors=2, last_error="connection refused", reconnects=1)
+    down = EquipmentHealth(
+        state=EquipmentState.RETRYING, polls=3, poll_errors=2, last_error="connection refused", reconnects=1,
+        losses={"opcua_queue_overflow": 7},
+    )
     return GatewayState(
         gateway_id="gw-1", version="0.1.0", started_at="2026-01-01T00:00:00.000Z",
         equipment={"reflow-1": up, "aoi-1": down},
         equipment_info={"reflow-1": ("reflow_oven", "modbus"), "aoi-1": ("aoi", "opcua")},
         buffer_stats=lambda: stats, broker_connected=lambda: broker, broker_url=lambda: "mqtt://127.0.0.1:1883",
-        messages_buffered=100, messages_published=90, messages_dropped=2,
+        messages_buffered=100, messages_published=90,
     )
 
 
@@ -180,6 +184,13 @@ async def test_a_blocked_event_loop_stops_the_watchdog_pings(notify_path: str, b
 def test_status_line_counts_connected_equipment_backlog_and_broker() -> None:
     assert make_state(FakeStats(count=7)).status_line() == "2 equipment, 1 connected, backlog 7"
     assert make_state(broker=False).status_line().endswith(", broker disconnected")
+    state = make_state()
+    state.equipment["aoi-1"].state = EquipmentState.FAILED
+    assert state.status_line() == "2 equipment, 1 connected, backlog 0, 1 failed"
+    assert state.health()[1]["status"] == "degraded"  # refused for good is not ok
+    state.equipment["aoi-1"].state = EquipmentState.DISABLED
+    assert state.status_line() == "2 equipment, 1 connected, backlog 0, 1 disabled"
+    assert state.health()[1]["status"] == "ok"  # switched off in the config
 
 
 @pytest.mark.parametrize(
@@ -234,7 +245,8 @@ async def test_healthz_reports_equipment_broker_backlog_and_dropped() -> None:
     assert health["equipment"]["reflow-1"]["connected"] is True
     assert health["equipment"]["reflow-1"]["last_good_read"] is not None
     assert health["equipment"]["aoi-1"] == {
-        "type": "aoi", "adapter": "opcua", "connected": False, "disabled": False, "last_good_read": None,
+        "type": "aoi", "adapter": "opcua", "state": "retrying", "connected": False, "disabled": False,
+        "last_good_read": None,
         "last_error": "connection refused", "polls": 3, "poll_errors": 2, "reconnects": 1,
     }
 
@@ -242,7 +254,7 @@ async def test_healthz_reports_equipment_broker_backlog_and_dropped() -> None:
 @pytest.mark.asyncio
 async def test_healthz_is_ok_when_everything_is_up_and_503_when_the_buffer_cannot_write() -> None:
     state = make_state()
-    state.equipment["aoi-1"].connected = True
+    state.equipment["aoi-1"].state = EquipmentState.CONNECTED
     [(code, _, body)] = await serve_and(state, [("GET", "/healthz")])
     assert (code, json.loads(body)["status"]) == (200, "ok")
     [(code, _, body)] = await serve_and(make_state(FakeStats(writable=False)), [("GET", "/healthz")])
@@ -271,12 +283,19 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_reconnects_total", aoi)] == 1
     assert samples[("emsedge_equipment_connected", reflow)] == 1
     assert samples[("emsedge_equipment_connected", aoi)] == 0
+    assert samples[("emsedge_equipment_state", (("equipment", "aoi-1"), ("state", "retrying")))] == 1
+    assert samples[("emsedge_equipment_state", (("equipment", "aoi-1"), ("state", "connected")))] == 0
+    assert samples[("emsedge_equipment_state", (("equipment", "reflow-1"), ("state", "connected")))] == 1
+    assert sum(v for (name, labels), v in samples.items() if name == "emsedge_equipment_state") == 2
+    assert samples[("emsedge_equipment_lost_values_total",
+                    (("equipment", "aoi-1"), ("reason", "opcua_queue_overflow")))] == 7
     assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.005")])))] == 1
     assert samples[("emsedge_poll_duration_seconds_bucket", tuple(sorted([*reflow, ("le", "0.25")])))] == 2
     assert samples[("emsedge_poll_duration_seconds_count", reflow)] == 2
     assert samples[("emsedge_messages_buffered_total", ())] == 100
     assert samples[("emsedge_messages_published_total", ())] == 90
-    assert samples[("emsedge_messages_dropped_total", ())] == 2
+    assert samples[("emsedge_messages_dropped_total", ())] == 2  # read from the buffer's durable counters
+    assert samples[("emsedge_records_lost_total", (("equipment", "reflow-1"), ("reason", "max_bytes")))] == 2
     assert samples[("emsedge_backlog_messages", ())] == 5
     assert samples[("emsedge_backlog_oldest_age_seconds", ())] == 0
     assert samples[("emsedge_dead_letters", ())] == 3
@@ -285,7 +304,7 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_publish_latency_seconds_bucket", (("le", "+Inf"),))] == 2
     assert samples[("emsedge_publish_latency_seconds_sum", ())] == pytest.approx(7.02)
 
-    state.equipment["aoi-1"].connected = True  # live: the next scrape sees it without any copying
+    state.equipment["aoi-1"].state = EquipmentState.CONNECTED  # live: the next scrape sees it, no copying
     [(_, _, body)] = await serve_and(state, [("GET", "/metrics")])
     assert 'emsedge_equipment_connected{equipment="aoi-1"} 1.0' in body.decode()
 
@@ -325,3 +344,49 @@ async def test_a_listener_that_cannot_bind_is_reported_and_does_not_stop_the_gat
         port = taken.getsockname()[1]
         async with anyio.create_task_group() as tg:
             assert await tg.start(serve_http, f"127.0.0.1:{port}", make_state()) is None
+
+
+@pytest.mark.asyncio
+async def test_a_wedged_buffer_writer_stops_the_watchdog_pings_and_fails_healthz(
+    notify_path: str, bind_notify: BindNotify, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading  # noqa: PLC0415
+
+    import emsedge.service as service  # noqa: PLC0415
+    from emsedge.buffer import Buffer  # noqa: PLC0415
+    from emsedge.config import BufferConfig  # noqa: PLC0415
+    from emsedge.topics import Topics  # noqa: PLC0415
+
+    monkeypatch.setattr(service, "WRITER_STUCK_AFTER", 0.3)
+    fake = bind_notify(notify_path)
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": notify_path, "WATCHDOG_USEC": "100000"})  # ping every 50 ms
+    buf = Buffer(BufferConfig(path=tmp_path / "b.db", min_free_bytes=0), gateway="gw", topics=Topics("a/b"))
+    state = make_state()
+    state.equipment["aoi-1"].state = EquipmentState.CONNECTED
+    state.buffer_stats = buf.stats
+    fsync = threading.Event()  # a commit stuck in fsync on a dying SD card
+
+    def stuck_commit() -> None:
+        fsync.wait(10)
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(buf.run)
+        await tg.start(run_watchdog, notifier, state)
+        tg.start_soon(buf._call, stuck_commit)
+        with anyio.fail_after(5):
+            while not state.writer_wedged():  # noqa: ASYNC110 - waits for the bound to pass
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.1)  # the watchdog's next round has seen it
+        fake.messages(timeout=0.01)
+        await anyio.sleep(0.3)
+        during = fake.messages(timeout=0.01)
+        code, body = state.health()
+        fsync.set()
+        with anyio.fail_after(5):
+            while "WATCHDOG=1" not in fake.messages(timeout=0.001):  # noqa: ASYNC110 - polling the notify socket
+                await anyio.sleep(0.05)
+        healthy, _ = state.health()
+        tg.cancel_scope.cancel()
+    assert "WATCHDOG=1" not in during
+    assert (code, body["status"], body["buffer"]["writer_wedged"]) == (503, "failing", True)
+    assert healthy == 200

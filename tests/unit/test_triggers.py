@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emsedge.config import ModbusEquipment
+from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.schema import Quality, Record, event, reading, telemetry
 from emsedge.triggers import TriggerEngine
 

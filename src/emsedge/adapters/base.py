@@ -1,31 +1,61 @@
 """The adapter protocols and the context the runtime hands to each adapter.
 
-Two shapes, both first-class (Fledge's lesson):
+Two shapes, both first-class (Fledge's lesson), and neither owns a reconnect loop: the supervisor
+(`emsedge.supervisor`) keeps every session alive, backs off, logs state changes and emits the
+`connection_lost` / `connection_restored` events.
 
-* `PolledAdapter` (Modbus, OPC UA in poll mode): the scheduler owns the loop. It enters the adapter
-  (connect), calls `poll()` once per period without drift, and on a transient `AdapterError` emits
-  `connection_lost` plus `offline_records()`, leaves the adapter (close), backs off and enters again.
-* `PushAdapter` (OPC UA subscriptions, HSMS): the adapter owns its loop in `run()`, reports readiness
-  through `task_status.started()` once its first connection attempt is under way, hands records to
-  `ctx.emit()` and handles its own reconnects (using `ctx.backoff()`), emitting connection events through
-  `ctx.connection_lost()` / `ctx.connection_restored()`.
+* `PolledAdapter` (Modbus, OPC UA in poll mode): the scheduler owns the loop. One session is
+  `async with adapter:` (connect) plus `poll()` once per period on the drift-free grid of
+  `emsedge.scheduler`; a poll that raises ends the session.
+* `PushAdapter` (OPC UA subscriptions, HSMS): `session(ctx)` opens one connection, calls
+  `await ctx.connected()` once data can flow, hands records to `ctx.emit()` and returns or raises
+  `AdapterError(transient=...)` when the connection ends. It never sleeps and retries by itself.
 
 An adapter never writes to equipment: the gateway is read-only by default.
 """
 
 from __future__ import annotations
 
-import bisect
-import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
 
 import structlog
-from anyio.abc import TaskStatus
+from structlog.typing import FilteringBoundLogger
 
-from emsedge.config import Backoff, EquipmentBase
-from emsedge.schema import EventType, Record, event, utc_iso
+from emsedge.config import EquipmentBase
+from emsedge.schema import EventType, Record, event
+from emsedge.supervisor import (
+    POLL_DURATION_BUCKETS,
+    EquipmentHealth,
+    EquipmentState,
+    backoff_delays,
+)
+
+__all__ = [
+    "POLL_DURATION_BUCKETS",
+    "Adapter",
+    "AdapterContext",
+    "Connected",
+    "CountLoss",
+    "Emit",
+    "EquipmentHealth",
+    "EquipmentState",
+    "PolledAdapter",
+    "PushAdapter",
+    "backoff_delays",
+]
+
+Emit = Callable[[Sequence[Record]], Awaitable[None]]
+"""Hand records to the buffer. Returning means they are durable; an adapter may acknowledge them then."""
+
+CountLoss = Callable[[str, int], Awaitable[None]]
+"""(reason, count): data lost before a record existed (e.g. an OPC UA notification queue overflow).
+The runtime wires it to `Buffer.count_loss(equipment, reason, count)`: durable and announced to MES."""
+
+Connected = Callable[[], Awaitable[None]]
+"""Called by a session once data flows; the supervisor turns it into `connection_restored`."""
 
 
 @runtime_checkable
@@ -34,96 +64,61 @@ class PolledAdapter(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
     async def poll(self) -> Sequence[Record]: ...
     def offline_records(self, reason: str) -> Sequence[Record]:
-        """Bad-quality readings for every signal, emitted when the connection is lost."""
+        """Bad-quality readings for every signal, emitted with `connection_lost`."""
         ...
 
 
 @runtime_checkable
 class PushAdapter(Protocol):
-    async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None]) -> None: ...
+    async def session(self, ctx: AdapterContext) -> None:
+        """One connection, until it ends: `await ctx.connected()` once up; raise `AdapterError` when it ends."""
+        ...
+
+    def offline_records(self, reason: str) -> Sequence[Record]: ...
 
 
 Adapter = PolledAdapter | PushAdapter
 
-POLL_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-"""Upper bounds (seconds) of the `emsedge_poll_duration_seconds` histogram; +Inf is implied."""
 
-
-@dataclass
-class EquipmentHealth:
-    """Live state of one piece of equipment, read by /healthz, /metrics and the status line."""
-
-    connected: bool = False
-    last_good_read: str | None = None
-    last_error: str | None = None
-    polls: int = 0
-    poll_errors: int = 0
-    skipped_cycles: int = 0
-    values: int = 0
-    reconnects: int = 0
-    disabled: bool = False
-    poll_durations: list[float] = field(default_factory=list)
-    # Cumulative histogram of every poll duration since start (non-cumulative counts per bucket of
-    # POLL_DURATION_BUCKETS, last slot is +Inf); `poll_durations` keeps only the recent ones.
-    poll_duration_counts: list[int] = field(default_factory=lambda: [0] * (len(POLL_DURATION_BUCKETS) + 1))
-    poll_duration_sum: float = 0.0
-
-    def good_read(self, n_values: int, duration: float | None = None) -> None:
-        self.last_good_read = utc_iso()
-        self.values += n_values
-        if duration is not None:
-            self.poll_durations.append(duration)
-            del self.poll_durations[:-256]
-            self.poll_duration_counts[bisect.bisect_left(POLL_DURATION_BUCKETS, duration)] += 1
-            self.poll_duration_sum += duration
-
-
-def backoff_delays(config: Backoff) -> Iterator[float]:
-    """Capped exponential backoff with full jitter in the upper half: 0.5-1x of the nominal delay."""
-    delay = config.initial
-    while True:
-        yield delay * (0.5 + random.random() / 2)
-        delay = min(delay * 2, config.max)
+async def _no_loss_counter(reason: str, count: int) -> None:
+    return None
 
 
 @dataclass
 class AdapterContext:
-    """What an adapter may use: its config, a logger bound to it, the emit path and its health record."""
+    """What an adapter may use: its config, a logger bound to it, the emit path, loss counting, health.
+
+    `on_connected` is wired by the supervisor (it emits `connection_restored` once per outage); without
+    a supervisor (one-shot reads, tests) `connected()` only sets the health state.
+    """
 
     equipment: EquipmentBase
-    emit: Callable[[Sequence[Record]], Awaitable[None]]
-    log: Any = None  # structlog BoundLogger bound with equipment=<id>
+    emit: Emit
+    log: FilteringBoundLogger = None  # type: ignore[assignment]  # bound with equipment=<id> in __post_init__
     health: EquipmentHealth = field(default_factory=EquipmentHealth)
+    loss_counter: CountLoss = _no_loss_counter
+    on_connected: Connected | None = None
+    state_dir: Path | None = None
+    """Folder for an adapter's own durable state (e.g. the result_files ledger): the buffer's folder."""
 
     def __post_init__(self) -> None:
         if self.log is None:
             self.log = structlog.get_logger("emsedge.adapter").bind(equipment=self.equipment.id)
 
-    def backoff(self) -> Iterator[float]:
-        return backoff_delays(self.equipment.backoff)
-
     def event(self, type: EventType | str, ts: str | None = None, **fields: Any) -> Record:
         return event(self.equipment.id, self.equipment.type, type, ts, **fields)
 
-    async def connection_lost(self, reason: str, extra: Sequence[Record] = ()) -> None:
-        """Log once and emit `connection_lost` (plus e.g. bad-quality readings) on a state change."""
-        if not self.health.connected and self.health.last_error == reason:
+    async def connected(self) -> None:
+        """The session is up and data flows (idempotent within a session)."""
+        if self.on_connected is not None:
+            await self.on_connected()
+        else:
+            self.health.state = EquipmentState.CONNECTED
+
+    async def count_loss(self, reason: str, count: int) -> None:
+        """Count data lost before a record existed: durable, per equipment and reason, announced."""
+        if count <= 0:
             return
-        was_connected = self.health.connected
-        self.health.connected = False
-        self.health.last_error = reason
-        self.log.warning("connection lost" if was_connected else "cannot connect", reason=reason)
-        await self.emit([self.event(EventType.CONNECTION_LOST, reason=reason), *extra])
+        self.health.losses[reason] = self.health.losses.get(reason, 0) + count
+        await self.loss_counter(reason, count)
 
-    async def connection_restored(self) -> None:
-        if self.health.connected:
-            return
-        self.health.connected = True
-        if self.health.last_error is not None:
-            self.health.reconnects += 1
-        self.health.last_error = None
-        self.log.info("connected")
-        await self.emit([self.event(EventType.CONNECTION_RESTORED)])
-
-
-AdapterFactory = Callable[[AdapterContext], Adapter]

@@ -24,8 +24,9 @@ Invariants
 * At most `window` messages are outstanding per connection: `mqtt.max_inflight`, capped by the broker's
   Receive Maximum (MQTT 5 CONNACK) and by the 16-bit message id space.
 * A permanent result (`permanent=True`) means the broker will refuse this message however often it is
-  sent: an MQTT 5 PUBACK reason code >= 0x80, a packet over the broker's Maximum Packet Size, a QoS over
-  its Maximum QoS, or a topic paho cannot encode. Everything else is transient.
+  sent: an MQTT 5 PUBACK reason code the table below marks permanent, a packet over the broker's Maximum
+  Packet Size, a QoS over its Maximum QoS, or a topic paho cannot encode. Everything else is transient,
+  and the forwarder retries it with backoff instead of dead-lettering it.
 * The retained `online` status is published (QoS 1, PUBACK awaited) after every CONNACK and before the
   publisher reports `connected`, so it precedes data on every connection; the retained `offline` status is
   the last will, and is also published explicitly before a clean DISCONNECT.
@@ -37,6 +38,44 @@ Invariants
   field, an exception message or a repr.
 * Logging happens once per state change (connected, lost, failing over, a new connect error), never per
   message.
+
+MQTT 5 failure reason codes, as classified by `is_permanent_reason_code` (MQTT 5.0 §2.4, §3.4.2.1; a
+temporary condition is retried with backoff, never dead-lettered). A PUBACK may carry only 0x80, 0x83,
+0x87, 0x90, 0x91, 0x97 and 0x99; the others reach us in a CONNACK or DISCONNECT (paho treats them in a
+PUBACK as a protocol error and drops the link, which fails the message transiently anyway), and are
+listed so that one table answers "is this code worth retrying":
+
+  ====== ============================= ========== ============================================================
+  code   name                          result     why
+  ====== ============================= ========== ============================================================
+  0x80   Unspecified error             permanent  the broker gives no reason; the forwarder still tries
+                                                  MAX_PUBLISH_ATTEMPTS times before it dead-letters (counted)
+  0x83   Implementation specific error permanent  a broker plugin refused this message
+  0x87   Not authorized                permanent  ACL: the same topic stays refused
+  0x90   Topic Name invalid            permanent
+  0x95   Packet too large              permanent  (also refused before sending, from CONNACK Maximum Packet Size)
+  0x99   Payload format invalid        permanent
+  0x9A   Retain not supported          permanent
+  0x9B   QoS not supported             permanent
+  0x88   Server unavailable            transient  the broker (or its cluster) is temporarily unable
+  0x89   Server busy                   transient  "try later" by definition
+  0x8B   Server shutting down          transient  another broker or the same one after restart will take it
+  0x8D   Keep Alive timeout            transient  a link problem, not a message problem
+  0x8E   Session taken over            transient  a link problem, not a message problem
+  0x91   Packet Identifier in use      transient  an id race; a re-send gets a new id
+  0x93   Receive Maximum exceeded      transient  flow control: fewer messages in flight will pass
+  0x96   Message rate too high         transient  rate limit: backing off is the cure
+  0x97   Quota exceeded                transient  rate/volume quota: passes once the quota refills
+  0x9C   Use another server            transient  failover moves on
+  0x9D   Server moved                  transient  failover moves on
+  0x9F   Connection rate exceeded      transient  rate limit
+  other  any other code >= 0x80        permanent  unknown failures are not retried forever (but counted)
+  ====== ============================= ========== ============================================================
+
+Reconnects: `run()` is a `Supervisor` (`emsedge.supervisor`) around `_session()`: one connection's
+life. The supervisor owns the backoff, its reset after `STABLE_AFTER`, and logging once per state change
+("mqtt connect failed" once per broker and reason per outage, "mqtt connection lost", "mqtt connected");
+`health` holds the link's `EquipmentState`. paho only ever handles the socket of one connection.
 
 Failover: `mqtt.url` may be a list. A failed connect moves to the next URL (after a backoff delay that
 grows while nothing connects, and keeps growing across connections that last less than `STABLE_AFTER`);
@@ -53,7 +92,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -66,10 +105,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from emsedge.adapters.base import backoff_delays
 from emsedge.compat import PahoClient as _PahoClient
 from emsedge.config import MqttConfig, read_secret
 from emsedge.errors import ConfigError
+from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor
 
 __all__ = ["MqttPublisher", "PublishResult"]
 
@@ -87,6 +126,34 @@ MISC_INTERVAL: Final = 1.0
 
 _MAX_WINDOW: Final = 65_000
 """Below the 16-bit message id space, so an id is never reused while its message is outstanding."""
+
+TRANSIENT_REASON_CODES: Final[dict[int, str]] = {
+    0x88: "Server unavailable",
+    0x89: "Server busy",
+    0x8B: "Server shutting down",
+    0x8D: "Keep Alive timeout",
+    0x8E: "Session taken over",
+    0x91: "Packet Identifier in use",
+    0x93: "Receive Maximum exceeded",
+    0x96: "Message rate too high",
+    0x97: "Quota exceeded",
+    0x9C: "Use another server",
+    0x9D: "Server moved",
+    0x9F: "Connection rate exceeded",
+}
+"""MQTT 5 failure reason codes that describe a temporary condition (see the module docstring's table)."""
+
+
+def is_permanent_reason_code(code: int) -> bool:
+    """True when an MQTT 5 failure reason code means re-sending the same message cannot succeed."""
+    return code >= 0x80 and code not in TRANSIENT_REASON_CODES
+
+
+_MESSAGES: Final = Messages(
+    connected="mqtt connected", lost="mqtt connection lost", cannot_connect="mqtt connect failed",
+    failed="mqtt connect failed permanently; retrying at the slowest backoff rate",
+    unexpected="unexpected error in the mqtt connection; treated as transient", reason_field="error",
+)
 
 _PLAIN_SCHEMES: Final = ("mqtt", "tcp")
 _TLS_SCHEMES: Final = ("mqtts", "ssl")
@@ -429,8 +496,10 @@ class _Link:
         self.last_progress = time.monotonic()
         batch, index = entry
         if reason.is_failure:
+            permanent = is_permanent_reason_code(reason.value)
             batch.settle(index, PublishResult(
-                ok=False, permanent=True, reason=f"broker rejected the message: {reason}", reason_code=reason.value
+                ok=False, permanent=permanent, reason_code=reason.value,
+                reason=f"broker {'rejected' if permanent else 'deferred'} the message: {reason}",
             ))
         else:
             batch.settle(index, _OK)
@@ -571,7 +640,10 @@ class MqttPublisher:
         self._epoch = 0
         self._connected_event: asyncio.Event | None = None
         self._last_error: str | None = None
-        self._reported_errors: dict[str, str] = {}
+        self._index = 0
+        self.health = EquipmentHealth()
+        """The link's supervised state (connecting, connected, retrying, failed), like equipment's."""
+        self._supervisor = Supervisor(config.backoff, self.health, log, stable_after=STABLE_AFTER, messages=_MESSAGES)
         self._reported_failovers: set[tuple[str, str]] = set()
         self._running = False
         self._status_refusal_logged = False
@@ -598,6 +670,12 @@ class MqttPublisher:
     def current_url(self) -> str | None:
         """The broker in use (scheme://host:port, no credentials), or None while disconnected."""
         return self._link.broker.display if self.connected and self._link else None
+
+    @property
+    def max_packet_size(self) -> int | None:
+        """The broker's Maximum Packet Size from CONNACK (MQTT 5), None when it set none or is not connected."""
+        link = self._link
+        return link.max_packet if link is not None and not link.closed else None
 
     @property
     def last_error(self) -> str | None:
@@ -676,39 +754,37 @@ class MqttPublisher:
     # --- connection management -----------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Connect, keep connected (backoff, failover), and on cancellation say offline and disconnect."""
+        """Connect, keep connected (the supervisor's backoff; failover here), and on cancellation say offline
+        and disconnect."""
         if self._running:
             raise RuntimeError("MqttPublisher.run() is already running")
         self._running = True
         self._event()
-        task_status.started()
-        delays = self._delays()
-        index = 0
         try:
-            while True:
-                broker = self._brokers[index]
-                try:
-                    link = await self._connect(broker)
-                except _ConnectFailed as exc:
-                    self._note_failure(broker, str(exc))
-                    following = (index + 1) % len(self._brokers)
-                    if following != index:
-                        self._note_failover(broker, self._brokers[following])
-                        index = following
-                    await anyio.sleep(next(delays))
-                    continue
-                began = time.monotonic()
-                await self._serve(link)
-                if time.monotonic() - began >= STABLE_AFTER:
-                    delays = self._delays()
-                await anyio.sleep(next(delays))
+            await self._supervisor.run(self._session, task_status=task_status)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._close()
             self._running = False
 
-    def _delays(self) -> Iterator[float]:
-        return backoff_delays(self._config.backoff)
+    async def _session(self) -> None:
+        """One connection: connect to the current broker, serve it until it ends; raise why it ended.
+
+        A failed connect moves to the next broker before the supervisor's backoff; a lost connection
+        is retried on the same broker first.
+        """
+        broker = self._brokers[self._index]
+        try:
+            link = await self._connect(broker)
+        except _ConnectFailed as exc:
+            self._last_error = f"{broker.display}: {exc}"
+            following = (self._index + 1) % len(self._brokers)
+            if following != self._index:
+                self._note_failover(broker, self._brokers[following])
+                self._index = following
+            raise SessionError(str(exc), fields={"broker": broker.display}) from None
+        await self._serve(link)
+        raise SessionError(link.close_reason, fields={"broker": link.broker.display})
 
     async def _connect(self, broker: _Broker) -> _Link:
         loop = asyncio.get_running_loop()
@@ -767,11 +843,10 @@ class MqttPublisher:
         self._online = True
         self._epoch += 1
         self._last_error = None
-        self._reported_errors.clear()
         self._reported_failovers.clear()
         self._event().set()
-        log.info("mqtt connected", broker=link.broker.display, protocol=self._config.protocol,
-                 client_id=self._client_id, window=link.window, epoch=self._epoch)
+        await self._supervisor.connected(broker=link.broker.display, protocol=self._config.protocol,
+                                         client_id=self._client_id, window=link.window, epoch=self._epoch)
         try:
             while not await link.wait_closed(MISC_INTERVAL):
                 link.client.loop_misc()
@@ -779,7 +854,6 @@ class MqttPublisher:
             if link.closed:
                 self._set_offline()
                 self._last_error = link.close_reason
-                log.warning("mqtt connection lost", broker=link.broker.display, reason=link.close_reason)
 
     def _link_lost(self, link: _Link) -> None:
         """Called synchronously when a link ends, so `connected` and `wait_connected()` agree at once."""
@@ -810,12 +884,6 @@ class MqttPublisher:
                 clean = await link.wait_closed(CLOSE_TIMEOUT)
         link.abort("publisher stopped")
         log.info("mqtt disconnected", broker=link.broker.display, clean=clean)
-
-    def _note_failure(self, broker: _Broker, error: str) -> None:
-        self._last_error = f"{broker.display}: {error}"
-        if self._reported_errors.get(broker.display) != error:
-            self._reported_errors[broker.display] = error
-            log.warning("mqtt connect failed", broker=broker.display, error=error)
 
     def _note_failover(self, broker: _Broker, following: _Broker) -> None:
         key = (broker.display, following.display)

@@ -5,6 +5,7 @@
 * pick-and-place: OPC UA server (`pick_and_place.py`)
 * reflow oven: Modbus TCP server (`reflow_oven.py`)
 * AOI: passive SECS/GEM equipment over HSMS (`aoi.py`)
+* ICT: an in-circuit tester writing one i3070 log per test into a folder (`ict.py`)
 
 `line.py` holds the model (boards, machines, reels, temperatures); `schedule.py` the fault schedule that
 produces alarms, state changes and outages on purpose. `VirtualLine.run` owns every server and the clock
@@ -18,22 +19,30 @@ their own tasks.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
+import random
 import signal
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+from zoneinfo import ZoneInfo
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from emsedge.errors import ConfigError
+from emsedge.packaged import find_file
 from emsedge.simulate.config import VirtualLineConfig, load_virtual_line
 from emsedge.simulate.line import Line, LineEvent
+
+if TYPE_CHECKING:
+    from emsedge.simulate.ict import IctStation
 
 __all__ = ["LineEvent", "VirtualLine", "VirtualLineConfig", "load_virtual_line", "main_simulate"]
 
@@ -62,6 +71,7 @@ class VirtualLine:
         """With `hold`, the servers come up but the clock starts only at `release()` (the demo waits for
         the gateway to connect, so MES sees the first board too)."""
         from emsedge.simulate.aoi import AoiEquipment  # noqa: PLC0415 - import cost only when running
+        from emsedge.simulate.ict import IctStation  # noqa: PLC0415
         from emsedge.simulate.pick_and_place import PickAndPlaceServer  # noqa: PLC0415
         from emsedge.simulate.reflow_oven import ReflowOvenServer  # noqa: PLC0415
 
@@ -71,8 +81,14 @@ class VirtualLine:
         self.pick_and_place = PickAndPlaceServer(self.line)
         self.reflow_oven = ReflowOvenServer(self.line)
         self.aoi = AoiEquipment(self.line)
+        self.ict: IctStation | None = None
+        if config.ict.enabled:
+            self.ict = IctStation(config.ict.folder, rng=random.Random(config.line.seed + 3071),
+                                  tester_zone=ZoneInfo(config.ict.timezone), program=config.ict.program,
+                                  tester=config.ict.id)
         self._tg: TaskGroup | None = None
         self._released = anyio.Event()
+        self._ict_lock = anyio.Lock()
         if not hold:
             self._released.set()
         self._machine_ids = {
@@ -80,6 +96,7 @@ class VirtualLine:
             "pick_and_place": config.pick_and_place.id,
             "reflow_oven": config.reflow_oven.id,
             "aoi": config.aoi.id,
+            "ict": config.ict.id,
         }
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -95,6 +112,7 @@ class VirtualLine:
                 pick_and_place=self.pick_and_place.url,
                 reflow_oven=f"modbus://{cfg.reflow_oven.host}:{cfg.reflow_oven.port}",
                 aoi=f"hsms://{cfg.aoi.host}:{cfg.aoi.port}",
+                ict=str(cfg.ict.folder) if cfg.ict.enabled else None,
                 speed=cfg.line.speed,
             )
             task_status.started()
@@ -132,6 +150,8 @@ class VirtualLine:
     def _handle(self, event: LineEvent) -> None:
         if event.kind == "board_inspected" and event.board is not None:
             self.aoi.board_inspected(event.board)
+        elif event.kind == "board_tested" and event.board is not None and self.ict is not None:
+            self._test_files(event.board.serial, list(event.board.test_results))
         elif event.kind in ("alarm_set", "alarm_cleared") and event.machine == "aoi" and event.code is not None:
             self.aoi.alarm(event.code, active=event.kind == "alarm_set")
         elif event.kind in ("outage_start", "outage_end") and self._tg is not None:
@@ -144,6 +164,20 @@ class VirtualLine:
                      **({"state": event.text} if event.kind == "state" else {}))
         if self.on_event is not None:
             self.on_event(event)
+
+    def _test_files(self, serial: str, results: list[str]) -> None:
+        """Write the tester's files off the clock loop (file system I/O), in order, one board at a time."""
+        station = self.ict
+        assert station is not None
+        write = functools.partial(station.write_results, serial, datetime.now(UTC), results)
+        if self._tg is None:
+            write()
+        else:
+            self._tg.start_soon(self._write_in_order, write)
+
+    async def _write_in_order(self, write: Callable[[], object]) -> None:
+        async with self._ict_lock:
+            await anyio.to_thread.run_sync(write)
 
     async def _outage(self, machine: str, starting: bool) -> None:
         if machine == "pick_and_place":
@@ -196,7 +230,7 @@ def main_simulate(argv: list[str]) -> int:
                         help="append every line event (boards, alarms, states, outages) to this file as JSON lines")
     args = parser.parse_args(argv)
     try:
-        config = with_port_base(load_virtual_line(args.config), args.port_base)
+        config = with_port_base(load_virtual_line(find_file(args.config)), args.port_base)
     except ValueError as exc:
         parser.error(f"--port-base: {exc}")
     except ConfigError as exc:

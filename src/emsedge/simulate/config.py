@@ -22,7 +22,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from emsedge.config import Duration
+from emsedge.config import Duration, DurationOrZero
+from emsedge.config.types import units_required
 from emsedge.errors import ConfigError
 
 
@@ -68,8 +69,8 @@ class PickAndPlaceSettings(_Model):
     port: int = Field(14841, ge=1, le=65535, description="OPC UA port.")
     id: str = Field("pnp-1", description="Machine name, used in logs.")
     program: str = Field("MAIN-CTRL-REV-C", description="Placement program that is loaded.")
-    setup_time: Duration = Field(20.0, description="Time spent in `setup` loading the program at start.")
-    transfer_time: Duration = Field(3.0, description="Board transport in/out of the machine per board.")
+    setup_time: DurationOrZero = Field(20.0, description="Time spent in `setup` loading the program at start.")
+    transfer_time: DurationOrZero = Field(3.0, description="Board transport in/out of the machine per board.")
     placement_time: Duration = Field(22.0, gt=0, description="Placement time per board.")
     pick_error_rate: float = Field(0.002, ge=0, le=1, description="Chance that a pick fails (retried).")
     nozzles: list[str] = Field(
@@ -85,7 +86,7 @@ class ReflowOvenSettings(_Model):
     id: str = Field("reflow-1", description="Machine name, used in logs.")
     recipe: str = Field("SAC305-STD", description="Thermal profile (recipe) name.")
     dwell_time: Duration = Field(240.0, gt=0, description="Time a board spends in the oven.")
-    min_spacing: Duration = Field(8.0, ge=0, description="Least time between two boards entering.")
+    min_spacing: DurationOrZero = Field(8.0, ge=0, description="Least time between two boards entering.")
     conveyor_speed: float = Field(80.0, gt=0, description="Conveyor speed in cm/min.")
     top_setpoints: list[float] = Field(
         default_factory=lambda: [150.0, 165.0, 175.0, 185.0, 195.0, 210.0, 235.0, 250.0, 245.0, 120.0],
@@ -118,6 +119,22 @@ class AoiSettings(_Model):
     defect_rate: float = Field(0.05, ge=0, le=1, description="Chance that a board has defects.")
 
 
+class IctSettings(_Model):
+    enabled: bool = Field(True, description="Test every inspected board (false: the line ends at the AOI).")
+    id: str = Field("ict-1", description="Machine name, used in logs.")
+    folder: Path = Field(
+        Path("./var/ict-1/out"), description="Where the tester writes its i3070 logs (relative: to the working "
+        "directory; the demo puts it in its temporary directory)."
+    )
+    test_time: Duration = Field(30.0, gt=0, description="Test time per board.")
+    fail_rate: float = Field(0.03, ge=0, le=1, description="Chance that a board fails a component.")
+    retest_rate: float = Field(
+        0.5, ge=0, le=1, description="Chance that a failed board is retested at once and passes (a second file)."
+    )
+    timezone: str = Field("Europe/Berlin", description="The tester PC's clock (local times in the logs).")
+    program: str = Field("MAINBOARD", description="Test program.")
+
+
 Machine = Literal["line", "pick_and_place", "reflow_oven", "aoi"]
 FaultKind = Literal["starve", "jam", "pick_errors", "pause", "alarm", "conveyor_stop", "defects", "outage"]
 
@@ -130,7 +147,7 @@ ALLOWED_FAULTS: dict[str, set[str]] = {
 
 
 class FaultEntry(_Model):
-    at: Duration = Field(description="Line time the fault starts (within each repetition).")
+    at: DurationOrZero = Field(description="Line time the fault starts (within each repetition).")
     machine: Machine = Field(description="Where it happens.")
     fault: FaultKind = Field(
         description="starve: no boards arrive; jam: pick-and-place down with an alarm; pick_errors: a burst "
@@ -169,6 +186,7 @@ class VirtualLineConfig(_Model):
     pick_and_place: PickAndPlaceSettings = Field(PickAndPlaceSettings(), description="OPC UA pick-and-place.")
     reflow_oven: ReflowOvenSettings = Field(ReflowOvenSettings(), description="Modbus TCP reflow oven.")
     aoi: AoiSettings = Field(AoiSettings(), description="SECS/GEM (HSMS) AOI.")
+    ict: IctSettings = Field(IctSettings(), description="In-circuit tester writing i3070 logs into a folder.")
     schedule: FaultSchedule = Field(FaultSchedule(), description="Faults produced on purpose.")
 
     def with_ports(self, *, pick_and_place: int, reflow_oven: int, aoi: int) -> VirtualLineConfig:
@@ -251,7 +269,8 @@ def load_virtual_line(path: str | Path) -> VirtualLineConfig:
     except yaml.YAMLError as exc:
         raise ConfigError([f"{file}: YAML error: {exc}"]) from None
     try:
-        return VirtualLineConfig.model_validate(data)
+        with units_required():
+            return VirtualLineConfig.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

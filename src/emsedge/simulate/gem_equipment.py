@@ -25,9 +25,9 @@ import anyio.abc
 import structlog
 from anyio.abc import SocketListener, TaskStatus
 
+from emsedge.adapters.hsms.config import HsmsConnection
 from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message, RejectReason
 from emsedge.adapters.hsms.secs2 import BOOLEAN, F8, U4, A, B, Item, L
-from emsedge.config import HsmsConnection
 
 __all__ = ["GemEquipment", "SimAlarm", "SimStatusVariable", "to_item"]
 

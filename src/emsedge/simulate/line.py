@@ -66,6 +66,9 @@ class Board:
     inspected_at: float | None = None
     result: str | None = None
     defects: list[dict[str, str]] = field(default_factory=list)
+    tested_at: float | None = None
+    test_results: list[str] = field(default_factory=list)
+    """ICT verdicts in test order: ["PASS"], ["FAIL"], or ["FAIL", "PASS"] for a retest."""
 
     def summary(self) -> dict[str, Any]:
         """The ground truth of this board, as a test compares it with what MES received."""
@@ -76,6 +79,7 @@ class Board:
             "oven_exit": self.oven_exit,
             "result": self.result,
             "defects": self.defects,
+            **({"test_results": self.test_results} if self.test_results else {}),
         }
 
 
@@ -85,7 +89,8 @@ class LineEvent:
 
     at: float
     kind: str
-    """board_placing | board_exit | board_inspected | alarm_set | alarm_cleared | outage_start | outage_end | state"""
+    """board_placing | board_exit | board_inspected | board_tested | alarm_set | alarm_cleared | outage_start |
+    outage_end | state"""
     machine: str
     board: Board | None = None
     code: int | None = None
@@ -347,6 +352,39 @@ class Aoi:
         self.inspected += 1
         self.line.completed.append(board)
         self.line.emit(LineEvent(now, "board_inspected", "aoi", board=board))
+        if self.line.config.ict.enabled:
+            self.line.ict.queue.append(board)
+
+
+class Ict:
+    """In-circuit test after the AOI: decides each board's verdict (the station writes the files)."""
+
+    def __init__(self, line: Line) -> None:
+        self.line = line
+        self.cfg = line.config.ict
+        self.queue: list[Board] = []
+        self.board: Board | None = None
+        self.left = 0.0
+        self.tested = 0
+        self.rng = random.Random(line.config.line.seed + 3070)  # its own stream: the AOI's stays as it was
+
+    def step(self, now: float, dt: float, active: frozenset[Occurrence]) -> None:
+        if self.board is None and self.queue:
+            self.board = self.queue.pop(0)
+            self.left = self.cfg.test_time
+        if self.board is None:
+            return
+        self.left -= dt
+        if self.left > 0:
+            return
+        board, self.board = self.board, None
+        if self.rng.random() < self.cfg.fail_rate:
+            board.test_results = ["FAIL", "PASS"] if self.rng.random() < self.cfg.retest_rate else ["FAIL"]
+        else:
+            board.test_results = ["PASS"]
+        board.tested_at = now
+        self.tested += 1
+        self.line.emit(LineEvent(now, "board_tested", "ict", board=board))
 
 
 class Line:
@@ -368,6 +406,7 @@ class Line:
         self.pick_and_place = PickAndPlace(self)
         self.oven = ReflowOven(self)
         self.aoi = Aoi(self)
+        self.ict = Ict(self)
 
     def new_reel_id(self) -> str:
         self._reel_counter += 1
@@ -398,6 +437,7 @@ class Line:
             self.input_queue.append(Board(serial, now))
             self.next_arrival = max(self.next_arrival + cfg.board_interval, now)
         # Downstream first, so a board moves at most one machine per step.
+        self.ict.step(now, dt, active)
         self.aoi.step(now, dt, active)
         self.oven.step(now, dt, active)
         self.pick_and_place.step(now, dt, active)

@@ -4,22 +4,28 @@ One connection's life (`HsmsAdapter._session`):
 
     select -> S1F13 establish -> S1F1 -> S2F37 disable all -> S2F33 delete all -> S2F33 define
     -> S2F35 link -> S2F37 enable ours -> S5F3 enable alarms -> S2F17 clock -> S1F11 namelist
-    -> connection_restored -> poll S1F3 every poll_interval, while the dispatcher serves S6F11, S5F1, S10
+    -> ctx.connected() -> poll S1F3 every poll_interval, while the dispatcher serves S6F11, S5F1, S10
 
 Invariants:
 
 * Every W-bit primary from the equipment gets an answer: its reply, an ack, or S9F3 (unknown
-  stream) / S9F5 (unknown function); structurally wrong bodies get S9F7.
+  stream) / S9F5 (unknown function); structurally wrong bodies get S9F7 (an id sent as a list, a
+  missing field), and the session stays up: one odd message never costs the link, so a tool that
+  re-sends an unacknowledged report cannot make it flap, and reports queued behind it still arrive.
 * S6F12 and S5F2 are sent only after `ctx.emit()` returned, i.e. after the buffer made the records
-  durable: an equipment that spools unacknowledged reports never loses one to a gateway crash.
+  durable, never on a timeout: an equipment that spools unacknowledged reports never loses one to a
+  gateway crash or a full disk. An emit that fails closes the link without a reply.
 * `fault_cleared` carries the `fault_occurrence_id` of the `fault_occurred` for the same ALID while the
   adapter runs (the map of active alarms survives reconnects, not restarts).
 * The adapter never writes process data to the equipment; it only configures its own reports.
-* T5 is the minimum time between two connect attempts; backoff may make it longer.
+* T5 is the minimum time between two connect attempts (the supervisor's `min_interval`); backoff may
+  make it longer. Reconnects, backoff and connection events are the supervisor's (`emsedge.supervisor`).
+* Status variables are polled on the shared poll grid (`emsedge.scheduler.poll_grid`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Sequence
@@ -29,23 +35,29 @@ from typing import Any, Final, cast
 
 import anyio
 import anyio.abc
-from anyio.abc import SocketListener, TaskStatus
+import anyio.to_thread
+from anyio.abc import SocketListener
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.hsms.config import CollectionEvent, HsmsEquipment
 from emsedge.adapters.hsms.connection import HsmsClosed, HsmsLink, Message, RejectReason, TransactionRejected
 from emsedge.adapters.hsms.secs2 import BOOLEAN, U4, B, Item, L
-from emsedge.config import CollectionEvent, HsmsEquipment
+from emsedge.errors import AdapterError
+from emsedge.scheduler import SkipCycle, poll_deadline, poll_grid
 from emsedge.schema import EventType, Quality, Record, reading, telemetry, utc_iso
 
-__all__ = ["ALARM_SET", "HsmsAdapter", "alarm_severity", "build", "parse_event_report"]
+__all__ = ["ALARM_SET", "HsmsAdapter", "alarm_severity", "parse_event_report"]
 
 ALARM_SET: Final = 0x80
 _KNOWN_STREAMS: Final = frozenset({1, 2, 5, 6, 7, 9, 10})
 _UNIT_EVENTS: Final = frozenset({"unit_inspected", "unit_tested"})
 _BATCH_MAX: Final = 1000
 _SELECT_RACE_RETRIES: Final = 20  # up to ~10 s: on a loaded machine secsgem records the selection late
-_EMIT_DEADLINE: Final = 30.0
+_OFFLOAD_BYTES: Final = 64 << 10
+"""Event reports longer than this are turned into records in a worker thread (see HsmsLink)."""
+_LEFTOVER_DEADLINE: Final = 5.0
+"""Bound on handing on the unacknowledged records left when a connection ends (never acknowledged)."""
 
 # SEMI E5 ALCD categories (bits 0-6) -> severity words
 _SEVERITY: Final[dict[int, str]] = {
@@ -77,6 +89,17 @@ class MalformedMessage(ValueError):
     """A decodable body that does not have the structure the standard prescribes."""
 
 
+def scalar_id(item: Item, what: str) -> int | str:
+    """An identifier (DATAID, CEID, RPTID, ALID, VID): one integer or a text, never a list or an array."""
+    if item.fmt in ("A", "J"):
+        text: str = item.value
+        return text
+    if item.fmt in ("L", "B", "BOOLEAN") or item.fmt.startswith("F") or len(item.value) != 1:
+        raise MalformedMessage(f"{what} must be one integer or a text, not {item.fmt}[{len(item.value)}]")
+    value: int = item.value[0]
+    return value
+
+
 def parse_event_report(body: Item | None) -> tuple[Any, Any, list[tuple[Any, list[Item]]]]:
     """S6F11 body -> (DATAID, CEID, [(RPTID, [value items])]); raises MalformedMessage on a wrong shape."""
     shape = "S6F11 body is not L[DATAID, CEID, L[L[RPTID, L[V...]]...]]"
@@ -86,8 +109,8 @@ def parse_event_report(body: Item | None) -> tuple[Any, Any, list[tuple[Any, lis
     for report in body[2].items:
         if report.fmt != "L" or len(report) != 2 or report[1].fmt != "L":
             raise MalformedMessage(shape)
-        parsed.append((report[0].to_python(), list(report[1].items)))
-    return body[0].to_python(), body[1].to_python(), parsed
+        parsed.append((scalar_id(report[0], "RPTID"), list(report[1].items)))
+    return scalar_id(body[0], "DATAID"), scalar_id(body[1], "CEID"), parsed
 
 
 def _ack(reply: Message) -> int | None:
@@ -119,24 +142,17 @@ class HsmsAdapter:
         self._dataid = 0
         self.event_reports = 0
         self._deliveries: MemoryObjectSendStream[_Delivery] | None = None
+        self._refused: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------------------------------------
     # lifecycle
 
-    async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        t5 = self.config.connection.t5
-        delays = ctx.backoff()
-        last_attempt: float | None = None
-        while True:
-            if last_attempt is not None:
-                since = time.monotonic() - last_attempt
-                await anyio.sleep(max(next(delays), t5 - since))
-            last_attempt = time.monotonic()
-            reason, established = await self._connect_once()
-            if established:
-                delays = ctx.backoff()
-            await ctx.connection_lost(reason, self.offline_records(reason))
+    async def session(self, ctx: AdapterContext) -> None:
+        """One connection (connect or accept, establish, serve); raises `AdapterError` when it ends.
+
+        The supervisor spaces attempts by at least T5 and backs off; see `emsedge.supervisor`.
+        """
+        raise AdapterError(await self._connect_once())
 
     def offline_records(self, reason: str) -> Sequence[Record]:
         """Bad-quality readings for every status variable, emitted with connection_lost."""
@@ -149,27 +165,27 @@ class HsmsAdapter:
         ]
         return [telemetry(self.config.id, self.config.type, readings, ts)]
 
-    async def _connect_once(self) -> tuple[str, bool]:
+    async def _connect_once(self) -> str:
         conn = self.config.connection
         if conn.mode == "active":
             try:
                 with anyio.fail_after(conn.t6):
                     stream: anyio.abc.ByteStream = await anyio.connect_tcp(conn.host, conn.port)
             except TimeoutError:
-                return f"connect to {conn.host}:{conn.port} timed out", False
+                return f"connect to {conn.host}:{conn.port} timed out"
             except OSError as exc:
-                return f"connect to {conn.host}:{conn.port} failed: {exc.strerror or exc}", False
+                return f"connect to {conn.host}:{conn.port} failed: {exc.strerror or exc}"
             return await self._session(stream, passive=False)
         try:
             listener = await anyio.create_tcp_listener(local_host=conn.host, local_port=conn.port, reuse_port=False)
         except OSError as exc:
-            return f"cannot listen on {conn.host}:{conn.port}: {exc.strerror or exc}", False
+            return f"cannot listen on {conn.host}:{conn.port}: {exc.strerror or exc}"
         async with listener:
             self.log.debug("hsms waiting for the equipment to connect", port=conn.port)
             stream = await cast(SocketListener, listener.listeners[0]).accept()
         return await self._session(stream, passive=True)
 
-    async def _session(self, stream: anyio.abc.ByteStream, *, passive: bool) -> tuple[str, bool]:
+    async def _session(self, stream: anyio.abc.ByteStream, *, passive: bool) -> str:
         link = HsmsLink(stream, self.config.connection, self.log, self._on_primary, passive=passive)
         send, receive = anyio.create_memory_object_stream[_Delivery](_BATCH_MAX)
         self._deliveries = send
@@ -178,8 +194,7 @@ class HsmsAdapter:
 
     async def _serve_session(
         self, link: HsmsLink, receive: MemoryObjectReceiveStream[_Delivery], *, passive: bool
-    ) -> tuple[str, bool]:
-        established = False
+    ) -> str:
         async with anyio.create_task_group() as tg:
 
             async def serve_link() -> None:
@@ -194,14 +209,13 @@ class HsmsAdapter:
                 else:
                     await link.select()
                 await self._establish(link)
-                established = True
-                await self.ctx.connection_restored()
+                await self.ctx.connected()
                 await self._poll_loop(link)
             except HsmsClosed:
                 pass
             except TransactionRejected as exc:
                 link.close(f"establishing communication failed: {exc}")
-        return link.closed_reason or "connection ended", established
+        return link.closed_reason or "connection ended"
 
     # ------------------------------------------------------------------------------------------------
     # establishing
@@ -229,7 +243,8 @@ class HsmsAdapter:
         commack = _ack(reply)
         if commack not in (0, None):
             raise TransactionRejected(f"S1F13 denied with COMMACK {commack}")
-        model = reply.body[1].to_python() if reply.body is not None and len(reply.body) > 1 else []
+        body = reply.body
+        model = body[1].to_python() if body is not None and body.fmt == "L" and len(body) > 1 else []
         self.log.info("communication established", model=model)
         await self._checked(link, Message(1, 1), "S1F1 are-you-there", close_on_t3=False)
 
@@ -323,44 +338,42 @@ class HsmsAdapter:
     # polling
 
     async def _poll_loop(self, link: HsmsLink) -> None:
+        """S1F3 on the shared poll grid (`emsedge.scheduler`); a rejected S1F3 skips one cycle."""
         svs = self.config.status_variables
         if not svs:
             await anyio.sleep_forever()
         request_body = L(*[U4(sv.svid) for sv in svs])
-        health = self.ctx.health
-        interval = self.config.poll_interval
-        next_at = time.monotonic()
         failing = False
-        while True:
-            started = time.monotonic()
+
+        async def poll() -> Sequence[Record]:
+            nonlocal failing
             try:
                 reply = await link.request(Message(1, 3, request_body))
             except TransactionRejected as exc:
-                health.poll_errors += 1
                 if not failing:
                     self.log.warning("status variable poll rejected", error=str(exc))
                 failing = True
-            else:
-                failing = False
-                items = reply.body.items if reply.body is not None and reply.body.fmt == "L" else ()
-                ts = utc_iso()
-                readings = []
-                for i, sv in enumerate(svs):
-                    item = items[i] if i < len(items) else None
-                    unit = self._units.get(sv.svid)
-                    if item is None or item.is_empty:
-                        readings.append(reading(sv.name, None, unit=unit, quality=Quality.BAD, ts=ts))
-                    else:
-                        readings.append(reading(sv.name, item.to_python(), unit=unit, ts=ts))
-                await self.ctx.emit([telemetry(self.config.id, self.config.type, readings, ts)])
-                health.polls += 1
-                health.good_read(len(readings), time.monotonic() - started)
-            next_at += interval
-            now = time.monotonic()
-            if next_at < now:  # overrun: skip the missed cycles instead of bursting
-                health.skipped_cycles += int((now - next_at) // interval) + 1
-                next_at = now + interval - (now - next_at) % interval
-            await anyio.sleep(next_at - now)
+                raise SkipCycle(str(exc)) from None
+            failing = False
+            items = reply.body.items if reply.body is not None and reply.body.fmt == "L" else ()
+            ts = utc_iso()
+            readings = []
+            for i, sv in enumerate(svs):
+                item = items[i] if i < len(items) else None
+                unit = self._units.get(sv.svid)
+                if item is None or item.is_empty:
+                    readings.append(reading(sv.name, None, unit=unit, quality=Quality.BAD, ts=ts))
+                else:
+                    readings.append(reading(sv.name, item.to_python(), unit=unit, ts=ts))
+            return [telemetry(self.config.id, self.config.type, readings, ts)]
+
+        interval = float(self.config.poll_interval)
+        await poll_grid(poll, self.ctx, interval, poll_deadline(self, self.ctx, interval))
+
+    @property
+    def poll_deadline(self) -> float:
+        """Backstop for one S1F3: past T3, so the link's own T3 handling (close) comes first."""
+        return float(self.config.connection.t3) + 1.0
 
     # ------------------------------------------------------------------------------------------------
     # primaries from the equipment
@@ -373,7 +386,8 @@ class HsmsAdapter:
             elif key == (5, 1):
                 await self._on_alarm(link, msg)
             elif key in ((10, 1), (10, 5)):
-                text = msg.body[1].to_python() if msg.body is not None and msg.body.fmt == "L" else None
+                body = msg.body
+                text = body[1].to_python() if body is not None and body.fmt == "L" and len(body) > 1 else None
                 self.log.info("terminal message from equipment", text=text)
                 await self._ack_if_wanted(link, msg, B(0))
             elif key == (1, 1):
@@ -390,8 +404,26 @@ class HsmsAdapter:
             else:
                 self.log.debug("unhandled primary ignored", message=msg.name)
         except MalformedMessage as exc:
-            self.log.warning("malformed message answered S9F7", message=msg.name, error=str(exc))
+            self._log_refused(msg, str(exc))
             await link.send_s9(7, msg)
+        except (HsmsClosed, anyio.get_cancelled_exc_class()):
+            raise
+        except Exception as exc:
+            # a shape no check above foresaw: the message is refused, the session (and every report
+            # queued behind this one) goes on; the traceback is for the bug report
+            self.log.exception("message could not be processed, answered S9F7", message=msg.name, error=repr(exc))
+            await link.send_s9(7, msg)
+
+    def _log_refused(self, msg: Message, error: str) -> None:
+        """Warn once per kind of malformed message; a tool re-sending the same one is logged at debug."""
+        key = (msg.name, error)
+        if key in self._refused:
+            self.log.debug("malformed message answered S9F7", message=msg.name, error=error)
+            return
+        if len(self._refused) >= 256:
+            self._refused.clear()
+        self._refused.add(key)
+        self.log.warning("malformed message answered S9F7 (repeats logged at debug)", message=msg.name, error=error)
 
     @staticmethod
     async def _ack_if_wanted(link: HsmsLink, msg: Message, body: Item | None) -> None:
@@ -399,6 +431,14 @@ class HsmsAdapter:
             await link.reply(msg, msg.stream, msg.function + 1, body)
 
     async def _on_event_report(self, link: HsmsLink, msg: Message) -> None:
+        if msg.size > _OFFLOAD_BYTES:
+            record = await anyio.to_thread.run_sync(self._event_report_record, msg)
+        else:
+            record = self._event_report_record(msg)
+        await self._deliver(_Delivery(record, msg, (6, 12) if msg.wbit else None))
+        self.event_reports += 1
+
+    def _event_report_record(self, msg: Message) -> Record:
         _dataid, ceid, reports = parse_event_report(msg.body)
         values: dict[str, Any] = {}
         for rptid, items in reports:
@@ -406,8 +446,7 @@ class HsmsAdapter:
             for i, item in enumerate(items):
                 name = names[i] if names is not None and i < len(names) else f"rpt{rptid}_{i}"
                 values[name] = item.to_python()
-        await self._deliver(_Delivery(self._event_record(ceid, values), msg, (6, 12) if msg.wbit else None))
-        self.event_reports += 1
+        return self._event_record(ceid, values)
 
     def _event_record(self, ceid: Any, values: dict[str, Any]) -> Record:
         config = self._events.get(ceid)
@@ -441,7 +480,7 @@ class HsmsAdapter:
         if body is None or body.fmt != "L" or len(body) != 3 or body[0].fmt not in ("B", "U1") or body[0].is_empty:
             raise MalformedMessage("S5F1 body is not L[ALCD, ALID, ALTX]")
         alcd = int(body[0].value[0])
-        alid, altx = body[1].to_python(), body[2].to_python()
+        alid, altx = scalar_id(body[1], "ALID"), body[2].to_python()
         fields = {"alid": alid, "altx": altx, "alcd": alcd, "severity": alarm_severity(alcd)}
         if alcd & ALARM_SET:
             occurrence = str(uuid.uuid4())
@@ -463,9 +502,11 @@ class HsmsAdapter:
         """Emit queued event and alarm records in batches, then acknowledge each one, in arrival order.
 
         Batching is what lets an equipment with several open S6F11 transactions go faster than one
-        buffer commit per report. The emit is shielded so a closing connection never leaves it unknown
-        whether a record was made durable; records still queued when the connection ends are emitted
-        too (unacknowledged: the equipment may resend them, a duplicate beats a loss).
+        buffer commit per report. Durable acknowledgement only: S6F12/S5F2 go out after `ctx.emit()`
+        returned, with no deadline around the emit (a full disk may hold it for minutes; the equipment
+        waits, or gives up at its T3 and re-sends). If the emit fails, the link is closed without a reply
+        so the equipment keeps and re-sends the report. Records still queued when the connection ends
+        are handed on unacknowledged (the equipment may re-send them: a duplicate beats a loss).
         """
         batch: list[_Delivery] = []
         try:
@@ -477,8 +518,12 @@ class HsmsAdapter:
                             batch.append(receive.receive_nowait())
                         except anyio.WouldBlock:
                             break
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(_EMIT_DEADLINE):
+                    try:
                         await self.ctx.emit([d.record for d in batch])
+                    except Exception as exc:
+                        link.close(f"cannot make {len(batch)} report(s) durable, not acknowledged: {exc}")
+                        batch = []
+                        return
                     emitted, batch = batch, []
                     for delivery in emitted:
                         if delivery.reply is not None:
@@ -486,14 +531,15 @@ class HsmsAdapter:
         except HsmsClosed:
             pass
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_EMIT_DEADLINE):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(_LEFTOVER_DEADLINE):
                 while True:
                     try:
                         batch.append(receive.receive_nowait())
                     except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                         break
                 if batch:
-                    await self.ctx.emit([d.record for d in batch])
+                    with contextlib.suppress(Exception):
+                        await self.ctx.emit([d.record for d in batch])
 
 
 def _is_pass(raw: Any, pass_values: Sequence[Any]) -> bool:
@@ -513,7 +559,3 @@ def _parse_secs_time(text: str) -> float | None:
         return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
     except ValueError:
         return None
-
-
-def build(ctx: AdapterContext) -> HsmsAdapter:
-    return HsmsAdapter(ctx)

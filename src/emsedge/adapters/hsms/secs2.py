@@ -10,6 +10,9 @@ Invariants:
   `Item` or raises `Secs2DecodeError` (never `struct.error`, `RecursionError`, `MemoryError` ...):
   it is iterative (no recursion on nesting depth) and never allocates more than the input's size,
   because every declared length is checked against the bytes actually left before it is used.
+* With a `DecodeBudget`, nesting depth, the number of items (list entries and array elements) and the
+  input size are checked against it *before* each item is built, so a hostile message costs at most
+  the budget, whatever it declares (8,000,000 empty lists in 16 MB are refused after `max_items`).
 * `encode(decode(b)) == b` for every `b` that used minimal length bytes; `decode(encode(i)) == i`.
 * `A` and `J` text travels as latin-1 so every byte string round-trips; equipment sends ASCII in practice.
 """
@@ -33,9 +36,11 @@ __all__ = [
     "U8",
     "A",
     "B",
+    "DecodeBudget",
     "Item",
     "J",
     "L",
+    "Secs2BudgetExceeded",
     "Secs2DecodeError",
     "Secs2EncodeError",
     "decode",
@@ -47,6 +52,24 @@ __all__ = [
 
 class Secs2DecodeError(ValueError):
     """The bytes are not one well-formed SECS-II item."""
+
+
+class Secs2BudgetExceeded(Secs2DecodeError):
+    """Well-formed so far, but beyond the receiver's `DecodeBudget` (answered like any undecodable body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeBudget:
+    """Most a receiver decodes of one message body; see `decode`.
+
+    Defaults: real GEM messages nest under 10 deep and an S6F11 of a full panel's results is a few
+    thousand items; 32 levels keep every value well inside what the JSON encoder accepts (254), and
+    250,000 items bound the memory of one decoded body to some tens of MB.
+    """
+
+    max_depth: int = 32
+    max_items: int = 250_000
+    max_bytes: int = 4 << 20
 
 
 class Secs2EncodeError(ValueError):
@@ -288,14 +311,24 @@ def _decode_leaf(fmt: str, size: int, data: bytes) -> Item:
     return Item("BOOLEAN", tuple(b != 0 for b in data))
 
 
-def decode(data: bytes | bytearray | memoryview) -> Item:
-    """Decode exactly one item filling all of `data`; raise `Secs2DecodeError` on anything else."""
+def decode(data: bytes | bytearray | memoryview, budget: DecodeBudget | None = None) -> Item:
+    """Decode exactly one item filling all of `data`; raise `Secs2DecodeError` on anything else.
+
+    With `budget`, raise `Secs2BudgetExceeded` as soon as the input is bigger, nests deeper or declares
+    more items than it allows, before building what was declared.
+    """
     buf = bytes(data)
     end = len(buf)
+    max_depth = max_items = 1 << 62
+    if budget is not None:
+        if end > budget.max_bytes:
+            raise Secs2BudgetExceeded(f"body of {end} bytes exceeds the budget of {budget.max_bytes}")
+        max_depth, max_items = budget.max_depth, budget.max_items
     pos = 0
     formats = _FORMAT_BYTES
     # stack of (children collected so far, children expected)
     stack: list[tuple[list[Item], int]] = []
+    items = 0  # items built or promised by a list header (each promised child is at least one item)
     while True:
         if pos + 2 > end:
             raise Secs2DecodeError(f"truncated item header at offset {pos}")
@@ -318,13 +351,26 @@ def decode(data: bytes | bytearray | memoryview) -> Item:
             # every child takes at least two bytes: refuse impossible counts before building anything
             if length * 2 > end - pos:
                 raise Secs2DecodeError(f"list of {length} items cannot fit in {end - pos} bytes")
+            items += length
+            if items > max_items:
+                raise Secs2BudgetExceeded(f"more than {max_items} items")
             if length:
+                if len(stack) >= max_depth:
+                    raise Secs2BudgetExceeded(f"nested deeper than {max_depth} levels")
                 stack.append(([], length))
                 continue
             item = Item("L", ())
         else:
             if length > end - pos:
                 raise Secs2DecodeError(f"{name} item of {length} bytes but only {end - pos} left")
+            if size:
+                items += length // size
+                if items > max_items:
+                    raise Secs2BudgetExceeded(f"more than {max_items} items")
+            elif name == "BOOLEAN":
+                items += length
+                if items > max_items:
+                    raise Secs2BudgetExceeded(f"more than {max_items} items")
             item = _decode_leaf(name, size, buf[pos : pos + length])
             pos += length
         # attach the finished item to its parents, closing every list it completes

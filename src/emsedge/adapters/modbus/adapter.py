@@ -8,7 +8,7 @@ Why it is shaped this way:
   read through rather than split, because one extra request costs far more than a few spare registers.
   A signal wider than the cap (a long string with a small cap) gets a read of its own.
 * **Decoding** is compiled once, at construction (`compile_block`). Per poll a block is two byte
-  strings: the answer's raw bytes as sent (kept by `emsedge.compat.fast_register_responses`) and, only when a signal
+  strings: the answer's raw bytes as sent (kept by `emsedge.compat.tolerant_responses`) and, only when a signal
   needs it, the same with the two bytes of every register swapped.
   Every byte/word order is then one of four (variant, struct endianness) pairs:
 
@@ -30,6 +30,12 @@ Why it is shaped this way:
 * **Errors**: a Modbus exception response for one block marks only that block's readings bad (with
   `status` naming the exception, e.g. IllegalDataAddress); a timeout or a lost connection raises
   `AdapterError(transient=True)` so the scheduler emits `connection_lost` and reconnects with backoff.
+* **Answers are validated per block** (`answer_problem`) before a byte is decoded: the function code
+  must be the request's, the byte count must match the data and the data must hold exactly what was
+  asked. A malformed answer marks that block's readings bad with a precise status (`WrongFunction`,
+  `WrongByteCount`, `ShortResponse`) and never takes the machine offline: the other blocks stay good.
+  The read responses registered on our client (`emsedge.compat.tolerant_responses`) never raise while decoding,
+  because pymodbus turns a decoding error into a dropped frame, i.e. a timeout and a reconnect.
   pymodbus' own reconnect and retries are switched off: the scheduler owns the retry policy.
 """
 
@@ -46,8 +52,8 @@ from typing import Any, Literal, Self
 import anyio
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.compat import fast_register_responses
-from emsedge.config import ModbusConnection, ModbusEquipment, ModbusSignal
+from emsedge.adapters.modbus.config import ModbusConnection, ModbusEquipment, ModbusSignal
+from emsedge.compat import tolerant_responses
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, telemetry, utc_iso
 
@@ -72,6 +78,8 @@ _STRUCT_CHAR: dict[str, str] = {
     "int16": "h", "uint16": "H", "bool": "H", "int32": "i", "uint32": "I",
     "int64": "q", "uint64": "Q", "float32": "f", "float64": "d",
 }  # fmt: skip
+
+FUNCTION_CODES: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 
 _BAD = object()
 """Sentinel returned by a post-processor for a value JSON cannot carry (NaN, inf)."""
@@ -297,6 +305,17 @@ class ModbusDecoder:
         for i, pos, name, unit in block.bit_meta:
             out[i] = {"signal": name, "value": bool(bits[pos]), "unit": unit, "quality": "good", "ts": ts}
 
+    def decode_answer(self, block: CompiledBlock, rr: Any, ts: str, out: list[dict[str, Any] | None]) -> str | None:
+        """Validate one block's answer (`answer_problem`) and decode it, or mark the block bad; the problem."""
+        problem = answer_problem(block.request, rr)
+        if problem is not None:
+            self.mark_bad(block, problem, ts, out)
+        elif block.bit_meta:
+            self.decode_bits(block, rr.bits, ts, out)
+        else:
+            self.decode_registers(block, rr.raw, ts, out)
+        return problem
+
     def mark_bad(self, block: CompiledBlock, status: str, ts: str, out: list[dict[str, Any] | None]) -> None:
         for i in block.request.signals:
             out[i] = {"signal": self.names[i], "value": None, "unit": self.units[i], "quality": "bad",
@@ -313,6 +332,31 @@ class ModbusDecoder:
 # The adapter
 
 
+def answer_problem(request: ReadRequest, rr: Any) -> str | None:
+    """Why an answer to `request` cannot be decoded (a reading status), or None when it is sound.
+
+    Checked in this order: function code (an exception response must be for our function too), the
+    declared byte count against the bytes that came, then the bytes against what was asked.
+    """
+    expected = FUNCTION_CODES[request.table]
+    code = getattr(rr, "function_code", None)
+    if not isinstance(code, int) or code & 0x7F != expected:
+        return "WrongFunction"
+    if rr.isError():
+        return _exception_status(rr)
+    raw = getattr(rr, "raw", None)
+    if not isinstance(raw, bytes):
+        return "MalformedResponse"
+    if getattr(rr, "byte_count", len(raw)) != len(raw):
+        return "WrongByteCount"
+    need = (request.count + 7) // 8 if request.table in BIT_TABLES else request.count * 2
+    if len(raw) < need:
+        return "ShortResponse"
+    if len(raw) > need:
+        return "WrongByteCount"
+    return None
+
+
 def _new_client(conn: ModbusConnection) -> Any:
     from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415 - keep `import emsedge` light
 
@@ -320,7 +364,7 @@ def _new_client(conn: ModbusConnection) -> Any:
     client = AsyncModbusTcpClient(
         conn.host, port=conn.port, timeout=conn.timeout, retries=0, reconnect_delay=0, name="emsedge"
     )
-    for response in fast_register_responses():
+    for response in tolerant_responses():
         client.register(response)
     return client
 
@@ -358,6 +402,8 @@ class ModbusAdapter:
         self.requests_sent = 0
         self._client: Any = None
         self._readers: dict[str, Callable[..., Any]] = {}
+        self._malformed: set[tuple[int, str]] = set()
+        """(block address, status) already logged: a malformed answer is logged once, not every poll."""
 
     @property
     def where(self) -> str:
@@ -417,19 +463,23 @@ class ModbusAdapter:
             except (ModbusException, OSError) as exc:
                 raise AdapterError(f"connection to {self.where} lost: {type(exc).__name__}") from exc
             self.requests_sent += 1
-            if rr.isError():
-                if not hasattr(rr, "exception_code"):
-                    raise AdapterError(f"bad answer from {self.where}: {rr}")
-                decoder.mark_bad(block, _exception_status(rr), ts, out)
-            elif block.bit_meta:
-                decoder.decode_bits(block, rr.bits, ts, out)
-            else:
-                regs = getattr(rr, "raw", None) or rr.registers
-                if len(regs) < req.count * (2 if isinstance(regs, bytes) else 1):
-                    decoder.mark_bad(block, "ShortResponse", ts, out)
-                else:
-                    decoder.decode_registers(block, regs, ts, out)
+            if rr.isError() and not hasattr(rr, "exception_code"):
+                raise AdapterError(f"bad answer from {self.where}: {rr}")
+            problem = decoder.decode_answer(block, rr, ts, out)
+            if problem is not None and problem != (_exception_status(rr) if rr.isError() else None):
+                self._log_malformed(req, problem, rr)
         return [telemetry(self.equipment.id, self.equipment.type, out, ts)]  # type: ignore[arg-type]
+
+    def _log_malformed(self, request: ReadRequest, problem: str, rr: Any) -> None:
+        key = (request.address << 2 | TABLES.index(request.table), problem)
+        if key in self._malformed:
+            return
+        self._malformed.add(key)
+        self.ctx.log.warning(
+            "malformed answer: the block's readings are marked bad", status=problem, table=request.table,
+            address=request.address, count=request.count, function_code=getattr(rr, "function_code", None),
+            byte_count=getattr(rr, "byte_count", None), data_bytes=len(getattr(rr, "raw", b"")),
+        )
 
     def offline_records(self, reason: str) -> list[Record]:
         ts = utc_iso()
@@ -440,10 +490,6 @@ class ModbusAdapter:
         async with self:
             records = await self.poll()
         return list(records[0].body["readings"])
-
-
-def build(ctx: AdapterContext) -> ModbusAdapter:
-    return ModbusAdapter(ctx)
 
 
 # ---------------------------------------------------------------------------------------------------

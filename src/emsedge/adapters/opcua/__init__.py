@@ -1,12 +1,33 @@
 """OPC UA adapter (asyncua client): subscriptions or Read polling, exact security, browse and cert tools.
 
-The registry target is `emsedge.adapters.opcua:build`; `main_browse` and `main_gen_cert` back the
-`emsedge browse` and `emsedge opcua-cert` commands.
+`spec` is what the `opcua` entry point registers. This module imports only the config model; the adapter
+(and asyncua) is imported when an OPC UA machine is built. `emsedge browse` and `emsedge opcua-cert` live
+in `emsedge.adapters.opcua.tools`.
 """
 
 from __future__ import annotations
 
-from emsedge.adapters.opcua.adapter import OpcUaPoller, OpcUaSubscriber, build
-from emsedge.adapters.opcua.tools import main_browse, main_gen_cert
+from typing import TYPE_CHECKING
 
-__all__ = ["OpcUaPoller", "OpcUaSubscriber", "build", "main_browse", "main_gen_cert"]
+from emsedge.adapters.opcua.config import OpcUaEquipment
+from emsedge.adapters.spec import AdapterSpec
+
+if TYPE_CHECKING:
+    from emsedge.adapters.base import Adapter, AdapterContext
+
+
+def _build(config: OpcUaEquipment, ctx: AdapterContext) -> Adapter:
+    """The adapter shape follows `mode`: a push adapter for subscriptions, a polled one for Read cycles."""
+    from emsedge.adapters.opcua.adapter import OpcUaPoller, OpcUaSubscriber  # noqa: PLC0415 - imports asyncua
+
+    return OpcUaSubscriber(ctx) if config.mode == "subscribe" else OpcUaPoller(ctx)
+
+
+spec = AdapterSpec(
+    name="opcua",
+    config_model=OpcUaEquipment,
+    build=_build,
+    summary="OPC UA client: monitored items (subscribe) or Read polling, Alarms & Conditions.",
+)
+
+__all__ = ["OpcUaEquipment", "spec"]

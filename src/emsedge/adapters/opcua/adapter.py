@@ -1,15 +1,20 @@
 """The OPC UA adapter: subscriptions (PushAdapter) or Read polling (PolledAdapter).
 
-Subscribe mode (`OpcUaSubscriber.run`), one loop per equipment, forever:
+Both run under `emsedge.supervisor`, which owns reconnects, backoff, connection events and the
+permanent-error policy; this module only opens sessions and says why they ended.
+
+Subscribe mode (`OpcUaSubscriber.session`), one connection:
   connect (connect.py: exact security, deadlines) -> resolve node ids and browse paths (every connection,
   because a restarted server may renumber them) -> one subscription, one monitored item per signal ->
-  consume notifications -> on loss: `connection_lost` + bad-quality readings, disconnect, back off, repeat.
-  asyncua's own auto_reconnect is off on purpose: it re-creates subscriptions with the *old* node ids,
-  which is how other gateways end up stuck on BadNodeIdUnknown after a server restart (DOMAIN.md §6.11-13).
+  `ctx.connected()` -> consume notifications until the link or the subscription ends -> raise
+  `AdapterError`. asyncua's own auto_reconnect is off on purpose: it re-creates subscriptions with the
+  *old* node ids, which is how other gateways end up stuck on BadNodeIdUnknown after a server restart
+  (DOMAIN.md §6.11-13).
 
-Back-pressure: notifications wait in asyncua's iterator queue, bounded at max(20k, 8 x the summed queue
-sizes). It fills only if `ctx.emit` (the durable buffer) stalls for many cycles; then asyncua drops the
-oldest notifications and this adapter logs that once per episode.
+Back-pressure: notifications wait in asyncua's iterator queue, bounded at max(QUEUE_FLOOR, 8 x the summed
+queue sizes). It fills only if `ctx.emit` (the durable buffer) stalls for many cycles; then asyncua drops
+the oldest notifications. Every dropped notification is counted: `ctx.count_loss("opcua_queue_overflow",
+n)` makes the count durable and announced (and visible in /metrics), and the episode is logged once.
 
 Batching invariant: asyncua's publish callback puts every notification of one PublishResponse into the
 subscription's queue synchronously, so the consumer takes one event, then drains what is already queued:
@@ -17,16 +22,14 @@ that is one publishing cycle (or several, if the pipeline was busy), emitted as 
 any fault events. Never one MQTT message per value.
 
 Permanent errors (a browse path or node that does not exist, an untrusted server certificate, a policy
-the server does not offer, a missing key file) are logged once as an error that names the signal or the
-setting, mark `health.disabled`, and are retried only at the backoff cap (`backoff.max`, 30 s by default):
-the equipment stays visible as broken, and recovers by itself if the server's address space or
-certificate is fixed, without restarting the gateway and without hammering the server.
+the server does not offer, a missing key file) are raised as `AdapterError(transient=False)` naming the
+signal or the setting; the supervisor marks the equipment `failed` and retries at `backoff.max`, so it
+recovers by itself once the server's address space or certificate is fixed.
 
-Poll mode (`OpcUaPoller`) is driven by `emsedge.scheduler.run_polled`: `__aenter__` connects and resolves,
-`poll()` issues one Read per `max_nodes_per_read` chunk (usually exactly one Read) and returns one record.
-There the scheduler's policy applies to permanent errors (it logs once and stops that equipment until the
-config is reloaded); a Read where *every* node is BadNodeIdUnknown is treated as transient, so a restarted
-server that renumbered its nodes gets a fresh connection and fresh resolution instead of bad data forever.
+Poll mode (`OpcUaPoller`) runs on the shared poll grid (`emsedge.scheduler`): `__aenter__` connects and
+resolves, `poll()` issues one Read per `max_nodes_per_read` chunk (usually exactly one Read) and returns
+one record. A Read where *every* node is BadNodeIdUnknown is transient, so a restarted server that
+renumbered its nodes gets a fresh connection and fresh resolution instead of bad data forever.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Self
 
 import anyio
-from anyio.abc import TaskStatus
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.subscription import DataChangeEvent, OpcEvent, OverflowPolicy, StatusChangeEvent, Subscription
@@ -47,15 +49,19 @@ from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 
 from emsedge.adapters.base import AdapterContext
+from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.adapters.opcua.connect import ResolvedSignal, classify, connect, disconnect, resolve
-from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, to_json
+from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, safe_json, valid_time
 from emsedge.compat import subscription_event_queue
-from emsedge.config import OpcUaEquipment
 from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, telemetry, utc_iso
 
 _HANDLE_BASE = 1_000_000  # our client handles; asyncua numbers its own (event items) from 200
 _ITEMS_PER_CALL = 1000  # CreateMonitoredItems chunk: servers cap items per call
+QUEUE_FLOOR = 20_000
+"""Smallest notification queue (events between the server's publish and our consumer); see `_subscribe`."""
+OVERFLOW_REASON = "opcua_queue_overflow"
+"""`count_loss` reason for notifications asyncua dropped because the queue was full."""
 _UNKNOWN_NODE = {"BadNodeIdUnknown", "BadNodeIdInvalid", "BadAttributeIdInvalid", "BadNotReadable"}
 
 
@@ -84,12 +90,6 @@ class _Base:
         """Bad-quality readings for every signal, emitted with `connection_lost`."""
         return [telemetry(self.config.id, self.config.type, offline_readings(self.config))]
 
-    def _log_permanent(self, err: AdapterError) -> None:
-        if self.ctx.health.disabled and self.ctx.health.last_error == str(err):
-            return
-        self.ctx.health.disabled = True
-        self.ctx.log.error("equipment disabled until fixed; retrying slowly", error=str(err),
-                           retry_every_s=self.config.backoff.max)
 
 
 class OpcUaSubscriber(_Base):
@@ -100,40 +100,25 @@ class OpcUaSubscriber(_Base):
         self._fault_ids: dict[str, str] = {}
         self.subscription_count = 0  # sessions that got a live subscription; tests and metrics read it
         self._overflowing = False
+        self._overflowed = 0  # notifications asyncua dropped from the full queue, not yet counted
+        self._warned = False
 
-    async def run(self, ctx: AdapterContext, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        warn_security_once(ctx, self.config)
-        delays = ctx.backoff()
-        reported = False
-        while True:
-            lost = anyio.Event()
-            reason: list[str] = []
-            try:
-                await self._session(lost, reason)
-                err = AdapterError(reason[0] if reason else "subscription ended")
-            except AdapterError as exc:
-                err = exc
-            except (OSError, TimeoutError, ConnectionError, UaError) as exc:
-                err = classify(exc)
-            except Exception as exc:  # a library bug or an odd server must not end this equipment's loop
-                err = classify(exc)
-                if ctx.health.last_error != str(err):
-                    ctx.log.warning("unexpected error in the OPC UA session; reconnecting", error=str(err),
-                                    exc_info=True)
-            if self.ctx.health.connected:
-                delays = ctx.backoff()  # a session that worked resets the backoff
-                reported = False
-            if not err.transient:
-                self._log_permanent(err)
-            if not reported or (not err.transient and ctx.health.last_error != str(err)):
-                # once per outage (and once more if it turns out to need a human), not once per retry
-                await ctx.connection_lost(str(err), self.offline_records(str(err)))
-                reported = True
-            else:
-                ctx.health.last_error = str(err)
-            delay = self.config.backoff.max if not err.transient else next(delays)
-            await anyio.sleep(delay)
+    async def session(self, ctx: AdapterContext) -> None:
+        """One connection: connect, resolve, subscribe, consume; raises `AdapterError` when it ends."""
+        if not self._warned:
+            warn_security_once(ctx, self.config)
+            self._warned = True
+        lost = anyio.Event()
+        reason: list[str] = []
+        try:
+            await self._session(lost, reason)
+        except AdapterError:
+            raise
+        except (OSError, TimeoutError, ConnectionError, UaError) as exc:
+            raise classify(exc) from None
+        # anything else (a library bug, an odd server) propagates: the supervisor logs it once with its
+        # traceback and retries it as transient
+        raise AdapterError(reason[0] if reason else "subscription ended")
 
     async def _session(self, lost: anyio.Event, reason: list[str]) -> None:
         timeout = float(self.config.connection.timeout)
@@ -148,9 +133,8 @@ class OpcUaSubscriber(_Base):
             resolved = await resolve(client, self.config.signals, timeout)
             with anyio.fail_after(timeout * 4):
                 sub, handles = await self._subscribe(client, resolved)
-            self.ctx.health.disabled = False
             self.subscription_count += 1
-            await self.ctx.connection_restored()
+            await self.ctx.connected()
             await self._consume(sub, handles, lost, reason)
         finally:
             await disconnect(client)
@@ -166,8 +150,9 @@ class OpcUaSubscriber(_Base):
         params.RequestedLifetimeCount = params.RequestedMaxKeepAliveCount * 10
         params.MaxNotificationsPerPublish = 10_000  # servers split bigger cycles (MoreNotifications)
         params.PublishingEnabled = True
-        queue = max(20_000, 8 * sum(s.queue_size for s in cfg.signals))
+        queue = max(QUEUE_FLOOR, 8 * sum(s.queue_size for s in cfg.signals))
         sub = await client.create_subscription(params, None, queue_maxsize=queue, overflow=OverflowPolicy.DROP_OLDEST)
+        self._count_overflow(sub)
         handles: dict[int, ResolvedSignal] = {}
         requests: list[ua.MonitoredItemCreateRequest] = []
         for i, r in enumerate(resolved):
@@ -199,6 +184,27 @@ class OpcUaSubscriber(_Base):
         self.ctx.log.info("subscribed", items=len(requests), events=len(cfg.events), publishing_interval_ms=period_ms)
         return sub, handles
 
+    def _count_overflow(self, sub: Subscription) -> None:
+        """Count every notification asyncua drops from the full queue (DROP_OLDEST drops one per call).
+
+        asyncua only logs nothing and drops; `_handle_overflow` is the one place that knows. Wrapping it
+        on this instance is a private hook into asyncua, pinned by the overflow integration test.
+        """
+        handle = getattr(sub, "_handle_overflow", None)
+        if not callable(handle):
+            return
+
+        def counting(event: Any) -> None:
+            self._overflowed += 1
+            handle(event)
+
+        sub._handle_overflow = counting  # type: ignore[method-assign]
+
+    async def _report_overflow(self) -> None:
+        count, self._overflowed = self._overflowed, 0
+        if count:
+            await self.ctx.count_loss(OVERFLOW_REASON, count)
+
     async def _consume(
         self, sub: Subscription, handles: dict[int, ResolvedSignal], lost: anyio.Event, reason: list[str]
     ) -> None:
@@ -210,6 +216,7 @@ class OpcUaSubscriber(_Base):
                 first = await sub.next_event(timeout=0.5)
             except StopAsyncIteration:
                 return
+            await self._report_overflow()
             if first is None:
                 if lost.is_set():
                     return
@@ -238,7 +245,8 @@ class OpcUaSubscriber(_Base):
                 if isinstance(ev, DataChangeEvent):
                     r = handles.get(ev.data.monitored_item.ClientHandle)
                     if r is not None:
-                        readings.append(reading_from_datavalue(r.signal, ev.data.monitored_item.Value, received))
+                        readings.append(reading_from_datavalue(r.signal, ev.data.monitored_item.Value, received,
+                                                               cfg.encoding))
                 elif isinstance(ev, OpcEvent):
                     records.extend(self._fault_events(ev.event))
                 elif isinstance(ev, StatusChangeEvent):
@@ -250,6 +258,7 @@ class OpcUaSubscriber(_Base):
                 records.insert(0, telemetry(cfg.id, cfg.type, readings))
             if records:
                 await self.ctx.emit(records)
+            await self._report_overflow()
             if lost.is_set():
                 return
 
@@ -267,11 +276,16 @@ class OpcUaSubscriber(_Base):
             v = get(name)
             return v.Value if isinstance(v, ua.Variant) else v
 
+        encoding = self.config.encoding
+
+        def to_json(value: Any) -> Any:  # event fields have no quality: out of bounds -> None
+            return safe_json(value, encoding)
+
         condition_id = val("NodeId")
         code = to_json(val("ConditionName")) or to_json(val("SourceName")) or to_json(val("EventType"))
         key = str(to_json(condition_id)) if condition_id else f"{to_json(val('SourceNode'))}|{code}"
         active = val("ActiveState/Id")
-        ts_raw = val("Time")
+        ts_raw = valid_time(val("Time"))
         ts = utc_iso(ts_raw) if ts_raw is not None else None
         common = {
             "fault_code": code,
@@ -334,21 +348,18 @@ class OpcUaPoller(_Base):
         timeout = float(self.config.connection.timeout)
         try:
             client, _ = await connect(self.config.connection)
-        except AdapterError as exc:
-            self.ctx.health.disabled = not exc.transient  # run_polled logs it and stops this equipment
+        except AdapterError:
             raise
         except Exception as exc:
             raise classify(exc) from None
         try:
             self._resolved = await resolve(client, self.config.signals, timeout)
-        except AdapterError as exc:
+        except AdapterError:
             await disconnect(client)
-            self.ctx.health.disabled = not exc.transient
             raise
         except Exception as exc:
             await disconnect(client)
             raise classify(exc) from None
-        self.ctx.health.disabled = False
         self._client = client
         return self
 
@@ -377,7 +388,8 @@ class OpcUaPoller(_Base):
                 with anyio.fail_after(timeout):
                     results = await client.uaclient.read(params)
                 received = time.time()
-                readings.extend(reading_from_datavalue(r.signal, dv, received)
+                encoding = self.config.encoding
+                readings.extend(reading_from_datavalue(r.signal, dv, received, encoding)
                                 for r, dv in zip(chunk, results, strict=True))
         except AdapterError:
             raise
@@ -386,11 +398,3 @@ class OpcUaPoller(_Base):
         if readings and all(r.get("status") in _UNKNOWN_NODE for r in readings):
             raise AdapterError("every node is unknown to the server (restarted?): reconnecting to re-resolve")
         return [telemetry(self.config.id, self.config.type, readings)]
-
-
-def build(ctx: AdapterContext) -> OpcUaSubscriber | OpcUaPoller:
-    """Registry target `emsedge.adapters.opcua:build`: the adapter shape follows `mode`."""
-    equipment = ctx.equipment
-    if not isinstance(equipment, OpcUaEquipment):
-        raise TypeError(f"opcua adapter got a {type(equipment).__name__} config")
-    return OpcUaSubscriber(ctx) if equipment.mode == "subscribe" else OpcUaPoller(ctx)

@@ -30,7 +30,8 @@ from asyncua.ua.uaerrors import UaStatusCodeError, UaStringParsingError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from emsedge.config import OpcUaConnection, OpcUaSignal, read_secret
+from emsedge.adapters.opcua.config import OpcUaConnection, OpcUaSignal
+from emsedge.config import read_secret
 from emsedge.errors import AdapterError
 
 _POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {

@@ -36,9 +36,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pydantic import ValidationError
 
+from emsedge.adapters.opcua.config import OpcUaConnection, OpcUaSecurity
 from emsedge.adapters.opcua.connect import connect, disconnect
 from emsedge.adapters.opcua.convert import quality_of, status_name, to_json
-from emsedge.config import OpcUaConnection, OpcUaSecurity
 from emsedge.errors import AdapterError, ConfigError
 
 # ---------------------------------------------------------------------------------------------------

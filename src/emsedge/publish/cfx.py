@@ -1,0 +1,465 @@
+"""The IPC-CFX output: emsedge records as CFX envelopes on an AMQP 1.0 broker (python-qpid-proton).
+
+Shape (one object owns everything proton runs):
+
+    forwarder --publish_batch--> CfxPublisher --command queue + EventInjector--> proton reactor thread
+                                      ^                                              |
+                                      +------ concurrent.futures.Future per transfer -+  (broker disposition)
+
+* Proton has no asyncio API. Its reactor runs in ONE thread that `CfxPublisher.run()` starts and joins
+  (also on cancellation); every proton object is touched only in that thread. The event loop hands work
+  over through a queue and `EventInjector.trigger` (thread-safe), and waits for a batch's dispositions in
+  one worker thread (`anyio.to_thread`), bounded by `publish_timeout`.
+* Delivery: a record counts as delivered only when the broker settled EVERY CFX transfer made from it as
+  `accepted`. `rejected` is permanent (the forwarder dead-letters it after `MAX_PUBLISH_ATTEMPTS`,
+  counted by the buffer); `released`, `modified`, a lost link and a timeout are retried. Replays give the
+  same CFX `UniqueID`s (`cfx_mapping.unique_id`), so a receiver de-duplicates them.
+* Liveness messages (`EndpointConnected` on each new link, `Heartbeat` every `heartbeat`, and
+  `EndpointShuttingDown` on stop) are sent directly, not through the buffer: a heartbeat that arrives late
+  is worse than none.
+* The password is read once from the config (value, file or `EMSEDGE_CFX__PASSWORD`) and never logged.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from emsedge.publish import cfx_mapping as cm
+from emsedge.publish.mqtt import PublishResult
+from emsedge.schema import utc_iso
+
+if TYPE_CHECKING:
+    from emsedge.config import CfxConfig
+
+try:
+    from proton import Message, SSLDomain
+    from proton.handlers import MessagingHandler
+    from proton.reactor import ApplicationEvent, Backoff, Container, EventInjector
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("the cfx output needs python-qpid-proton: pip install 'emsedge[cfx]'") from exc
+
+log = structlog.get_logger("emsedge.publish.cfx")
+LINK_RETRY_DELAY = 2.0
+"""Seconds before re-attaching a sender the broker closed (e.g. the exchange did not exist yet)."""
+
+_OK = PublishResult(ok=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The broker's word on one transfer."""
+
+    accepted: bool
+    permanent: bool = False
+    reason: str | None = None
+
+
+_RETRY_LINK = Outcome(False, reason="link lost before the broker settled the transfer")
+
+
+@dataclass(slots=True)
+class CfxCounters:
+    """What /metrics shows for the CFX output (read from here, never shadowed)."""
+
+    sent: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    released: int = 0
+    connects: int = 0
+    heartbeats: int = 0
+
+
+def handles_for(config: CfxConfig, site: str, line: str, equipment: Mapping[str, str | None]) -> dict[str, str]:
+    """CFX handle of each equipment id: its `cfx_handle`, else `<handle_prefix or site.line>.<id>`."""
+    prefix = config.handle_prefix or f"{site}.{line}"
+    return {eid: handle or f"{prefix}.{eid}" for eid, handle in equipment.items()}
+
+
+class CfxPublisher:
+    """`forward.Output` for CFX: owns the proton reactor thread, the link, heartbeats and the counters."""
+
+    def __init__(
+        self,
+        config: CfxConfig,
+        handles: Mapping[str, str],
+        *,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.handles = dict(handles)
+        self.counters = CfxCounters()
+        self._wall = wall_clock
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._connected = threading.Event()
+        self._epoch = 0
+        self._thread: threading.Thread | None = None
+        self._handler: Any = None
+        self._injector: Any = None
+        self._active_faults: dict[str, dict[str, dict[str, Any]]] = {}
+        """handle -> FaultOccurrenceId -> Fault: what the heartbeat reports as active."""
+        self.last_error: str | None = None
+
+    # ---- forward.Output -----------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def connection_epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def max_packet_size(self) -> int | None:
+        return None
+
+    async def wait_connected(self) -> None:
+        # The reactor thread sets the link state; an anyio.Event cannot be set from a foreign thread.
+        while not self._connected.is_set():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+
+    def handle_of(self, equipment: str) -> str:
+        handle = self.handles.get(equipment)
+        if handle is None:
+            prefix = self.config.handle_prefix or "emsedge"
+            handle = self.handles[equipment] = f"{prefix}.{equipment}"
+        return handle
+
+    async def publish_batch(self, items: Sequence[tuple[str, bytes]], *, qos: int) -> list[PublishResult]:
+        """Map each stored payload to CFX and send it; returns once the broker settled every transfer."""
+        del qos  # AMQP: every transfer is unsettled until the broker's disposition
+        per_record: list[list[concurrent.futures.Future[Outcome]] | PublishResult] = []
+        messages: list[tuple[cm.CfxMessage, concurrent.futures.Future[Outcome]]] = []
+        for _topic, payload in items:
+            try:
+                record = cm.decode_payload(payload)
+                handle = self.handle_of(str(record.get("equipment", "")))
+                envelopes = cm.map_record(record, handle)
+            except (ValueError, KeyError, TypeError) as exc:
+                per_record.append(PublishResult(ok=False, permanent=True, reason=f"not mappable to CFX: {exc}"))
+                continue
+            futures = []
+            for env in envelopes:
+                future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+                messages.append((cm.to_message(env, self.config.codec), future))
+                futures.append(future)
+                self._track_fault(env)
+            per_record.append(futures if futures else _OK)
+        if messages:
+            self._submit(lambda: self._handler.send_many(messages))
+            all_futures = [f for _, f in messages]
+            timeout = self.config.publish_timeout
+
+            def wait() -> None:
+                concurrent.futures.wait(all_futures, timeout=timeout)
+
+            await anyio.to_thread.run_sync(wait, abandon_on_cancel=True)
+        return [entry if isinstance(entry, PublishResult) else _combine(entry) for entry in per_record]
+
+    # ---- lifecycle ----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Start the reactor thread, send heartbeats until cancelled, then say goodbye and join the thread."""
+        self._start_thread()
+        task_status.started()
+        try:
+            seen_epoch = 0
+            next_beat = 0.0
+            while True:
+                if self._epoch != seen_epoch and self.connected:
+                    seen_epoch = self._epoch
+                    self._send_liveness("connected")
+                    next_beat = time.monotonic() + self.config.heartbeat
+                elif self.connected and time.monotonic() >= next_beat:
+                    self._send_liveness("heartbeat")
+                    next_beat = time.monotonic() + self.config.heartbeat
+                await anyio.sleep(min(0.2, self.config.heartbeat))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    async def close(self, timeout: float = 3.0) -> None:  # noqa: ASYNC109 - a bounded goodbye
+        """EndpointShuttingDown for every handle (best effort, bounded), stop the reactor, join its thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        if self.connected:
+            futures = self._send_liveness("shutting_down")
+            await anyio.to_thread.run_sync(lambda: concurrent.futures.wait(futures, timeout=timeout))
+        self._submit(self._handler.stop)
+        await anyio.to_thread.run_sync(lambda: thread.join(timeout + 5.0))
+        self._thread = None
+        self._connected.clear()
+
+    # ---- internals ----------------------------------------------------------------------------------
+
+    def _start_thread(self) -> None:
+        self._handler = _Handler(self)
+        container = Container(self._handler)
+        self._injector = EventInjector()
+        container.selectable(self._injector)
+        self._thread = threading.Thread(target=container.run, name="emsedge-cfx-reactor", daemon=True)
+        self._thread.start()
+
+    def _submit(self, command: Callable[[], None]) -> None:
+        self._commands.put(command)
+        if self._injector is not None:
+            self._injector.trigger(ApplicationEvent("cfx_command"))
+
+    def _drain_commands(self) -> None:
+        """Reactor thread: run what the event loop handed over."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def _track_fault(self, env: dict[str, Any]) -> None:
+        name, handle, body = env["MessageName"], env["Source"], env["MessageBody"]
+        if name == cm.FAULT_OCCURRED:
+            fault = body["Fault"]
+            self._active_faults.setdefault(handle, {})[fault["FaultOccurrenceId"]] = fault
+        elif name == cm.FAULT_CLEARED:
+            self._active_faults.get(handle, {}).pop(body["FaultOccurrenceId"], None)
+
+    def _send_liveness(self, kind: str) -> list[concurrent.futures.Future[Outcome]]:
+        now = cm.cfx_timestamp(utc_iso(self._wall()))
+        messages = []
+        for handle in sorted(set(self.handles.values())):
+            unique = str(uuid.uuid4())
+            if kind == "connected":
+                env = cm.endpoint_connected(handle, request_uri=self._request_uri(), now=now, unique=unique)
+            elif kind == "heartbeat":
+                faults = list(self._active_faults.get(handle, {}).values())
+                env = cm.heartbeat(handle, self.config.heartbeat, faults, now=now, unique=unique)
+                self.counters.heartbeats += 1
+            else:
+                env = cm.endpoint_shutting_down(handle, now=now, unique=unique)
+            future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+            messages.append((cm.to_message(env, self.config.codec), future))
+        if messages:
+            self._submit(lambda: self._handler.send_many(messages))
+        return [f for _, f in messages]
+
+    def _request_uri(self) -> str | None:
+        listen = self.config.listen
+        return f"amqp://{listen.address}" if listen is not None else None
+
+    # called from the reactor thread
+    def on_link_up(self) -> None:
+        self._epoch += 1
+        self.counters.connects += 1
+        self.last_error = None
+        self._connected.set()
+        log.info("cfx link up", broker=_redact(self.config.broker), address=self.config.address)
+
+    def on_link_down(self, reason: str) -> None:
+        if self._connected.is_set():
+            log.warning("cfx link lost; retrying", broker=_redact(self.config.broker), reason=reason)
+        self.last_error = reason
+        self._connected.clear()
+
+
+def _combine(futures: list[concurrent.futures.Future[Outcome]]) -> PublishResult:
+    """A record is delivered when every CFX transfer made from it was accepted."""
+    permanent = None
+    for future in futures:
+        if not future.done():
+            return PublishResult(ok=False, reason="no disposition from the broker in time")
+        outcome = future.result()
+        if not outcome.accepted:
+            if not outcome.permanent:
+                return PublishResult(ok=False, reason=outcome.reason)
+            permanent = outcome
+    if permanent is not None:
+        return PublishResult(ok=False, permanent=True, reason=permanent.reason)
+    return _OK
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+
+
+class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
+    """Proton event handler; lives in the reactor thread only."""
+
+    def __init__(self, owner: CfxPublisher) -> None:
+        super().__init__(prefetch=0, auto_accept=False, auto_settle=True, peer_close_is_error=False)
+        self._owner = owner
+        self._container: Any = None
+        self._connection: Any = None
+        self._sender: Any = None
+        self._pending: dict[Any, concurrent.futures.Future[Outcome]] = {}
+        self._backlog: list[tuple[cm.CfxMessage, concurrent.futures.Future[Outcome]]] = []
+        self._stopping = False
+
+    def on_start(self, event: Any) -> None:
+        self._container = event.container
+        self._connect()
+
+    def _connect(self) -> None:
+        config = self._owner.config
+        parts = urlsplit(config.broker)
+        kwargs: dict[str, Any] = {
+            "url": f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}",
+            "reconnect": Backoff(),
+            "heartbeat": 30,
+        }
+        if config.username is not None:
+            kwargs["user"] = config.username
+            kwargs["password"] = config.secret() or ""
+            kwargs["allowed_mechs"] = "PLAIN"
+            kwargs["allow_insecure_mechs"] = parts.scheme == "amqp"
+        if parts.scheme == "amqps":
+            domain = SSLDomain(SSLDomain.MODE_CLIENT)
+            tls = config.tls
+            if tls is not None and tls.ca_file is not None:
+                domain.set_trusted_ca_db(str(tls.ca_file))
+                domain.set_peer_authentication(
+                    SSLDomain.VERIFY_PEER_NAME if tls.verify_hostname else SSLDomain.VERIFY_PEER,
+                    str(tls.ca_file),
+                )
+            if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+                domain.set_credentials(str(tls.cert_file), str(tls.key_file), None)
+            kwargs["ssl_domain"] = domain
+        self._connection = self._container.connect(**kwargs)
+        self._attach()
+
+    def _attach(self) -> None:
+        if self._stopping or self._connection is None:
+            return
+        self._sender = self._container.create_sender(self._connection, target=self._owner.config.address)
+
+    def on_link_opened(self, event: Any) -> None:
+        if event.link is self._sender or event.link == self._sender:
+            self._owner.on_link_up()
+
+    def on_cfx_command(self, event: Any) -> None:
+        self._owner._drain_commands()
+
+    def send_many(self, messages: list[tuple[cm.CfxMessage, concurrent.futures.Future[Outcome]]]) -> None:
+        self._backlog.extend(messages)
+        self._flush()
+
+    def _flush(self) -> None:
+        sender = self._sender
+        if sender is None or not self._owner.connected:
+            for _, future in self._backlog:
+                _resolve(future, _RETRY_LINK)
+            self._backlog.clear()
+            return
+        durable = self._owner.config.durable
+        while self._backlog and sender.credit > 0:
+            message, future = self._backlog.pop(0)
+            env = message.envelope
+            amqp = Message(
+                body=message.body,
+                id=env["UniqueID"],
+                subject=message.subject,
+                content_type=cm.CONTENT_TYPE,
+                content_encoding=message.content_encoding,
+                durable=durable,
+                address=None,
+                reply_to=env["Source"],
+                correlation_id=env["RequestID"],
+                properties=dict(message.application_properties),
+            )
+            amqp.inferred = True  # bytes body goes out as an AMQP Data section, as the SDK sends it
+            if env["Target"] is not None:
+                amqp.address = env["Target"]
+            delivery = sender.send(amqp)
+            self._pending[delivery.tag] = future
+            self._owner.counters.sent += 1
+
+    def on_sendable(self, event: Any) -> None:
+        self._flush()
+
+    def _settle(self, event: Any, outcome: Outcome) -> None:
+        future = self._pending.pop(event.delivery.tag, None)
+        if future is not None:
+            _resolve(future, outcome)
+
+    def on_accepted(self, event: Any) -> None:
+        self._owner.counters.accepted += 1
+        self._settle(event, Outcome(True))
+
+    def on_rejected(self, event: Any) -> None:
+        self._owner.counters.rejected += 1
+        condition = event.delivery.remote.condition
+        reason = f"rejected by broker: {condition.name}" if condition is not None else "rejected by broker"
+        self._settle(event, Outcome(False, permanent=True, reason=reason))
+
+    def on_released(self, event: Any) -> None:
+        self._owner.counters.released += 1
+        self._settle(event, Outcome(False, reason="released by broker"))
+
+    def on_modified(self, event: Any) -> None:
+        self._owner.counters.released += 1
+        self._settle(event, Outcome(False, reason="modified by broker"))
+
+    def on_settled(self, event: Any) -> None:
+        self._settle(event, Outcome(False, reason="settled without outcome"))
+
+    def _fail_pending(self, reason: str) -> None:
+        for future in self._pending.values():
+            _resolve(future, Outcome(False, reason=reason))
+        self._pending.clear()
+        for _, future in self._backlog:
+            _resolve(future, Outcome(False, reason=reason))
+        self._backlog.clear()
+
+    def on_disconnected(self, event: Any) -> None:
+        self._owner.on_link_down("disconnected")
+        self._fail_pending("link lost before the broker settled the transfer")
+
+    def on_transport_error(self, event: Any) -> None:
+        condition = event.transport.condition
+        self._owner.on_link_down(condition.description if condition is not None else "transport error")
+        self._fail_pending("transport error")
+
+    def on_connection_error(self, event: Any) -> None:
+        self._owner.on_link_down("connection closed by broker")
+        self._fail_pending("connection closed by broker")
+
+    def on_link_error(self, event: Any) -> None:
+        self.on_link_remote_close(event)
+
+    def on_link_remote_close(self, event: Any) -> None:
+        condition = event.link.remote_condition
+        reason = f"{condition.name}: {condition.description}" if condition is not None else "link closed by broker"
+        self._owner.on_link_down(reason)
+        self._fail_pending(reason)
+        if event.link is self._sender or event.link == self._sender:
+            event.link.close()
+            self._sender = None
+            self._container.schedule(LINK_RETRY_DELAY, self)  # on_timer_task re-attaches
+
+    def on_timer_task(self, event: Any) -> None:
+        if self._sender is None:
+            self._attach()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._fail_pending("stopping")
+        self._owner._connected.clear()
+        if self._container is not None:
+            self._container.stop()
+
+
+def _resolve(future: concurrent.futures.Future[Outcome], outcome: Outcome) -> None:
+    if not future.done():
+        future.set_result(outcome)
