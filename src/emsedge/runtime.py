@@ -48,9 +48,7 @@ from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
-from emsedge.web.app import WebSources
 from emsedge.web.model import LineModel
-from emsedge.web.server import serve_http
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -164,9 +162,22 @@ class Gateway:
                     await link.start(self.cfx_forwarder.run)
                 await link.start(self._publish_status)
                 if self.settings.http.listen:
+                    # Imported only when served: starlette and uvicorn cost ~0.2 s of start-up otherwise.
+                    from emsedge.web.app import OutputSource, WebSources  # noqa: PLC0415
+                    from emsedge.web.server import serve_http  # noqa: PLC0415
+
+                    outputs = {"mqtt": OutputSource(
+                        lambda: self.publisher.connected, lambda: self.forwarder.drain_rate, self.state.broker_url,
+                    )}
+                    if self.cfx is not None and self.cfx_forwarder is not None and self.settings.cfx is not None:
+                        cfx, cfx_forwarder, cfx_url = self.cfx, self.cfx_forwarder, self.settings.cfx.broker
+                        outputs["cfx"] = OutputSource(
+                            lambda: cfx.connected, lambda: cfx_forwarder.drain_rate, lambda: cfx_url
+                        )
                     sources = WebSources(
                         self.state, self.line, drain_rate=lambda: self.forwarder.drain_rate,
                         replay_rate=self.settings.buffer.replay_rate, buffer_path=self.settings.buffer.path,
+                        outputs=outputs,
                     )
                     await link.start(
                         partial(serve_http, config=self.settings.http, sources=sources), self.settings.http.listen,

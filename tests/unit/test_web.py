@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -310,3 +311,32 @@ async def test_healthz_and_metrics_heads_are_byte_for_byte_what_they_always_were
                         + str(len(body)).encode() + b"\r\nCache-Control: no-store\r\nConnection: close")
         assert body.endswith(b"}\n") and b": " not in body  # compact JSON and a newline, as before
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.asyncio
+async def test_stopping_ends_live_streams_cleanly_and_at_once() -> None:
+    import time  # noqa: PLC0415
+
+    config = HttpConfig(listen="127.0.0.1:0")
+    async with await_serving(config) as (tg, port):
+        client = await anyio.connect_tcp("127.0.0.1", port)
+        await client.send(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        with anyio.fail_after(5):
+            assert (await client.receive()).startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        tg.cancel_scope.cancel()
+    assert time.monotonic() - started < 0.9  # no wait for uvicorn's graceful-shutdown timeout
+    received = b""
+    with anyio.fail_after(5), contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+        while True:
+            received += await client.receive()
+    assert received.endswith(b"0\r\n\r\n")  # the stream was ended, not cut
+    await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def await_serving(config: HttpConfig) -> AsyncIterator[tuple[anyio.abc.TaskGroup, int]]:
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(lambda task_status: serve_http("127.0.0.1:0", make_state(), config=config,
+                                                              task_status=task_status))
+        yield tg, port

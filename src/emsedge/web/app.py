@@ -67,16 +67,28 @@ STATIC = Path(__file__).with_name("static")
 
 
 @dataclass
+class OutputSource:
+    """One output of the buffer (MQTT, CFX) as the delivery view reads it; evaluated at snapshot time."""
+
+    connected: Callable[[], bool]
+    drain_rate: Callable[[], float] = lambda: 0.0
+    url: Callable[[], str | None] = lambda: None
+
+
+@dataclass
 class WebSources:
-    """What the page reads besides the line model; callables are evaluated at snapshot time."""
+    """What the page reads besides the line model; callables are evaluated at snapshot time.
+
+    `outputs` names every output the buffer serves, in the buffer's order; empty means MQTT alone, read from
+    `state` and `drain_rate`.
+    """
 
     state: GatewayState
     line: LineModel
     drain_rate: Callable[[], float] = lambda: 0.0
     replay_rate: float | None = None
     buffer_path: Path | None = None
-    outputs: tuple[str, ...] = ("mqtt",)
-    extra_connected: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    outputs: dict[str, OutputSource] = field(default_factory=dict)
 
 
 class Credentials:
@@ -179,33 +191,39 @@ class Snapshots:
             "now": now, "gateway": state.gateway_id, "version": state.version, "status": health["status"],
             "started_at": state.started_at, "machines": cards, "delivery": self.delivery(health),
             "boards": s.line.board_list(MAX_BOARDS, search),
+            "uptime_s": health["uptime_s"], "loop_lag": self.loop_lag(),
         }
         if machine is not None:
             out["machine"] = {"id": machine, **s.line.machine_detail(machine, MAX_DETAIL_SIGNALS)}
         return out
 
+    def loop_lag(self) -> dict[str, float] | None:
+        probe = getattr(self.sources.state, "loop_lag", None)
+        if probe is None:
+            return None
+        try:
+            latest, longest, busy = probe()
+        except Exception:
+            return None
+        return {"latest_s": latest, "max_s": longest, "busy_max_s": busy}
+
     def delivery(self, health: dict[str, Any]) -> dict[str, Any]:
         s = self.sources
         stats = s.state._buffer()
         buffer = health["buffer"]
-        try:
-            rate = float(s.drain_rate())
-        except Exception:  # a stage being rewired (reload, the forwarder starting) must not break the page
-            rate = 0.0
         outputs = []
         per_output = getattr(stats, "outputs", None) or {}
-        for name in s.outputs:
+        sources = s.outputs or {"mqtt": OutputSource(s.state.broker_connected, s.drain_rate, s.state.broker_url)}
+        for name, source in sources.items():
             o = per_output.get(name)
-            backlog = getattr(o, "backlog", None) if o is not None else buffer["backlog"]
-            pending = buffer["backlog"] if o is None else (
-                getattr(o, "backlog", 0) + getattr(o, "unleased_live", 0) + getattr(o, "leased", 0))
-            connected = (s.state.broker_connected() if name == "mqtt"
-                         else s.extra_connected.get(name, lambda: False)())
-            rate_now = rate if connected else 0.0
+            # Unacknowledged by this output: leased, waiting live, waiting in its replay backlog.
+            pending = buffer["backlog"] if o is None else o.leased + o.unleased_live + o.unleased_backlog
+            connected = bool(_safe(source.connected, False))
+            rate_now = float(_safe(source.drain_rate, 0.0)) if connected else 0.0
             outputs.append({
-                "name": name, "connected": connected,
-                "url": _redact(s.state.broker_url()) if name == "mqtt" else None,
-                "backlog": pending, "replay_backlog": backlog, "oldest_age_s": buffer["oldest_age_s"],
+                "name": name, "connected": connected, "url": _redact(_safe(source.url, None)),
+                "backlog": pending, "replay_backlog": None if o is None else o.unleased_backlog,
+                "oldest_age_s": buffer["oldest_age_s"],
                 "drain_rate": round(rate_now, 1),
                 "drain_eta_s": (0 if not pending else round(pending / rate_now, 1) if rate_now > 0 else None),
                 "replay_rate": s.replay_rate,
@@ -230,6 +248,14 @@ def state_messages(state: GatewayState) -> dict[str, int]:
             "dropped": state.messages_dropped}
 
 
+def _safe(read: Callable[[], Any], default: Any) -> Any:
+    """A stage being rewired (reload, an output starting) must not break the page."""
+    try:
+        return read()
+    except Exception:
+        return default
+
+
 def _redact(url: str | None) -> str | None:
     """A broker URL without any user:password part."""
     if url is None or "@" not in url:
@@ -247,6 +273,7 @@ class WebApp:
         self.credentials = Credentials(config)
         self.snapshots = Snapshots(sources)
         self.live_clients = 0
+        self._closing = anyio.Event()
         self.router = Starlette(routes=[
             Route("/", self.index, methods=["GET", "HEAD"]),
             Route("/api/line", self.api_line, methods=["GET", "HEAD"]),
@@ -280,6 +307,10 @@ class WebApp:
             await self.router(scope, receive, send)
         else:
             await _raw(send, 404, b"not found\n", "text/plain", head=head)
+
+    def close_streams(self) -> None:
+        """End every live stream cleanly (the gateway stops): browsers reconnect to the next gateway."""
+        self._closing.set()
 
     async def index(self, request: Request) -> Response:
         return Response((STATIC / "index.html").read_bytes(), media_type="text/html; charset=utf-8",
@@ -330,7 +361,12 @@ class WebApp:
                     log.info("status page client too slow, dropped")
                     return
                 sent_version, sent_at = version, now
-            await anyio.sleep(PUSH_INTERVAL)
+            with anyio.move_on_after(PUSH_INTERVAL):
+                await self._closing.wait()
+            if self._closing.is_set():
+                with anyio.move_on_after(1):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
 
 
-__all__ = ["Credentials", "WebApp", "WebSources"]
+__all__ = ["Credentials", "OutputSource", "WebApp", "WebSources"]

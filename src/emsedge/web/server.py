@@ -32,6 +32,7 @@ from anyio.abc import TaskStatus
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from emsedge.config import HttpConfig
+from emsedge.errors import ConfigError
 from emsedge.service import GatewayState, parse_listen
 from emsedge.web.app import WebApp, WebSources
 from emsedge.web.model import LineModel
@@ -84,6 +85,16 @@ class _AcceptErrorsOnce(logging.Filter):
 _accept_filter = _AcceptErrorsOnce()
 
 
+class _DroppedStreams(logging.Filter):
+    """A live stream ended for a too slow client is logged by us once; uvicorn need not call it an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "ASGI callable returned without completing response" not in record.getMessage()
+
+
+_dropped_filter = _DroppedStreams()
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
@@ -114,7 +125,14 @@ async def serve_http(
                   address=listen, error=exc.strerror or str(exc))
         task_status.started(None)
         return
-    app = WebApp(sources or WebSources(state, LineModel()), config)
+    try:
+        app = WebApp(sources or WebSources(state, LineModel()), config)
+    except ConfigError as exc:  # the auth secret file became unreadable since check-config
+        sock.close()
+        log.error("http listener not started: cannot read its auth secret", address=listen,
+                  error="; ".join(exc.problems))
+        task_status.started(None)
+        return
     uconfig = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", http=_protocol(config.max_connections),
         ws="none", server_header=False, date_header=False, timeout_keep_alive=int(IDLE_TIMEOUT),
@@ -130,7 +148,10 @@ async def serve_http(
                   error=f"{type(exc).__name__}: {exc}")
         task_status.started(None)
         return
-    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    uvicorn_log.setLevel(logging.WARNING)
+    if _dropped_filter not in uvicorn_log.filters:
+        uvicorn_log.addFilter(_dropped_filter)
     asyncio_log = logging.getLogger("asyncio")
     if _accept_filter not in asyncio_log.filters:
         asyncio_log.addFilter(_accept_filter)
@@ -146,6 +167,7 @@ async def serve_http(
             await server._serve([sock])
         finally:
             with anyio.CancelScope(shield=True):
+                app.close_streams()
                 if server.started:
                     server.should_exit = True
                     await server.shutdown([sock])

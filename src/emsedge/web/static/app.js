@@ -178,7 +178,10 @@ function deliveryView(s) {
       <dt>Dropped (evicted)</dt><dd class="${d.dropped ? "fail" : ""}" data-dropped>${d.dropped}</dd>
       <dt>Dead-lettered</dt><dd class="${d.dead_letters ? "fail" : ""}">${d.dead_letters}</dd>
       <dt>Published since start</dt><dd>${d.published.published}</dd>
-      ${d.last_error ? `<dt>Last error</dt><dd class="fail">${esc(d.last_error)}</dd>` : ""}</dl>`;
+      ${d.last_error ? `<dt>Last error</dt><dd class="fail">${esc(d.last_error)}</dd>` : ""}</dl>
+    <h3>Gateway</h3>
+    <dl class="kv"><dt>Running since</dt><dd>${esc(new Date(s.started_at).toLocaleString())} (${age(s.uptime_s)})</dd>
+      ${s.loop_lag ? `<dt>Event loop delay</dt><dd>now ${(s.loop_lag.latest_s * 1000).toFixed(0)} ms, longest ${(s.loop_lag.max_s * 1000).toFixed(0)} ms</dd>` : ""}</dl>`;
 }
 
 function render() {
