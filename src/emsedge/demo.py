@@ -13,8 +13,8 @@ It starts, in this order and in one anyio task group:
    with the broker URL and a buffer in a temporary directory given through the environment, and that
    directory as its working directory (the in-circuit tester writes its logs into `./var/ict-1/out`
    there, which the gateway's `ict-1` reads); it serves the status page at http://127.0.0.1:9108/ (a
-   free port when that one is taken), and the demo prints the URL; with `--port-base` the line listens
-   elsewhere and the gateway reads a copy of its config pointed there;
+   free port when that one is taken, `EMSEDGE_HTTP__LISTEN` when set), and the demo prints the URL;
+   with `--port-base` the line listens elsewhere and the gateway reads a copy of its config pointed there;
 4. a view of what MES receives, subscribed to the gateway's topics: a live terminal screen (equipment
    states, latest values, faults, boards with placement, reflow, inspection and test result, messages/s,
    backlog), or with `--no-tui` one
@@ -551,7 +551,8 @@ class Demo:
                     "EMSEDGE_MQTT__PROTOCOL": broker.mqtt_protocol,
                     "EMSEDGE_BUFFER__PATH": str(self.workdir / "buffer.db"),
                     "EMSEDGE_LOGGING__FORMAT": "json",
-                    "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{page_port()}",
+                    # an address given in the environment wins (e.g. a free port in a test suite)
+                    "EMSEDGE_HTTP__LISTEN": os.environ.get("EMSEDGE_HTTP__LISTEN") or f"127.0.0.1:{page_port()}",
                 }
                 page = f"http://{env['EMSEDGE_HTTP__LISTEN']}/"
                 gateway: Process = await tg.start(

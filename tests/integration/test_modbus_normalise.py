@@ -10,8 +10,8 @@ from modbus_server import ModbusTestServer, RegisterImage, encode
 from pymodbus.client import AsyncModbusTcpClient
 
 from emsedge.adapters.base import AdapterContext
-from emsedge.adapters.modbus import ModbusAdapter
-from emsedge.config import ModbusEquipment
+from emsedge.adapters.modbus.adapter import ModbusAdapter
+from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.normalise import Normaliser
 from emsedge.schema import Record
 
