@@ -105,7 +105,8 @@ async def adapter_against(aoi: SecsgemAoi, collector: Collector) -> AsyncIterato
     ctx = context(config, collector)
     async with anyio.create_task_group() as tg:
         await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
-        await collector.wait_for(lambda c: bool(c.events("connection_restored")), within=20)
+        # under load secsgem's select race can cost a whole reconnect (~10 s of retries, then backoff)
+        await collector.wait_for(lambda c: bool(c.events("connection_restored")), within=60)
         yield
         tg.cancel_scope.cancel()
 
