@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from support import Mosquitto, Subscriber
 from support.daemon import Equipment
+from support.rabbitmq import RabbitMQ, available
 
 
 @pytest.fixture
@@ -30,3 +31,15 @@ def equipment() -> Iterator[Equipment]:
     eq.start()
     yield eq
     eq.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """One RabbitMQ node (AMQP 1.0 plugin) for the whole session: it takes 10-20 s to start."""
+    if not available():
+        pytest.skip("rabbitmq-server is not installed (make rabbitmq)")
+    node = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    print(f"rabbitmq started in {node.start_seconds:.1f} s")
+    yield node
+    node.stop()

@@ -1,12 +1,16 @@
 """Commands: run, check-config, config-schema, browse, probe, buffer, simulate, demo, watch, opcua-cert.
 
 Every command that reads a config stops with exit status 78 (EX_CONFIG) and located messages
-(file:line:column: field: problem (hint)) when the file is invalid, before anything connects.
+(file:line:column: field: problem (hint)) when the file is invalid, before anything connects. `run` stops
+with one line and 73 (EX_CANTCREAT) when the buffer cannot be created or locked (a directory, a read-only
+or full file system, no permission, another gateway on the file) and 78 when it was written by a newer
+emsedge: never a traceback for what the operator has to fix.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
 from pathlib import Path
@@ -16,6 +20,7 @@ from emsedge import __version__
 from emsedge.errors import ConfigError
 
 EX_CONFIG = 78
+EX_CANTCREAT = 73
 DEFAULT_CONFIG = Path("/etc/emsedge/emsedge.yaml")
 
 
@@ -49,8 +54,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_problems(args.config, exc)
         return EX_CONFIG
-    anyio.run(gateway.run)
+    try:
+        anyio.run(gateway.run)
+    except BaseException as exc:
+        startup = _buffer_error(exc)
+        if startup is None:
+            raise
+        from emsedge.buffer.errors import BufferFormatError  # noqa: PLC0415
+
+        print(f"emsedge: {startup}", file=sys.stderr)
+        return EX_CONFIG if isinstance(startup, BufferFormatError) else EX_CANTCREAT
     return 0
+
+
+def _buffer_error(exc: BaseException) -> BaseException | None:
+    """The buffer's start-up error inside `exc` (task groups wrap it), when that is all that went wrong."""
+    from emsedge.buffer.errors import BufferFormatError, BufferInUse, BufferUnwritable  # noqa: PLC0415
+
+    found: list[BaseException] = []
+    pending = [exc]
+    while pending:
+        e = pending.pop()
+        if isinstance(e, BaseExceptionGroup):
+            pending.extend(e.exceptions)
+        elif isinstance(e, BufferUnwritable | BufferInUse | BufferFormatError):
+            found.append(e)
+        elif not isinstance(e, asyncio.CancelledError):  # the other stages, cancelled as the buffer failed
+            return None
+    return found[0] if found else None
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

@@ -10,8 +10,8 @@ Library loggers (pymodbus, asyncua, paho) go through the same processors and ren
 Invariants:
 * Redaction runs before rendering, on every event: any key containing password, secret, token or
   passphrase (any case, at any nesting depth), any `SecretStr`, and credentials inside URLs.
-* Rate limiting applies to warnings and errors: identical (event, equipment, error) within `window`
-  seconds -> the first is logged, the rest are counted and reported once as the same event with
+* Rate limiting applies to warnings and errors: identical (event, equipment, error or reason, problem,
+  signal) within `window` seconds -> the first is logged, the rest are counted and reported once as the same event with
   `repeats=N` when the window is over (on the next log call, or at `flush()`). Info lines are never dropped.
 """
 
@@ -77,14 +77,17 @@ class RepeatLimiter:
     def __init__(self, window: float = REPEAT_WINDOW, clock: Callable[[], float] = time.monotonic) -> None:
         self.window = window
         self.clock = clock
-        self._seen: dict[tuple[str, str, str], list[Any]] = {}  # key -> [window_start, suppressed, fields]
+        self._seen: dict[tuple[str, ...], list[Any]] = {}  # key -> [window_start, suppressed, fields]
         self._lock = threading.Lock()  # stdlib handlers of library threads (paho) log from other threads
         self._emitting = threading.local()
 
     @staticmethod
-    def key(event_dict: MutableMapping[str, Any]) -> tuple[str, str, str]:
+    def key(event_dict: MutableMapping[str, Any]) -> tuple[str, ...]:
         error = event_dict.get("error", event_dict.get("reason", event_dict.get("exc_info", "")))
-        return str(event_dict.get("event", "")), str(event_dict.get("equipment", "")), str(error)
+        return (
+            str(event_dict.get("event", "")), str(event_dict.get("equipment", "")), str(error),
+            str(event_dict.get("problem", "")), str(event_dict.get("signal", "")),
+        )
 
     def __call__(self, _logger: WrappedLogger, method: str, event_dict: EventDict) -> EventDict:
         if not self.allow(event_dict, str(event_dict.get("level", method))):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import anyio
 import orjson
@@ -22,16 +20,6 @@ pytestmark = [
 ]
 
 HANDLE = "plant1.line1.ict-1"
-
-
-@pytest.fixture(scope="session")
-def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    """One node for the session: it takes ~10 s to start (printed with -s)."""
-    node = RabbitMQ(Path(tmp_path_factory.mktemp("rabbitmq")))
-    node.start()
-    print(f"rabbitmq started in {node.start_seconds:.1f} s")
-    yield node
-    node.stop()
 
 
 def payload(rid: str, seq: int, event: dict[str, object]) -> bytes:

@@ -95,6 +95,13 @@ class RabbitMQ:
                               check=True)
         return done.stdout.decode()
 
+    def declare_durable_queue(self, name: str) -> str:
+        """A durable queue (survives a broker restart, unlike the one `/queue/<name>` declares); returns the
+        AMQP 1.0 address of the existing queue."""
+        self.ctl("eval", f'rabbit_amqqueue:declare(rabbit_misc:r(<<"/">>, queue, <<"{name}">>), true, false, '
+                 '[], none, <<"emsedge-test">>).')
+        return f"/amq/queue/{name}"
+
     def stop(self) -> None:
         if self.proc is None:
             return

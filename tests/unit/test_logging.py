@@ -99,6 +99,28 @@ def test_a_different_error_is_not_suppressed_and_info_lines_never_are(captured: 
     assert len(lines(stream)) == 5
 
 
+def test_a_reload_refused_for_three_problems_logs_all_three(captured: Any) -> None:
+    stream, _, _ = captured
+    log = structlog.get_logger("emsedge.runtime")
+    problems = [
+        "gw.yaml:3:3: mqtt.url: 'mqtt://h:99999' has a port out of range",
+        "gw.yaml:5:3: buffer.max_bytes: 0 bytes cannot hold one record",
+        "gw.yaml:9:5: equipment[0].poll_interval: must be longer than zero",
+    ]
+    for problem in problems:  # as runtime.reload logs them
+        log.error("reload refused: config invalid, old config stays in force", problem=problem)
+    log.error("reload refused: config invalid, old config stays in force", problem=problems[0])  # a repeat
+    assert [x["problem"] for x in lines(stream)] == problems
+
+
+def test_unprocessable_values_of_different_signals_are_each_logged(captured: Any) -> None:
+    stream, _, _ = captured
+    log = structlog.get_logger("emsedge.buffer")
+    for signal in ("label", "recipe", "label"):
+        log.error("record_unprocessable", equipment="opcua-1", signal=signal, reason="integer outside 64 bits")
+    assert [x["signal"] for x in lines(stream)] == ["label", "recipe"]
+
+
 def test_flush_reports_pending_counts_at_shutdown(captured: Any) -> None:
     stream, limiter, _ = captured
     for _ in range(3):

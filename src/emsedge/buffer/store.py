@@ -120,13 +120,61 @@ def _is_corrupt(exc: sqlite3.Error) -> bool:
     return "not a database" in text or "malformed" in text
 
 
+FILE_MODE = 0o600
+"""The buffer, its -wal/-shm and the .seq sidecar: production data, readable by the gateway's user only."""
+DIR_MODE = 0o700
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Create `directory` and missing parents 0700 whatever the umask (existing folders are left alone)."""
+    missing = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        if d.parent == d:
+            break
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DIR_MODE)  # mkdir's mode is masked by the umask
+
+
+def _private_files(path: Path) -> None:
+    """The database, -wal and -shm: 0600 (SQLite creates them with 0644 & ~umask)."""
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        with contextlib.suppress(FileNotFoundError, PermissionError, OSError):
+            os.chmod(path.with_name(name), FILE_MODE)
+
+
+def _diagnosis(path: Path) -> str:
+    """Why a buffer file cannot be created, for the one line the operator reads."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return " (hint: buffer.path needs a writable folder)"
+    if st.f_flag & os.ST_RDONLY:
+        return " (the file system is read-only; hint: point buffer.path at a writable one, e.g. /var/lib/emsedge)"
+    if st.f_bavail * st.f_frsize < 65536:
+        return " (the file system is full; hint: free space there or point buffer.path elsewhere)"
+    if not os.access(path.parent, os.W_OK):
+        return " (no permission to write the folder; hint: give it to the gateway's user, or StateDirectory=)"
+    return " (hint: buffer.path needs a writable folder with free space)"
+
+
 def _connect(path: Path, sync: str) -> sqlite3.Connection:
+    if not path.exists():
+        with contextlib.suppress(OSError):  # created empty and private first: SQLite keeps an existing mode
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=5.0)
     try:
         conn.execute("PRAGMA journal_mode=WAL").fetchone()
         conn.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA journal_size_limit=67108864")
         conn.execute("PRAGMA temp_store=MEMORY")
+        _private_files(path)
     except BaseException:
         conn.close()
         raise
@@ -203,7 +251,9 @@ class SeqSidecar:
         writable = True
         fd: int | None
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, FILE_MODE)  # also a sidecar an older emsedge created 0644
         except OSError as exc:
             if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
                 raise
@@ -415,8 +465,18 @@ class Store:
     # -- open / close --------------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.sidecar = SeqSidecar(self.path.with_name(self.path.name + ".seq"))
+        if self.path.is_dir():
+            raise BufferUnwritable(
+                f"buffer.path {self.path} is a directory (hint: name a file in it, e.g. {self.path / 'buffer.db'})"
+            )
+        try:
+            _make_private_dirs(self.path.parent)
+            self.sidecar = SeqSidecar(self.path.with_name(self.path.name + ".seq"))
+        except OSError as exc:
+            raise BufferUnwritable(
+                f"cannot create buffer {self.path}: {exc.strerror or exc} "
+                "(hint: buffer.path needs a writable folder with free space; under systemd StateDirectory=)"
+            ) from exc
         existed = self.path.exists() and self.path.stat().st_size > 0
         try:
             conn = self._open_db()
@@ -425,7 +485,7 @@ class Store:
                 readonly = self._open_readonly_fallback(exc) if existed else None
                 if readonly is None:
                     self.sidecar.close()
-                    raise BufferUnwritable(f"cannot open buffer {self.path}: {exc}") from exc
+                    raise BufferUnwritable(f"cannot open buffer {self.path}: {exc}{_diagnosis(self.path)}") from exc
                 self.conn = readonly
                 self._load_state(readonly, fresh=False)
                 return

@@ -51,8 +51,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("the cfx output needs python-qpid-proton: pip install 'emsedge[cfx]'") from exc
 
 log = structlog.get_logger("emsedge.publish.cfx")
-LINK_RETRY_DELAY = 2.0
-"""Seconds before re-attaching a sender the broker closed (e.g. the exchange did not exist yet)."""
+LINK_RETRY_DELAY = 1.0
+"""Seconds before re-attaching a sender, or reconnecting, after the broker closed it (shutdown, missing
+exchange). Drops without a close are retried by proton's own reconnect backoff."""
 
 _OK = PublishResult(ok=True)
 
@@ -432,8 +433,32 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         self._fail_pending("transport error")
 
     def on_connection_error(self, event: Any) -> None:
-        self._owner.on_link_down("connection closed by broker")
-        self._fail_pending("connection closed by broker")
+        self._connection_closed(event, "connection closed by broker")
+
+    def on_connection_closing(self, event: Any) -> None:
+        self._connection_closed(event, "connection closed by broker")
+
+    def on_connection_closed(self, event: Any) -> None:
+        self._connection_closed(event, "connection closed")
+
+    def on_session_error(self, event: Any) -> None:
+        # RabbitMQ ends the session with an error on shutdown; MessagingHandler then closes the connection.
+        self._connection_closed(event, "session ended by broker")
+
+    def _connection_closed(self, event: Any, reason: str) -> None:
+        """A broker that closes the connection (e.g. on shutdown) ends proton's own reconnect: start over."""
+        connection = event.connection
+        if self._stopping or connection is None or connection != self._connection:
+            return  # already handled, or an old connection's late event
+        condition = connection.remote_condition
+        if condition is not None:
+            reason = f"{reason}: {condition.description or condition.name}"
+        self._owner.on_link_down(reason)
+        self._fail_pending(reason)
+        connection.close()
+        self._connection = None
+        self._sender = None
+        self._container.schedule(LINK_RETRY_DELAY, self)
 
     def on_link_error(self, event: Any) -> None:
         self.on_link_remote_close(event)
@@ -446,10 +471,15 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         if event.link is self._sender or event.link == self._sender:
             event.link.close()
             self._sender = None
-            self._container.schedule(LINK_RETRY_DELAY, self)  # on_timer_task re-attaches
+            if not self._stopping:
+                self._container.schedule(LINK_RETRY_DELAY, self)  # on_timer_task re-attaches
 
     def on_timer_task(self, event: Any) -> None:
-        if self._sender is None:
+        if self._stopping:
+            return
+        if self._connection is None:
+            self._connect()
+        elif self._sender is None:
             self._attach()
 
     def stop(self) -> None:
