@@ -19,6 +19,12 @@ reported, its test) have all been seen:
      "test": {"equipment": "ict-1", "ts": "...", "result": "pass", "failed_tests": [], "measurements": 8,
               "source": {"file": "...", "sha256": "...", "board_index": 0}, "runs": [...]}}
 
+and, separately, one line per board whose traceability is still incomplete `--incomplete-after` seconds
+(60 by default) after the first event that named it, saying which stages are missing:
+
+    {"incomplete": {"serial": "PCB-2026-000124", "missing": ["reflow"], "seen": {"placement": "pnp-1",
+     "inspection": "aoi-1"}, "units_missed": [{"equipment": "reflow-1", "count": 1, ...}]}}
+
 What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file does it:
 
 * **At-least-once delivery**: a message can arrive twice (after a reconnect the gateway re-sends what
@@ -41,6 +47,10 @@ What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file 
   `unit_tested` event: `test` is the latest run, `test.runs` every run in order. A tester result that the
   gateway re-sent after a crash has a new `id` but the same `source` (file sha256 and board index); it is
   recognised by that and not counted as a run twice.
+* **Missed boards**: a board can pass a machine while the gateway cannot see it (a connection outage).
+  The gateway then sends `units_missed` (how many, the serials seen around the gap); boards that stay
+  incomplete are reported by `check_incomplete()` with the `units_missed` events of the machines that
+  lack their record, never silently dropped.
 
 `MesSubscriber.handle(topic, payload)` is pure (no network) so it can be unit-tested and reused; the
 paho wiring is in `connect()` and `main()`.
@@ -53,6 +63,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,10 +125,18 @@ def plain_values(values: Any) -> tuple[dict[str, Any], dict[str, str]]:
     return plain, units
 
 
+STAGES = {"placement": "materials_installed", "reflow": "unit_processed", "inspection": "unit_inspected"}
+"""Stages of a complete board and the event type that records each."""
+
+
 def parse_defect(defect: Any) -> dict[str, Any]:
-    """"C12:tombstone", ["C12", "tombstone"] or {"refdes": ..., "code": ...} -> {"refdes", "code"}."""
+    """{"refdes", "code", "text"} (event@2), or "C12:tombstone" / ["C12", "tombstone"] from event@1 gateways,
+    -> {"refdes", "code"} plus "text" when the machine gave one."""
     if isinstance(defect, dict):
-        return defect
+        out = {"refdes": defect.get("refdes"), "code": defect.get("code")}
+        if defect.get("text") is not None:
+            out["text"] = defect["text"]
+        return out
     if isinstance(defect, str):
         refdes, _, code = defect.partition(":")
         return {"refdes": refdes, "code": code or None}
@@ -129,8 +148,14 @@ def parse_defect(defect: Any) -> dict[str, Any]:
 class MesSubscriber:
     """Everything MES keeps from the stream; feed it with `handle(topic, payload)`."""
 
-    def __init__(self, on_board: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(self, on_board: Callable[[dict[str, Any]], None] | None = None, *,
+                 incomplete_after: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.on_board = on_board
+        self.incomplete_after = incomplete_after
+        self.clock = clock
+        self._first_seen: dict[str, float] = {}
+        self.reported_incomplete: dict[str, dict[str, Any]] = {}
+        self.units_missed: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.received = 0
         self.duplicates = 0
@@ -231,6 +256,9 @@ class MesSubscriber:
             self.faults.append({"type": kind, "equipment": equipment, "ts": ts,
                                 **{k: v for k, v in ev.items() if k != "type"}})
             self.active_faults.pop(str(ev.get("fault_occurrence_id")), None)
+        elif kind == "units_missed":
+            self.units_missed.append({"equipment": equipment, "ts": ts,
+                                      **{k: v for k, v in ev.items() if k != "type"}})
         elif kind == "buffer_dropped":
             gateway = str(message.get("gateway"))
             covered = self.announced.setdefault(gateway, set())
@@ -287,6 +315,7 @@ class MesSubscriber:
             return
         serial = str(serial)
         board = self.boards.setdefault(serial, {"serial": serial})
+        self._first_seen.setdefault(serial, self.clock())
         board[stage] = data
         if serial not in self.completed and self.is_complete(board, test=self.tester_seen):
             self.completed.append(serial)
@@ -300,6 +329,33 @@ class MesSubscriber:
     def is_complete(board: dict[str, Any], *, test: bool = False) -> bool:
         stages = ("placement", "reflow", "inspection", "test") if test else ("placement", "reflow", "inspection")
         return all(stage in board for stage in stages)
+
+    def check_incomplete(self) -> list[dict[str, Any]]:
+        """Boards still incomplete `incomplete_after` seconds after their first event, each reported once.
+
+        Each report names the missing stages, the equipment of the stages seen, and the `units_missed`
+        events that announced boards passing unseen (the likely reason), so MES can flag the board.
+        """
+        now = self.clock()
+        out: list[dict[str, Any]] = []
+        with self.lock:
+            for serial, first in self._first_seen.items():
+                board = self.boards[serial]
+                complete = self.is_complete(board, test=self.tester_seen)
+                if serial in self.reported_incomplete or complete or now - first < self.incomplete_after:
+                    continue
+                stages = {**STAGES, "test": "unit_tested"} if self.tester_seen else STAGES
+                missing = [stage for stage in stages if stage not in board]
+                lacking = {stages[stage] for stage in missing}
+                report = {
+                    "serial": serial,
+                    "missing": missing,
+                    "seen": {stage: board[stage].get("equipment") for stage in stages if stage in board},
+                    "units_missed": [m for m in self.units_missed if m.get("emit") in lacking],
+                }
+                self.reported_incomplete[serial] = report
+                out.append(report)
+        return out
 
     def gaps(self) -> dict[str, list[int]]:
         """Unexplained missing sequence numbers per gateway (between the first and the highest seen): no
@@ -341,6 +397,8 @@ class MesSubscriber:
                 "loss_reasons": {gw: dict(r) for gw, r in self.loss_reasons.items()},
                 "boards": len(self.boards),
                 "complete_boards": len(self.completed),
+                "incomplete_boards": sorted(s for s in self.reported_incomplete if s not in self.completed),
+                "units_missed": sum(int(m.get("count") or 0) for m in self.units_missed),
                 "active_faults": len(self.active_faults),
                 "states": {eq: s.get("state_name") for eq, s in self.states.items()},
             }
@@ -392,15 +450,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="ems/+/+/+", help="topic prefix of the gateway(s)")
     parser.add_argument("--client-id", default=None, help="fixed client id (with --persistent)")
     parser.add_argument("--persistent", action="store_true", help="keep the session while away")
+    parser.add_argument("--incomplete-after", type=float, default=60.0, metavar="SECONDS",
+                        help="report a board whose traceability is incomplete this long after its first event")
     args = parser.parse_args(argv)
 
     def print_board(board: dict[str, Any]) -> None:
         print(json.dumps(board), flush=True)
 
-    sub = MesSubscriber(on_board=print_board)
+    sub = MesSubscriber(on_board=print_board, incomplete_after=args.incomplete_after)
     client = connect(sub, args.url, args.prefix, client_id=args.client_id, persistent=args.persistent)
     try:
-        threading.Event().wait()
+        while not threading.Event().wait(1.0):
+            for report in sub.check_incomplete():
+                print(json.dumps({"incomplete": report}), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

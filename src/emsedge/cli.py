@@ -1,4 +1,5 @@
-"""Commands: run, check-config, config-schema, browse, probe, buffer, simulate, demo, watch, opcua-cert.
+"""Commands: run, check-config, config-schema, contract-schema, browse, probe, buffer, simulate, demo, watch,
+opcua-cert.
 
 Every command that reads a config stops with exit status 78 (EX_CONFIG) and located messages
 (file:line:column: field: problem (hint)) when the file is invalid, before anything connects. `run` stops
@@ -99,6 +100,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 DELEGATED = {
     "config-schema": ("emsedge.tooling:main_config_schema", "print the JSON Schema of the config"),
+    "contract-schema": ("emsedge.contract:main_contract_schema",
+                        "print the JSON Schemas of every MQTT payload (--asyncapi: the AsyncAPI document)"),
     "browse": ("emsedge.adapters.opcua.tools:main_browse", "print an OPC UA server's address space"),
     "opcua-cert": ("emsedge.adapters.opcua.tools:main_gen_cert", "generate a self-signed OPC UA client certificate"),
     "probe": ("emsedge.adapters.modbus.adapter:main_probe", "one-off read, e.g. probe modbus://host:502 --address 0"),

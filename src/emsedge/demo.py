@@ -239,6 +239,8 @@ class MesView:
             if topic.endswith("/_gateway/status"):
                 self.status = message
                 return
+            if topic.endswith("/state"):  # retained machine state: not a numbered message
+                return
             message_id = message.get("id")
             if message_id in self.ids:
                 self.duplicates += 1
@@ -300,7 +302,8 @@ class MesView:
         elif serial and kind == "unit_inspected":
             board = self._board(str(serial))
             board.result = str(ev.get("result", "?")).upper()
-            board.defects = [str(d) for d in ev.get("defects") or []]
+            board.defects = [f"{d.get('refdes')}:{d.get('code')}" if isinstance(d, dict) else str(d)
+                             for d in ev.get("defects") or []]
             detail = f"{serial} {board.result}"
         elif serial and kind == "unit_tested":
             board = self._board(str(serial))

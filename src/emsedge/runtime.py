@@ -46,6 +46,7 @@ from emsedge.normalise import Normaliser
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
+from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
 from emsedge.web.model import LineModel
@@ -105,6 +106,7 @@ class Gateway:
             broker_connected=lambda: self.publisher.connected,
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
+        self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
         self.forwarder = Forwarder(
             self.buffer,
             self.publisher,
@@ -133,6 +135,7 @@ class Gateway:
                 window=settings.cfx.window,
                 max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             )
+            self.state.cfx = self.cfx.snapshot
         self.loop_lag = LoopLag()
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
@@ -161,6 +164,7 @@ class Gateway:
                     await link.start(self.cfx.run)
                     await link.start(self.cfx_forwarder.run)
                 await link.start(self._publish_status)
+                await link.start(self.machine_states.run)
                 if self.settings.http.listen:
                     # Imported only when served: starlette and uvicorn cost ~0.2 s of start-up otherwise.
                     from emsedge.web.app import OutputSource, WebSources  # noqa: PLC0415
@@ -234,6 +238,7 @@ class Gateway:
         assert self._equipment_tg is not None
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
         self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
+        self.machine_states.add(equipment.id, equipment.type, health)
         if not equipment.enabled:
             health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)
@@ -294,6 +299,7 @@ class Gateway:
         if not records:
             return
         result = await self.buffer.append(records)
+        self.machine_states.observe(records)
         self.state.messages_buffered += result.accepted
 
     def _delivered(self, messages: Sequence[StoredMessage], acked_at: float) -> None:
@@ -372,6 +378,7 @@ class Gateway:
             if equipment_id in removed:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
+                self.machine_states.remove(equipment_id)
                 self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:

@@ -2,11 +2,20 @@
 
 Two layers live here:
 
-* `Record` and the builders `telemetry()` / `event()` are what adapters hand to the pipeline. They are
-  plain dataclasses and dicts, deliberately not pydantic models: the hot path builds thousands of
-  readings per second and must not validate each one.
-* The pydantic models (`TelemetryMessage`, `EventMessage`, `StatusMessage`) document and validate the
-  wire format. Tests and integrators use them; `docs/mqtt-contract.md` shows an example of each.
+* `Record` and the builders `telemetry()` / `event()` are what adapters hand to the pipeline. Readings
+  are plain dicts built by `reading()`, deliberately not pydantic models: the hot path builds thousands
+  of readings per second and must not validate each one. Event bodies are rare (a board, a fault, a state
+  change) and `event()` builds every one through its pydantic model (`EVENT_MODELS`), which also
+  normalises what sources disagree on: `fault_code` is a string, `severity` one of `Severity`, `defects`
+  a list of `{refdes, code, text}` objects, a fault's text in `text`. The body cannot drift from the contract.
+* The pydantic models (`TelemetryMessage`, `EventMessage`, `StatusMessage`, `EquipmentStateMessage`)
+  are the contract: `emsedge contract-schema` prints their JSON Schemas, `docs/asyncapi.yaml` is
+  generated from them (emsedge.contract), and the tests validate real traffic and the examples of
+  `docs/mqtt-contract.md` against them.
+
+Versions: `emsedge/event@2` replaced `@1` when `defects` became objects (strings before), `fault_code`
+a string (a number from some sources) and `severity` a name (a number from OPC UA): type changes of
+existing fields are breaking. Telemetry and status are unchanged at `@1`.
 
 `encode()` turns a `Record` into the final payload bytes once it has its `id` and `seq` (assigned by the
 buffer inside the transaction that makes it durable, so `seq` is strictly increasing and persisted).
@@ -21,14 +30,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 SCHEMA_TELEMETRY = "emsedge/telemetry@1"
-SCHEMA_EVENT = "emsedge/event@1"
+SCHEMA_EVENT = "emsedge/event@2"
 SCHEMA_STATUS = "emsedge/status@1"
+SCHEMA_STATE = "emsedge/state@1"
 
 GATEWAY_EQUIPMENT = "_gateway"
 """Pseudo equipment id for the gateway's own events (buffer_dropped) and status topic."""
@@ -56,6 +66,7 @@ class EventType(StrEnum):
     CONNECTION_LOST = "connection_lost"  # gateway's own
     CONNECTION_RESTORED = "connection_restored"  # gateway's own
     BUFFER_DROPPED = "buffer_dropped"  # gateway's own
+    UNITS_MISSED = "units_missed"  # gateway's own: a board counter shows boards that passed unseen
     COLLECTION_EVENT = "collection_event"  # SECS/GEM event report for a CEID the config does not map
     FILE_REJECTED = "file_rejected"  # gateway's own: a tester result file that could not be read (result_files)
     UNPROCESSABLE = "unprocessable"  # gateway's own: a record that could not be encoded, in its place
@@ -154,7 +165,8 @@ def telemetry(equipment: str, equipment_type: str, readings: list[dict[str, Any]
 def event(
     equipment: str, equipment_type: str, type: str | EventType, ts: str | None = None, **fields: Any
 ) -> Record:
-    return Record("event", equipment, equipment_type, ts or utc_iso(), {"event": {"type": str(type), **fields}})
+    """An event record; its body is built by the event type's model (`event_body`), never by hand."""
+    return Record("event", equipment, equipment_type, ts or utc_iso(), {"event": event_body(type, **fields)})
 
 
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS  # device structures may be keyed by numbers
@@ -315,7 +327,66 @@ def mark_replayed(payload: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Wire models: the documented contract. Validation only; the hot path never builds these.
+# Wire models: the documented contract. `event()` builds every event body through its model, so an
+# event cannot leave the gateway in a shape the contract does not describe. Telemetry readings stay plain
+# dicts built by `reading()` (the hot path); `ReadingModel` describes them and the tests validate them.
+
+
+class Severity(StrEnum):
+    """Fault severities, the IPC-CFX `FaultSeverity` names in lower case. Every fault carries one."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+
+
+_SEVERITY_ALIASES: dict[str, Severity] = {
+    "alarm": Severity.ERROR, "fault": Severity.ERROR, "fatal": Severity.CRITICAL, "emergency": Severity.CRITICAL,
+    "warn": Severity.WARNING, "information": Severity.INFO, "informational": Severity.INFO, "notice": Severity.INFO,
+}
+
+
+def severity_of(value: Any) -> Severity:
+    """One documented severity for whatever a source calls it.
+
+    Names map case-insensitively (`alarm` is `error`, `fatal` is `critical`); OPC UA's numeric severity
+    (1..1000) maps by its ranges: 801+ critical, 401+ error, 201+ warning, below info. Anything else is
+    `error`: an unclassified fault is treated as one that needs attention.
+    """
+    if isinstance(value, Severity):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value > 800:
+            return Severity.CRITICAL
+        if value > 400:
+            return Severity.ERROR
+        if value > 200:
+            return Severity.WARNING
+        return Severity.INFO
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in Severity.__members__.values():
+            return Severity(name)
+        return _SEVERITY_ALIASES.get(name, Severity.ERROR)
+    return Severity.ERROR
+
+
+def parse_defect(defect: Any) -> dict[str, Any]:
+    """A defect as the contract's object: "C12:tombstone", ["C12", "tombstone", text] or a dict."""
+    if isinstance(defect, dict):
+        known = {k: defect.get(k) for k in ("refdes", "code", "text")}
+        if defect.get("test") is not None:
+            known["test"] = defect["test"]
+        return {k: None if v is None else str(v) for k, v in known.items()}
+    if isinstance(defect, str):
+        refdes, sep, rest = defect.partition(":")
+        code, _, text = rest.partition(":")
+        return {"refdes": refdes or None, "code": (code or None) if sep else None, "text": text or None}
+    if isinstance(defect, list | tuple) and defect:
+        parts = [None if p is None else str(p) for p in defect[:3]] + [None, None]
+        return {"refdes": parts[0], "code": parts[1], "text": parts[2]}
+    return {"refdes": None, "code": None if defect is None else str(defect), "text": None}
 
 
 class _Wire(BaseModel):
@@ -340,6 +411,263 @@ class ReadingModel(_Wire):
     )
 
 
+class Defect(_Wire):
+    """One defect of an inspected or tested board."""
+
+    refdes: str | None = Field(description="Reference designator, e.g. C12; null when the source gives none.")
+    code: str | None = Field(description="Defect code, e.g. tombstone, missing, bridge.")
+    text: str | None = Field(default=None, description="Free text from the machine, when it gives one.")
+    test: str | None = Field(default=None, description="Name of the failed test (testers; absent otherwise).")
+
+
+class _Event(BaseModel):
+    """Base of the gateway's own events: only the documented fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _ConfiguredEvent(BaseModel):
+    """Base of events a config emits (triggers, SECS/GEM collection events).
+
+    Besides the documented fields they carry the trigger's or event's own keys (`trigger`, `value`,
+    `previous`, `ceid`, `name`) and the constant `fields` of the config, hence extra keys are allowed.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    serial: str | None = Field(default=None, description="Board serial, when the event is about a board.")
+    values: dict[str, Any] | None = Field(
+        default=None,
+        description="Snapshot: {name: {value, unit[, quality]}} for triggered events, {name: value} for SECS/GEM "
+        "event reports.",
+    )
+    trigger: str | None = Field(default=None, description="Signal whose change fired a triggered event.")
+    ceid: Any = Field(default=None, description="SECS/GEM collection event id of an event report.")
+    name: str | None = Field(default=None, description="Name of the configured SECS/GEM event.")
+
+    @field_validator("serial", mode="before")
+    @classmethod
+    def _serial_text(cls, v: Any) -> Any:
+        return None if v is None else str(v)
+
+
+class StationStateChanged(_ConfiguredEvent):
+    """CFX.ResourcePerformance.StationStateChanged: the SEMI E58 state changed."""
+
+    type: Literal[EventType.STATION_STATE_CHANGED]
+    signal: str | None = Field(default=None, description="Signal that carries the state.")
+    state: int | None = Field(description="SEMI E58 code; null when the config's map does not know the value.")
+    state_name: str = Field(description="Name of the E58 state (`unknown` when state is null).")
+    raw_value: Any = Field(default=None, description="The machine's own value.")
+    old_state: int | None = Field(default=None, description="Previous E58 code (absent on the first state).")
+    old_state_name: str | None = None
+    old_state_duration_s: float | None = Field(default=None, description="How long the previous state lasted.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_trigger(cls, data: Any) -> Any:
+        """A configured station_state_changed (trigger, CEID) takes its state from the trigger value."""
+        if isinstance(data, dict) and "state" not in data:
+            raw = data.get("value")
+            code = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1000 else None
+            data = {**data, "state": code, "state_name": state_name(code) if code is not None else "unknown"}
+            data.setdefault("raw_value", raw)
+            data.setdefault("signal", data.get("trigger"))
+        return data
+
+
+class _Fault(_ConfiguredEvent):
+    model_config = ConfigDict(extra="allow", frozen=True, use_enum_values=True)  # severity as a plain str
+
+    fault_occurrence_id: str = Field(description="Links a fault_occurred to its fault_cleared.")
+    fault_code: str = Field(description="The machine's fault or alarm code, always as a string.")
+    text: str | None = Field(default=None, description="Human-readable fault text.")
+    alid: Any = Field(default=None, description="SECS/GEM ALID (as the equipment sent it).")
+    altx: str | None = Field(default=None, description="SECS/GEM ALTX.")
+    alcd: int | None = Field(default=None, description="SECS/GEM ALCD byte.")
+    message: str | None = Field(default=None, description="OPC UA event Message.")
+    source: str | None = Field(default=None, description="OPC UA SourceName.")
+    opcua_severity: int | None = Field(default=None, description="OPC UA Severity (1..1000) as the server sent it.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        code = data.get("fault_code")
+        if code is None:
+            code = data.get("alid")
+        data["fault_code"] = "" if code is None else str(code)
+        if data.get("text") is None:
+            data["text"] = data.get("fault_text") or data.get("altx") or data.get("message")
+        if "severity" in data or cls is FaultOccurred:
+            data["severity"] = severity_of(data.get("severity"))
+        return data
+
+
+class FaultOccurred(_Fault):
+    """CFX.ResourcePerformance.FaultOccurred."""
+
+    type: Literal[EventType.FAULT_OCCURRED]
+    severity: Severity = Field(description="critical | error | warning | info (IPC-CFX FaultSeverity).")
+
+
+class FaultCleared(_Fault):
+    """CFX.ResourcePerformance.FaultCleared: same fault_occurrence_id as its fault_occurred."""
+
+    type: Literal[EventType.FAULT_CLEARED]
+    severity: Severity | None = None
+
+
+class UnitProcessed(_ConfiguredEvent):
+    """CFX.Production.Processing.UnitsProcessed, e.g. a board left the reflow oven (with its zone profile)."""
+
+    type: Literal[EventType.UNIT_PROCESSED]
+
+
+class _UnitResult(_ConfiguredEvent):
+    result: Literal["pass", "fail", "error", "aborted"] | None = Field(
+        default=None, description="Verdict: pass or fail; a tester may also report error or aborted."
+    )
+    raw_result: Any = Field(default=None, description="The machine's own verdict value.")
+    defects: list[Defect] | None = Field(
+        default=None, description="Defects; null when the source does not report them (never [] for unknown)."
+    )
+    defect_count: int | None = None
+
+    @field_validator("defects", mode="before")
+    @classmethod
+    def _defects(cls, v: Any) -> Any:
+        if v is None:
+            return None
+        return [parse_defect(d) for d in (v if isinstance(v, list | tuple) else [v])]
+
+
+class UnitInspected(_UnitResult):
+    """CFX.Production.TestAndInspection.UnitsInspected."""
+
+    type: Literal[EventType.UNIT_INSPECTED]
+
+
+class UnitTested(_UnitResult):
+    """CFX.Production.TestAndInspection.UnitsTested."""
+
+    type: Literal[EventType.UNIT_TESTED]
+    measurements: Any = None
+
+
+class MaterialsInstalled(_ConfiguredEvent):
+    """CFX.Production.Assembly.MaterialsInstalled: reels, lots and part numbers used for a board."""
+
+    type: Literal[EventType.MATERIALS_INSTALLED]
+
+
+class ComponentsPlaced(_ConfiguredEvent):
+    """CFX.ResourcePerformance.SMTPlacement.ComponentsPlaced: placement counters."""
+
+    type: Literal[EventType.COMPONENTS_PLACED]
+
+
+class CollectionEvent(_Event):
+    """An S6F11 event report for a CEID the config does not map."""
+
+    type: Literal[EventType.COLLECTION_EVENT]
+    ceid: Any
+    values: dict[str, Any]
+
+
+class ConnectionLost(_Event):
+    type: Literal[EventType.CONNECTION_LOST]
+    reason: str = Field(description="Why the gateway lost the machine.")
+
+
+class ConnectionRestored(_Event):
+    type: Literal[EventType.CONNECTION_RESTORED]
+
+
+class BufferDropped(BaseModel):
+    """Records the gateway evicted or lost before delivery (announced, never itself evicted)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: Literal[EventType.BUFFER_DROPPED]
+    count: int
+    by_equipment: dict[str, int] | None = None
+    first_ts: str | None = None
+    last_ts: str | None = None
+    reason: str | None = None
+    by_reason: dict[str, int] | None = Field(default=None, description="count per loss reason.")
+    dropped_seqs: list[list[int]] | None = Field(default=None, description="[[first, last], ...] seqs that are gone.")
+    dropped_total: int | None = Field(default=None, description="Cumulative loss count of the gateway.")
+    dropped_total_by_equipment: dict[str, int] | None = None
+    max_bytes: int | None = None
+    max_age_s: float | None = None
+
+
+class FileRejected(_Event):
+    """A tester result file that could not be read (result_files adapter); the file is moved aside."""
+
+    type: Literal[EventType.FILE_REJECTED]
+    file: str = Field(description="File name.")
+    reason: str
+    line: int | None = Field(description="1-based line of the problem, or null.")
+    sha256: str = Field(description="Hash of the file's content.")
+    size: int = Field(description="File size in bytes.")
+
+
+class Unprocessable(_Event):
+    """A record that could not be encoded (undecodable bytes, nesting, an integer over 64 bits), sent in its
+    place by the buffer; counted as lost with reason `unprocessable` and announced."""
+
+    type: Literal[EventType.UNPROCESSABLE]
+    original_type: str | None = Field(description="Event type (or `telemetry`) of the record it replaces.")
+    signal: str = Field(description="Path of the offending value, e.g. event.fields.count.")
+    reason: str
+    raw: str | None = Field(description="The offending value, escaped and truncated.")
+
+
+class UnitsMissed(_Event):
+    """Boards passed a machine without their event: a counter jumped by more than the events seen."""
+
+    type: Literal[EventType.UNITS_MISSED]
+    count: int = Field(ge=1, description="How many boards passed unseen.")
+    trigger: str = Field(description="Signal whose events are missing (e.g. board_exit_serial).")
+    emit: str = Field(description="Event type that was missed for those boards (e.g. unit_processed).")
+    counter: str = Field(description="Counter signal that showed the gap.")
+    counter_from: int = Field(description="Counter value when the last event was seen.")
+    counter_to: int = Field(description="Counter value now.")
+    last_serial: str | None = Field(description="Serial of the last board seen before the gap.")
+    next_serial: str | None = Field(description="Serial of the first board seen after the gap (null: none yet).")
+
+
+EventBody = Annotated[
+    StationStateChanged | FaultOccurred | FaultCleared | UnitProcessed | UnitInspected | UnitTested
+    | MaterialsInstalled | ComponentsPlaced | CollectionEvent | ConnectionLost | ConnectionRestored
+    | BufferDropped | UnitsMissed | FileRejected | Unprocessable,
+    Field(discriminator="type"),
+]
+
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    str(m.model_fields["type"].annotation.__args__[0]): m  # type: ignore[union-attr]
+    for m in (StationStateChanged, FaultOccurred, FaultCleared, UnitProcessed, UnitInspected, UnitTested,
+              MaterialsInstalled, ComponentsPlaced, CollectionEvent, ConnectionLost, ConnectionRestored,
+              BufferDropped, UnitsMissed, FileRejected, Unprocessable)
+}
+"""Event type -> body model; every `EventType` has one (checked by a test)."""
+
+
+def event_body(type: str | EventType, **fields: Any) -> dict[str, Any]:
+    """The wire dict of an event body, validated and normalised by its model (raises ValueError)."""
+    model = EVENT_MODELS.get(str(type))
+    if model is None:
+        raise ValueError(f"no contract model for event type {type!r}")
+    body = model.model_validate({"type": str(type), **fields})
+    out: dict[str, Any] = {"type": str(type)}
+    out.update(body.model_dump(exclude_unset=True, exclude={"type"}, by_alias=True))
+    return out
+
+
 class _Envelope(_Wire):
     id: str = Field(description="UUID, stable across redelivery: de-duplicate by it.")
     seq: int = Field(description="Per gateway, strictly increasing, persisted across restarts: detect gaps.")
@@ -351,17 +679,16 @@ class _Envelope(_Wire):
 
 
 class TelemetryMessage(_Envelope):
+    """`{prefix}/{equipment}/telemetry`: the readings of one poll or publishing cycle."""
+
     schema_: Literal["emsedge/telemetry@1"] = Field(alias="schema")
     readings: list[ReadingModel]
 
 
-class EventBody(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-    type: EventType
-
-
 class EventMessage(_Envelope):
-    schema_: Literal["emsedge/event@1"] = Field(alias="schema")
+    """`{prefix}/{equipment}/events`: one event."""
+
+    schema_: Literal["emsedge/event@2"] = Field(alias="schema")
     event: EventBody
 
 
@@ -412,22 +739,19 @@ class UnitTestedEvent(_Wire):
     panel_serial: str | None
     tests: list[TestModel]
     failed_tests: list[str]
-    defects: list[dict[str, str]] = Field(description="One {test, code: test_failed} per failed test.")
+    defects: list[Defect] = Field(
+        description="One {refdes: null, code: test_failed, text: null, test} per failed test."
+    )
     source: ResultSourceModel
 
 
-class FileRejectedEvent(_Wire):
-    """A tester result file that could not be read; it was moved to the `error` folder with a reason file."""
-
-    type: Literal["file_rejected"]
-    file: str
-    reason: str
-    line: int | None = Field(description="1-based line of the problem, when known.")
-    sha256: str
-    size: int
+FileRejectedEvent = FileRejected
+"""The result_files adapter's name for the `file_rejected` body model."""
 
 
 class StatusMessage(_Wire):
+    """`{prefix}/_gateway/status` (retained): the gateway is online or offline."""
+
     schema_: Literal["emsedge/status@1"] = Field(alias="schema")
     gateway: str
     state: Literal["online", "offline"]
@@ -445,3 +769,38 @@ class StatusMessage(_Wire):
     dropped_total_by_equipment: dict[str, int] | None = Field(
         default=None, description="dropped_total per equipment."
     )
+
+
+class ActiveFault(_Wire):
+    fault_occurrence_id: str
+    fault_code: str
+    text: str | None = None
+    severity: Severity
+    since: str = Field(description="ts of the fault_occurred event.")
+
+
+class LastBoard(_Wire):
+    serial: str
+    event: str = Field(description="Event type that named it (unit_processed, unit_inspected, ...).")
+    ts: str
+
+
+class EquipmentStateMessage(_Wire):
+    """`{prefix}/{equipment}/state` (retained): the machine's current state, for subscribers that join late.
+
+    Published on every change; an empty retained message clears it when the machine leaves the config.
+    """
+
+    schema_: Literal["emsedge/state@1"] = Field(alias="schema")
+    gateway: str
+    equipment: str
+    equipment_type: str
+    ts: str = Field(description="When this state was last updated.")
+    connection: Literal["connecting", "connected", "retrying", "failed", "disabled"] = Field(
+        description="The gateway's link to the machine (the supervisor's EquipmentState)."
+    )
+    station_state: int | None = Field(description="SEMI E58 code of the last station_state_changed; null: none yet.")
+    station_state_name: str | None = None
+    station_state_since: str | None = None
+    active_faults: list[ActiveFault]
+    last_board: LastBoard | None

@@ -86,6 +86,9 @@ class GatewayState:
     publish_latency_sum: float = 0.0
     started_monotonic: float = field(default_factory=time.monotonic)
     loop_lag: Callable[[], tuple[float, float, float]] | None = None
+    cfx: Callable[[], dict[str, Any]] | None = None
+    """The CFX output's snapshot (`CfxPublisher.snapshot`: connected, broker, address, counters), when
+    `cfx:` is configured."""
     """Event-loop lateness in seconds (`emsedge.looplag`): latest, longest, longest while busy."""
 
     def observe_publish_latency(self, seconds: float) -> None:
@@ -160,7 +163,9 @@ class GatewayState:
             }
         stuck = self.writer_stuck_for()
         wedged = stuck > WRITER_STUCK_AFTER
-        status = "failing" if not writable or wedged else ("ok" if broker and all_up else "degraded")
+        cfx = self._cfx(stats)
+        cfx_up = cfx is None or bool(cfx["connected"])
+        status = "failing" if not writable or wedged else ("ok" if broker and cfx_up and all_up else "degraded")
         body: dict[str, Any] = {
             "status": status,
             "gateway": self.gateway_id,
@@ -188,7 +193,18 @@ class GatewayState:
             },
             "equipment": equipment,
         }
+        if cfx is not None:
+            body["cfx"] = cfx
         return (503 if status == "failing" else 200), body
+
+    def _cfx(self, stats: BufferStats | None) -> dict[str, Any] | None:
+        """The CFX output's state plus its pending records (leased or waiting) from the buffer's cursor."""
+        if self.cfx is None:
+            return None
+        info = dict(self.cfx())
+        out = (_stat(stats, "outputs", {}) or {}).get("cfx")
+        info["pending"] = (out.leased + out.unleased_live + out.unleased_backlog) if out is not None else None
+        return info
 
 
 def _stat(stats: BufferStats | None, name: str, default: Any) -> Any:
@@ -304,6 +320,20 @@ class GatewayCollector:
                          1.0 if _stat(stats, "writable", True) else 0.0)
         yield _gauge("emsedge_broker_connected", "1 while connected to the MQTT broker.",
                      1.0 if s.broker_connected() else 0.0)
+        cfx = s._cfx(s._buffer())
+        if cfx is not None:
+            yield _gauge("emsedge_cfx_connected", "1 while the CFX output's AMQP link is attached.",
+                         1.0 if cfx["connected"] else 0.0)
+            yield _gauge("emsedge_cfx_pending", "Records the CFX output has not delivered yet.", cfx["pending"] or 0)
+            for key, text in (
+                ("sent", "CFX messages sent to the broker."),
+                ("accepted", "CFX messages the broker settled as accepted."),
+                ("rejected", "CFX messages the broker rejected."),
+                ("released", "CFX messages the broker released or modified (retried)."),
+                ("heartbeats", "CFX.Heartbeat messages sent."),
+                ("connects", "AMQP links established."),
+            ):
+                yield _counter(f"emsedge_cfx_{key}", text, cfx["counters"][key])
         build = GaugeMetricFamily("emsedge_build_info", "Gateway id and version.", labels=["gateway", "version"])
         build.add_metric([s.gateway_id, s.version], 1.0)
         yield build

@@ -388,6 +388,12 @@ def main_check_online(settings: Settings, *, timeout: float = ONLINE_TIMEOUT, ou
     for b in brokers:
         out.write(f"broker  {b.url}: {'OK, ' if b.ok else 'FAILED: '}{b.detail}\n")
     broker_ok = any(b.ok for b in brokers)
+    if settings.cfx is not None:
+        from emsedge.publish.cfx import probe, redact_url  # noqa: PLC0415 - optional extra emsedge[cfx]
+
+        cfx_ok, detail = probe(settings.cfx, settings.cfx.connect_timeout)
+        out.write(f"cfx     {redact_url(settings.cfx.broker)}: {'OK, ' if cfx_ok else 'FAILED: '}{detail}\n")
+        broker_ok = broker_ok and cfx_ok
     if not any(e.enabled for e in settings.equipment):
         out.write("online check: no enabled equipment\n")
         return 0 if broker_ok else 1

@@ -17,6 +17,10 @@ class Topics:
     def events(self, equipment: str) -> str:
         return f"{self.prefix}/{equipment}/events"
 
+    def state(self, equipment: str) -> str:
+        """Retained current state of one machine (emsedge.state)."""
+        return f"{self.prefix}/{equipment}/state"
+
     @property
     def status(self) -> str:
         return f"{self.prefix}/{GATEWAY_EQUIPMENT}/status"

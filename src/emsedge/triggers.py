@@ -32,6 +32,17 @@ the value for a code, else the signal name for a bit); a change away from it emi
 the same id (and, for a code changing to another code, a new `fault_occurred`). Use `skip_initial: false`
 so a fault already active when the gateway starts is reported.
 
+Fault text: `text` from the trigger's `fields`, else the value of the first `include` signal whose name
+ends in `text` or `message` (e.g. a pick-and-place `alarm_text` register), so the text is in the event's
+`text` and not only inside `values`.
+
+Missed boards: a trigger with a `counter` (a board counter of the same boards, e.g. `board_exit_count`)
+compares the counter's movement with the events it fired. When the counter moved by more than that (a
+board left while the link was down and the serial register already shows the next one), it emits
+`units_missed` with the count, the counter values and the serials seen before and after the gap. A counter
+that goes backwards (machine restart) resets the comparison; events seen ahead of the counter (the serial
+register updated one poll before the counter) are carried over, not counted as extra.
+
 Event body (docs/mqtt-contract.md): `{type: <emit>, serial, trigger: <signal>, value, previous,
 values: {name: {value, unit}}, **fields}`. `values` holds the latest good value of each `include`
 signal; when none has been seen or the latest reading is not good, its value is null and it carries
@@ -42,7 +53,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from emsedge.config import EquipmentBase, Trigger
@@ -50,6 +61,8 @@ from emsedge.schema import EventType, Quality, Record, event
 
 _RESERVED = ("type", "serial", "trigger", "value", "previous", "values", "fault_occurrence_id")
 _UNSET: Any = object()
+_HOLD_RECORDS = 3
+"""Records a counter may run ahead of its trigger's events before the difference is announced as missed."""
 
 
 @dataclass(slots=True)
@@ -58,6 +71,17 @@ class _Latest:
     unit: str | None
     good: bool
     quality: str = str(Quality.GOOD)
+
+
+@dataclass(slots=True)
+class _Count:
+    """A counter-checked trigger: counter value at the last check, events fired since, serials seen."""
+
+    base: int | None = None
+    fired: int = 0
+    last_serial: Any = None
+    held: int = 0
+    serials: list[Any] = field(default_factory=list)
 
 
 def _clean(value: Any) -> Any:
@@ -79,6 +103,8 @@ class TriggerEngine:
         self._previous: list[Any] = [_UNSET] * len(self.triggers)
         self._watched = {t.on_change for t in self.triggers}
         self._faults: dict[int, tuple[str, Any]] = {}  # trigger index -> (fault_occurrence_id, fault_code)
+        # trigger index -> counter bookkeeping, for triggers with a `counter`
+        self._counts: dict[int, _Count] = {i: _Count() for i, t in enumerate(self.triggers) if t.counter}
 
     def process(self, records: Sequence[Record]) -> list[Record]:
         """Events caused by `records` (which are not modified), in order. Empty when nothing fired."""
@@ -88,6 +114,7 @@ class TriggerEngine:
                 continue
             readings = record.body.get("readings") or []
             changed: dict[str, dict[str, Any]] = {}
+            fired_now: set[int] = set()
             for r in readings:
                 name = r.get("signal")
                 if not isinstance(name, str):
@@ -107,8 +134,67 @@ class TriggerEngine:
                 r = changed.get(trig.on_change)
                 if r is None:
                     continue
-                out.extend(self._check(i, trig, r, record))
+                fired = self._check(i, trig, r, record)
+                count = self._counts.get(i)
+                if count is not None and fired:
+                    fired_now.add(i)
+                    for ev in fired:
+                        count.fired += 1
+                        count.serials.append(ev.body["event"].get("serial"))
+                out.extend(fired)
+            for i, count in self._counts.items():
+                missed = self._reconcile(i, count, record, i in fired_now)
+                if missed is not None:
+                    out.append(missed)
         return out
+
+    def _reconcile(self, i: int, count: _Count, record: Record, fired_now: bool) -> Record | None:
+        """Compare a trigger's events with its counter (see "Missed boards" in the module docstring)."""
+        trig = self.triggers[i]
+        assert trig.counter is not None
+        latest = self._latest.get(trig.counter)
+        if latest is None or not latest.good or isinstance(latest.value, bool):
+            return None
+        try:
+            value = int(latest.value)
+        except (TypeError, ValueError):
+            return None
+        if count.base is None or value < count.base:  # first look, or the machine restarted its counter
+            count.base, count.fired, count.held = value, 0, 0
+            self._advance(count, self._current_serial(trig))
+            return None
+        deficit = value - count.base - count.fired
+        if deficit <= 0:  # every counted board had its event (a surplus: the counter lags the serial)
+            count.base, count.fired, count.held = value, -deficit, 0
+            self._advance(count, self._current_serial(trig))
+            return None
+        if not fired_now and count.held < _HOLD_RECORDS:
+            count.held += 1  # the counter may move a poll before the serial register: wait for it
+            return None
+        before, after = count.last_serial, (count.serials[-1] if count.serials else None)
+        base = count.base
+        count.base, count.fired, count.held = value, 0, 0
+        self._advance(count)
+        return event(
+            self.equipment.id, self.equipment.type, EventType.UNITS_MISSED, record.ts,
+            count=deficit, trigger=trig.on_change, emit=str(trig.emit), counter=trig.counter,
+            counter_from=base, counter_to=value,
+            last_serial=None if before is None else str(before), next_serial=None if after is None else str(after),
+        )
+
+    @staticmethod
+    def _advance(count: _Count, current: Any = None) -> None:
+        """Start a new window; the last board seen is the latest event's, else the serial shown now."""
+        if count.serials:
+            count.last_serial = count.serials[-1]
+        elif current is not None:
+            count.last_serial = current
+        count.serials.clear()
+
+    def _current_serial(self, trig: Trigger) -> Any:
+        latest = self._latest.get(trig.serial or trig.on_change)
+        value = _clean(latest.value) if latest is not None and latest.good else None
+        return value if value not in (None, "") else None
 
     def _check(self, i: int, trig: Trigger, r: dict[str, Any], record: Record) -> list[Record]:
         value = _clean(r["value"])
@@ -137,11 +223,23 @@ class TriggerEngine:
                                    fault_occurrence_id=occurrence, fault_code=code))
         if value:
             code = trig.fields.get("fault_code", trig.on_change if isinstance(value, bool) else value)
+            if trig.fields.get("text") is None and (text := self._fault_text(trig)) is not None:
+                extra_text: dict[str, Any] = {"text": text}
+            else:
+                extra_text = {}
             occurrence = str(uuid.uuid4())
             self._faults[i] = (occurrence, code)
             out.append(self._event(trig, EventType.FAULT_OCCURRED, value, previous, ts,
-                                   fault_occurrence_id=occurrence, fault_code=code))
+                                   fault_occurrence_id=occurrence, fault_code=code, **extra_text))
         return out
+
+    def _fault_text(self, trig: Trigger) -> str | None:
+        for name in trig.include:
+            if name.endswith(("text", "message")):
+                latest = self._latest.get(name)
+                if latest is not None and latest.good and latest.value not in (None, ""):
+                    return str(_clean(latest.value))
+        return None
 
     def _event(self, trig: Trigger, emit: str, value: Any, previous: Any, ts: str, **extra: Any) -> Record:
         values: dict[str, dict[str, Any]] = {}

@@ -7,7 +7,8 @@ import os
 import subprocess
 from typing import Any
 
-from support import REPO, free_port
+import orjson
+from support import REPO, contract_violation, free_port
 from support.daemon import EMSEDGE
 
 
@@ -33,6 +34,9 @@ def check_messages(lines: list[dict[str, Any]]) -> None:
     assert status[-1]["state"] == "offline"  # the gateway stopped cleanly before the demo ended
     telemetry = {line["payload"]["equipment"] for line in lines if line["topic"].endswith("/telemetry")}
     assert telemetry == {"pnp-1", "reflow-1", "aoi-1"}
+    violations = [v for line in lines
+                  if (v := contract_violation(line["topic"], orjson.dumps(line["payload"]))) is not None]
+    assert not violations, violations[:3]  # every message MES received is in the contract's normal form
     seqs = [line["payload"]["seq"] for line in lines if "seq" in line["payload"]]
     assert len(set(seqs)) == len(seqs)
     assert sorted(seqs) == list(range(1, len(seqs) + 1))  # a fresh buffer: from 1, no gap

@@ -308,7 +308,9 @@ async def test_alarms_and_conditions_become_linked_fault_occurred_and_fault_clea
     assert len(occurred) == 1
     assert len(cleared) == 1
     fault = occurred[0].body["event"]
-    assert (fault["fault_code"], fault["message"], fault["severity"]) == ("E1042", "Vacuum low on head 1", 700)
+    assert (fault["fault_code"], fault["message"]) == ("E1042", "Vacuum low on head 1")
+    assert fault["text"] == "Vacuum low on head 1"  # the contract's text field, whatever the protocol calls it
+    assert (fault["severity"], fault["opcua_severity"]) == ("error", 700)  # 401..800 is error
     assert fault["fault_occurrence_id"] == cleared[0].body["event"]["fault_occurrence_id"]
     assert re.fullmatch(r"\d{4}-.*Z", occurred[0].ts)
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import REPO, Mosquitto, free_port
+from support import REPO, Mosquitto, Subscriber, contract_violation, free_port
 from support.daemon import EMSEDGE, Daemon, buffer_seqs, wait_until
 
 from emsedge.config import load_config
@@ -38,7 +38,7 @@ PREFIX = "ems/demo-plant/smt/virtual-line"
 BOARDS = 6
 
 
-def fast_line(tmp_path: Path) -> tuple[Path, VirtualLineConfig]:
+def fast_line(tmp_path: Path, faults: list[dict[str, Any]] | None = None) -> tuple[Path, VirtualLineConfig]:
     """The demo line on free ports with test-sized cycle times and a fault schedule, as a config file."""
     ports = load_virtual_line(REPO / "config" / "virtual-line.yaml").with_free_ports()
     config = {
@@ -50,7 +50,7 @@ def fast_line(tmp_path: Path) -> tuple[Path, VirtualLineConfig]:
         "aoi": {"port": ports.aoi.port, "inspection_time": "300ms", "defect_rate": 0.4},
         # the gateway runs in tmp_path, where config/demo.yaml's ./var/ict-1/out is this folder
         "ict": {"folder": str(tmp_path / "var" / "ict-1" / "out"), "test_time": "200ms", "fail_rate": 0.5},
-        "schedule": {"faults": [
+        "schedule": {"faults": faults if faults is not None else [
             {"at": "4.8s", "machine": "pick_and_place", "fault": "jam", "duration": "800ms"},
             {"at": "7s", "machine": "aoi", "fault": "alarm", "code": 7, "duration": "1s"},
             {"at": "8s", "machine": "reflow_oven", "fault": "alarm", "code": 3, "duration": "1s"},
@@ -102,13 +102,50 @@ class Simulator:
             self.log.close()
 
 
+def line_and_gateway(tmp_path: Path, mosquitto: Mosquitto,
+                     faults: list[dict[str, Any]] | None = None) -> tuple[Simulator, Daemon]:
+    """The line on free ports (held), and config/demo.yaml pointed at it, run in tmp_path (not started)."""
+    line_file, line = fast_line(tmp_path, faults)
+    simulator = Simulator(line_file, tmp_path)
+    gateway_file = tmp_path / "gateway.yaml"
+    env = {**point_gateway_config(REPO / "config" / "demo.yaml", line, gateway_file),
+           "EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
+           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", ""),
+           "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"}  # demo.yaml's 9108 may be taken
+    return simulator, Daemon(gateway_file, tmp_path / "gateway.log", env=env, cwd=tmp_path)
+
+
+def start_in_step(simulator: Simulator, gateway: Daemon, mes: MesSubscriber) -> None:
+    """Start the gateway once the line is up, and the line's clock once MES has seen every machine connected.
+
+    The first board and the first states only reach MES if every machine is connected before the line's
+    clock starts (the OPC UA state is read at subscribe, but an HSMS report is sent once).
+    """
+    wait_until(simulator.up, 60)
+    gateway.start()
+    wait_until(lambda: {c["equipment"] for c in mes.connections if c["type"] == "connection_restored"}
+               >= {"pnp-1", "reflow-1", "aoi-1"}, 60)
+    simulator.release()
+
+
 @pytest.fixture
 def mes(mosquitto: Mosquitto) -> Iterator[MesSubscriber]:
-    sub = MesSubscriber()
+    """The reference MES subscriber; every message it receives is also validated against the contract."""
+    sub = MesSubscriber(incomplete_after=0.0)
+    violations: list[str] = []
+    handle = sub.handle
+
+    def checked(topic: str, payload: bytes) -> None:
+        if (violation := contract_violation(topic, payload)) is not None:
+            violations.append(violation)
+        handle(topic, payload)
+
+    sub.handle = checked  # type: ignore[method-assign]
     client = connect(sub, mosquitto.url, PREFIX)
     yield sub
     client.loop_stop()
     client.disconnect()
+    assert not violations, f"{len(violations)} message(s) break the contract: {violations[:3]}"
 
 
 def assert_gateway_reaches_line(gateway_file: Path, line: VirtualLineConfig) -> None:
@@ -143,23 +180,10 @@ def test_the_demo_config_pointed_at_a_line_on_other_ports_reaches_it(tmp_path: P
 def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_inspection_joined_by_serial(
     tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
 ) -> None:
-    line_file, line = fast_line(tmp_path)
-    simulator = Simulator(line_file, tmp_path)
-    gateway_file = tmp_path / "gateway.yaml"
-    env = {**point_gateway_config(REPO / "config" / "demo.yaml", line, gateway_file),
-           "EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
-           "EMSEDGE_LOGGING__FORMAT": "json", "PATH": os.environ.get("PATH", ""),
-           "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"}  # demo.yaml's 9108 may be taken
-    gateway = Daemon(gateway_file, tmp_path / "gateway.log", env=env, cwd=tmp_path)
+    simulator, gateway = line_and_gateway(tmp_path, mosquitto)
     started = time.time()
     try:
-        wait_until(simulator.up, 60)
-        gateway.start()
-        # The first board and the first states only reach MES if every machine is connected before the
-        # line's clock starts (the OPC UA state is read at subscribe, but an HSMS report is sent once).
-        wait_until(lambda: {c["equipment"] for c in mes.connections if c["type"] == "connection_restored"}
-                   >= {"pnp-1", "reflow-1", "aoi-1"}, 60)
-        simulator.release()
+        start_in_step(simulator, gateway, mes)
         wait_until(lambda: len(simulator.inspected()) >= BOARDS, 90)
         wait_until(lambda: len(mes.inspected_serials()) >= BOARDS, 60)
         wait_until(lambda: len(simulator.tested()) >= BOARDS, 60)
@@ -244,7 +268,7 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
         return [(f["type"], f.get("fault_code", f.get("alid")), f["fault_occurrence_id"])
                 for f in mes.faults if f["equipment"] == equipment]
 
-    for equipment, code in (("pnp-1", 1201), ("aoi-1", 7), ("reflow-1", "REFLOW-3")):
+    for equipment, code in (("pnp-1", "1201"), ("aoi-1", "7"), ("reflow-1", "REFLOW-3")):
         got = faults(equipment)
         assert [(kind, c) for kind, c, _ in got] == [("fault_occurred", code), ("fault_cleared", code)], got
         assert got[0][2] == got[1][2]  # linked by the fault occurrence id
@@ -253,3 +277,65 @@ def test_every_board_leaving_the_line_reaches_mes_with_placement_reflow_and_insp
     reflow = [c["type"] for c in mes.connections if c["equipment"] == "reflow-1"]
     assert "connection_lost" in reflow
     assert reflow[-1] == "connection_restored"
+
+
+@pytest.mark.timeout(600)  # the line, the gateway and MES as processes: minutes on a loaded machine
+def test_boards_leaving_the_oven_during_an_outage_are_announced_as_units_missed_and_reported_incomplete(
+    tmp_path: Path, mosquitto: Mosquitto, mes: MesSubscriber
+) -> None:
+    # The oven is unreachable long enough for several boards to leave it unseen.
+    outage = [{"at": "6s", "machine": "reflow_oven", "fault": "outage", "duration": "3s"}]
+    simulator, gateway = line_and_gateway(tmp_path, mosquitto, outage)
+    try:
+        start_in_step(simulator, gateway, mes)
+        wait_until(lambda: len(simulator.inspected()) >= BOARDS, 90)
+        wait_until(lambda: len(mes.inspected_serials()) >= BOARDS, 60)
+        wait_until(lambda: bool(mes.units_missed), 60)
+        assert gateway.stop() == 0
+    finally:
+        gateway.kill()
+        simulator_status = simulator.stop()
+    assert simulator_status == 0
+
+    truth = simulator.truth()
+    start = next(e["at"] for e in truth if e["kind"] == "outage_start")
+    exits = [(e["at"], e["board"]["serial"]) for e in truth if e["kind"] == "board_exit"]
+    missed = [m for m in mes.units_missed if m["equipment"] == "reflow-1"]
+    assert len(missed) == 1, missed
+    announced = missed[0]
+    assert announced["emit"] == "unit_processed"
+    # The boards between the last one seen before the gap and the first one seen after it left the oven
+    # while the gateway could not see it (the outage and the reconnect backoff) ...
+    serials = [serial for _, serial in exits]
+    last = announced["last_serial"]  # null when no board had left before the gap
+    before = serials.index(last) if last is not None else -1
+    after = serials.index(announced["next_serial"])
+    hidden = serials[before + 1:after]
+    assert hidden, "the outage must hide at least one board"
+    assert all(at >= start for at, serial in exits if serial in hidden)
+    assert announced["count"] == len(hidden)
+    assert announced["counter_to"] - announced["counter_from"] == len(hidden) + 1
+    # ... and exactly those have no reflow record at MES.
+    without_reflow = sorted(s for s, b in mes.boards.items() if "reflow" not in b)
+    assert without_reflow == hidden
+
+    # MES reports the incomplete boards separately from the complete ones, with the announcement.
+    reports = {r["serial"]: r for r in mes.check_incomplete()}
+    assert sorted(s for s, r in reports.items() if "reflow" in r["missing"]) == hidden
+    for serial in hidden:
+        assert "placement" in reports[serial]["seen"] and "inspection" in reports[serial]["seen"]
+        assert [m["equipment"] for m in reports[serial]["units_missed"]] == ["reflow-1"]
+    assert not set(mes.completed) & set(hidden)
+
+    # A subscriber joining now learns each machine's current state from the retained state topics.
+    late = Subscriber(mosquitto.port, topic=f"{PREFIX}/+/state")
+    try:
+        late.wait_for(lambda got: {p.get("equipment") for p in got} >= {"pnp-1", "reflow-1", "aoi-1"}, 10)
+        retained = {json.loads(payload)["equipment"]: json.loads(payload)
+                    for _topic, payload, flag in late.messages if flag and payload}
+    finally:
+        late.close()
+    last_inspected = simulator.inspected()[-1]["serial"]
+    assert retained["aoi-1"]["last_board"]["serial"] == last_inspected
+    assert retained["reflow-1"]["last_board"]["event"] == "unit_processed"
+    assert retained["pnp-1"]["station_state_name"] == "starved"  # the loader stopped after the last board

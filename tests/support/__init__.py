@@ -98,11 +98,41 @@ class Mosquitto:
         self.start()
 
 
+CONTRACT_TOPICS = ("telemetry", "events", "state", "status")
+
+
+def contract_violation(topic: str, payload: bytes) -> str | None:
+    """Why a message the gateway sent breaks the MES contract (emsedge.contract.check_message), else None.
+
+    Only messages that claim to be emsedge's are checked (an `emsedge/` schema, or an empty retained
+    state): tests also publish their own markers and raw payloads through the broker.
+    """
+    from emsedge.contract import check_message  # noqa: PLC0415 - keeps support importable on its own
+
+    kind = topic.rsplit("/", 1)[-1]
+    if kind not in CONTRACT_TOPICS:
+        return None
+    if not (payload.startswith(b'{"schema":"emsedge/') or (payload == b"" and kind == "state")):
+        return None
+    if payload.startswith(b'{"schema":"emsedge/event@1"'):
+        return None  # encoded by a previous release and replayed from its buffer: valid under @1
+    try:
+        check_message(topic, payload)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        return f"{topic}: {exc}"
+    return None
+
+
 class Subscriber:
-    """Collects every message under a topic filter (QoS 1, persistent session so restarts lose nothing)."""
+    """Collects every message under a topic filter (QoS 1, persistent session so restarts lose nothing).
+
+    Every emsedge message it receives is validated against the contract; `close()` fails the test when
+    one did not (`violations` lists them).
+    """
 
     def __init__(self, port: int, topic: str = "#", client_id: str | None = None, clean: bool = True) -> None:
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.violations: list[str] = []
         self.lock = threading.Lock()
         self.connected = threading.Event()
         self.client = mqtt.Client(
@@ -124,8 +154,11 @@ class Subscriber:
         self.connected.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        violation = contract_violation(msg.topic, msg.payload)
         with self.lock:
             self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+            if violation is not None:
+                self.violations.append(violation)
 
     def payloads(self, suffix: str = "") -> list[dict[str, Any]]:
         with self.lock:
@@ -164,6 +197,7 @@ class Subscriber:
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
+        assert not self.violations, f"{len(self.violations)} message(s) break the contract: {self.violations[:3]}"
 
 
 def seq_report(payloads: list[dict[str, Any]], *, last: int | None = None, first: int | None = None,

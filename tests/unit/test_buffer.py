@@ -85,7 +85,7 @@ async def test_append_is_durable_a_reopened_buffer_sees_the_records(tmp_path: Pa
 @pytest.mark.asyncio
 async def test_payload_is_the_encoded_envelope_with_id_seq_gateway_and_topic(tmp_path: Path) -> None:
     async with running(tmp_path / "b.db") as buf:
-        await buf.append([rec(), schema.event("oven-1", "reflow_oven", "fault_occurred", code=7)])
+        await buf.append([rec(), schema.event("oven-1", "reflow_oven", "connection_lost", reason="timed out")])
         buf.begin_replay("mqtt")  # mark = 2: both are backlog now, but with replay_rate None order is kept
         lease = await buf.lease("mqtt", 10)
     telemetry, event = (json.loads(m.payload) for m in lease.messages)
@@ -96,7 +96,7 @@ async def test_payload_is_the_encoded_envelope_with_id_seq_gateway_and_topic(tmp
     assert telemetry["readings"][0]["value"] == 1.0
     assert lease.messages[0].topic == "ems/plant-a/smt/line-1/oven-1/telemetry"
     assert lease.messages[1].topic == "ems/plant-a/smt/line-1/oven-1/events"
-    assert event["event"] == {"type": "fault_occurred", "code": 7}
+    assert event["event"] == {"type": "connection_lost", "reason": "timed out"}
 
 
 @pytest.mark.asyncio

@@ -88,7 +88,8 @@ async def test_the_raw_latin1_value_is_escaped_not_lost(tmp_path: Path) -> None:
 async def test_an_unencodable_event_becomes_an_unprocessable_event_naming_the_field(tmp_path: Path) -> None:
     db = tmp_path / "b.db"
     bad_event = schema.event("gem-1", "mounter", "unit_processed", TS, fields={"count": 2**65}, serial="B1")
-    deep_event = schema.event("gem-1", "mounter", "collection_event", TS, ceid=7, reports=nested(260))
+    deep_event = schema.event("gem-1", "mounter", "collection_event", TS, ceid=7,
+                              values={"reports": nested(260)})
     async with running(db) as buf:
         result = await buf.append([rec("modbus-1"), bad_event, deep_event])
         assert result.accepted == 3

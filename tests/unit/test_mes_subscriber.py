@@ -16,7 +16,7 @@ PREFIX = "ems/p/smt/l"
 
 def _msg(seq: int, equipment: str, event: dict[str, Any] | None = None, *, message_id: str | None = None,
          readings: list[dict[str, Any]] | None = None) -> tuple[str, bytes]:
-    body: dict[str, Any] = {"schema": "emsedge/event@1", "id": message_id or f"id-{seq}", "seq": seq,
+    body: dict[str, Any] = {"schema": "emsedge/event@2", "id": message_id or f"id-{seq}", "seq": seq,
                             "gateway": "gw", "equipment": equipment, "equipment_type": "x",
                             "ts": f"2026-11-24T10:00:{seq:02d}.000Z"}
     if event is not None:
@@ -82,6 +82,31 @@ def test_faults_are_active_until_cleared_by_occurrence_id_and_states_are_kept() 
     sub.handle(f"{PREFIX}/x/events", b"not json")
     assert sub.status["gw"]["state"] == "online"
     assert sub.invalid == 1
+
+
+def test_boards_still_incomplete_after_the_timeout_are_reported_once_with_the_missed_units_announcement() -> None:
+    now = [100.0]
+    sub = MesSubscriber(incomplete_after=30.0, clock=lambda: now[0])
+    sub.handle(*_msg(1, "pnp-1", {"type": "materials_installed", "serial": "PCB-1", "values": {}}))
+    sub.handle(*_msg(2, "pnp-1", {"type": "materials_installed", "serial": "PCB-2", "values": {}}))
+    sub.handle(*_msg(3, "reflow-1", {"type": "unit_processed", "serial": "PCB-2", "values": {}}))
+    sub.handle(*_msg(4, "reflow-1", {"type": "units_missed", "count": 1, "trigger": "board_exit_serial",
+                                     "emit": "unit_processed", "counter": "board_exit_count", "counter_from": 1,
+                                     "counter_to": 3, "last_serial": None, "next_serial": "PCB-2"}))
+    sub.handle(*_msg(5, "aoi-1", {"type": "unit_inspected", "serial": "PCB-1", "result": "pass", "defects": []}))
+    sub.handle(*_msg(6, "aoi-1", {"type": "unit_inspected", "serial": "PCB-2", "result": "pass", "defects": []}))
+    now[0] = 129.0
+    assert sub.check_incomplete() == []  # not yet: the timeout counts from the board's first event
+    now[0] = 131.0
+    (report,) = sub.check_incomplete()
+    assert report["serial"] == "PCB-1"
+    assert report["missing"] == ["reflow"]
+    assert report["seen"] == {"placement": "pnp-1", "inspection": "aoi-1"}
+    assert [(m["equipment"], m["count"]) for m in report["units_missed"]] == [("reflow-1", 1)]
+    assert sub.check_incomplete() == []  # reported once
+    assert sub.completed == ["PCB-2"]
+    assert sub.summary()["incomplete_boards"] == ["PCB-1"]
+    assert sub.summary()["units_missed"] == 1
 
 
 def test_gaps_covered_by_a_buffer_dropped_announcement_are_explained_the_rest_are_not() -> None:

@@ -62,7 +62,8 @@ def test_unit_tested_event_carries_serial_result_and_defect_list() -> None:
                              pass_values=[0])._event_record(50, {"serial": "SN9", "verdict": 3, "failures": ["U7"]})
     event = record.body["event"]
     assert event["type"] == "unit_tested"
-    assert (event["serial"], event["result"], event["raw_result"], event["defects"]) == ("SN9", "fail", 3, ["U7"])
+    assert (event["serial"], event["result"], event["raw_result"], event["defects"]) == (
+        "SN9", "fail", 3, [{"refdes": "U7", "code": None, "text": None}])
 
 
 def test_event_without_emit_becomes_telemetry_named_after_the_report_values() -> None:

@@ -7,7 +7,7 @@ from emsedge.schema import Quality, Record, event, reading, telemetry
 from emsedge.triggers import TriggerEngine
 
 
-def _oven(**trigger: Any) -> ModbusEquipment:
+def _oven(*, extra_signals: tuple[dict[str, Any], ...] = (), **trigger: Any) -> ModbusEquipment:
     spec = {
         "on_change": "board_exit_serial",
         "emit": "unit_processed",
@@ -25,6 +25,7 @@ def _oven(**trigger: Any) -> ModbusEquipment:
                 {"name": "board_exit_serial", "table": "holding", "address": 0, "type": "string", "length": 8},
                 {"name": "zone1_top_actual", "table": "holding", "address": 10, "type": "float32", "unit": "Cel"},
                 {"name": "conveyor_speed", "table": "holding", "address": 12, "unit": "cm/min"},
+                *extra_signals,
             ],
             "triggers": [spec],
         }
@@ -241,11 +242,11 @@ def test_alarm_bit_trigger_emits_fault_occurred_then_fault_cleared_with_the_same
 def test_alarm_code_changing_to_another_code_clears_the_first_fault_and_raises_the_second() -> None:
     engine = TriggerEngine(_alarm_equipment())
     (first,) = _events(engine, _alarms(False, 3))  # skip_initial false: active at start is reported
-    assert (first["type"], first["fault_code"]) == ("fault_occurred", 3)
+    assert (first["type"], first["fault_code"]) == ("fault_occurred", "3")
     cleared, second = _events(engine, _alarms(False, 5))
-    assert (cleared["type"], cleared["fault_code"]) == ("fault_cleared", 3)
+    assert (cleared["type"], cleared["fault_code"]) == ("fault_cleared", "3")
     assert cleared["fault_occurrence_id"] == first["fault_occurrence_id"]
-    assert (second["type"], second["fault_code"]) == ("fault_occurred", 5)
+    assert (second["type"], second["fault_code"]) == ("fault_occurred", "5")
     (last,) = _events(engine, _alarms(False, 0))
     assert (last["type"], last["fault_occurrence_id"]) == ("fault_cleared", second["fault_occurrence_id"])
 
@@ -256,3 +257,69 @@ def test_fault_active_at_start_is_not_reported_when_skip_initial_is_true() -> No
     # It was never reported, so its end is not reported either; the next one is.
     assert _events(engine, _alarms(False, 0)) == []
     assert [e["type"] for e in _events(engine, _alarms(True, 0))] == ["fault_occurred"]
+
+
+def _counted_oven() -> ModbusEquipment:
+    counter = {"name": "board_exit_count", "table": "holding", "address": 20, "type": "uint32"}
+    return _oven(counter="board_exit_count", extra_signals=(counter,))
+
+
+def _counted(serial: Any, count: int | None, *, ts: str = "2026-11-24T20:00:00.000Z") -> Record:
+    record = _poll(serial, ts=ts)
+    quality = Quality.GOOD if count is not None else Quality.BAD
+    record.body["readings"].append(reading("board_exit_count", count, quality=quality, ts=ts))
+    return record
+
+
+def test_board_counter_jumping_past_the_events_seen_emits_units_missed_with_what_is_known() -> None:
+    engine = TriggerEngine(_counted_oven())
+    assert _events(engine, _counted("PCB-1", 10)) == []
+    assert [e["type"] for e in _events(engine, _counted("PCB-2", 11))] == ["unit_processed"]
+    # An outage: PCB-3 and PCB-4 leave while the gateway sees nothing; afterwards only PCB-4 is visible.
+    assert _events(engine, _counted(None, None)) == []
+    processed, missed = _events(engine, _counted("PCB-4", 13, ts="2026-11-24T20:00:09.000Z"))
+    assert (processed["type"], processed["serial"]) == ("unit_processed", "PCB-4")
+    assert missed == {
+        "type": "units_missed", "count": 1, "trigger": "board_exit_serial", "emit": "unit_processed",
+        "counter": "board_exit_count", "counter_from": 11, "counter_to": 13, "last_serial": "PCB-2",
+        "next_serial": "PCB-4",
+    }
+    assert [e["type"] for e in _events(engine, _counted("PCB-5", 14))] == ["unit_processed"]
+
+
+def test_counter_moving_one_poll_before_the_serial_is_not_a_missed_board() -> None:
+    engine = TriggerEngine(_counted_oven())
+    _events(engine, _counted("PCB-1", 10))
+    assert _events(engine, _counted("PCB-1", 11)) == []  # counter first ...
+    assert [e["type"] for e in _events(engine, _counted("PCB-2", 11))] == ["unit_processed"]  # ... then serial
+    assert [e["type"] for e in _events(engine, _counted("PCB-3", 11))] == ["unit_processed"]  # serial first ...
+    assert _events(engine, _counted("PCB-3", 12)) == []  # ... then the counter
+
+
+def test_counter_reset_by_a_machine_restart_is_not_a_missed_board() -> None:
+    engine = TriggerEngine(_counted_oven())
+    _events(engine, _counted("PCB-1", 500))
+    assert _events(engine, _counted("PCB-1", 0)) == []
+    assert [e["type"] for e in _events(engine, _counted("PCB-2", 1))] == ["unit_processed"]
+
+
+def test_a_counter_ahead_without_any_event_is_announced_after_a_few_polls() -> None:
+    engine = TriggerEngine(_counted_oven())
+    _events(engine, _counted("PCB-1", 10))
+    seen = [e for _ in range(4) for e in _events(engine, _counted("PCB-1", 12))]
+    assert [(e["type"], e["count"], e["last_serial"], e["next_serial"]) for e in seen] == [
+        ("units_missed", 2, "PCB-1", None)]  # the serial shown when the counter was first read
+
+
+def test_fault_text_from_a_snapshotted_text_signal_goes_into_the_events_text() -> None:
+    engine = TriggerEngine(ModbusEquipment.model_validate({
+        "id": "pnp-1", "type": "pick_and_place", "adapter": "modbus", "connection": {"host": "127.0.0.1"},
+        "signals": [{"name": "alarm_code", "table": "holding", "address": 1},
+                    {"name": "alarm_text", "table": "holding", "address": 2, "type": "string", "length": 8}],
+        "triggers": [{"on_change": "alarm_code", "emit": "fault_occurred", "skip_initial": False,
+                      "include": ["alarm_text"], "fields": {"severity": "error"}}],
+    }))
+    ts = "2026-11-24T20:00:00.000Z"
+    (occurred,) = _events(engine, telemetry("pnp-1", "pick_and_place", [
+        reading("alarm_code", 1201, ts=ts), reading("alarm_text", "Feeder 3 pick error\x00", ts=ts)], ts))
+    assert (occurred["fault_code"], occurred["text"], occurred["severity"]) == ("1201", "Feeder 3 pick error", "error")

@@ -195,6 +195,11 @@ class Trigger(ConfigModel):
         description="Do not fire on the first value seen after the gateway starts (the last good value is "
         "kept across reconnects, so a change during an outage fires once when the link returns).",
     )
+    counter: str | None = Field(
+        None,
+        description="Board counter signal that counts the same boards (e.g. board_exit_count): when it moves "
+        "by more than the events fired, a units_missed event says how many boards passed unseen.",
+    )
 
 
 class EquipmentBase(ConfigModel):
@@ -249,7 +254,7 @@ class EquipmentBase(ConfigModel):
         if not known:
             return self
         for i, trig in enumerate(self.triggers):
-            for ref in [trig.on_change, trig.serial, *trig.include]:
+            for ref in [trig.on_change, trig.serial, trig.counter, *trig.include]:
                 if ref is not None and ref not in known:
                     raise ValueError(
                         f"triggers[{i}] names signal {ref!r}, which is not configured{did_you_mean(ref, known)}"

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -131,6 +131,16 @@ class CfxPublisher:
         while not self._connected.is_set():  # noqa: ASYNC110
             await anyio.sleep(0.05)
 
+    def snapshot(self) -> dict[str, Any]:
+        """What /healthz and /metrics show (no secrets: the broker URL without user or password)."""
+        return {
+            "connected": self.connected,
+            "broker": redact_url(self.config.broker),
+            "address": self.config.address,
+            "last_error": self.last_error,
+            "counters": asdict(self.counters),
+        }
+
     def handle_of(self, equipment: str) -> str:
         handle = self.handles.get(equipment)
         if handle is None:
@@ -179,9 +189,8 @@ class CfxPublisher:
             seen_epoch = 0
             next_beat = 0.0
             while True:
-                if self._epoch != seen_epoch and self.connected:
+                if self._epoch != seen_epoch and self.connected:  # EndpointConnected went out on link up
                     seen_epoch = self._epoch
-                    self._send_liveness("connected")
                     next_beat = time.monotonic() + self.config.heartbeat
                 elif self.connected and time.monotonic() >= next_beat:
                     self._send_liveness("heartbeat")
@@ -237,6 +246,12 @@ class CfxPublisher:
             self._active_faults.get(handle, {}).pop(body["FaultOccurrenceId"], None)
 
     def _send_liveness(self, kind: str) -> list[concurrent.futures.Future[Outcome]]:
+        messages = self._liveness(kind)
+        if messages:
+            self._submit(lambda: self._handler.send_many(messages))
+        return [f for _, f in messages]
+
+    def _liveness(self, kind: str) -> list[tuple[cm.CfxMessage, concurrent.futures.Future[Outcome]]]:
         now = cm.cfx_timestamp(utc_iso(self._wall()))
         messages = []
         for handle in sorted(set(self.handles.values())):
@@ -251,9 +266,7 @@ class CfxPublisher:
                 env = cm.endpoint_shutting_down(handle, now=now, unique=unique)
             future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
             messages.append((cm.to_message(env, self.config.codec), future))
-        if messages:
-            self._submit(lambda: self._handler.send_many(messages))
-        return [f for _, f in messages]
+        return messages
 
     def _request_uri(self) -> str | None:
         listen = self.config.listen
@@ -265,13 +278,30 @@ class CfxPublisher:
         self.counters.connects += 1
         self.last_error = None
         self._connected.set()
-        log.info("cfx link up", broker=_redact(self.config.broker), address=self.config.address)
+        log.info("cfx link up", broker=redact_url(self.config.broker), address=self.config.address)
 
     def on_link_down(self, reason: str) -> None:
         if self._connected.is_set():
-            log.warning("cfx link lost; retrying", broker=_redact(self.config.broker), reason=reason)
+            log.warning("cfx link lost; retrying", broker=redact_url(self.config.broker), reason=reason)
         self.last_error = reason
         self._connected.clear()
+
+
+def probe(config: CfxConfig, timeout: float = 10.0) -> tuple[bool, str]:
+    """`check-config --online`: connect, authenticate and attach a sender to `address`, send nothing.
+
+    Uses the same connection code as the output (TLS, SASL), so what passes here passes at run time."""
+    publisher = CfxPublisher(config, {})  # no handles: no EndpointConnected is announced by a check
+    publisher._start_thread()
+    thread = publisher._thread
+    try:
+        ok = publisher._connected.wait(timeout)
+        detail = f"link attached to {config.address}" if ok else (publisher.last_error or f"no link in {timeout:g} s")
+    finally:
+        publisher._submit(publisher._handler.stop)
+        if thread is not None:
+            thread.join(5.0)
+    return ok, detail
 
 
 def _combine(futures: list[concurrent.futures.Future[Outcome]]) -> PublishResult:
@@ -290,7 +320,7 @@ def _combine(futures: list[concurrent.futures.Future[Outcome]]) -> PublishResult
     return _OK
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
 
@@ -348,6 +378,8 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
     def on_link_opened(self, event: Any) -> None:
         if event.link is self._sender or event.link == self._sender:
             self._owner.on_link_up()
+            # Before any record of this link: the forwarder's first batch is still in the command queue.
+            self.send_many(self._owner._liveness("connected"))
 
     def on_cfx_command(self, event: Any) -> None:
         self._owner._drain_commands()

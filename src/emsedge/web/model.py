@@ -38,6 +38,14 @@ def _text(value: Any) -> str:
     return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1] + "…"
 
 
+def _defect(defect: Any) -> str:
+    """A contract defect object ({refdes, code, text}) as "C12:tombstone"."""
+    if isinstance(defect, dict):
+        parts = [str(defect[k]) for k in ("refdes", "test", "code") if defect.get(k) is not None]
+        return _text(":".join(parts))
+    return _text(defect)
+
+
 def _plain(value: Any) -> Any:
     """A JSON-safe, size-bounded copy of a reading value for the page."""
     if value is None or isinstance(value, bool | int):
@@ -256,7 +264,7 @@ class LineModel:
                     board.reflow[name] = _plain(v)
         elif kind in ("unit_inspected", "unit_tested"):
             result = {"station": record.equipment, "ts": record.ts, "result": _text(ev.get("result", "?")),
-                      "defects": [_text(d) for d in (ev.get("defects") or [])[:50]]}
+                      "defects": [_defect(d) for d in (ev.get("defects") or [])[:50]]}
             target = board.inspections if kind == "unit_inspected" else board.tests
             target.append(result)
             del target[:-5]

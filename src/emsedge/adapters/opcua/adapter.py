@@ -290,7 +290,8 @@ class OpcUaSubscriber(_Base):
         common = {
             "fault_code": code,
             "message": to_json(val("Message")),
-            "severity": to_json(val("Severity")),
+            "severity": to_json(val("Severity")),  # the contract's model maps 1..1000 to a Severity name
+            "opcua_severity": to_json(val("Severity")),
             "source": to_json(val("SourceName")),
         }
         if active is False:
