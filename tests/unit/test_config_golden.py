@@ -23,7 +23,7 @@ SCHEMA_BLIND = {"duplicate_equipment_id", "duplicate_key", "duplicate_signal_nam
                 "control_character_in_gateway_site", "noncharacter_in_topic_prefix",
                 "gateway_site_too_long_for_a_topic", "equipment_id_too_long_for_a_topic",
                 "buffer_max_bytes_below_one_record", "mqtt_url_port_out_of_range", "credentials_in_mqtt_url",
-                "trigger_field_integer_over_64_bits"}
+                "trigger_field_integer_over_64_bits", "opcua_url_port_out_of_range"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -74,3 +74,17 @@ def test_a_latin1_password_file_is_refused_at_its_line(tmp_path: Path) -> None:
     (problem,) = info.value.problems
     assert problem.startswith(f"{config}:2:") and "mqtt.password_file:" in problem
     assert "not UTF-8 text (byte 0xf6 at offset 5)" in problem and "hint: save the file as UTF-8" in problem
+
+
+def test_a_latin1_http_token_file_is_refused_at_its_line(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(b"t\xf6ken\n")
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "gateway: {id: gw, site: plant, line: line-1}\n"
+        f"http: {{listen: '127.0.0.1:9108', auth: {{bearer_token_file: '{token}'}}}}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(config)
+    (problem,) = info.value.problems
+    assert "http.auth.bearer_token_file:" in problem and "not UTF-8 text (byte 0xf6 at offset 1)" in problem

@@ -63,6 +63,21 @@ def mqtt_text(value: str, *, limit: int = NAME_MAX_BYTES, what: str = "it is par
     return value
 
 
+def utf8_secret_file(v: Path | None) -> Path | None:
+    """A secret file must hold UTF-8 text (a Latin-1 file would fail at the first connect, not here)."""
+    if v is not None:
+        try:
+            v.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(
+                f"{v} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}) "
+                "(hint: save the file as UTF-8, e.g. iconv -f latin1 -t utf-8)"
+            ) from None
+        except OSError:
+            pass  # unreadable here (check-config as another user): reported when the gateway reads it
+    return v
+
+
 def redact_url(url: str) -> str:
     """`url` with any user name and password replaced by `***` (for messages and logs)."""
     parts = urlsplit(url)
@@ -157,20 +172,7 @@ class MqttConfig(ConfigModel):
     def _check_mqtt_strings(cls, v: str | None) -> str | None:
         return v if v is None else mqtt_text(v, what="the broker receives it in the CONNECT packet")
 
-    @field_validator("password_file")
-    @classmethod
-    def _secret_is_text(cls, v: Path | None) -> Path | None:
-        if v is not None:
-            try:
-                v.read_bytes().decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(
-                    f"{v} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}) "
-                    "(hint: save the file as UTF-8, e.g. iconv -f latin1 -t utf-8)"
-                ) from None
-            except OSError:
-                pass  # unreadable here (check-config as another user): reported when the gateway reads it
-        return v
+    _secret_is_text = field_validator("password_file")(utf8_secret_file)
 
     @model_validator(mode="after")
     def _no_plaintext_password(self) -> MqttConfig:
@@ -236,6 +238,8 @@ class HttpAuthConfig(ConfigModel):
     basic_auth_file: FilePath | None = Field(
         None, description="File whose first line is `user:password` for HTTP basic auth (what a browser asks)."
     )
+
+    _secrets_are_text = field_validator("bearer_token_file", "basic_auth_file")(utf8_secret_file)
 
     @model_validator(mode="after")
     def _one_method(self) -> HttpAuthConfig:
@@ -325,12 +329,16 @@ class CfxConfig(ConfigModel):
     )
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
 
+    _secret_is_text = field_validator("password_file")(utf8_secret_file)
+
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, v: str) -> str:
         parts = urlsplit(v)
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-            raise ValueError(f"{v!r} is not an AMQP broker URL; write amqp://host:5672 or amqps://host:5671")
+            raise ValueError(
+                f"{redact_url(v)!r} is not an AMQP broker URL; write amqp://host:5672 or amqps://host:5671"
+            )
         if parts.password:
             raise ValueError("do not put the password in the URL; use cfx.password_file or EMSEDGE_CFX__PASSWORD")
         return v

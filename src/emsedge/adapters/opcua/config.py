@@ -5,6 +5,7 @@ from __future__ import annotations
 import codecs
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
@@ -46,6 +47,12 @@ class OpcUaConnection(ConfigModel):
     def _url(cls, v: str) -> str:
         if not v.startswith("opc.tcp://"):
             raise ValueError("an OPC UA endpoint URL starts with opc.tcp://")
+        try:
+            port = urlsplit(v).port
+        except ValueError:
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(f"{v!r} has a port out of range (hint: a port is 1 to 65535, e.g. 4840)")
         return v
 
     @model_validator(mode="after")
