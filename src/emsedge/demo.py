@@ -1,6 +1,6 @@
 """`emsedge demo`: the whole product on one machine, with one command and no configuration.
 
-    emsedge demo [--no-tui] [--duration S]
+    emsedge demo [--no-tui] [--duration S] [--port-base N]
 
 It starts, in this order and in one anyio task group:
 
@@ -13,7 +13,8 @@ It starts, in this order and in one anyio task group:
    with the broker URL and a buffer in a temporary directory given through the environment, and that
    directory as its working directory (the in-circuit tester writes its logs into `./var/ict-1/out`
    there, which the gateway's `ict-1` reads); it serves the status page at http://127.0.0.1:9108/ (a
-   free port when that one is taken), and the demo prints the URL;
+   free port when that one is taken, `EMSEDGE_HTTP__LISTEN` when set), and the demo prints the URL;
+   with `--port-base` the line listens elsewhere and the gateway reads a copy of its config pointed there;
 4. a view of what MES receives, subscribed to the gateway's topics: a live terminal screen (equipment
    states, latest values, faults, boards with placement, reflow, inspection and test result, messages/s,
    backlog), or with `--no-tui` one
@@ -445,18 +446,22 @@ def main_demo(argv: list[str]) -> int:
     parser.add_argument("--config", default="config/demo.yaml", help="gateway config")
     parser.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                         help="auto: mosquitto when installed, else the embedded amqtt broker")
+    parser.add_argument("--port-base", type=int, default=None, metavar="N",
+                        help="run the line on ports N, N+1, N+2 instead of those in its config; 0: free ports")
     args = parser.parse_args(argv)
     if (missing := missing_broker(args.broker)) is not None:
         print(f"emsedge demo: {missing}", file=sys.stderr)
         return 1
 
     from emsedge.config import load_config  # noqa: PLC0415
-    from emsedge.simulate import first_os_error, load_virtual_line  # noqa: PLC0415
+    from emsedge.simulate import first_os_error, load_virtual_line, with_port_base  # noqa: PLC0415
 
     line_file, gateway_file = find_file(args.line), find_file(args.config).resolve()  # the gateway runs elsewhere
     try:
-        line_config = load_virtual_line(line_file)
+        line_config = with_port_base(load_virtual_line(line_file), args.port_base)
         gateway_config = load_config(gateway_file)
+    except ValueError as exc:
+        parser.error(f"--port-base: {exc}")
     except ConfigError as exc:
         print(f"emsedge demo: configuration invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for problem in exc.problems:
@@ -465,8 +470,14 @@ def main_demo(argv: list[str]) -> int:
     tui = not args.no_tui and sys.stdout.isatty()
     with tempfile.TemporaryDirectory(prefix="emsedge-demo-") as tmp:
         workdir = Path(tmp)
+        gateway_env: dict[str, str] = {}
+        if args.port_base is not None:
+            from emsedge.simulate.config import point_gateway_config  # noqa: PLC0415
+
+            gateway_env = point_gateway_config(gateway_file, line_config, workdir / "gateway.yaml")
+            gateway_file = workdir / "gateway.yaml"
         demo = Demo(line_config, gateway_file, gateway_config.topic_prefix, workdir, tui=tui,
-                    duration=args.duration, broker=args.broker,
+                    duration=args.duration, broker=args.broker, gateway_env=gateway_env,
                     equipment_ids=[e.id for e in gateway_config.equipment if e.enabled])
         try:
             code = anyio.run(demo.run)
@@ -478,7 +489,8 @@ def main_demo(argv: list[str]) -> int:
                 raise
             demo.restore_terminal()
             print(f"emsedge demo: cannot start: {os_error} (is `emsedge simulate` or another demo running? "
-                  "the virtual line uses the ports in config/virtual-line.yaml)", file=sys.stderr)
+                  "the virtual line uses the ports in config/virtual-line.yaml; --port-base 0 picks free ones)",
+                  file=sys.stderr)
             code = 1
         finally:
             demo.restore_terminal()
@@ -497,8 +509,10 @@ def _print_tail(path: Path, title: str, lines: int = 15) -> None:
 
 class Demo:
     def __init__(self, line_config: Any, gateway_file: Path, prefix: str, workdir: Path, *, tui: bool,
-                 duration: float | None, broker: str = "auto", equipment_ids: list[str] | None = None) -> None:
+                 duration: float | None, broker: str = "auto", equipment_ids: list[str] | None = None,
+                 gateway_env: dict[str, str] | None = None) -> None:
         self.broker_kind = broker
+        self.gateway_env = gateway_env or {}
         self.equipment_ids = equipment_ids or []
         self.line_config = line_config
         self.gateway_file = gateway_file
@@ -535,11 +549,13 @@ class Demo:
                 client = await anyio.to_thread.run_sync(subscribe_view, view, broker.url, self.prefix,
                                                         broker.mqtt_protocol)
                 env = {
+                    **self.gateway_env,
                     "EMSEDGE_MQTT__URL": broker.url,
                     "EMSEDGE_MQTT__PROTOCOL": broker.mqtt_protocol,
                     "EMSEDGE_BUFFER__PATH": str(self.workdir / "buffer.db"),
                     "EMSEDGE_LOGGING__FORMAT": "json",
-                    "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{page_port()}",
+                    # an address given in the environment wins (e.g. a free port in a test suite)
+                    "EMSEDGE_HTTP__LISTEN": os.environ.get("EMSEDGE_HTTP__LISTEN") or f"127.0.0.1:{page_port()}",
                 }
                 page = f"http://{env['EMSEDGE_HTTP__LISTEN']}/"
                 gateway: Process = await tg.start(

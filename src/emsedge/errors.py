@@ -31,11 +31,3 @@ class AdapterError(EmsedgeError):
 class BufferError(EmsedgeError):
     """The durable buffer cannot accept or serve records (disk full, unwritable, corrupt)."""
 
-
-class PublishError(EmsedgeError):
-    """A message could not be published (not connected, timed out waiting for PUBACK, rejected)."""
-
-    def __init__(self, message: str, *, permanent: bool = False, reason_code: int | None = None) -> None:
-        self.permanent = permanent
-        self.reason_code = reason_code
-        super().__init__(message)

@@ -8,20 +8,27 @@ Adapters report what the machine says; this step turns it into what MES cares ab
   signal changes, e.g. a board-exit serial register becomes `unit_processed` with the zone profile;
 * `emsedge.report` then rounds floats and, with `publish: on_change`, keeps only changes and snapshots.
 
-Invariant: records keep their order; the events a batch causes follow that batch's telemetry.
+Invariants:
+* Records keep their order; the events a batch causes follow that batch's telemetry.
+* The input is never modified: a telemetry record that loses its state readings is a new `Record` with a
+  new body, so the trigger engine sees every reading the adapter reported, state signals included (a
+  trigger on, or an `include` of, a `station_state` signal works whatever else shares its poll).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from emsedge.config import EquipmentBase, SignalCommon
 from emsedge.report import Reporter
 from emsedge.schema import EventType, Quality, Record, event, state_name
+
+if TYPE_CHECKING:
+    from emsedge.triggers import TriggerEngine
 
 log = structlog.get_logger("emsedge.normalise")
 
@@ -33,7 +40,7 @@ class Normaliser:
         # signal -> (E58 code or None, monotonic time it began)
         self._states: dict[str, tuple[int | None, float]] = {}
         self._unmapped_logged: set[tuple[str, str]] = set()
-        self._triggers: Any = None
+        self._triggers: TriggerEngine | None = None
         self._reporter = Reporter(equipment)
         if equipment.triggers:
             from emsedge.triggers import TriggerEngine  # noqa: PLC0415 - only configs with triggers need it
@@ -41,6 +48,7 @@ class Normaliser:
             self._triggers = TriggerEngine(equipment)
 
     def process(self, records: Sequence[Record]) -> list[Record]:
+        """The records to buffer for `records` (which are not modified): telemetry, then the events."""
         out: list[Record] = []
         for record in records:
             if record.kind == "telemetry" and self._state_signals:
@@ -62,10 +70,12 @@ class Normaliser:
                 ev = self._state_change(spec, r)
                 if ev is not None:
                     events.append(ev)
-        if kept:
-            record.body["readings"] = kept
+        if not kept:
+            return events
+        if len(kept) == len(record.body.get("readings", ())):
             return [record, *events]
-        return events
+        body = {**record.body, "readings": kept}
+        return [Record(record.kind, record.equipment, record.equipment_type, record.ts, body), *events]
 
     def _state_change(self, spec: SignalCommon, r: dict[str, Any]) -> Record | None:
         raw = r["value"]

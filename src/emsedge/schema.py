@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 import reprlib
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -168,10 +167,6 @@ def event(
 ) -> Record:
     """An event record; its body is built by the event type's model (`event_body`), never by hand."""
     return Record("event", equipment, equipment_type, ts or utc_iso(), {"event": event_body(type, **fields)})
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
 
 
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS  # device structures may be keyed by numbers

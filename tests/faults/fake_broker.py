@@ -310,11 +310,11 @@ def make_publisher(url: str | list[str], **mqtt: object) -> MqttPublisher:
 
 @contextlib.asynccontextmanager
 async def running(publisher: MqttPublisher, *, connected: bool = True) -> AsyncIterator[MqttPublisher]:
-    """Run the publisher in a task group for the block; optionally wait (5 s at most) until connected."""
+    """Run the publisher in a task group for the block; optionally wait (15 s at most) until connected."""
     async with anyio.create_task_group() as tg:
         await tg.start(publisher.run)
         if connected:
-            with anyio.fail_after(5):
+            with anyio.fail_after(15):
                 await publisher.wait_connected()
         try:
             yield publisher
@@ -322,7 +322,7 @@ async def running(publisher: MqttPublisher, *, connected: bool = True) -> AsyncI
             tg.cancel_scope.cancel()
 
 
-async def wait_until(predicate: Callable[[], object], limit: float = 5.0) -> None:
+async def wait_until(predicate: Callable[[], object], limit: float = 15.0) -> None:
     """Poll a plain condition (publisher state, broker records) until true; fail after `limit` seconds."""
     with anyio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110 - the conditions are plain attributes, not events

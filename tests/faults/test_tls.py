@@ -12,8 +12,8 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import anyio
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from faults.fake_broker import FakeBroker, make_publisher, running, wait_until
 from structlog.testing import capture_logs
 from support import Mosquitto
+from support.proxy import LinkProxy
 
 from emsedge.errors import ConfigError
 
@@ -153,15 +154,24 @@ def good_broker(tmp_path: Path, pki: Pki) -> Iterator[Mosquitto]:
 
 
 async def failing_connect(url: str, **mqtt: object) -> tuple[str, list[str]]:
-    """Run a publisher that must not connect; return its last error and the connect-failure log lines."""
-    with capture_logs() as logs:
-        pub = make_publisher(url, **mqtt)
-        async with running(pub, connected=False):
-            await wait_until(lambda: pub.last_error is not None)
-            await anyio.sleep(0.3)  # a few retries: still never connected, still one log line
-            assert not pub.connected
-            assert pub.connection_epoch == 0
-            error = pub.last_error or ""
+    """Run a publisher that must not connect; return its last error and the connect-failure log lines.
+
+    The publisher reaches the broker through a TCP relay that counts connections, so "a few retries" is
+    an observed count of attempts, not a guess at how long they take.
+    """
+    parts = urlsplit(url)
+    relay = LinkProxy(parts.port or 8883)
+    relay.start()
+    try:
+        with capture_logs() as logs:
+            pub = make_publisher(parts._replace(netloc=f"{parts.hostname}:{relay.port}").geturl(), **mqtt)
+            async with running(pub, connected=False):
+                await wait_until(lambda: relay.connections >= 4, 15)  # four attempts: still never connected
+                assert not pub.connected
+                assert pub.connection_epoch == 0
+                error = (pub.last_error or "").replace(str(relay.port), str(parts.port))
+    finally:
+        relay.close()
     lines = [str(e["error"]) for e in logs if e["event"] == "mqtt connect failed"]
     return error, lines
 

@@ -59,7 +59,7 @@ class Collector:
     def telemetry(self) -> list[Record]:
         return [r for r in self.records if r.kind == "telemetry"]
 
-    async def wait_for(self, predicate: Callable[[Collector], bool], within: float = 5.0) -> None:
+    async def wait_for(self, predicate: Callable[[Collector], bool], within: float = 15.0) -> None:
         with anyio.fail_after(within):
             while not predicate(self):
                 await self._changed.wait()

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from typing import Any
 
 import orjson
-from support import REPO, contract_violation
+from support import REPO, contract_violation, free_port
 from support.daemon import EMSEDGE
 
 
 def run_demo(*extra: str) -> tuple[int, list[dict[str, Any]], str]:
     # Run from another folder than the repo root: the demo finds its configs in the checkout anyway.
-    result = subprocess.run([EMSEDGE, "demo", "--no-tui", "--duration", "8", *extra], check=False,
-                            capture_output=True, text=True, timeout=90, cwd=REPO / "tests")
+    # `--port-base 0`: the line on free ports, so a demo (or `emsedge simulate`) running beside the
+    # suite cannot make it fail.
+    # The status page on a free port too (the demo's own choice, 9108 when it looks free, races with
+    # another demo starting at the same moment).
+    result = subprocess.run([EMSEDGE, "demo", "--no-tui", "--duration", "8", "--port-base", "0", *extra], check=False,
+                            capture_output=True, text=True, timeout=90, cwd=REPO / "tests",
+                            env={**os.environ, "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"})
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
     return result.returncode, lines, result.stderr
 

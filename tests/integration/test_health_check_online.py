@@ -147,7 +147,7 @@ def test_online_check_reads_the_virtual_line_through_all_three_protocols(tmp_pat
     with log_path.open("wb") as log:
         simulator = subprocess.Popen([EMSEDGE, "simulate", "-c", str(line_file)], stdout=log, stderr=log)
     try:
-        wait_until(lambda: b"virtual line up" in log_path.read_bytes(), 20)
+        wait_until(lambda: b"virtual line up" in log_path.read_bytes(), 60)
         result = check_online(gateway_file)
     finally:
         simulator.terminate()

@@ -59,7 +59,7 @@ def test_healthz_and_metrics_follow_equipment_going_down_and_coming_back(
     daemon = Daemon(config, tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(lambda: answers(port) and healthz(port)["equipment"]["reflow-1"]["last_good_read"], 20)
+        wait_until(lambda: answers(port) and healthz(port)["equipment"]["reflow-1"]["last_good_read"], 60)
         up = healthz(port)
         assert up["status"] == "ok"
         assert up["gateway"] == "test-gw"
@@ -86,7 +86,7 @@ def test_healthz_and_metrics_follow_equipment_going_down_and_coming_back(
         assert metrics(port)[("emsedge_equipment_connected", REFLOW)] == 0
 
         equipment.start()
-        wait_until(lambda: healthz(port)["status"] == "ok", 20)
+        wait_until(lambda: healthz(port)["status"] == "ok", 60)
         back = metrics(port)
         assert back[("emsedge_equipment_connected", REFLOW)] == 1
         assert back[("emsedge_reconnects_total", REFLOW)] >= 1
@@ -101,7 +101,7 @@ def test_http_listen_null_turns_the_listener_off(tmp_path: Path, mosquitto: Mosq
     daemon = Daemon(gateway_config(tmp_path, mosquitto.url, equipment.port), tmp_path / "daemon.log")
     daemon.start()
     try:
-        wait_until(lambda: '"event": "running"' in daemon.log(), 20)
+        wait_until(lambda: '"event": "running"' in daemon.log(), 60)
         assert not answers(port)
         assert "http listening" not in daemon.log()
         assert daemon.stop() == 0
@@ -138,9 +138,9 @@ def test_daemon_notifies_ready_status_watchdog_and_stopping_on_a_notify_socket(
     )
     daemon.start()
     try:
-        wait_until(lambda: any(m.startswith("READY=1") for m in fake.drain()), 20)
-        wait_until(lambda: sum(m == "WATCHDOG=1" for m in fake.drain()) >= 3, 5)
-        wait_until(lambda: any(m.startswith("STATUS=1 equipment, 1 connected, backlog") for m in fake.drain()), 10)
+        wait_until(lambda: any(m.startswith("READY=1") for m in fake.drain()), 60)
+        wait_until(lambda: sum(m == "WATCHDOG=1" for m in fake.drain()) >= 3, 20)
+        wait_until(lambda: any(m.startswith("STATUS=1 equipment, 1 connected, backlog") for m in fake.drain()), 20)
         assert daemon.process is not None
         pid = daemon.process.pid
         daemon.signal(signal.SIGTERM)

@@ -20,7 +20,7 @@ from emsedge.supervisor import supervise_adapter
 async def read_frame(stream: anyio.abc.ByteStream) -> tuple[int, int, int, int, int, bytes]:
     """(session, byte2, byte3, stype, system, body) of the next frame."""
     buf = b""
-    with anyio.fail_after(3):
+    with anyio.fail_after(10):
         while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
             buf += await stream.receive()
     _, session, byte2, byte3, _, stype, system = HEADER.unpack_from(buf)
@@ -28,8 +28,8 @@ async def read_frame(stream: anyio.abc.ByteStream) -> tuple[int, int, int, int, 
 
 
 async def closed_by_peer(stream: anyio.abc.ByteStream) -> None:
-    """Read until the peer closes; fail after 3 s."""
-    with anyio.fail_after(3):
+    """Read until the peer closes; fail after 10 s."""
+    with anyio.fail_after(10):
         try:
             while True:
                 await stream.receive()
@@ -38,7 +38,7 @@ async def closed_by_peer(stream: anyio.abc.ByteStream) -> None:
 
 
 async def close_reason(eq: GemEquipment) -> str:
-    with anyio.fail_after(3):
+    with anyio.fail_after(10):
         while eq.last_close_reason is None:  # noqa: ASYNC110 - set by the simulator's own task
             await anyio.sleep(0.01)
     return eq.last_close_reason
@@ -139,7 +139,7 @@ async def test_passive_host_mode_accepts_an_active_equipment_and_serves_it() -> 
 
     async with anyio.create_task_group() as tg:
         await tg.start(supervise_adapter, HsmsAdapter(ctx), ctx)
-        with anyio.fail_after(3):
+        with anyio.fail_after(10):
             while True:
                 try:
                     stream = await anyio.connect_tcp("127.0.0.1", port)
@@ -151,7 +151,7 @@ async def test_passive_host_mode_accepts_an_active_equipment_and_serves_it() -> 
         async with anyio.create_task_group() as link_group:
             await link_group.start(link.run)
             await link.select()
-            with anyio.fail_after(3):
+            with anyio.fail_after(10):
                 while not any(m.name == "S1F13" for m in replies):  # noqa: ASYNC110 - plain list
                     await anyio.sleep(0.01)
             link_group.cancel_scope.cancel()

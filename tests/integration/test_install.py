@@ -45,8 +45,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
-def run(bin_dir: Path, *args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run(bin_dir: Path, *args: str, cwd: Path, timeout: float = 120,
+        extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMSEDGE_", "PYTHON", "VIRTUAL_ENV"))}
+    env.update(extra_env or {})
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run([str(bin_dir / "emsedge"), *args], capture_output=True, text=True, timeout=timeout,
                           cwd=cwd, env=env, check=False)
@@ -102,7 +104,7 @@ def test_simulate_and_demo_run_from_the_installed_package(installed: Path, tmp_p
     simulated = run(installed, "simulate", "-c", str(line), "--duration", "2", cwd=tmp_path)
     assert simulated.returncode == 0, simulated.stderr
     demo = run(installed, "demo", "--no-tui", "--duration", "8", "--line", str(line), "--config", str(gateway),
-               cwd=tmp_path)
+               cwd=tmp_path, extra_env={"EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}"})  # not 9108
     assert demo.returncode == 0, demo.stderr
     messages = [json.loads(line) for line in demo.stdout.splitlines() if line.strip()]
     telemetry = {m["payload"]["equipment"] for m in messages if m["topic"].endswith("/telemetry")}

@@ -229,10 +229,12 @@ def test_status_page_follows_the_virtual_line_live(tmp_path: Path, mosquitto: Mo
 def test_demo_prints_the_page_url_and_serves_the_page(tmp_path: Path) -> None:
     line_file, line = line_config(tmp_path)  # free ports: another line may run on this machine
     config = gateway_file(tmp_path, line, "mqtt://127.0.0.1:1", free_port())  # the demo sets broker and port
+    page_port = free_port()  # given to the demo: its own pick (9108 when it looks free) races with other demos
     demo = subprocess.Popen(
         [EMSEDGE, "demo", "--no-tui", "--duration", "20", "--line", str(line_file), "--config", str(config)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO / "tests",
-        env={**os.environ, "EMSEDGE_PROFILES": str(REPO / "adapters")},
+        env={**os.environ, "EMSEDGE_PROFILES": str(REPO / "adapters"),
+             "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{page_port}"},
     )
     try:
         assert demo.stderr is not None
@@ -241,8 +243,8 @@ def test_demo_prints_the_page_url_and_serves_the_page(tmp_path: Path) -> None:
             if "in your browser:" in line:
                 url = line.rsplit(" ", 1)[1].strip()
                 break
-        assert url.startswith("http://127.0.0.1:")
-        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert url == f"http://127.0.0.1:{page_port}/"
+        port = page_port
         wait_for_port(port, timeout=30)
         with urllib.request.urlopen(url, timeout=5) as answer:
             assert answer.status == 200 and b"emsedge" in answer.read()

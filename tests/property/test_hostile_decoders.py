@@ -28,10 +28,11 @@ from emsedge.adapters.hsms.config import HsmsEquipment
 from emsedge.adapters.hsms.connection import Message
 from emsedge.adapters.hsms.gem import HsmsAdapter
 from emsedge.adapters.hsms.secs2 import DecodeBudget, Item, Secs2DecodeError, decode, encode
-from emsedge.adapters.modbus.adapter import ModbusDecoder, _tolerant_responses
+from emsedge.adapters.modbus.adapter import ModbusDecoder
 from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.adapters.opcua.config import OpcUaSignal
 from emsedge.adapters.opcua.convert import reading_from_datavalue
+from emsedge.compat import tolerant_responses
 from emsedge.schema import Record, telemetry
 from emsedge.schema import encode as encode_record
 
@@ -221,7 +222,7 @@ def _pdu_decoder() -> Any:
     from pymodbus.pdu import DecodePDU  # noqa: PLC0415
 
     decoder = DecodePDU(False)
-    for response in _tolerant_responses():
+    for response in tolerant_responses():
         decoder.register(response)
     return decoder
 

@@ -27,7 +27,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None:
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -172,7 +172,7 @@ class Subscriber:
                     continue
         return out
 
-    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0,
+    def wait_for(self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 60.0,
                  suffix: str = "") -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -183,15 +183,34 @@ class Subscriber:
         got = self.payloads(suffix)
         raise AssertionError(f"condition not met within {timeout}s; {len(got)} messages received")
 
+    def sync(self, timeout: float = 60.0) -> None:
+        """Return once every message the broker accepted before this call has reached this subscriber.
+
+        Publishes a marker to a topic this subscriber listens to and waits for it to come back: the broker
+        queues messages for a subscriber in the order it accepted them, so the marker arrives last.
+        """
+        marker = f"sync-{time.monotonic_ns()}"
+        topic = "/".join("_sync" if level in ("#", "+") else level for level in self.topic.split("/"))
+        self.client.publish(topic, json.dumps({"sync": marker}), qos=1)
+        self.wait_for(lambda got: any(p.get("sync") == marker for p in got), timeout)
+
     def close(self) -> None:
         self.client.loop_stop()
         self.client.disconnect()
         assert not self.violations, f"{len(self.violations)} message(s) break the contract: {self.violations[:3]}"
 
 
-def seq_report(payloads: list[dict[str, Any]]) -> tuple[list[int], int, list[int]]:
-    """(sorted unique seqs, duplicates count, missing seqs between min and max)."""
+def seq_report(payloads: list[dict[str, Any]], *, last: int | None = None, first: int | None = None,
+               accounted: set[int] | frozenset[int] = frozenset()) -> tuple[list[int], int, list[int]]:
+    """(sorted unique seqs, duplicates count, missing seqs).
+
+    Missing means: between `first` (default: the lowest received) and `last` (default: the highest
+    received), neither received nor in `accounted` (e.g. still in the gateway's buffer). Pass the last seq
+    the gateway assigned as `last` so that loss at the tail counts too (support.daemon.buffer_seqs).
+    """
     seqs = [p["seq"] for p in payloads if "seq" in p]
     unique = sorted(set(seqs))
-    missing = sorted(set(range(unique[0], unique[-1] + 1)) - set(unique)) if unique else []
+    low = first if first is not None else (unique[0] if unique else 1)
+    high = last if last is not None else (unique[-1] if unique else 0)
+    missing = sorted(set(range(low, high + 1)) - set(unique) - set(accounted))
     return unique, len(seqs) - len(unique), missing

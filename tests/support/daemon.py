@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -115,10 +116,27 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> None:
+def wait_until(predicate: Any, timeout: float = 60.0, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def buffer_seqs(path: Path) -> tuple[int, set[int]]:
+    """(the last seq the gateway assigned, the seqs still waiting in its buffer) of a stopped gateway.
+
+    Read with the gateway's own tool (`emsedge buffer stats --json`, `emsedge buffer export`), so a seq
+    check can cover the tail: every seq up to the last one was delivered or is still buffered.
+    """
+    def run(*args: str) -> str:
+        result = subprocess.run([EMSEDGE, "buffer", *args, "--path", str(path)], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    stats = json.loads(run("stats", "--json"))
+    waiting = {json.loads(line)["seq"] for line in run("export").splitlines() if line.strip()}
+    return int(stats["next_seq"]) - 1, waiting

@@ -26,6 +26,11 @@ class LinkProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        """Connections relayed to the server."""
+        self.attempts = 0
+        """Connections the client opened, relayed or not (the server may be down)."""
+        self.held_upstream = 0
+        """Chunks from the client (the gateway) that a stall kept from the server: messages in flight."""
 
     @property
     def url(self) -> str:
@@ -43,6 +48,7 @@ class LinkProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.attempts += 1
         if self.mode == "cut":
             writer.close()
             return
@@ -53,17 +59,20 @@ class LinkProxy:
             return
         self.connections += 1
         self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True)
+        await asyncio.gather(self._pipe(reader, up_writer, upstream=True), self._pipe(up_reader, writer),
+                             return_exceptions=True)
         for w in (writer, up_writer):
             self._writers.discard(w)
             w.close()
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False) -> None:
         try:
             while True:
                 data = await reader.read(65536)
                 if not data:
                     break
+                if upstream and self.mode == "stall":
+                    self.held_upstream += 1
                 while self.mode == "stall":  # noqa: ASYNC110 - the mode is flipped from the test's thread
                     await asyncio.sleep(0.05)
                 if self.mode == "cut":

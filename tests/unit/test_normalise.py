@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from emsedge.adapters.modbus.config import ModbusEquipment
@@ -61,3 +62,31 @@ def test_records_without_state_signals_pass_through_untouched() -> None:
     })
     rec = telemetry("r", "reflow_oven", [reading("zone1", 1, ts="t")], "t")
     assert Normaliser(eq).process([rec]) == [rec]
+
+
+def test_the_records_given_are_never_modified_and_triggers_see_the_state_readings() -> None:
+    n = Normaliser(_oven(triggers=[{"on_change": "zone1", "emit": "unit_processed", "include": ["state"]}]))
+    n.process([_cycle(1, zone1=200.0)])
+    given = [_cycle(3, zone1=201.0)]
+    out = n.process(given)
+    assert [r["signal"] for r in given[0].body["readings"]] == ["state", "zone1"]
+    assert [r["signal"] for r in out[0].body["readings"]] == ["zone1"]
+    assert out[-1].body["event"]["values"] == {"state": {"value": 3, "unit": None}}
+
+
+def test_with_report_by_exception_the_records_given_stay_as_they_were_and_only_changes_go_out() -> None:
+    n = Normaliser(_oven(publish="on_change", precision=1, snapshot_interval="1h",
+                         triggers=[{"on_change": "zone1", "emit": "unit_processed", "include": ["state"]}]))
+    first = [_cycle(1, zone1=200.04)]
+    before = copy.deepcopy(first)
+    out = n.process(first)
+    assert first == before
+    assert [r["value"] for r in out[0].body["readings"]] == [200.0]  # the snapshot, rounded; state left it
+    given = [_cycle(1, zone1=201.26)]
+    before = copy.deepcopy(given)
+    out = n.process(given)
+    assert given == before  # not rounded, state reading still there
+    assert [(r["signal"], r["value"]) for r in out[0].body["readings"]] == [("zone1", 201.3)]
+    assert out[-1].body["event"]["values"] == {"state": {"value": 1, "unit": None}}  # the trigger saw the raw input
+    unchanged = [_cycle(1, zone1=201.26)]
+    assert [r.kind for r in n.process(unchanged)] == []  # no change, no telemetry, no trigger

@@ -7,7 +7,6 @@ import traceback
 from pathlib import Path
 
 import anyio
-import paho.mqtt.client as paho
 import pytest
 from faults.fake_broker import FakeBroker, make_publisher, running, wait_until
 from structlog.testing import capture_logs
@@ -18,19 +17,12 @@ from emsedge.publish import MqttPublisher, PublishResult
 from emsedge.publish.mqtt import (
     TRANSIENT_REASON_CODES,
     _describe,
-    _PahoClient,
     _parse_broker,
     _Secret,
     is_permanent_reason_code,
 )
 
 PASSWORD = "pa55-Very-Secret-42"
-
-
-def test_the_private_paho_hook_the_publisher_overrides_still_exists() -> None:
-    # The publisher hands paho a socket connected on the event loop through this one private method.
-    assert callable(paho.Client.__dict__.get("_create_socket"))
-    assert "_create_socket" in _PahoClient.__dict__
 
 
 @pytest.mark.parametrize(

@@ -94,7 +94,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import anyio
@@ -105,12 +105,10 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from emsedge.compat import PahoClient as _PahoClient
 from emsedge.config import MqttConfig, read_secret
 from emsedge.errors import ConfigError
 from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor
-
-if TYPE_CHECKING:
-    from paho.mqtt.client import SocketLike
 
 __all__ = ["MqttPublisher", "PublishResult"]
 
@@ -278,22 +276,6 @@ def _publish_packet_size(topic: str, payload_len: int, qos: int, mqtt5: bool) ->
 
 class _ConnectFailed(Exception):
     """A connect attempt failed; the message is safe to log (no secrets)."""
-
-
-class _PahoClient(paho.Client):
-    """paho's client, fed with a socket that the event loop already connected (and wrapped in TLS).
-
-    `connect()` would otherwise block the event loop in `socket.create_connection` and the TLS handshake.
-    `_create_socket` is the one private hook used; a test pins it.
-    """
-
-    prepared_socket: socket.socket | None = None
-
-    def _create_socket(self) -> SocketLike:
-        sock, self.prepared_socket = self.prepared_socket, None
-        if sock is None:
-            raise ConnectionError("no prepared socket (paho tried to reconnect on its own)")
-        return sock
 
 
 class _Batch:
@@ -908,8 +890,3 @@ class MqttPublisher:
         if key not in self._reported_failovers:
             self._reported_failovers.add(key)
             log.warning("mqtt failing over", broker=broker.display, next_broker=following.display)
-
-    async def aclose(self) -> None:
-        """Disconnect now (the same clean stop as cancelling `run()`)."""
-        with anyio.CancelScope(shield=True):
-            await self._close()

@@ -1,6 +1,6 @@
 """The virtual SMT line: real protocol servers on loopback ports, driven by one clock and one board flow.
 
-    emsedge simulate -c config/virtual-line.yaml [--duration S] [--events FILE]
+    emsedge simulate -c config/virtual-line.yaml [--port-base N] [--hold] [--duration S] [--events FILE]
 
 * pick-and-place: OPC UA server (`pick_and_place.py`)
 * reflow oven: Modbus TCP server (`reflow_oven.py`)
@@ -128,6 +128,10 @@ class VirtualLine:
         """Start the clock of a line created with `hold=True` (idempotent)."""
         self._released.set()
 
+    @property
+    def released(self) -> bool:
+        return self._released.is_set()
+
     async def _clock(self) -> None:
         await self._released.wait()
         speed = self.config.line.speed
@@ -198,6 +202,13 @@ def first_os_error(exc: BaseException) -> OSError | None:
     return None
 
 
+def with_port_base(config: VirtualLineConfig, port_base: int | None) -> VirtualLineConfig:
+    """`--port-base`: None keeps the config's ports, 0 picks free ones, N uses N, N+1, N+2."""
+    if port_base is None:
+        return config
+    return config.with_free_ports() if port_base == 0 else config.with_port_base(port_base)
+
+
 def quiet_libraries() -> None:
     """The protocol libraries log per request or about endpoints the virtual line does not use."""
     for name in ("asyncua", "pymodbus"):
@@ -208,12 +219,20 @@ def main_simulate(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="emsedge simulate", description="Run the virtual SMT line.")
     parser.add_argument("-c", "--config", type=Path, default=Path("config/virtual-line.yaml"),
                         help="virtual line config (YAML)")
+    parser.add_argument("--port-base", type=int, default=None, metavar="N",
+                        help="listen on N (pick-and-place), N+1 (reflow oven), N+2 (AOI) instead of the ports in "
+                        "the config; 0: ports the OS picks (logged in `virtual line up`)")
+    parser.add_argument("--hold", action="store_true",
+                        help="bring the servers up but start the line's clock only on SIGUSR1 (so a gateway can "
+                        "connect first and see the first board)")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--events", type=Path, default=None,
                         help="append every line event (boards, alarms, states, outages) to this file as JSON lines")
     args = parser.parse_args(argv)
     try:
-        config = load_virtual_line(find_file(args.config))
+        config = with_port_base(load_virtual_line(find_file(args.config)), args.port_base)
+    except ValueError as exc:
+        parser.error(f"--port-base: {exc}")
     except ConfigError as exc:
         print(f"emsedge simulate: configuration invalid ({len(exc.problems)} problem(s)):", file=sys.stderr)
         for problem in exc.problems:
@@ -232,7 +251,7 @@ def main_simulate(argv: list[str]) -> int:
             events_file.flush()
 
     try:
-        return anyio.run(_simulate, config, record, args.duration)
+        return anyio.run(_simulate, config, record, args.duration, args.hold)
     except (OSError, BaseExceptionGroup) as exc:
         os_error = first_os_error(exc)
         if os_error is None:
@@ -244,14 +263,20 @@ def main_simulate(argv: list[str]) -> int:
             events_file.close()
 
 
-async def _simulate(config: VirtualLineConfig, record: Callable[[LineEvent], None], duration: float | None) -> int:
-    line = VirtualLine(config, on_event=record)
+async def _simulate(config: VirtualLineConfig, record: Callable[[LineEvent], None], duration: float | None,
+                    hold: bool = False) -> int:
+    line = VirtualLine(config, on_event=record, hold=hold)
     async with anyio.create_task_group() as tg:
-        await tg.start(line.run)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        # Receive signals before the servers come up: a SIGUSR1 sent right after `virtual line up` counts.
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGUSR1) as signals:
+            await tg.start(line.run)
             with anyio.move_on_after(duration):
-                async for _ in signals:
-                    break
+                async for received in signals:
+                    if received != signal.SIGUSR1:
+                        break
+                    if not line.released:
+                        log.info("line clock started")
+                    line.release()
         log.info("virtual line stopping")
         tg.cancel_scope.cancel()
     return 0

@@ -5,12 +5,19 @@ real second, so a realistic line (25 s placement, 4 min in the oven) can be show
 without editing every cycle time. The fault schedule uses the same clock.
 
 Like the gateway config this is data: frozen models, `extra="forbid"`, a description on every field.
+
+Ports: the file gives each machine's port; `with_port_base(n)` moves the three servers to n, n+1, n+2
+(`emsedge simulate --port-base N`, `emsedge demo --port-base N`) and `with_free_ports()` to ports the OS
+picks, so a test or a second demo never collides with a running line. `point_gateway_config()` writes a
+gateway config whose equipment (matched by the machines' `id`) connects to wherever this line listens.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -181,6 +188,75 @@ class VirtualLineConfig(_Model):
     aoi: AoiSettings = Field(AoiSettings(), description="SECS/GEM (HSMS) AOI.")
     ict: IctSettings = Field(IctSettings(), description="In-circuit tester writing i3070 logs into a folder.")
     schedule: FaultSchedule = Field(FaultSchedule(), description="Faults produced on purpose.")
+
+    def with_ports(self, *, pick_and_place: int, reflow_oven: int, aoi: int) -> VirtualLineConfig:
+        """The same line with its three servers on these ports."""
+        for port in (pick_and_place, reflow_oven, aoi):
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not between 1 and 65535")
+        return self.model_copy(update={
+            "pick_and_place": self.pick_and_place.model_copy(update={"port": pick_and_place}),
+            "reflow_oven": self.reflow_oven.model_copy(update={"port": reflow_oven}),
+            "aoi": self.aoi.model_copy(update={"port": aoi}),
+        })
+
+    def with_port_base(self, base: int) -> VirtualLineConfig:
+        """Pick-and-place on `base`, reflow oven on `base + 1`, AOI on `base + 2`."""
+        return self.with_ports(pick_and_place=base, reflow_oven=base + 1, aoi=base + 2)
+
+    def with_free_ports(self) -> VirtualLineConfig:
+        """The three servers on loopback ports that are free now (chosen by the OS)."""
+        a, b, c = free_ports(3)
+        return self.with_ports(pick_and_place=a, reflow_oven=b, aoi=c)
+
+    def gateway_connections(self) -> dict[str, dict[str, Any]]:
+        """Per gateway equipment id (the machines' `id`), the connection fields that reach this line."""
+        pnp, oven, aoi = self.pick_and_place, self.reflow_oven, self.aoi
+        return {
+            pnp.id: {"url": f"opc.tcp://{pnp.host}:{pnp.port}/emsedge/pnp"},
+            oven.id: {"host": oven.host, "port": oven.port},
+            aoi.id: {"host": aoi.host, "port": aoi.port},
+        }
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that are free now (all held open until every one is chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def point_gateway_config(gateway_file: Path, line: VirtualLineConfig, target: Path) -> dict[str, str]:
+    """Write `target`: `gateway_file` with the connection of each line machine pointed at `line`'s ports.
+
+    Only `connection` fields of equipment whose id is a machine id of the line change; the rest of the
+    file is copied as it is. Returns the environment the gateway needs to read `target` like the original:
+    `EMSEDGE_PROFILES` extended with the profile folders next to `gateway_file`.
+    """
+    try:
+        data = yaml.safe_load(gateway_file.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError([f"{gateway_file}: cannot read: {exc.strerror}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{gateway_file}: YAML error: {exc}"]) from None
+    connections = line.gateway_connections()
+    equipment = data.get("equipment") if isinstance(data, dict) else None
+    for entry in equipment if isinstance(equipment, list) else []:
+        if isinstance(entry, dict) and entry.get("id") in connections:
+            connection = entry.get("connection")
+            entry["connection"] = {**(connection if isinstance(connection, dict) else {}), **connections[entry["id"]]}
+    target.write_text(f"# {gateway_file} pointed at the virtual line's ports\n" + yaml.safe_dump(data, sort_keys=False),
+                      encoding="utf-8")
+    here = gateway_file.resolve().parent
+    folders = [str(here / "adapters"), str(here.parent / "adapters")]
+    if inherited := os.environ.get("EMSEDGE_PROFILES"):
+        folders.insert(0, inherited)
+    return {"EMSEDGE_PROFILES": os.pathsep.join(folders)}
 
 
 def load_virtual_line(path: str | Path) -> VirtualLineConfig:

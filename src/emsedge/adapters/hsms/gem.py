@@ -53,7 +53,7 @@ ALARM_SET: Final = 0x80
 _KNOWN_STREAMS: Final = frozenset({1, 2, 5, 6, 7, 9, 10})
 _UNIT_EVENTS: Final = frozenset({"unit_inspected", "unit_tested"})
 _BATCH_MAX: Final = 1000
-_SELECT_RACE_RETRIES: Final = 5
+_SELECT_RACE_RETRIES: Final = 20  # up to ~10 s: on a loaded machine secsgem records the selection late
 _OFFLOAD_BYTES: Final = 64 << 10
 """Event reports longer than this are turned into records in a worker thread (see HsmsLink)."""
 _LEFTOVER_DEADLINE: Final = 5.0

@@ -8,7 +8,7 @@ Why it is shaped this way:
   read through rather than split, because one extra request costs far more than a few spare registers.
   A signal wider than the cap (a long string with a small cap) gets a read of its own.
 * **Decoding** is compiled once, at construction (`compile_block`). Per poll a block is two byte
-  strings: the answer's raw bytes as sent (kept by `_tolerant_responses`) and, only when a signal
+  strings: the answer's raw bytes as sent (kept by `emsedge.compat.tolerant_responses`) and, only when a signal
   needs it, the same with the two bytes of every register swapped.
   Every byte/word order is then one of four (variant, struct endianness) pairs:
 
@@ -34,7 +34,7 @@ Why it is shaped this way:
   must be the request's, the byte count must match the data and the data must hold exactly what was
   asked. A malformed answer marks that block's readings bad with a precise status (`WrongFunction`,
   `WrongByteCount`, `ShortResponse`) and never takes the machine offline: the other blocks stay good.
-  The read responses registered on our client (`_tolerant_responses`) never raise while decoding,
+  The read responses registered on our client (`emsedge.compat.tolerant_responses`) never raise while decoding,
   because pymodbus turns a decoding error into a dropped frame, i.e. a timeout and a reconnect.
   pymodbus' own reconnect and retries are switched off: the scheduler owns the retry policy.
 """
@@ -53,6 +53,7 @@ import anyio
 
 from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.modbus.config import ModbusConnection, ModbusEquipment, ModbusSignal
+from emsedge.compat import tolerant_responses
 from emsedge.errors import AdapterError
 from emsedge.schema import Record, telemetry, utc_iso
 
@@ -331,66 +332,6 @@ class ModbusDecoder:
 # The adapter
 
 
-_TOLERANT_RESPONSES: list[type[Any]] = []
-
-
-def _tolerant_responses() -> list[type[Any]]:
-    """Read responses (FC 1-4) that keep the raw bytes, decode in one C call and never raise.
-
-    pymodbus' own register responses unpack every register with its own `struct.unpack` call and format
-    the whole register list into a debug message (`str(pdu)`) even when debug logging is off; at 125
-    registers a response that is most of the client's CPU. And any of its responses that cannot decode
-    an answer (a coil answer shorter than asked, a byte count beyond the frame) makes pymodbus drop the
-    frame: the request times out and the machine goes offline. These subclasses keep whatever arrived
-    (`raw`, the declared `byte_count`) for `answer_problem` to judge. Every other function code gets a
-    response that only keeps its bytes, so an answer with a function code we did not ask for (or one no
-    client knows) is a `WrongFunction` block, not a timeout. They are registered per client with
-    pymodbus' public `client.register()` (meant for custom responses) and replace nothing globally; the
-    client only ever sends reads.
-    """
-    if _TOLERANT_RESPONSES:
-        return _TOLERANT_RESPONSES
-    from pymodbus.pdu import ModbusPDU  # noqa: PLC0415
-    from pymodbus.pdu.bit_message import ReadCoilsResponse, ReadDiscreteInputsResponse  # noqa: PLC0415
-    from pymodbus.pdu.register_message import (  # noqa: PLC0415
-        ReadHoldingRegistersResponse,
-        ReadInputRegistersResponse,
-    )
-
-    def decode_registers(self: Any, data: bytes) -> None:
-        self.byte_count = data[0] if data else -1
-        self.raw = bytes(data[1:])
-        usable = len(self.raw) // 2
-        self.registers = list(struct.unpack(f">{usable}H", self.raw[: usable * 2]))
-
-    def decode_bits(self: Any, data: bytes) -> None:
-        self.byte_count = data[0] if data else -1
-        self.raw = bytes(data[1:])
-        self.bits = [bool(byte >> bit & 1) for byte in self.raw for bit in range(8)]
-
-    def brief(self: Any) -> str:
-        shown = f"registers={len(self.registers)}" if self.registers else f"bytes={len(getattr(self, 'raw', b''))}"
-        return f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, {shown})"
-
-    for base, decode in (
-        (ReadHoldingRegistersResponse, decode_registers),
-        (ReadInputRegistersResponse, decode_registers),
-        (ReadCoilsResponse, decode_bits),
-        (ReadDiscreteInputsResponse, decode_bits),
-    ):
-        _TOLERANT_RESPONSES.append(type(f"Tolerant{base.__name__}", (base,), {"decode": decode, "__str__": brief}))
-
-    def keep(self: Any, data: bytes) -> None:
-        self.byte_count = -1
-        self.raw = bytes(data)
-
-    for code in range(1, 0x80):
-        if code not in FUNCTION_CODES.values():
-            _TOLERANT_RESPONSES.append(type(f"Unexpected{code}Response", (ModbusPDU,),
-                                            {"function_code": code, "decode": keep, "__str__": brief}))
-    return _TOLERANT_RESPONSES
-
-
 def answer_problem(request: ReadRequest, rr: Any) -> str | None:
     """Why an answer to `request` cannot be decoded (a reading status), or None when it is sound.
 
@@ -423,7 +364,7 @@ def _new_client(conn: ModbusConnection) -> Any:
     client = AsyncModbusTcpClient(
         conn.host, port=conn.port, timeout=conn.timeout, retries=0, reconnect_delay=0, name="emsedge"
     )
-    for response in _tolerant_responses():
+    for response in tolerant_responses():
         client.register(response)
     return client
 

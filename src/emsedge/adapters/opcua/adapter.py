@@ -52,6 +52,7 @@ from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.opcua.config import OpcUaEquipment
 from emsedge.adapters.opcua.connect import ResolvedSignal, classify, connect, disconnect, resolve
 from emsedge.adapters.opcua.convert import bad_reading, reading_from_datavalue, safe_json, valid_time
+from emsedge.compat import subscription_event_queue
 from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, telemetry, utc_iso
 
@@ -207,7 +208,7 @@ class OpcUaSubscriber(_Base):
     async def _consume(
         self, sub: Subscription, handles: dict[int, ResolvedSignal], lost: anyio.Event, reason: list[str]
     ) -> None:
-        queue = getattr(sub, "_event_queue", None)
+        queue = subscription_event_queue(sub)
         drainable = isinstance(queue, asyncio.Queue)
         cfg = self.config
         while True:
