@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import anyio
 import structlog
@@ -50,6 +50,9 @@ from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
 from emsedge.topics import Topics
 from emsedge.web.model import LineModel
+
+if TYPE_CHECKING:
+    from emsedge.publish.cfx import CfxPublisher
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -116,7 +119,7 @@ class Gateway:
             max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             on_delivered=self._delivered,
         )
-        self.cfx: Any = None
+        self.cfx: CfxPublisher | None = None
         """The CFX output (`publish.cfx.CfxPublisher`) and its forwarder, when `cfx:` is configured."""
         self.cfx_forwarder: Forwarder | None = None
         if settings.cfx is not None:
