@@ -1,12 +1,21 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from support import Mosquitto, Subscriber
 from support.daemon import Equipment
 from support.rabbitmq import RabbitMQ, available
+
+# The default suite is deterministic: Hypothesis draws the same examples on every run (a red CI is
+# reproducible, never a dice roll). `HYPOTHESIS_PROFILE=explore pytest tests/property` searches randomly
+# with many more examples; a failure found that way becomes an `@example` in the test.
+settings.register_profile("ci", derandomize=True, database=None)
+settings.register_profile("explore", max_examples=2000, database=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
