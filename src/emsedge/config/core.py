@@ -130,6 +130,14 @@ class MqttConfig(ConfigModel):
         False, description="Allow a password over plain TCP to a non-loopback broker. Avoid."
     )
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+    probe_interval: Duration | None = Field(
+        1.0,
+        description=(
+            "While no broker accepts TCP connections, check their ports this often (a TCP connect only, "
+            "0.5-1.5x jitter) and reconnect as soon as one accepts instead of waiting out the backoff; "
+            "null: wait out the backoff."
+        ),
+    )
 
     @property
     def urls(self) -> list[str]:
