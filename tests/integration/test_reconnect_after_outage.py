@@ -50,7 +50,7 @@ async def test_the_first_message_after_a_long_outage_arrives_within_3s_of_the_br
         config, client_id="line-t-gw", status_topic=topics.status, online_payload=lambda: b'{"state":"online"}',
         offline_payload=b'{"state":"offline"}', rng=lambda: 1.0,
     )
-    supervisor = publisher._supervisor  # noqa: SLF001 - its attempt schedule is the precondition
+    supervisor = publisher._supervisor  # its attempt schedule is the precondition
     buffer = Buffer(BufferConfig(path=tmp_path / "buffer.db", min_free_bytes=0, linger=0), gateway="gw", topics=topics)
     forwarder = Forwarder(buffer, publisher, qos=1, window=100, max_inflight_bytes=1 << 20)
     try:
