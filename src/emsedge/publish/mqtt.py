@@ -679,7 +679,8 @@ class MqttPublisher:
         self.health = EquipmentHealth()
         """The link's supervised state (connecting, connected, retrying, failed), like equipment's."""
         self._rng = rng
-        self._unreachable = False
+        self._unreachable: set[int] = set()
+        """Indexes of the brokers whose TCP connect failed in the last attempt: what the probe checks."""
         self._supervisor = Supervisor(
             config.backoff, self.health, log, stable_after=STABLE_AFTER, messages=_MESSAGES, rng=rng,
             probe=self._probe,
@@ -814,17 +815,18 @@ class MqttPublisher:
         is retried on the same broker first.
         """
         broker = self._brokers[self._index]
+        self._unreachable.clear()
         try:
             link = await self._connect(broker)
         except _ConnectFailed as exc:
-            self._unreachable = exc.unreachable
+            if exc.unreachable:
+                self._unreachable.add(self._index)
             self._last_error = f"{broker.display}: {exc}"
             following = (self._index + 1) % len(self._brokers)
             if following != self._index:
                 self._note_failover(broker, self._brokers[following])
                 self._index = following
             raise SessionError(str(exc), fields={"broker": broker.display}) from None
-        self._unreachable = False
         await self._serve(link)
         raise SessionError(link.close_reason, fields={"broker": link.broker.display})
 
@@ -933,13 +935,15 @@ class MqttPublisher:
         log.info("mqtt disconnected", broker=link.broker.display, clean=clean)
 
     async def _probe(self, error: AdapterError) -> None:
-        """The supervisor's early retry: return when a broker of the list accepts TCP again.
+        """The supervisor's early retry: return when a broker whose TCP connect failed accepts TCP again.
 
-        Only after a failure at the TCP connect itself (otherwise sleeps forever and the backoff decides);
-        every broker is checked at once, and the next attempt goes to the first that accepted.
+        Only brokers that failed at the TCP connect itself in the last attempt are checked (all at once);
+        without one it sleeps forever and the backoff decides. The next attempt starts at the broker that
+        accepted. (`error` is the attempt's last one; which brokers were unreachable is kept here.)
         """
         interval = self._config.probe_interval
-        if interval is None or not self._unreachable:
+        candidates = sorted(self._unreachable)
+        if interval is None or not candidates:
             await anyio.sleep_forever()
             return
         timeout = min(interval, self._config.connect_timeout)
@@ -953,7 +957,7 @@ class MqttPublisher:
                         accepted.append(index)
                         tg.cancel_scope.cancel()
 
-                for index in range(len(self._brokers)):
+                for index in candidates:
                     tg.start_soon(check, index)
             if not accepted:
                 return False
