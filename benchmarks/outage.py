@@ -2,8 +2,8 @@
 
 Real parts only: one mosquitto (persistence on, so the MES subscriber's session survives the kill), N
 Modbus equipment processes (tests/support/equipment_process.py) and N `emsedge run` daemons, each polling
-its own equipment with `--equipment` machines every `--poll`; the MES side is a QoS 1 subscriber with a
-persistent session in this process. After a warm-up the broker is SIGKILLed, kept down `--outage` seconds
+its own equipment with `--equipment` machines every `--poll`; the MES side is one QoS 1 subscriber
+process per line with a persistent session (a consumer group member that keeps one line's messages). After a warm-up the broker is SIGKILLed, kept down `--outage` seconds
 and started again on the same port. Measured from the moment the broker is started again ("back"; its
 own start-up counts against the gateways):
 
@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -42,9 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -63,42 +62,71 @@ class Arrival:
     ts: float
 
 
+SUBSCRIBER = textwrap.dedent(
+    """
+    import sys, threading, time
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    port, topic, client_id, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+    sink = open(out, "a", buffering=1 << 16)
+    lock = threading.Lock()
+    def on_connect(c, u, f, rc, p):
+        c.subscribe(topic, qos=1)
+    def on_subscribe(c, u, mid, rcs, p):
+        with lock:
+            sink.write("ready\\n")
+    def on_message(c, u, m):
+        if not m.retain:
+            line = "%.6f %s\\n" % (time.time(), m.payload.decode())
+            with lock:
+                sink.write(line)
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+    c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+    c.reconnect_delay_set(0.05, 0.2)
+    c.connect("127.0.0.1", port, keepalive=10)
+    c.loop_start()
+    while True:
+        time.sleep(0.05)
+        with lock:
+            sink.flush()
+    """
+)
+
+
 class Mes:
-    """The MES side: a QoS 1 subscriber with a persistent session; keeps (arrival, gateway, seq, ts)."""
+    """The MES side: one QoS 1 subscriber process per line (persistent session, like a consumer group
+    member that keeps a line's messages), each writing (arrival time, payload) lines to a file."""
 
-    def __init__(self, port: int) -> None:
-        self.raw: list[tuple[float, bytes]] = []
-        self.lock = threading.Lock()
-        self.ready = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mes-bench", clean_session=False)
-        self.client.on_connect = lambda c, *_: c.subscribe(f"{PREFIX}/+/+/telemetry", qos=1)
-        self.client.on_subscribe = lambda *_: self.ready.set()
-        self.client.on_message = self._on_message
-        self.client.reconnect_delay_set(0.05, 0.2)
-        self.client.connect("127.0.0.1", port, keepalive=10)
-        self.client.loop_start()
-        if not self.ready.wait(10):
-            raise TimeoutError("the MES subscriber did not connect")
-        self._parsed = 0
+    def __init__(self, port: int, lines: int, work: Path, started: list[subprocess.Popen[bytes]]) -> None:
+        self.files = [work / f"mes-{index}.txt" for index in range(lines)]
+        self.offsets = [0] * lines
         self.arrivals: list[Arrival] = []
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if not msg.retain:
-            with self.lock:
-                self.raw.append((time.time(), msg.payload))
+        for index, path in enumerate(self.files):
+            path.touch()
+            started.append(subprocess.Popen([
+                sys.executable, "-c", SUBSCRIBER, str(port), f"{PREFIX}/line-{index}/+/telemetry",
+                f"mes-line-{index}", str(path),
+            ]))
+        deadline = time.monotonic() + 30
+        while not all(path.read_bytes().startswith(b"ready") for path in self.files):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the MES subscribers did not connect")
+            time.sleep(0.05)
 
     def parse(self) -> list[Arrival]:
-        with self.lock:
-            fresh = self.raw[self._parsed:]
-            self._parsed = len(self.raw)
-        for at, payload in fresh:
-            body = json.loads(payload)
-            self.arrivals.append(Arrival(at, body["gateway"], body["seq"], _epoch(body["ts"])))
+        for index, path in enumerate(self.files):
+            with path.open("rb") as stream:
+                stream.seek(self.offsets[index])
+                chunk = stream.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self.offsets[index] += len(complete)
+            for line in complete.splitlines():
+                if not line or line == b"ready":
+                    continue
+                at, payload = line.split(b" ", 1)
+                body = json.loads(payload)
+                self.arrivals.append(Arrival(float(at), body["gateway"], body["seq"], _epoch(body["ts"])))
         return self.arrivals
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def _epoch(ts: str) -> float:
@@ -234,7 +262,7 @@ def run_mode(args: argparse.Namespace, mode: str, replay_rate: float | None) -> 
         broker.start()
         assert broker.process is not None
         sampler = CpuSampler()
-        mes = Mes(broker.port)
+        mes = Mes(broker.port, args.gateways, work, started)
         try:
             for index in range(args.gateways):
                 port = free_port()
@@ -300,7 +328,6 @@ def run_mode(args: argparse.Namespace, mode: str, replay_rate: float | None) -> 
             result.connected = sorted(reconnected(work, args.gateways, back))
         finally:
             sampler.stop()
-            mes.close()
             broker.stop()
     return result
 
