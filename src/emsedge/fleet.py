@@ -11,9 +11,10 @@ by default, so the status topics under `--prefix` are found with single-level wi
 `--depth` levels deep (`ems/plant-a/+/+/_gateway/status` for a site). The command only subscribes: it
 never publishes, and needs read access to those topics alone (docs/broker-acl.md).
 
-Collecting is bounded: after the broker acknowledged the subscriptions it waits until no status arrived
-for `QUIET` seconds (a broker sends retained messages at once), until `--expect` lines were seen, or until
-`--wait` ran out, whichever comes first.
+Collecting is bounded: once the broker acknowledged the subscriptions (QoS 0: a retained message needs no
+session; within CONNECT_TIMEOUT) it waits until no status arrived for `QUIET` seconds (a broker sends
+retained messages with or right after the SUBACK), until `--expect` lines were seen, or until `--wait` ran
+out, whichever comes first.
 
 A line is **offline** when its status says so, when it is `online` but older than `--stale-after`
 (default 3x the status interval it announces; its gateway stopped refreshing, or its clock is off), when its
@@ -189,6 +190,7 @@ class Collector:
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.refused: str | None = None
+        self.subscription_refused: str | None = None
         self.last_message = time.monotonic()
         self.client = paho_client(target, f"emsedge-fleet-{os.getpid()}")
         self.client.on_connect = self._on_connect
@@ -198,13 +200,16 @@ class Collector:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any = None) -> None:
         if getattr(reason, "is_failure", False):
             self.refused = str(reason)
-        else:
-            client.subscribe([(f, 1) for f in self.filters])
+        else:  # QoS 0: a retained message needs no session; a QoS 1 subscription costs a durable consumer on NATS
+            client.subscribe([(f, 0) for f in self.filters])
         self.connected.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: Any, reasons: Any, properties: Any = None) -> None:
         with self.lock:
             self.last_message = time.monotonic()
+            refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+            if len(refused) == len(self.filters):
+                self.subscription_refused = refused[0]
         self.subscribed.set()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
@@ -218,14 +223,18 @@ class Collector:
                 self.statuses.pop(message.topic, None)
 
     def collect(self, wait: float, expect: int | None) -> dict[str, bytes]:
-        """Statuses received until quiet, `expect` lines seen, or `wait` seconds after the subscription."""
+        """Statuses received until quiet, `expect` lines seen, or `wait` seconds after the subscription.
+
+        Raises TimeoutError when the broker did not acknowledge the subscription within CONNECT_TIMEOUT.
+        """
+        if not self.subscribed.wait(CONNECT_TIMEOUT):
+            raise TimeoutError(f"no SUBACK within {CONNECT_TIMEOUT:.0f} s")
         deadline = time.monotonic() + wait
-        self.subscribed.wait(max(0.0, deadline - time.monotonic()))
         while time.monotonic() < deadline:
             with self.lock:
                 quiet_for = time.monotonic() - self.last_message
                 seen = len(self.statuses)
-            if self.subscribed.is_set() and (quiet_for >= QUIET or (expect is not None and seen >= expect)):
+            if quiet_for >= QUIET or (expect is not None and seen >= expect):
                 break
             time.sleep(0.02)
         with self.lock:
@@ -343,9 +352,21 @@ def main_fleet(argv: list[str]) -> int:
             print(f"emsedge fleet: no answer from {target.display} within {CONNECT_TIMEOUT:.0f} s", file=sys.stderr)
             return EX_UNREACHABLE
         if collector.refused is not None:
-            print(f"emsedge fleet: {target.display} refused the connection: {collector.refused}", file=sys.stderr)
+            hint = (" (hint: this broker may speak only MQTT 3.1.1: add --protocol 3.1.1)"
+                    if "protocol" in collector.refused.lower() else "")
+            print(f"emsedge fleet: {target.display} refused the connection: {collector.refused}{hint}",
+                  file=sys.stderr)
             return EX_UNREACHABLE
-        statuses = collector.collect(args.wait, args.expect)
+        try:
+            statuses = collector.collect(args.wait, args.expect)
+        except TimeoutError as exc:
+            print(f"emsedge fleet: {target.display}: {exc}", file=sys.stderr)
+            return EX_UNREACHABLE
+        if collector.subscription_refused is not None:
+            print(f"emsedge fleet: {target.display} refused every subscription ({collector.subscription_refused}); "
+                  f"the user needs read access to {collector.filters[min(2, len(collector.filters) - 1)]}",
+                  file=sys.stderr)
+            return EX_UNREACHABLE
     finally:
         collector.stop()
     rows = assess(statuses, target.prefix, now=time.time(), stale_after=args.stale_after, baseline=baseline,

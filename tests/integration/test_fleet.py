@@ -1,7 +1,8 @@
 """`emsedge fleet` against three real gateway daemons on a real mosquitto: all online is exit 0 with every
 field in `--json`; a line stopped cleanly (SIGTERM) or killed (SIGKILL, the broker sends its last will)
 shows offline with its cause and the exit status is 3. Every status the gateways publish is checked
-against the contract (the Subscriber does it)."""
+against the contract (the Subscriber does it). On a NATS JetStream cluster (MQTT 3.1.1 only) the
+statuses published to one node are read through wildcards from another."""
 
 from __future__ import annotations
 
@@ -9,13 +10,17 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from support import Mosquitto, Subscriber, free_port
 from support.daemon import Daemon, Equipment, gateway_config
+from support.nats_cluster import NatsCluster
 
 SITE = "ems/plant-f"
 LINES = ("line-1", "line-2", "line-3")
@@ -126,3 +131,32 @@ def test_fleet_reports_an_unreachable_broker_with_exit_1() -> None:
     )
     assert result.returncode == 1
     assert "cannot reach" in result.stderr
+
+
+def test_fleet_reads_retained_statuses_from_another_node_of_a_nats_cluster(nats_cluster: NatsCluster) -> None:
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fleet-nats-publisher", protocol=mqtt.MQTTv311)
+    publisher.connect("127.0.0.1", nats_cluster.nodes[0].mqtt_port)
+    publisher.loop_start()
+    try:
+        for n, state in ((1, "online"), (2, "online"), (3, "offline")):
+            body = {"schema": "emsedge/status@1", "gateway": f"gw-{n}", "state": state,
+                    "ts": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime()), "version": "9.9.9",
+                    "backlog": 0, "dropped_total": 0, "status_interval_s": 10.0, "equipment_total": 2,
+                    "equipment_connected": 2}
+            publisher.publish(f"ems/plant-n/smt/line-{n}/_gateway/status", json.dumps(body), qos=1,
+                              retain=True).wait_for_publish(20)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+    url = nats_cluster.nodes[2].mqtt_url
+    refused = subprocess.run([sys.executable, "-m", "emsedge.cli", "fleet", "--broker", url, "--prefix", "ems/plant-n"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "--protocol 3.1.1" in refused.stderr  # NATS refuses MQTT 5 with a hint
+    result = subprocess.run(
+        [sys.executable, "-m", "emsedge.cli", "fleet", "--broker", url, "--prefix", "ems/plant-n", "--protocol",
+         "3.1.1", "--json", "--expect", "3", "--wait", "10s"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 3, result.stdout + result.stderr
+    rows = {row["line"]: row["state"] for row in json.loads(result.stdout)["lines"]}
+    assert rows == {"smt/line-1": "online", "smt/line-2": "online", "smt/line-3": "offline"}
