@@ -827,7 +827,7 @@ class EquipmentStateMessage(_Wire):
 # a message it cannot write this way (a signal named twice, a reading without its five fields, a top-level
 # `meta`/`v`/`x`) stays in the full form: read the `schema` of each message.
 
-_READING_BASE = ("signal", "value", "unit", "quality", "ts")
+_IDENTITY = frozenset({"signal", "value"})
 _COMPACT_RESERVED = frozenset({"meta", "v", "x"})
 _GOOD = str(Quality.GOOD)
 
@@ -843,15 +843,15 @@ class TelemetryMeta:
     equipment_type: str
     signals: dict[str, dict[str, Any]]
     id: str
+    units: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "units", {name: entry.get("unit") for name, entry in self.signals.items()})
 
     @classmethod
     def build(cls, equipment: str, equipment_type: str, signals: dict[str, dict[str, Any]]) -> TelemetryMeta:
         canonical = orjson.dumps(signals, option=orjson.OPT_SORT_KEYS)
         return cls(equipment, equipment_type, signals, hashlib.sha256(canonical).hexdigest()[:16])
-
-    def unit(self, signal: str) -> str | None:
-        entry = self.signals.get(signal)
-        return entry.get("unit") if entry is not None else None
 
     def message(self, gateway: str) -> dict[str, Any]:
         return {
@@ -879,24 +879,24 @@ def compact_telemetry(message: dict[str, Any], meta: TelemetryMeta) -> dict[str,
     ts = message.get("ts")
     values: dict[str, Any] = {}
     exceptions: dict[str, dict[str, Any]] = {}
-    signals = meta.signals
-    for r in readings:
-        if not isinstance(r, dict) or len(r) < 5:
-            return None
-        signal = r.get("signal")
-        if not isinstance(signal, str) or signal in values or not all(k in r for k in _READING_BASE):
+    units = meta.units
+    for r in readings:  # the hot loop: one pass, the common reading costs a few dict lookups
+        try:
+            signal, quality, rts, unit = r["signal"], r["quality"], r["ts"], r["unit"]
+            if not isinstance(signal, str) or signal in values or "value" not in r:
+                return None
+        except (TypeError, KeyError):  # not a dict, or a reading without its five fields
             return None
         values[signal] = r["value"]
-        entry = signals.get(signal)
-        unit = entry.get("unit") if entry is not None else None
-        if len(r) == 5 and r["quality"] == _GOOD and r["ts"] == ts and r["unit"] == unit:
-            continue  # the common case: nothing to say beyond the value
-        differs = {k: v for k, v in r.items() if k not in ("signal", "value")}
-        if differs.get("quality") == _GOOD:
+        meta_unit = units.get(signal)
+        if quality == _GOOD and rts == ts and unit == meta_unit and len(r) == 5:
+            continue  # nothing to say beyond the value
+        differs = {k: v for k, v in r.items() if k not in _IDENTITY}
+        if quality == _GOOD:
             del differs["quality"]
-        if differs.get("ts") == ts:
+        if rts == ts:
             del differs["ts"]
-        if differs["unit"] == unit:
+        if unit == meta_unit:
             del differs["unit"]
         if differs:
             exceptions[signal] = differs
@@ -931,16 +931,13 @@ def expand_compact(message: dict[str, Any], meta: TelemetryMeta | dict[str, Any]
         raise ValueError(f"message written against meta {message.get('meta')!r}, not {meta.id!r}")
     ts = message["ts"]
     exceptions: dict[str, dict[str, Any]] = message.get("x") or {}
-    signals = meta.signals
-    readings = []
-    for signal, value in message["v"].items():
-        entry = signals.get(signal)
-        r = {"signal": signal, "value": value, "unit": entry.get("unit") if entry is not None else None,
-             "quality": _GOOD, "ts": ts}
-        differs = exceptions.get(signal)
+    units = meta.units
+    readings = [{"signal": signal, "value": value, "unit": units.get(signal), "quality": _GOOD, "ts": ts}
+                for signal, value in message["v"].items()]
+    for r in readings if exceptions else ():
+        differs = exceptions.get(r["signal"])
         if differs:
             r.update(differs)
-        readings.append(r)
     out = {k: v for k, v in message.items() if k not in _COMPACT_RESERVED}
     out["schema"] = SCHEMA_TELEMETRY
     out["readings"] = readings
