@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -37,16 +38,18 @@ class Requester:
         self.connection = BlockingConnection(url, user="guest", password="guest", allowed_mechs="PLAIN")
         self.reply_to = f"/queue/replies-{uuid.uuid4().hex[:8]}"
         self.replies = self.connection.create_receiver(self.reply_to, credit=50)
+        self.senders: dict[str, Any] = {}
 
     def ask(self, address: str, envelope: dict[str, Any], *, reply_to: str | None = None,
             body: bytes | None = None) -> None:
-        sender = self.connection.create_sender(address)
+        sender = self.senders.get(address)
+        if sender is None:
+            sender = self.senders[address] = self.connection.create_sender(address)
         message = Message(body=body if body is not None else orjson.dumps(envelope),
                           reply_to=reply_to or self.reply_to, id=str(uuid.uuid4()),
                           content_type='application/json; charset="utf-8"')
         message.inferred = True
         sender.send(message, timeout=10)
-        sender.close()
 
     def receive(self, timeout: float = 15.0) -> tuple[Any, dict[str, Any]]:
         message = self.replies.receive(timeout=timeout)
@@ -65,8 +68,8 @@ def config(rabbitmq: RabbitMQ, prefix: str) -> CfxConfig:
     })
 
 
-async def wait_for(predicate: Any, timeout: float = 20.0) -> None:
-    with anyio.fail_after(timeout):
+async def wait_for(predicate: Any, deadline: float = 20.0) -> None:
+    with anyio.fail_after(deadline):
         while not predicate():  # noqa: ASYNC110 - the listener's state is set by its reactor thread
             await anyio.sleep(0.05)
 
@@ -112,6 +115,7 @@ async def test_each_handle_answers_are_you_there_who_is_there_endpoint_informati
         assert response["Source"] == handle and response["Target"] == REQUESTER
         assert response["Version"] == "2.1"
         assert message.subject == f"{handle}.{response['MessageName']}"
+    assert not [t for t in threading.enumerate() if t.name == "emsedge-cfx-requests"], "reactor thread left"
     names = [r["MessageName"] for _, r in replies]
     assert names == ["CFX.AreYouThereResponse", "CFX.WhoIsThereResponse", "CFX.GetEndpointInformationResponse",
                      "CFX.NotSupportedResponse"]
@@ -163,6 +167,7 @@ async def test_listener_comes_back_after_the_broker_drops_it_and_rejects_what_is
         finally:
             await anyio.to_thread.run_sync(requester.close)
             tg.cancel_scope.cancel()
+    assert not [t for t in threading.enumerate() if t.name == "emsedge-cfx-requests"], "reactor thread left"
     assert response["MessageName"] == "CFX.AreYouThereResponse"
     assert response["RequestID"] == ping["RequestID"] == message.correlation_id
     assert listener.counters.received == 2

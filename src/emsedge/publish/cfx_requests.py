@@ -260,10 +260,9 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         delivery, message = event.delivery, event.message
         self._owner.counters.received += 1
         try:
-            body = message.body
-            request = cm.decode_envelope(
-                body if isinstance(body, bytes) else str(body).encode(), message.content_encoding
-            )
+            body = message.body  # a Data section arrives as a memoryview, an AmqpValue as str
+            raw = bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else str(body).encode()
+            request = cm.decode_envelope(raw, message.content_encoding)
         except (ValueError, TypeError, OSError) as exc:
             self._owner.counters.rejected += 1
             log.warning("cfx requests: not a CFX envelope; rejected", handle=handle, error=str(exc))
