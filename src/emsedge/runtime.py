@@ -274,6 +274,7 @@ class Gateway:
         ctx = AdapterContext(
             equipment=equipment, emit=self._emitter(Normaliser(equipment)), health=health,
             loss_counter=self._loss_counter(equipment.id), state_dir=self.settings.buffer.path.parent,
+            gateway=self.settings.gateway.id,
         )
         task_status.started()
         try:

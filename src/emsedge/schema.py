@@ -144,13 +144,19 @@ def reading(
 
 @dataclass(slots=True)
 class Record:
-    """One message on its way to MES, before the buffer gives it an `id` and a `seq`."""
+    """One message on its way to MES, before the buffer gives it an `id` and a `seq`.
+
+    `message_id`: the envelope `id` this record must carry, when its source can name it deterministically
+    (a result file's board: the same id whenever the same result is emitted again after a crash, so MES
+    de-duplicates it by `id`). A UUID in canonical form; None (the default) lets the buffer draw a uuid4.
+    """
 
     kind: Kind
     equipment: str
     equipment_type: str
     ts: str
     body: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
 
     @property
     def event_type(self) -> str | None:
