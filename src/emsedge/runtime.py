@@ -43,6 +43,7 @@ from emsedge.errors import AdapterError, ConfigError
 from emsedge.forward import Forwarder
 from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
+from emsedge.publish.compact import CompactOutput, meta_for
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
@@ -111,9 +112,13 @@ class Gateway:
             broker_url=lambda: getattr(self.publisher, "current_url", None),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
+        self.compact: CompactOutput | None = None
+        """Rewrites telemetry compact on its way to the broker (`mqtt.telemetry_format: compact`)."""
+        if settings.mqtt.telemetry_format == "compact":
+            self.compact = CompactOutput(self.publisher, settings.gateway.id, self.topics)
         self.forwarder = Forwarder(
             self.buffer,
-            self.publisher,
+            self.compact or self.publisher,
             name="mqtt",
             qos=settings.mqtt.qos,
             window=settings.mqtt.max_inflight,
@@ -252,6 +257,8 @@ class Gateway:
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
         self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         self.machine_states.add(equipment.id, equipment.type, health)
+        if self.compact is not None:
+            self.compact.set_meta(meta_for(equipment))
         if not equipment.enabled:
             health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)
@@ -393,6 +400,8 @@ class Gateway:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
                 self.machine_states.remove(equipment_id)
+                if self.compact is not None:
+                    self.compact.remove(equipment_id)
                 self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:

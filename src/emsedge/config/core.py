@@ -130,6 +130,11 @@ class MqttConfig(ConfigModel):
         False, description="Allow a password over plain TCP to a non-loopback broker. Avoid."
     )
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+    telemetry_format: Literal["full", "compact"] = Field(
+        "full", description="full: emsedge/telemetry@1 (every reading with its unit, quality and ts). compact: "
+        "emsedge/telemetry-compact@1 (readings as {signal: value}, units once in the retained "
+        "{prefix}/{equipment}/meta message); see docs/mqtt-contract.md."
+    )
 
     @property
     def urls(self) -> list[str]:
