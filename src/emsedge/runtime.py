@@ -54,6 +54,7 @@ from emsedge.web.model import LineModel
 
 if TYPE_CHECKING:
     from emsedge.publish.cfx import CfxPublisher
+    from emsedge.publish.cfx_requests import CfxRequestListener
 
 log = structlog.get_logger("emsedge.runtime")
 
@@ -126,6 +127,8 @@ class Gateway:
         self.cfx: CfxPublisher | None = None
         """The CFX output (`publish.cfx.CfxPublisher`) and its forwarder, when `cfx:` is configured."""
         self.cfx_forwarder: Forwarder | None = None
+        self.cfx_requests: CfxRequestListener | None = None
+        """The CFX request listener, when `cfx.requests` is configured."""
         if settings.cfx is not None:
             from emsedge.publish.cfx import CfxPublisher, handles_for  # noqa: PLC0415 - optional extra emsedge[cfx]
 
@@ -143,6 +146,11 @@ class Gateway:
                 max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             )
             self.state.cfx = self.cfx.snapshot
+            if settings.cfx.requests is not None:
+                from emsedge.publish.cfx_requests import CfxRequestListener  # noqa: PLC0415 - emsedge[cfx]
+
+                self.cfx_requests = CfxRequestListener(settings.cfx, handles)
+                self.cfx.requests_snapshot = self.cfx_requests.snapshot
         self.loop_lag = LoopLag()
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
@@ -170,6 +178,8 @@ class Gateway:
                 if self.cfx is not None and self.cfx_forwarder is not None:
                     await link.start(self.cfx.run)
                     await link.start(self.cfx_forwarder.run)
+                if self.cfx_requests is not None:
+                    await link.start(self.cfx_requests.run)
                 await link.start(self._publish_status)
                 await link.start(self.machine_states.run)
                 if self.settings.http.listen:
