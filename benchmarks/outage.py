@@ -4,8 +4,9 @@ Real parts only: one mosquitto (persistence on, so the MES subscriber's session 
 Modbus equipment processes (tests/support/equipment_process.py) and N `emsedge run` daemons, each polling
 its own equipment with `--equipment` machines every `--poll`; the MES side is one QoS 1 subscriber
 process per line with a persistent session (a consumer group member that keeps one line's messages).
-After a warm-up the broker is SIGKILLed, kept down `--outage` seconds and started again on the same port. Measured from the moment the broker is started again ("back"; its
-own start-up counts against the gateways):
+After a warm-up the broker is SIGKILLed, kept down `--outage` seconds and started again on the same port.
+Measured from the moment the broker is started again ("back"; its own start-up counts against the
+gateways):
 
 * first message: per gateway, the first data message that reaches MES after the broker is back
   (p50 / max over gateways; max = every gateway delivered);
