@@ -328,7 +328,8 @@ def main() -> int:
                         help="poll interval of the paced run (1s; 100ms gives 100k values/s at 10k signals)")
     parser.add_argument("--no-flat", action="store_true", help="skip the flat-out run")
     parser.add_argument("--profile", default=None,
-                        help="directory: record the paced gateway run with py-spy (raw collapsed stacks, samples of the thread holding the GIL)")
+                        help="directory: record the paced gateway run with py-spy (raw collapsed stacks; samples of"
+                             " the thread holding the GIL)")
     parser.add_argument("--buffer-sync", choices=("full", "normal"), default=None,
                         help="buffer.sync of the gateway (default: the config default, full)")
     parser.add_argument("--buffer-linger", default=None, help="buffer.linger of the gateway, e.g. 5ms")
@@ -389,7 +390,8 @@ def main() -> int:
                     "values_s": paced.values_per_s, "p50_ms": paced.p50_ms, "p99_ms": paced.p99_ms,
                     "cores": paced.cores, "cpu_s_per_100k": paced.cpu_s / paced.values * 1e5 if paced.values else None,
                     "values_per_cpu_s": paced.values_per_cpu_s,
-                    "sys_share": paced.sys_s / paced.cpu_s if paced.cpu_s else None, "rss_mb": paced.rss_mb, "rss_now_mb": paced.rss_now_mb,
+                    "sys_share": paced.sys_s / paced.cpu_s if paced.cpu_s else None,
+                    "rss_mb": paced.rss_mb, "rss_now_mb": paced.rss_now_mb,
                     "max_values_s": flat.values_per_s, "max_values_per_cpu_s": flat.values_per_cpu_s,
                     "max_cores": flat.cores, "max_rss_mb": flat.rss_mb,
                     "ratio_gateway_bare": flat.values_per_s / bare_rate if bare_rate else None,
@@ -410,10 +412,12 @@ def print_row(r: dict[str, Any]) -> None:
         f"\n== {r['signals']:,} signals ({r['equipment']} equipment)\n"
         f"  bare pymodbus client : {r['bare_values_s']:>10,.0f} values/s   "
         f"{r['bare_values_per_cpu_s']:>10,.0f} values/CPU-s\n"
-        f"  gateway, {r['interval']:<5} poll  : {r['values_s']:>10,.0f} values/s delivered, latency p50 {r['p50_ms']:.0f} ms"
+        f"  gateway, {r['interval']:<5} poll  : {r['values_s']:>10,.0f} values/s delivered,"
+        f" latency p50 {r['p50_ms']:.0f} ms"
         f" p99 {r['p99_ms']:.0f} ms\n"
         f"                         {r['cores']:.2f} cores, {r['cpu_s_per_100k'] or float('nan'):.3f} CPU-s/100k values,"
-        f" {r['values_per_cpu_s']:,.0f} values/CPU-s ({r['sys_share'] or 0:.0%} in the kernel), peak RSS {r['rss_mb']:.0f} MB"
+        f" {r['values_per_cpu_s']:,.0f} values/CPU-s ({r['sys_share'] or 0:.0%} in the kernel),"
+        f" peak RSS {r['rss_mb']:.0f} MB"
         f" (RSS at the end {r['rss_now_mb']:.0f} MB)\n"
         f"  gateway, flat out    : {r['max_values_s']:>10,.0f} values/s delivered, {r['max_values_per_cpu_s']:,.0f}"
         f" values/CPU-s, {r['max_cores']:.2f} cores, peak RSS {r['max_rss_mb']:.0f} MB\n"

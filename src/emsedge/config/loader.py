@@ -9,6 +9,7 @@ a `ConfigError` whose messages name the file, the line, the field path and a hin
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,7 +257,9 @@ def _stream_construct(loader: Any) -> Any:
             tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
         construct = constructors.get(tag) or constructors[None]
-        return construct(loader, node)
+        data = construct(loader, node)
+        # Units, types, tables and names repeat across thousands of signals: keep one copy of each.
+        return sys.intern(data) if type(data) is str and len(data) <= 64 else data
 
     def value() -> Any:
         event = loader.get_event()
@@ -288,13 +291,14 @@ def _stream_construct(loader: Any) -> Any:
                 if tag in (_MERGE_TAG, _VALUE_TAG):
                     raise _NotStreamable
                 key = scalar(key_event)
+                mark: Any = key_event.start_mark
                 if key_event.value in seen:
                     raise _DuplicateKey(
                         problem=f"duplicate key {key_event.value!r} (first written at line "
                         f"{seen[key_event.value].line + 1}; YAML would keep only the last one)",
-                        problem_mark=key_event.start_mark,
+                        problem_mark=mark,
                     )
-                seen[key_event.value] = key_event.start_mark
+                seen[key_event.value] = mark
                 data[key] = value()
             loader.get_event()
         else:  # pragma: no cover - the parser yields nothing else here
