@@ -9,7 +9,6 @@ a `ConfigError` whose messages name the file, the line, the field path and a hin
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,15 +250,25 @@ def _stream_construct(loader: Any) -> Any:
         return None
     loader.get_event()  # DocumentStart
 
+    plain: dict[tuple[str, bool], Any] = {}
+    """Untagged short scalars already built (value, plain or quoted) -> their str/int/float/bool/None: units,
+    types, tables and names repeat across thousands of signals, so each is resolved and stored once."""
+
     def scalar(event: Any) -> Any:
         tag = event.tag
+        key = None
         if tag is None or tag == "!":
+            if len(event.value) <= 64:
+                key = (event.value, event.implicit[0])
+                if (known := plain.get(key, plain)) is not plain:
+                    return known
             tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
         node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
         construct = constructors.get(tag) or constructors[None]
         data = construct(loader, node)
-        # Units, types, tables and names repeat across thousands of signals: keep one copy of each.
-        return sys.intern(data) if type(data) is str and len(data) <= 64 else data
+        if key is not None and type(data) in (str, int, float, bool, type(None)):
+            plain[key] = data
+        return data
 
     def value() -> Any:
         event = loader.get_event()
