@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto rabbitmq browser clean
+.PHONY: venv demo run test test-all soak lint typecheck bench mosquitto rabbitmq nats-server nats-cluster browser clean
 
 DEMO_STAMP := $(VENV)/.installed-demo
 
@@ -29,13 +29,14 @@ demo: $(DEMO_STAMP)
 	@echo "make demo: starting the virtual line, a broker and the gateway (Ctrl-C stops everything)"
 	$(BIN)/emsedge demo
 
-# Installs everything (Python deps into .venv, mosquitto and chromium when missing) and runs the suite.
-test: $(STAMP) mosquitto rabbitmq browser
+# Installs everything (Python deps into .venv, mosquitto, rabbitmq-server, nats-server and chromium when missing)
+# and runs the suite.
+test: $(STAMP) mosquitto rabbitmq nats-server browser
 	$(BIN)/ruff check src tests examples
 	$(BIN)/mypy src examples/adapter-json-file/emsedge_json_file
 	$(BIN)/pytest -q -m "not soak" -p no:cacheprovider
 
-soak: $(STAMP) mosquitto
+soak: $(STAMP) mosquitto nats-server
 	$(BIN)/pytest -q -m soak
 
 # tests/integration/test_cfx_rabbitmq.py runs a private RabbitMQ node (AMQP 1.0 plugin is bundled).
@@ -43,6 +44,16 @@ rabbitmq:
 	@test -x /usr/lib/rabbitmq/bin/rabbitmq-server || \
 	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq rabbitmq-server; \
 	    else sudo apt-get update -qq && sudo apt-get install -y -qq rabbitmq-server; fi; }
+
+# tests/integration/test_nats_cluster.py runs a 3-node NATS JetStream cluster with MQTT (tests/support/nats_cluster.py).
+nats-server:
+	@command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || \
+	  { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq nats-server; \
+	    else sudo apt-get update -qq && sudo apt-get install -y -qq nats-server; fi; }
+
+# A 3-node NATS cluster with MQTT on free loopback ports, for trying the gateway by hand (Ctrl-C stops it).
+nats-cluster: $(STAMP) nats-server
+	$(BIN)/python tests/support/nats_cluster.py
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \

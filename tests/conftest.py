@@ -8,6 +8,8 @@ import pytest
 from hypothesis import settings
 from support import Mosquitto, Subscriber
 from support.daemon import Equipment
+from support.nats_cluster import NatsCluster
+from support.nats_cluster import available as nats_available
 from support.rabbitmq import RabbitMQ, available
 
 # The default suite is deterministic: Hypothesis draws the same examples on every run (a red CI is
@@ -52,3 +54,30 @@ def rabbitmq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     print(f"rabbitmq started in {node.start_seconds:.1f} s")
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="module")
+def _nats_cluster_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    if not nats_available():
+        pytest.skip("nats-server is not installed (make nats-server)")
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def nats_cluster(_nats_cluster_module: NatsCluster) -> NatsCluster:
+    """A 3-node NATS JetStream cluster with MQTT 3.1.1 on every node (tests/support/nats_cluster.py).
+
+    Started once per module (about 3 s); every test gets it with all three nodes running and ready, even
+    when an earlier test stopped one.
+    """
+    cluster = _nats_cluster_module
+    for index, node in enumerate(cluster.nodes):
+        if not node.running():
+            cluster.start_node(index, wait=False)
+    cluster.wait_ready()
+    return cluster
