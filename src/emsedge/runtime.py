@@ -60,8 +60,6 @@ log = structlog.get_logger("emsedge.runtime")
 
 DRAIN_TIMEOUT = 5.0
 """Seconds a clean stop keeps publishing the backlog before it leaves the rest on disk."""
-STATUS_INTERVAL = 10.0
-"""Seconds between retained status updates (backlog depth, oldest age, drain ETA)."""
 
 
 class _Unbuildable:
@@ -99,7 +97,8 @@ class Gateway:
             client_id=settings.client_id,
             status_topic=self.topics.status,
             online_payload=lambda: self._status_payload("online"),
-            offline_payload=self._status_payload("offline"),
+            offline_payload=lambda: self._status_payload("offline", cause="connection_lost"),
+            stopped_payload=lambda: self._status_payload("offline", cause="stopped"),
         )
         self.state = GatewayState(
             gateway_id=settings.gateway.id,
@@ -331,7 +330,10 @@ class Gateway:
     # ----------------------------------------------------------------------------------------------
     # Status
 
-    def _status_payload(self, state: str) -> bytes:
+    def _status_payload(self, state: str, cause: str | None = None) -> bytes:
+        """The retained status. `online` and a clean stop carry the backlog, loss and equipment figures
+        (`emsedge fleet` reads them); the last will (`connection_lost`) is built when a connection is made,
+        so its `ts` is the start of that connection and its figures would be stale: it carries none."""
         body: dict[str, object] = {
             "schema": SCHEMA_STATUS,
             "gateway": self.settings.gateway.id,
@@ -340,7 +342,9 @@ class Gateway:
             "version": __version__,
             "started_at": self.started_at,
         }
-        if state == "online":
+        if cause is not None:
+            body["cause"] = cause
+        if cause != "connection_lost":
             stats = self.buffer.stats()
             body["backlog"] = stats.count
             body["backlog_oldest_age_s"] = round(stats.oldest_age_s(time.monotonic()), 3)
@@ -349,13 +353,22 @@ class Gateway:
             body["dead_letters"] = stats.dead_letters
             body["dropped_total"] = stats.dropped_total
             body["dropped_total_by_equipment"] = dict(sorted(stats.dropped_by_equipment.items()))
+            body["status_interval_s"] = self.settings.mqtt.status_interval
+            by_state: dict[str, int] = {}
+            for equipment in self.settings.equipment:
+                health = self.state.equipment.get(equipment.id)
+                name = str(health.state) if health is not None else "connecting"
+                by_state[name] = by_state.get(name, 0) + 1
+            body["equipment_total"] = len(self.settings.equipment)
+            body["equipment_connected"] = by_state.get("connected", 0)
+            body["equipment_by_state"] = dict(sorted(by_state.items()))
         return json.dumps(body, separators=(",", ":")).encode()
 
     async def _publish_status(self, *, task_status: TaskStatus[None]) -> None:
         """Refresh the retained MQTT status while connected; log the backlog while there is one."""
         task_status.started()
         while True:
-            await anyio.sleep(STATUS_INTERVAL)
+            await anyio.sleep(self.settings.mqtt.status_interval)
             stats = self.buffer.stats()  # STATUS= for systemd is refreshed by service.run_watchdog
             if stats.count > self.settings.mqtt.max_inflight:
                 log.info(

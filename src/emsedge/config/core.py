@@ -125,6 +125,10 @@ class MqttConfig(ConfigModel):
     connect_timeout: Duration = Field(10.0, description="Deadline for the TCP/TLS connect and CONNACK.")
     publish_timeout: Duration = Field(30.0, description="Deadline for a PUBACK before the link is recycled.")
     max_inflight: int = Field(1000, ge=1, le=60000, description="Messages published but not yet acknowledged.")
+    status_interval: Duration = Field(
+        10.0, description="How often the retained online status (backlog, loss, equipment) is refreshed; "
+        "`emsedge fleet` calls a line stale after 3x this without a refresh.",
+    )
     tls: TlsConfig | None = Field(None, description="TLS settings for mqtts:// (system CAs when omitted).")
     allow_insecure: bool = Field(
         False, description="Allow a password over plain TCP to a non-loopback broker. Avoid."
