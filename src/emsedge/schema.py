@@ -20,8 +20,8 @@ existing fields are breaking. Telemetry and status are unchanged at `@1`.
 Compact telemetry (`emsedge/telemetry-compact@1`, opt-in with `mqtt.telemetry_format: compact`) is the same
 message written shorter: readings as `{signal: value}` that inherit the envelope's `ts`, `good` quality and
 the unit of the equipment's retained `emsedge/meta@1` message; only what differs goes into `x`.
-`compact_telemetry()` writes it from a full message, `expand_compact()` (the reference decoder) gives the
-full message back, field for field.
+`encode_compact()` writes it from a record (the buffer's encoder then), `compact_telemetry()` from a full
+message; `expand_compact()` (the reference decoder) gives the full message back, field for field.
 
 `encode()` turns a `Record` into the final payload bytes once it has its `id` and `seq` (assigned by the
 buffer inside the transaction that makes it durable, so `seq` is strictly increasing and persisted).
