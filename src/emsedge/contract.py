@@ -79,7 +79,12 @@ def examples() -> dict[str, list[dict[str, Any]]]:
         "status": [{
             "schema": schema.SCHEMA_STATUS, "gateway": "line1-gw", "state": "online", "ts": _EXAMPLE_TS,
             "version": "0.1.0", "started_at": _EXAMPLE_TS, "backlog": 0, "backlog_oldest_age_s": 0.0,
-            "drain_eta_s": None, "dropped": 0, "dead_letters": 0,
+            "drain_eta_s": None, "dropped": 0, "dead_letters": 0, "dropped_total": 0,
+            "dropped_total_by_equipment": {}, "status_interval_s": 10.0, "equipment_total": 5,
+            "equipment_connected": 4, "equipment_by_state": {"connected": 4, "retrying": 1},
+        }, {
+            "schema": schema.SCHEMA_STATUS, "gateway": "line1-gw", "state": "offline", "ts": _EXAMPLE_TS,
+            "version": "0.1.0", "started_at": _EXAMPLE_TS, "cause": "connection_lost",
         }],
     }
 

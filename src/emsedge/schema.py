@@ -791,6 +791,22 @@ class StatusMessage(_Wire):
     dropped_total_by_equipment: dict[str, int] | None = Field(
         default=None, description="dropped_total per equipment."
     )
+    cause: Literal["stopped", "connection_lost"] | None = Field(
+        default=None, description=(
+            "offline only: `stopped` (a clean stop; `ts` is when it stopped) or `connection_lost` (the last will; "
+            "`ts` is when the lost connection was made: the gateway was alive at least until then)."
+        ),
+    )
+    status_interval_s: float | None = Field(
+        default=None, description="Seconds between refreshes of the online status (`mqtt.status_interval`)."
+    )
+    equipment_total: int | None = Field(default=None, description="Equipment in the config (enabled or not).")
+    equipment_connected: int | None = Field(
+        default=None, description="Equipment whose session currently delivers (state `connected`)."
+    )
+    equipment_by_state: dict[str, int] | None = Field(
+        default=None, description="Equipment count per state (connecting, connected, retrying, failed, disabled)."
+    )
 
 
 class ActiveFault(_Wire):
