@@ -538,7 +538,8 @@ class Store:
         conn = _connect(self.path, self.config.sync)
         try:
             self._upgrade_format_1(conn)
-            conn.executescript(_SCHEMA)
+            # One transaction: a reader (`emsedge buffer stats` on a running gateway) sees all tables or none.
+            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
             if check:
                 conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
         except BaseException:
