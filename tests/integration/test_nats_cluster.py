@@ -5,7 +5,8 @@ processes (one per line, each polling its own Modbus machine, each listing the t
 order), an MES consumer group on the other nodes, the node most gateways use stopped for a while and
 brought back, then one gateway SIGKILLed and restarted. Per gateway: nothing lost (seq, tail included),
 duplicates only of the same message (`id`), first deliveries in seq order. It prints the failover time per
-gateway (p50/max). The default suite keeps the node down `OUTAGE_S` (5 s); the soak variant 20 s.
+gateway (p50/max). The default suite keeps the node down `OUTAGE_S` (20 s, about 60 s for the whole test
+on a 2-core machine); the soak variant 60 s (`EMSEDGE_NATS_OUTAGE_S` overrides it).
 
 NATS 2.9 has no MQTT shared subscriptions (`$share/...` is an ordinary topic there), so the consumer group
 is partitioned by gateway: each consumer subscribes to the lines it owns with its own persistent session
@@ -14,6 +15,7 @@ is partitioned by gateway: each consumer subscribes to the lines it owns with it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,15 +35,17 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from support import REPO, free_port, seq_report, wait_for_port
-from support.daemon import Daemon, buffer_seqs, gateway_config, wait_until
+from support.daemon import Daemon, gateway_config, wait_until
 from support.nats_cluster import NatsCluster
+
+from emsedge.buffer.offline import export, file_stats
 
 pytestmark = pytest.mark.timeout(300)
 
 SITE = "plant-n"
 LINES = 10
-OUTAGE_S = 5.0
-SOAK_OUTAGE_S = 20.0
+OUTAGE_S = 20.0
+SOAK_OUTAGE_S = 60.0
 PROTOCOL_HINT = 'mqtt.protocol: "3.1.1"'
 
 
@@ -173,7 +177,8 @@ class MesConsumer:
     the topics of some gateways (partitioned by gateway, so one gateway's messages stay on one consumer)."""
 
     name: str
-    port: int
+    ports: list[int]
+    """The nodes it may use, in order: it moves to the next one when its node goes away."""
     lines: list[str]
     received: dict[str, list[Received]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -185,14 +190,21 @@ class MesConsumer:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._next_node
+        self.client.on_connect_fail = self._next_node
         self.client.reconnect_delay_set(0.1, 0.5)
-        self.client.connect("127.0.0.1", self.port, keepalive=10)
+        self.client.connect("127.0.0.1", self.ports[0], keepalive=10)
         self.client.loop_start()
         if not self.subscribed.wait(30):
             raise TimeoutError(f"{self.name} got no SUBACK")
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         client.subscribe([(f"ems/{SITE}/smt/{line}/#", 1) for line in self.lines])
+
+    def _next_node(self, client: mqtt.Client, *_: Any) -> None:
+        """Called by paho's loop thread with the connection closed: the next reconnect goes to the next node."""
+        with contextlib.suppress(RuntimeError):  # a clean disconnect of our own: the socket is still open
+            client.port = self.ports[(self.ports.index(client.port) + 1) % len(self.ports)]
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         self.subscribed.set()
@@ -214,6 +226,7 @@ class MesConsumer:
             return list(self.received.get(gateway, []))
 
     def stop(self) -> None:
+        self.client.on_disconnect = None
         self.client.loop_stop()
         self.client.disconnect()
 
@@ -243,12 +256,14 @@ class Plant:
         )
         for port in self.machine_ports:
             wait_for_port(port)
-        first_nodes = {order[0] for order in self.orders.values()}
-        busiest = max(first_nodes, key=lambda i: sum(o[0] == i for o in self.orders.values()))
-        others = [i for i in range(len(self.cluster.nodes)) if i != busiest]
+        # The consumers start on the nodes where fewer lines start (the busiest one is stopped later); should
+        # the busiest turn out otherwise, a consumer moves to another node like a gateway, with its session.
+        starts = [sum(order[0] == i for order in self.orders.values()) for i in range(len(self.cluster.nodes))]
+        others = sorted(range(len(self.cluster.nodes)), key=lambda i: starts[i])[:2]
+        ports = self.cluster.mqtt_ports
         for k, node in enumerate(others):
             name = f"mes-{k}-{time.monotonic_ns()}"  # a fresh persistent session per test
-            consumer = MesConsumer(name, self.cluster.nodes[node].mqtt_port, self.lines[k::len(others)])
+            consumer = MesConsumer(name, ports[node:] + ports[:node], self.lines[k::len(others)])
             consumer.start()
             self.consumers.append(consumer)
         for n, line in enumerate(self.lines):
@@ -332,19 +347,28 @@ def plant(nats_cluster: NatsCluster, tmp_path: Path) -> Iterator[Plant]:
 
 def run_plant(plant: Plant, outage_s: float) -> None:
     cluster = plant.cluster
+    began = time.monotonic()
+
+    def phase(what: str) -> None:
+        print(f"  {time.monotonic() - began:6.1f} s  {what}")
+
     marks = plant.wait_flowing(timeout=90)
+    phase("all ten lines deliver")
 
     # The node most gateways are connected to goes down for `outage_s`, then comes back.
     on_node = {i: plant.gateways_on(i) for i in range(len(cluster.nodes))}
     target = max(on_node, key=lambda i: len(on_node[i]))
     moved = sorted(on_node[target])
     assert len(moved) >= LINES // len(cluster.nodes), on_node
-    assert all(c.port != cluster.nodes[target].mqtt_port for c in plant.consumers)
+    phase(f"stopping {cluster.nodes[target].name}: lines {', '.join(moved)} on it; consumers on "
+          f"{', '.join(str(c.client.port) for c in plant.consumers)} (node ports {cluster.mqtt_ports})")
     stopped_at = time.time()
     cluster.stop_node(target)
     wait_until(lambda: all(plant.delivered(line) > marks[line] + 3 for line in moved), 60)
     time.sleep(max(0.0, stopped_at + outage_s - time.time()))  # the outage lasts its full length
+    phase(f"node {cluster.nodes[target].name} back after {time.time() - stopped_at:.1f} s")
     cluster.start_node(target)
+    phase("cluster ready again")
     marks = plant.wait_flowing(after={line: plant.delivered(line) for line in plant.lines}, timeout=60)
 
     failover: dict[str, float] = {}
@@ -358,6 +382,7 @@ def run_plant(plant: Plant, outage_s: float) -> None:
           f"p50 {statistics.median(values):.2f} s, max {max(values):.2f} s "
           f"({', '.join(f'{k} {v:.2f}' for k, v in sorted(failover.items()))})")
     assert max(values) < 15.0, failover
+    phase("failover times read")
 
     # One gateway is SIGKILLed mid-stream and restarted on the same buffer.
     victim = moved[0]
@@ -365,15 +390,28 @@ def run_plant(plant: Plant, outage_s: float) -> None:
     daemon.kill()
     daemon.start()
     plant.wait_flowing(after=marks, timeout=60)
+    phase(f"{victim} SIGKILLed and restarted; every line delivers")
 
     plant.stop()
+    phase("gateways stopped")
+    received = duplicates = 0
     for line in plant.lines:
-        check_line(plant, line)
+        got, unique = check_line(plant, line)
+        received, duplicates = received + got, duplicates + got - unique
+    phase(f"every line checked: {received} messages received, {duplicates} duplicates (same id), none lost")
 
 
-def check_line(plant: Plant, line: str) -> None:
+def buffer_seqs_in_process(path: Path) -> tuple[int, set[int]]:
+    """`support.daemon.buffer_seqs` without a CLI process per call (ten lines, two calls each): the same
+    offline functions `emsedge buffer stats` and `emsedge buffer export` print."""
+    stats = file_stats(path)
+    return int(stats["next_seq"]) - 1, {int(record["seq"]) for record in export(path)}
+
+
+def check_line(plant: Plant, line: str) -> tuple[int, int]:
+    """Assert one line's delivery; returns (messages received, distinct seqs)."""
     got = plant.consumer_of(line).of(line)
-    last, waiting = buffer_seqs(plant.tmp / line / "buffer.db")
+    last, waiting = buffer_seqs_in_process(plant.tmp / line / "buffer.db")
     payloads = [{"seq": r.seq} for r in got]
     unique, _, missing = seq_report(payloads, first=1, last=last, accounted=waiting)
     assert unique and not missing, f"{line}: {len(missing)} seqs lost, e.g. {missing[:10]}"
@@ -382,6 +420,7 @@ def check_line(plant: Plant, line: str) -> None:
         assert ids.setdefault(r.seq, r.id) == r.id, f"{line}: seq {r.seq} arrived with two different ids"
     first_arrivals = [r.seq for r in got if ids.pop(r.seq, None) is not None]
     assert first_arrivals == sorted(first_arrivals), f"{line}: first deliveries out of seq order"
+    return len(got), len(unique)
 
 
 def test_ten_lines_ride_out_a_node_outage_and_a_killed_gateway(plant: Plant) -> None:
@@ -389,5 +428,5 @@ def test_ten_lines_ride_out_a_node_outage_and_a_killed_gateway(plant: Plant) -> 
 
 
 @pytest.mark.soak
-def test_ten_lines_ride_out_a_twenty_second_node_outage_and_a_killed_gateway(plant: Plant) -> None:
+def test_ten_lines_ride_out_a_one_minute_node_outage_and_a_killed_gateway(plant: Plant) -> None:
     run_plant(plant, float(os.environ.get("EMSEDGE_NATS_OUTAGE_S", SOAK_OUTAGE_S)))
