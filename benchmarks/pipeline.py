@@ -76,6 +76,9 @@ def equipment_config(eq: dict[str, Any], port: int, interval: str) -> dict[str, 
     }
 
 
+PROFILE: dict[str, Path] = {}
+"""`--profile DIR`: the paced gateway run is recorded by py-spy (when installed) into DIR."""
+
 BUFFER_OPTIONS: dict[str, Any] = {}
 """Extra `buffer:` settings for every gateway run (--buffer-sync, --buffer-linger)."""
 
@@ -128,8 +131,13 @@ def serve(port: int, n_signals: int, per_equipment: int) -> None:
 
 
 def proc_cpu(pid: int) -> float:
+    return sum(proc_cpu_split(pid))
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def proc_mem_mb(pid: int, field_: str) -> float:
@@ -238,6 +246,8 @@ class GatewayRun:
     rss_mb: float
     rss_now_mb: float
     values: int
+    sys_s: float = 0.0
+    """Of `cpu_s`, the kernel's part (syscalls: sockets, fsync)."""
 
     @property
     def cores(self) -> float:
@@ -249,9 +259,10 @@ class GatewayRun:
 
 
 def run_gateway(config: Path, received: Received, expected_values: int, warmup: float, window: float,
-                workdir: Path) -> GatewayRun:
+                workdir: Path, *, profile: bool = False) -> GatewayRun:
     emsedge = REPO / ".venv" / "bin" / "emsedge"
     cmd = [str(emsedge) if emsedge.exists() else "emsedge", "run", "-c", str(config)]
+    spy = None
     log = (workdir / f"{config.stem}.log").open("wb")
     received.clear()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -264,11 +275,20 @@ def run_gateway(config: Path, received: Received, expected_values: int, warmup: 
                 raise SystemExit(f"gateway did not deliver telemetry (exit {proc.poll()}):\n{tail}")
             time.sleep(0.05)
         time.sleep(warmup)
-        t0, cpu0 = time.time(), proc_cpu(proc.pid)
+        if profile and "dir" in PROFILE:
+            out = PROFILE["dir"] / f"{config.stem}.txt"
+            py_spy = Path(sys.executable).parent / "py-spy"
+            spy = subprocess.Popen([str(py_spy), "record", "--pid", str(proc.pid), "--threads", "--format", "raw",
+                                    "--rate", "200", "--gil", "--duration", str(int(window)), "--output", str(out)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        t0, (user0, sys0) = time.time(), proc_cpu_split(proc.pid)
         time.sleep(window)
-        t1, cpu1 = time.time(), proc_cpu(proc.pid)
+        t1, (user1, sys1) = time.time(), proc_cpu_split(proc.pid)
+        cpu0, cpu1 = user0 + sys0, user1 + sys1
         rss, rss_now = proc_mem_mb(proc.pid, "VmHWM"), proc_mem_mb(proc.pid, "VmRSS")
     finally:
+        if spy is not None:
+            spy.wait(timeout=60)
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=15)
@@ -281,7 +301,7 @@ def run_gateway(config: Path, received: Received, expected_values: int, warmup: 
     latencies = [((now - parse_ts(ts)) * 1000, n) for now, n, ts in items]
     _ = expected_values
     return GatewayRun(values / (t1 - t0), percentile(latencies, 0.5), percentile(latencies, 0.99),
-                      cpu1 - cpu0, t1 - t0, rss, rss_now, values)
+                      cpu1 - cpu0, t1 - t0, rss, rss_now, values, sys1 - sys0)
 
 
 def check_sample(received: Received) -> None:
@@ -304,6 +324,12 @@ def main() -> int:
     parser.add_argument("--per-equipment", type=int, default=1000)
     parser.add_argument("--bare-seconds", type=float, default=4.0)
     parser.add_argument("--window", type=float, default=8.0, help="measurement window of each gateway run")
+    parser.add_argument("--interval", default="1s",
+                        help="poll interval of the paced run (1s; 100ms gives 100k values/s at 10k signals)")
+    parser.add_argument("--no-flat", action="store_true", help="skip the flat-out run")
+    parser.add_argument("--profile", default=None,
+                        help="directory: record the paced gateway run with py-spy (raw collapsed stacks; samples of"
+                             " the thread holding the GIL)")
     parser.add_argument("--buffer-sync", choices=("full", "normal"), default=None,
                         help="buffer.sync of the gateway (default: the config default, full)")
     parser.add_argument("--buffer-linger", default=None, help="buffer.linger of the gateway, e.g. 5ms")
@@ -316,6 +342,9 @@ def main() -> int:
 
     from support import Mosquitto, free_port, wait_for_port  # noqa: PLC0415
 
+    if args.profile:
+        PROFILE["dir"] = Path(args.profile).resolve()
+        PROFILE["dir"].mkdir(parents=True, exist_ok=True)
     if args.buffer_sync:
         BUFFER_OPTIONS["sync"] = args.buffer_sync
     if args.buffer_linger:
@@ -346,20 +375,23 @@ def main() -> int:
                 try:
                     wait_for_port(port, timeout=30)
                     bare_rate, bare_per_cpu = asyncio.run(bare_client(port, lay, args.bare_seconds))
-                    paced = run_gateway(gateway_config(lay, port, broker.port, workdir, "1s"), received, n,
-                                        warmup=2.0, window=args.window, workdir=workdir)
+                    paced = run_gateway(gateway_config(lay, port, broker.port, workdir, args.interval), received, n,
+                                        warmup=2.0, window=args.window, workdir=workdir, profile=True)
                     check_sample(received)
-                    flat = run_gateway(gateway_config(lay, port, broker.port, workdir, "1ms"), received, n,
-                                       warmup=2.0, window=args.window * 0.75, workdir=workdir)
+                    flat = paced if args.no_flat else run_gateway(
+                        gateway_config(lay, port, broker.port, workdir, "1ms"), received, n,
+                        warmup=2.0, window=args.window * 0.75, workdir=workdir)
                 finally:
                     server.terminate()
                     server.wait(timeout=10)
                 row = {
-                    "signals": n, "equipment": len(lay),
+                    "signals": n, "equipment": len(lay), "interval": args.interval,
                     "bare_values_s": bare_rate, "bare_values_per_cpu_s": bare_per_cpu,
                     "values_s": paced.values_per_s, "p50_ms": paced.p50_ms, "p99_ms": paced.p99_ms,
                     "cores": paced.cores, "cpu_s_per_100k": paced.cpu_s / paced.values * 1e5 if paced.values else None,
-                    "values_per_cpu_s": paced.values_per_cpu_s, "rss_mb": paced.rss_mb, "rss_now_mb": paced.rss_now_mb,
+                    "values_per_cpu_s": paced.values_per_cpu_s,
+                    "sys_share": paced.sys_s / paced.cpu_s if paced.cpu_s else None,
+                    "rss_mb": paced.rss_mb, "rss_now_mb": paced.rss_now_mb,
                     "max_values_s": flat.values_per_s, "max_values_per_cpu_s": flat.values_per_cpu_s,
                     "max_cores": flat.cores, "max_rss_mb": flat.rss_mb,
                     "ratio_gateway_bare": flat.values_per_s / bare_rate if bare_rate else None,
@@ -380,10 +412,12 @@ def print_row(r: dict[str, Any]) -> None:
         f"\n== {r['signals']:,} signals ({r['equipment']} equipment)\n"
         f"  bare pymodbus client : {r['bare_values_s']:>10,.0f} values/s   "
         f"{r['bare_values_per_cpu_s']:>10,.0f} values/CPU-s\n"
-        f"  gateway, 1 s poll    : {r['values_s']:>10,.0f} values/s delivered, latency p50 {r['p50_ms']:.0f} ms"
+        f"  gateway, {r['interval']:<5} poll  : {r['values_s']:>10,.0f} values/s delivered,"
+        f" latency p50 {r['p50_ms']:.0f} ms"
         f" p99 {r['p99_ms']:.0f} ms\n"
         f"                         {r['cores']:.2f} cores, {r['cpu_s_per_100k'] or float('nan'):.3f} CPU-s/100k values,"
-        f" {r['values_per_cpu_s']:,.0f} values/CPU-s, peak RSS {r['rss_mb']:.0f} MB"
+        f" {r['values_per_cpu_s']:,.0f} values/CPU-s ({r['sys_share'] or 0:.0%} in the kernel),"
+        f" peak RSS {r['rss_mb']:.0f} MB"
         f" (RSS at the end {r['rss_now_mb']:.0f} MB)\n"
         f"  gateway, flat out    : {r['max_values_s']:>10,.0f} values/s delivered, {r['max_values_per_cpu_s']:,.0f}"
         f" values/CPU-s, {r['max_cores']:.2f} cores, peak RSS {r['max_rss_mb']:.0f} MB\n"

@@ -45,8 +45,9 @@ What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file 
   (`materials_installed`, `unit_processed`, `unit_inspected`, and the tester's `unit_tested`); joining
   them by `serial` gives the record of each board down to the reel of every component. A retest is a new
   `unit_tested` event: `test` is the latest run, `test.runs` every run in order. A tester result that the
-  gateway re-sent after a crash has a new `id` but the same `source` (file sha256 and board index); it is
-  recognised by that and not counted as a run twice.
+  gateway re-sent after a crash has the same `id` (dropped like any repeat) with a new `seq` (counted as
+  received, so no false gap); it is also recognised by its `source` (file sha256 and board index), for
+  gateways that re-sent it with a new `id`, and not counted as a run twice.
 * **Missed boards**: a board can pass a machine while the gateway cannot see it (a connection outage).
   The gateway then sends `units_missed` (how many, the serials seen around the gap); boards that stay
   incomplete are reported by `check_incomplete()` with the `units_missed` events of the machines that
@@ -198,6 +199,11 @@ class MesSubscriber:
             if message_id is None or "seq" not in message:
                 self.invalid += 1
                 return
+            gateway = str(message.get("gateway"))
+            seq = int(message["seq"])
+            if gateway not in self.seqs:
+                self.seqs[gateway] = GatewaySeq(first=seq, next=seq)
+            self.seqs[gateway].add(seq)  # before the id check: a re-emitted copy's new seq is no gap
             if message_id in self._ids:
                 self.duplicates += 1
                 return
@@ -205,11 +211,6 @@ class MesSubscriber:
             if len(self._ids) > SEEN_IDS:
                 self._ids.popitem(last=False)
             self.received += 1
-            gateway = str(message.get("gateway"))
-            seq = int(message["seq"])
-            if gateway not in self.seqs:
-                self.seqs[gateway] = GatewaySeq(first=seq, next=seq)
-            self.seqs[gateway].add(seq)
             if "readings" in message:
                 self._telemetry(message)
             elif isinstance(message.get("event"), dict):

@@ -1,11 +1,15 @@
 """Commands: run, check-config, config-schema, contract-schema, browse, probe, buffer, simulate, demo, watch,
-opcua-cert.
+fleet, opcua-cert.
 
 Every command that reads a config stops with exit status 78 (EX_CONFIG) and located messages
 (file:line:column: field: problem (hint)) when the file is invalid, before anything connects. `run` stops
 with one line and 73 (EX_CANTCREAT) when the buffer cannot be created or locked (a directory, a read-only
 or full file system, no permission, another gateway on the file) and 78 when it was written by a newer
 emsedge: never a traceback for what the operator has to fix.
+
+Exit status, for every command: 0 success; 1 failure (e.g. `watch`/`fleet`: no broker or nothing
+received; `check-config --online`: a signal unreadable); 2 usage; 3 `fleet`: a line offline; 4 `fleet`:
+every line online but one losing data; 73 EX_CANTCREAT; 78 EX_CONFIG; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ DELEGATED = {
     "simulate": ("emsedge.simulate:main_simulate", "run the virtual SMT line (-c config/virtual-line.yaml)"),
     "demo": ("emsedge.demo:main_demo", "virtual line + broker + gateway + live view of what MES receives"),
     "watch": ("emsedge.watch:main_watch", "live view of a line on any broker: watch --broker URL --prefix P"),
+    "fleet": ("emsedge.fleet:main_fleet",
+              "one row per line from the gateways' retained status: fleet --broker URL --prefix ems/SITE"),
 }
 
 

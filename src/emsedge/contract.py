@@ -20,6 +20,8 @@ from emsedge import schema
 
 PAYLOADS: dict[str, type[BaseModel]] = {
     "TelemetryMessage": schema.TelemetryMessage,
+    "CompactTelemetryMessage": schema.CompactTelemetryMessage,
+    "TelemetryMetaMessage": schema.TelemetryMetaMessage,
     "EventMessage": schema.EventMessage,
     "StatusMessage": schema.StatusMessage,
     "EquipmentStateMessage": schema.EquipmentStateMessage,
@@ -44,11 +46,21 @@ def examples() -> dict[str, list[dict[str, Any]]]:
     def ev(where: dict[str, str], type: schema.EventType, **fields: Any) -> dict[str, Any]:
         return {"schema": schema.SCHEMA_EVENT, **_ENVELOPE, **where, "event": schema.event_body(type, **fields)}
 
+    full = {
+        "schema": schema.SCHEMA_TELEMETRY, **_ENVELOPE, **reflow,
+        "readings": [
+            schema.reading("zone1_top_actual", 218.4, unit="Cel", ts=_EXAMPLE_TS),
+            schema.reading("conveyor_speed", 72.5, unit="cm/min", ts=_EXAMPLE_TS),
+            schema.reading("board_count", None, unit=None, quality="bad", ts=_EXAMPLE_TS,
+                           status="IllegalDataAddress"),
+        ],
+    }
+    meta = example_meta()
+    compact = schema.compact_telemetry(full, meta)
+    assert compact is not None
     return {
-        "telemetry": [{
-            "schema": schema.SCHEMA_TELEMETRY, **_ENVELOPE, **reflow,
-            "readings": [schema.reading("zone1_top_actual", 218.4, unit="Cel", ts=_EXAMPLE_TS)],
-        }],
+        "telemetry": [full, compact],
+        "meta": [meta.message("line1-gw")],
         "events": [
             ev(aoi, schema.EventType.UNIT_INSPECTED, serial="PCB-2026-000123", result="fail", raw_result="FAIL",
                defects=["C12:tombstone"], ceid=3001, name="board_inspected"),
@@ -67,9 +79,23 @@ def examples() -> dict[str, list[dict[str, Any]]]:
         "status": [{
             "schema": schema.SCHEMA_STATUS, "gateway": "line1-gw", "state": "online", "ts": _EXAMPLE_TS,
             "version": "0.1.0", "started_at": _EXAMPLE_TS, "backlog": 0, "backlog_oldest_age_s": 0.0,
-            "drain_eta_s": None, "dropped": 0, "dead_letters": 0,
+            "drain_eta_s": None, "dropped": 0, "dead_letters": 0, "dropped_total": 0,
+            "dropped_total_by_equipment": {}, "status_interval_s": 10.0, "equipment_total": 5,
+            "equipment_connected": 4, "equipment_by_state": {"connected": 4, "retrying": 1},
+        }, {
+            "schema": schema.SCHEMA_STATUS, "gateway": "line1-gw", "state": "offline", "ts": _EXAMPLE_TS,
+            "version": "0.1.0", "started_at": _EXAMPLE_TS, "cause": "connection_lost",
         }],
     }
+
+
+def example_meta() -> schema.TelemetryMeta:
+    """The meta of the documented compact telemetry example."""
+    return schema.TelemetryMeta.build("reflow-1", "reflow_oven", {
+        "zone1_top_actual": {"unit": "Cel", "type": "float32"},
+        "conveyor_speed": {"unit": "cm/min", "type": "float32"},
+        "board_count": {"unit": None, "type": "uint32"},
+    })
 
 
 def _lift_defs(schemas: dict[str, Any]) -> dict[str, Any]:
@@ -91,7 +117,12 @@ def asyncapi(version: str | None = None) -> dict[str, Any]:
 
     ex = examples()
     messages = {
-        "telemetry": ("TelemetryMessage", "Readings of one poll or publishing cycle (mqtt.qos, not retained)."),
+        "telemetry": ("TelemetryMessage", "Readings of one poll or publishing cycle (mqtt.qos, not retained); "
+                      "with mqtt.telemetry_format: compact the payload is a CompactTelemetryMessage "
+                      "(schema emsedge/telemetry-compact@1): read the schema field."),
+        "meta": ("TelemetryMetaMessage", "Retained, with mqtt.telemetry_format: compact only: what the compact "
+                 "telemetry of one machine leaves out (units, data types); published before the first compact "
+                 "message that names it; an empty retained message clears it when the machine leaves the config."),
         "events": ("EventMessage", "One event: state change, fault, board result, connection, data loss."),
         "state": ("EquipmentStateMessage", "Retained current state of one machine; an empty retained message "
                   "clears it when the machine leaves the config."),
@@ -101,7 +132,8 @@ def asyncapi(version: str | None = None) -> dict[str, Any]:
     equipment = {"description": "Equipment id from the config (_gateway for the gateway's own events)."}
     channels: dict[str, Any] = {}
     for key, address in (("telemetry", "{prefix}/{equipment}/telemetry"), ("events", "{prefix}/{equipment}/events"),
-                         ("state", "{prefix}/{equipment}/state"), ("status", "{prefix}/_gateway/status")):
+                         ("state", "{prefix}/{equipment}/state"), ("meta", "{prefix}/{equipment}/meta"),
+                         ("status", "{prefix}/_gateway/status")):
         params: dict[str, Any] = {"prefix": prefix}
         if "{equipment}" in address:
             params["equipment"] = equipment
@@ -129,7 +161,9 @@ def asyncapi(version: str | None = None) -> dict[str, Any]:
             "messages": {
                 key: {
                     "name": model, "summary": summary,
-                    "payload": {"$ref": f"#/components/schemas/{model}"},
+                    "payload": {"oneOf": [{"$ref": "#/components/schemas/TelemetryMessage"},
+                                          {"$ref": "#/components/schemas/CompactTelemetryMessage"}]}
+                    if key == "telemetry" else {"$ref": f"#/components/schemas/{model}"},
                     "examples": [{"payload": p} for p in ex[key]],
                 }
                 for key, (model, summary) in messages.items()
@@ -161,6 +195,7 @@ _TOPIC_MODELS: dict[str, type[BaseModel]] = {
     "telemetry": schema.TelemetryMessage,
     "events": schema.EventMessage,
     "state": schema.EquipmentStateMessage,
+    "meta": schema.TelemetryMetaMessage,
     "status": schema.StatusMessage,
 }
 
@@ -171,16 +206,19 @@ def check_message(topic: str, payload: bytes) -> BaseModel | None:
     Stricter than the models alone: an event body must already be in the normal form the gateway's
     builder produces (`fault_code` a string, defects as objects, the fault text in `text`), so a
     payload that validates only thanks to the models' normalisation is still a contract violation.
-    Returns None for an empty retained message on a state topic (a machine removed from the config).
+    Returns None for an empty retained message on a state or meta topic (a machine removed from the config).
+    Compact telemetry is validated as such; `expand_compact` with the equipment's meta gives its full form.
     """
     parts = topic.split("/")
     kind = parts[-1]
     model = _TOPIC_MODELS.get(kind)
     if model is None or len(parts) < 3:
         raise ValueError(f"{topic}: not a topic of the contract")
-    if payload == b"" and kind == "state":
+    if payload == b"" and kind in ("state", "meta"):
         return None
     data = json.loads(payload)
+    if kind == "telemetry" and isinstance(data, dict) and data.get("schema") == schema.SCHEMA_TELEMETRY_COMPACT:
+        model = schema.CompactTelemetryMessage
     message = model.model_validate(data)
     equipment = parts[-2]
     if kind != "status" and data.get("equipment") != equipment:

@@ -43,6 +43,7 @@ from emsedge.errors import AdapterError, ConfigError
 from emsedge.forward import Forwarder
 from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
+from emsedge.publish.compact import CompactOutput, meta_for
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
@@ -53,13 +54,12 @@ from emsedge.web.model import LineModel
 
 if TYPE_CHECKING:
     from emsedge.publish.cfx import CfxPublisher
+    from emsedge.publish.cfx_requests import CfxRequestListener
 
 log = structlog.get_logger("emsedge.runtime")
 
 DRAIN_TIMEOUT = 5.0
 """Seconds a clean stop keeps publishing the backlog before it leaves the rest on disk."""
-STATUS_INTERVAL = 10.0
-"""Seconds between retained status updates (backlog depth, oldest age, drain ETA)."""
 
 
 class _Unbuildable:
@@ -97,7 +97,8 @@ class Gateway:
             client_id=settings.client_id,
             status_topic=self.topics.status,
             online_payload=lambda: self._status_payload("online"),
-            offline_payload=self._status_payload("offline"),
+            offline_payload=lambda: self._status_payload("offline", cause="connection_lost"),
+            stopped_payload=lambda: self._status_payload("offline", cause="stopped"),
         )
         self.state = GatewayState(
             gateway_id=settings.gateway.id,
@@ -111,9 +112,13 @@ class Gateway:
             broker_failovers=lambda: int(getattr(self.publisher, "failovers", 0)),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
+        self.compact: CompactOutput | None = None
+        """Rewrites telemetry compact on its way to the broker (`mqtt.telemetry_format: compact`)."""
+        if settings.mqtt.telemetry_format == "compact":
+            self.compact = CompactOutput(self.publisher, settings.gateway.id, self.topics)
         self.forwarder = Forwarder(
             self.buffer,
-            self.publisher,
+            self.compact or self.publisher,
             name="mqtt",
             qos=settings.mqtt.qos,
             window=settings.mqtt.max_inflight,
@@ -123,6 +128,8 @@ class Gateway:
         self.cfx: CfxPublisher | None = None
         """The CFX output (`publish.cfx.CfxPublisher`) and its forwarder, when `cfx:` is configured."""
         self.cfx_forwarder: Forwarder | None = None
+        self.cfx_requests: CfxRequestListener | None = None
+        """The CFX request listener, when `cfx.requests` is configured."""
         if settings.cfx is not None:
             from emsedge.publish.cfx import CfxPublisher, handles_for  # noqa: PLC0415 - optional extra emsedge[cfx]
 
@@ -140,6 +147,11 @@ class Gateway:
                 max_inflight_bytes=int(settings.buffer.max_inflight_bytes),
             )
             self.state.cfx = self.cfx.snapshot
+            if settings.cfx.requests is not None:
+                from emsedge.publish.cfx_requests import CfxRequestListener  # noqa: PLC0415 - emsedge[cfx]
+
+                self.cfx_requests = CfxRequestListener(settings.cfx, handles)
+                self.cfx.requests_snapshot = self.cfx_requests.snapshot
         self.loop_lag = LoopLag()
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
@@ -167,6 +179,8 @@ class Gateway:
                 if self.cfx is not None and self.cfx_forwarder is not None:
                     await link.start(self.cfx.run)
                     await link.start(self.cfx_forwarder.run)
+                if self.cfx_requests is not None:
+                    await link.start(self.cfx_requests.run)
                 await link.start(self._publish_status)
                 await link.start(self.machine_states.run)
                 if self.settings.http.listen:
@@ -243,6 +257,8 @@ class Gateway:
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
         self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         self.machine_states.add(equipment.id, equipment.type, health)
+        if self.compact is not None:
+            self.compact.set_meta(meta_for(equipment))
         if not equipment.enabled:
             health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)
@@ -265,6 +281,7 @@ class Gateway:
         ctx = AdapterContext(
             equipment=equipment, emit=self._emitter(Normaliser(equipment)), health=health,
             loss_counter=self._loss_counter(equipment.id), state_dir=self.settings.buffer.path.parent,
+            gateway=self.settings.gateway.id,
         )
         task_status.started()
         try:
@@ -314,7 +331,10 @@ class Gateway:
     # ----------------------------------------------------------------------------------------------
     # Status
 
-    def _status_payload(self, state: str) -> bytes:
+    def _status_payload(self, state: str, cause: str | None = None) -> bytes:
+        """The retained status. `online` and a clean stop carry the backlog, loss and equipment figures
+        (`emsedge fleet` reads them); the last will (`connection_lost`) is built when a connection is made,
+        so its `ts` is the start of that connection and its figures would be stale: it carries none."""
         body: dict[str, object] = {
             "schema": SCHEMA_STATUS,
             "gateway": self.settings.gateway.id,
@@ -323,7 +343,9 @@ class Gateway:
             "version": __version__,
             "started_at": self.started_at,
         }
-        if state == "online":
+        if cause is not None:
+            body["cause"] = cause
+        if cause != "connection_lost":
             stats = self.buffer.stats()
             body["backlog"] = stats.count
             body["backlog_oldest_age_s"] = round(stats.oldest_age_s(time.monotonic()), 3)
@@ -332,13 +354,22 @@ class Gateway:
             body["dead_letters"] = stats.dead_letters
             body["dropped_total"] = stats.dropped_total
             body["dropped_total_by_equipment"] = dict(sorted(stats.dropped_by_equipment.items()))
+            body["status_interval_s"] = self.settings.mqtt.status_interval
+            by_state: dict[str, int] = {}
+            for equipment in self.settings.equipment:
+                health = self.state.equipment.get(equipment.id)
+                name = str(health.state) if health is not None else "connecting"
+                by_state[name] = by_state.get(name, 0) + 1
+            body["equipment_total"] = len(self.settings.equipment)
+            body["equipment_connected"] = by_state.get("connected", 0)
+            body["equipment_by_state"] = dict(sorted(by_state.items()))
         return json.dumps(body, separators=(",", ":")).encode()
 
     async def _publish_status(self, *, task_status: TaskStatus[None]) -> None:
         """Refresh the retained MQTT status while connected; log the backlog while there is one."""
         task_status.started()
         while True:
-            await anyio.sleep(STATUS_INTERVAL)
+            await anyio.sleep(self.settings.mqtt.status_interval)
             stats = self.buffer.stats()  # STATUS= for systemd is refreshed by service.run_watchdog
             if stats.count > self.settings.mqtt.max_inflight:
                 log.info(
@@ -383,6 +414,8 @@ class Gateway:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
                 self.machine_states.remove(equipment_id)
+                if self.compact is not None:
+                    self.compact.remove(equipment_id)
                 self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})
         for equipment_id in changed + added:

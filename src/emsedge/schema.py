@@ -17,12 +17,19 @@ Versions: `emsedge/event@2` replaced `@1` when `defects` became objects (strings
 a string (a number from some sources) and `severity` a name (a number from OPC UA): type changes of
 existing fields are breaking. Telemetry and status are unchanged at `@1`.
 
+Compact telemetry (`emsedge/telemetry-compact@1`, opt-in with `mqtt.telemetry_format: compact`) is the same
+message written shorter: readings as `{signal: value}` that inherit the envelope's `ts`, `good` quality and
+the unit of the equipment's retained `emsedge/meta@1` message; only what differs goes into `x`.
+`compact_telemetry()` writes it from a full message, `expand_compact()` (the reference decoder) gives the
+full message back, field for field.
+
 `encode()` turns a `Record` into the final payload bytes once it has its `id` and `seq` (assigned by the
 buffer inside the transaction that makes it durable, so `seq` is strictly increasing and persisted).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import reprlib
 import time
@@ -39,6 +46,8 @@ SCHEMA_TELEMETRY = "emsedge/telemetry@1"
 SCHEMA_EVENT = "emsedge/event@2"
 SCHEMA_STATUS = "emsedge/status@1"
 SCHEMA_STATE = "emsedge/state@1"
+SCHEMA_TELEMETRY_COMPACT = "emsedge/telemetry-compact@1"
+SCHEMA_META = "emsedge/meta@1"
 
 GATEWAY_EQUIPMENT = "_gateway"
 """Pseudo equipment id for the gateway's own events (buffer_dropped) and status topic."""
@@ -144,13 +153,19 @@ def reading(
 
 @dataclass(slots=True)
 class Record:
-    """One message on its way to MES, before the buffer gives it an `id` and a `seq`."""
+    """One message on its way to MES, before the buffer gives it an `id` and a `seq`.
+
+    `message_id`: the envelope `id` this record must carry, when its source can name it deterministically
+    (a result file's board: the same id whenever the same result is emitted again after a crash, so MES
+    de-duplicates it by `id`). A UUID in canonical form; None (the default) lets the buffer draw a uuid4.
+    """
 
     kind: Kind
     equipment: str
     equipment_type: str
     ts: str
     body: dict[str, Any] = field(default_factory=dict)
+    message_id: str | None = None
 
     @property
     def event_type(self) -> str | None:
@@ -769,6 +784,22 @@ class StatusMessage(_Wire):
     dropped_total_by_equipment: dict[str, int] | None = Field(
         default=None, description="dropped_total per equipment."
     )
+    cause: Literal["stopped", "connection_lost"] | None = Field(
+        default=None, description=(
+            "offline only: `stopped` (a clean stop; `ts` is when it stopped) or `connection_lost` (the last will; "
+            "`ts` is when the lost connection was made: the gateway was alive at least until then)."
+        ),
+    )
+    status_interval_s: float | None = Field(
+        default=None, description="Seconds between refreshes of the online status (`mqtt.status_interval`)."
+    )
+    equipment_total: int | None = Field(default=None, description="Equipment in the config (enabled or not).")
+    equipment_connected: int | None = Field(
+        default=None, description="Equipment whose session currently delivers (state `connected`)."
+    )
+    equipment_by_state: dict[str, int] | None = Field(
+        default=None, description="Equipment count per state (connecting, connected, retrying, failed, disabled)."
+    )
 
 
 class ActiveFault(_Wire):
@@ -804,3 +835,184 @@ class EquipmentStateMessage(_Wire):
     station_state_since: str | None = None
     active_faults: list[ActiveFault]
     last_board: LastBoard | None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Compact telemetry (`mqtt.telemetry_format: compact`): the full message written shorter, losslessly.
+#
+# A compact message is the full envelope (every top-level field except `schema` and `readings`, verbatim)
+# plus `meta` (the id of the equipment's retained meta message it was written against), `v` (signal ->
+# value, in the order of the full readings) and, only when some reading differs from the defaults, `x`
+# (signal -> the reading's fields that differ). The defaults of a reading are: `ts` the envelope's,
+# `quality` good, `unit` the meta's unit of that signal (null when the meta does not name the signal).
+# `expand_compact(compact_telemetry(m, meta), meta) == m` for every full telemetry message `m` it accepts;
+# a message it cannot write this way (a signal named twice, a reading without its five fields, a top-level
+# `meta`/`v`/`x`) stays in the full form: read the `schema` of each message.
+
+_IDENTITY = frozenset({"signal", "value"})
+_COMPACT_RESERVED = frozenset({"meta", "v", "x"})
+_GOOD = str(Quality.GOOD)
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetryMeta:
+    """What every reading of one equipment has in common (from the config), sent once, retained.
+
+    `id` is a hash of `signals`: a compact message names the meta it was written against, so a decoder
+    holding a different one knows instead of guessing (`expand_compact` refuses it)."""
+
+    equipment: str
+    equipment_type: str
+    signals: dict[str, dict[str, Any]]
+    id: str
+    units: dict[str, Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "units", {name: entry.get("unit") for name, entry in self.signals.items()})
+
+    @classmethod
+    def build(cls, equipment: str, equipment_type: str, signals: dict[str, dict[str, Any]]) -> TelemetryMeta:
+        canonical = orjson.dumps(signals, option=orjson.OPT_SORT_KEYS)
+        return cls(equipment, equipment_type, signals, hashlib.sha256(canonical).hexdigest()[:16])
+
+    def message(self, gateway: str) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_META, "gateway": gateway, "equipment": self.equipment,
+            "equipment_type": self.equipment_type, "meta": self.id, "signals": self.signals,
+        }
+
+    def payload(self, gateway: str) -> bytes:
+        return orjson.dumps(self.message(gateway))
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> TelemetryMeta:
+        """The meta as a subscriber receives it (its `meta` id is kept as sent, not recomputed)."""
+        return cls(str(message["equipment"]), str(message["equipment_type"]), dict(message["signals"]),
+                   str(message["meta"]))
+
+
+def compact_telemetry(message: dict[str, Any], meta: TelemetryMeta) -> dict[str, Any] | None:
+    """The compact form of a full telemetry message (decoded), or None when it must stay full."""
+    readings = message.get("readings")
+    if message.get("schema") != SCHEMA_TELEMETRY or not isinstance(readings, list):
+        return None
+    if _COMPACT_RESERVED & message.keys():
+        return None
+    ts = message.get("ts")
+    values: dict[str, Any] = {}
+    exceptions: dict[str, dict[str, Any]] = {}
+    units = meta.units
+    for r in readings:  # the hot loop: one pass, the common reading costs a few dict lookups
+        try:
+            signal, quality, rts, unit = r["signal"], r["quality"], r["ts"], r["unit"]
+            if not isinstance(signal, str) or signal in values or "value" not in r:
+                return None
+        except (TypeError, KeyError):  # not a dict, or a reading without its five fields
+            return None
+        values[signal] = r["value"]
+        meta_unit = units.get(signal)
+        if quality == _GOOD and rts == ts and unit == meta_unit and len(r) == 5:
+            continue  # nothing to say beyond the value
+        differs = {k: v for k, v in r.items() if k not in _IDENTITY}
+        if quality == _GOOD:
+            del differs["quality"]
+        if rts == ts:
+            del differs["ts"]
+        if unit == meta_unit:
+            del differs["unit"]
+        if differs:
+            exceptions[signal] = differs
+    out = {k: v for k, v in message.items() if k != "readings"}
+    out["schema"] = SCHEMA_TELEMETRY_COMPACT
+    out["meta"] = meta.id
+    out["v"] = values
+    if exceptions:
+        out["x"] = exceptions
+    return out
+
+
+def compact_payload(payload: bytes, meta: TelemetryMeta) -> bytes:
+    """`payload` (an encoded full telemetry message) in the compact form, or unchanged when it must stay full."""
+    message = orjson.loads(payload)
+    compact = compact_telemetry(message, meta) if isinstance(message, dict) else None
+    if compact is None:
+        return payload
+    return orjson.dumps(compact, default=_json_default, option=_ORJSON_OPTIONS)
+
+
+def expand_compact(message: dict[str, Any], meta: TelemetryMeta | dict[str, Any]) -> dict[str, Any]:
+    """The reference decoder: a compact telemetry message back in the full form (`emsedge/telemetry@1`).
+
+    `meta` is the equipment's retained meta message (decoded) or a `TelemetryMeta`; raises ValueError when
+    the message was written against another meta (its `meta` id differs) or is not compact telemetry."""
+    if message.get("schema") != SCHEMA_TELEMETRY_COMPACT:
+        raise ValueError(f"not a compact telemetry message: schema {message.get('schema')!r}")
+    if isinstance(meta, dict):
+        meta = TelemetryMeta.from_message(meta)
+    if message.get("meta") != meta.id:
+        raise ValueError(f"message written against meta {message.get('meta')!r}, not {meta.id!r}")
+    ts = message["ts"]
+    exceptions: dict[str, dict[str, Any]] = message.get("x") or {}
+    units = meta.units
+    readings = [{"signal": signal, "value": value, "unit": units.get(signal), "quality": _GOOD, "ts": ts}
+                for signal, value in message["v"].items()]
+    for r in readings if exceptions else ():
+        differs = exceptions.get(r["signal"])
+        if differs:
+            r.update(differs)
+    out = {k: v for k, v in message.items() if k not in _COMPACT_RESERVED}
+    out["schema"] = SCHEMA_TELEMETRY
+    out["readings"] = readings
+    return out
+
+
+class CompactTelemetryMessage(_Envelope):
+    """`{prefix}/{equipment}/telemetry` with `mqtt.telemetry_format: compact`: the readings of one poll,
+    written against the equipment's retained meta (see `expand_compact` for the full form)."""
+
+    schema_: Literal["emsedge/telemetry-compact@1"] = Field(alias="schema")
+    meta: str = Field(description="Id of the equipment's meta message (`{prefix}/{equipment}/meta`) it was "
+                      "written against: units come from there.")
+    v: dict[str, Any] = Field(
+        description="signal -> value, in the order of the readings; each reading has the envelope's `ts`, "
+        "quality `good` and the meta's unit unless `x` says otherwise."
+    )
+    x: dict[str, CompactException] | None = Field(
+        default=None, description="signal -> the fields of its reading that differ from those defaults."
+    )
+
+
+class CompactException(_Wire):
+    """The fields of one compact reading that differ from the defaults (absent: the default holds)."""
+
+    unit: str | None = Field(default=None, description="Unit, when it is not the meta's (null: no unit).")
+    quality: Quality | None = Field(default=None, description="uncertain or bad (good is the default).")
+    ts: str | None = Field(default=None, description="When the value was sampled, when not the envelope's ts.")
+    status: str | None = None
+    server_ts: str | None = None
+    reason: str | None = None
+    raw: str | None = None
+
+
+CompactTelemetryMessage.model_rebuild()
+
+
+class SignalMeta(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    unit: str | None = Field(description="Unit of every reading of this signal unless a message says otherwise.")
+    type: str | None = Field(default=None, description="Data type in the equipment (e.g. float32, uint16), "
+                             "when the adapter's config names one.")
+
+
+class TelemetryMetaMessage(_Wire):
+    """`{prefix}/{equipment}/meta` (retained, with `mqtt.telemetry_format: compact`): what the compact
+    telemetry of one equipment leaves out. Published before the first compact message that names it, on
+    every connection; an empty retained message clears it when the machine leaves the config."""
+
+    schema_: Literal["emsedge/meta@1"] = Field(alias="schema")
+    gateway: str
+    equipment: str
+    equipment_type: str
+    meta: str = Field(description="Id of this meta (a hash of `signals`), named by each compact message.")
+    signals: dict[str, SignalMeta] = Field(description="signal name -> what its readings have in common.")

@@ -21,6 +21,10 @@ class Topics:
         """Retained current state of one machine (emsedge.state)."""
         return f"{self.prefix}/{equipment}/state"
 
+    def meta(self, equipment: str) -> str:
+        """Retained meta of one machine's compact telemetry (`mqtt.telemetry_format: compact`)."""
+        return f"{self.prefix}/{equipment}/meta"
+
     @property
     def status(self) -> str:
         return f"{self.prefix}/{GATEWAY_EQUIPMENT}/status"

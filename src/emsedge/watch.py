@@ -53,21 +53,26 @@ class Target:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="emsedge watch", description=(
-        "Live view of what MES receives from a line: states, values, faults, boards, backlog. Read only."))
+def add_broker_options(parser: argparse.ArgumentParser, password_env: str = "EMSEDGE_WATCH_PASSWORD") -> None:
+    """-c, --broker, --prefix and the login/TLS options `target_from` reads (shared by watch and fleet)."""
     parser.add_argument("-c", "--config", type=Path, help="take broker, prefix, TLS and login from a gateway config")
     parser.add_argument("--broker", help="broker URL, mqtt://host:1883 or mqtts://host:8883")
     parser.add_argument("--prefix", help="topic prefix, e.g. ems/plant-a/smt/line-1")
     parser.add_argument("--username", help="broker user name")
     parser.add_argument("--password-file", type=Path,
-                        help="file holding the broker password (or set EMSEDGE_WATCH_PASSWORD)")
+                        help=f"file holding the broker password (or set {password_env})")
     parser.add_argument("--ca-file", type=Path, help="CA bundle that signed the broker certificate")
     parser.add_argument("--cert-file", type=Path, help="client certificate (mutual TLS)")
     parser.add_argument("--key-file", type=Path, help="client private key (mutual TLS)")
     parser.add_argument("--no-verify-hostname", action="store_true",
                         help="do not check that the certificate names the host (the chain is still checked)")
     parser.add_argument("--protocol", choices=["3.1.1", "5"], default=None, help="MQTT version (default 5)")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="emsedge watch", description=(
+        "Live view of what MES receives from a line: states, values, faults, boards, backlog. Read only."))
+    add_broker_options(parser)
     parser.add_argument("--once", action="store_true", help="collect, print one frame and exit")
     parser.add_argument("--json", action="store_true",
                         help="with --once: the frame as JSON; without: every message as one JSON line")
@@ -77,7 +82,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def target_from(args: argparse.Namespace) -> Target:
+def target_from(args: argparse.Namespace, password_env: str = "EMSEDGE_WATCH_PASSWORD") -> Target:
     """The broker and prefix from the options, filling gaps from `-c FILE`. Raises ValueError."""
     url, prefix, username, password = args.broker, args.prefix, args.username, None
     ca, cert, key, verify, protocol = args.ca_file, args.cert_file, args.key_file, not args.no_verify_hostname, None
@@ -110,7 +115,7 @@ def target_from(args: argparse.Namespace) -> Target:
             password = args.password_file.read_text(encoding="utf-8").splitlines()[0]
         except (OSError, IndexError) as exc:
             raise ValueError(f"cannot read the password file {args.password_file}: {exc}") from None
-    password = os.environ.get("EMSEDGE_WATCH_PASSWORD", password)
+    password = os.environ.get(password_env, password)
     return Target(
         host=parts.hostname, port=parts.port or (8883 if tls else 1883), tls=tls, prefix=prefix.strip("/"),
         username=username, password=password, ca_file=ca, cert_file=cert, key_file=key, verify_hostname=verify,
@@ -118,30 +123,36 @@ def target_from(args: argparse.Namespace) -> Target:
     )
 
 
+def paho_client(target: Target, client_id: str) -> Any:
+    """A paho client for `target` (protocol, login, TLS with verification), not yet connected."""
+    import paho.mqtt.client as mqtt  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id,
+        protocol=mqtt.MQTTv5 if target.protocol == "5" else mqtt.MQTTv311,
+    )
+    if target.username is not None:
+        client.username_pw_set(target.username, target.password)
+    if target.tls:
+        context = ssl.create_default_context(cafile=str(target.ca_file) if target.ca_file else None)
+        if target.cert_file:
+            context.load_cert_chain(str(target.cert_file), str(target.key_file) if target.key_file else None)
+        context.check_hostname = target.verify_hostname
+        client.tls_set_context(context)
+    return client
+
+
 class Watcher:
     """One paho client feeding a MesView; its network thread is started and joined here."""
 
     def __init__(self, target: Target, view: MesView) -> None:
-        import paho.mqtt.client as mqtt  # noqa: PLC0415
-        from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
-
         self.target = target
         self.view = view
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.refused: str | None = None
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=f"emsedge-watch-{os.getpid()}",
-            protocol=mqtt.MQTTv5 if target.protocol == "5" else mqtt.MQTTv311,
-        )
-        if target.username is not None:
-            self.client.username_pw_set(target.username, target.password)
-        if target.tls:
-            context = ssl.create_default_context(cafile=str(target.ca_file) if target.ca_file else None)
-            if target.cert_file:
-                context.load_cert_chain(str(target.cert_file), str(target.key_file) if target.key_file else None)
-            context.check_hostname = target.verify_hostname
-            self.client.tls_set_context(context)
+        self.client = paho_client(target, f"emsedge-watch-{os.getpid()}")
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = lambda c, u, msg: view.handle(msg.topic, bytes(msg.payload))
@@ -286,4 +297,4 @@ def _header(target: Target) -> str:
     return f"emsedge watch: {target.display} {target.prefix}/#   (read only; Ctrl-C stops)"
 
 
-__all__ = ["Target", "Watcher", "frame", "main_watch", "target_from"]
+__all__ = ["Target", "Watcher", "frame", "main_watch", "paho_client", "target_from"]

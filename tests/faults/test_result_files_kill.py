@@ -1,7 +1,8 @@
 """SIGKILL of a result_files session at each step between parse and archive, then a restart.
 
-The emit path of the child process is an fsynced journal (the buffer's durable append stands in); the
-end-to-end version with the gateway, its buffer and a real broker follows when the adapter is wired in.
+The emit path of the child process is an fsynced journal (the buffer's durable append stands in), so
+the kill lands at the exact step. The end-to-end version (a real daemon, its buffer, a real broker) is
+tests/faults/test_result_files_exactly_once.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import REPO
@@ -37,15 +39,15 @@ def _start(workdir: Path, kill_point: str) -> subprocess.Popen[bytes]:
                                 stdout=subprocess.DEVNULL, stderr=log)
 
 
-def _journal(workdir: Path) -> list[dict[str, object]]:
+def _journal(workdir: Path) -> list[dict[str, Any]]:
     path = workdir / "journal.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line)["event"] for line in path.read_text(encoding="utf-8").splitlines()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def _tested(workdir: Path) -> list[dict[str, object]]:
-    return [e for e in _journal(workdir) if e["type"] == "unit_tested"]
+def _tested(workdir: Path) -> list[dict[str, Any]]:
+    return [e["event"] for e in _journal(workdir) if e["event"]["type"] == "unit_tested"]
 
 
 @pytest.mark.parametrize(("kill_point", "deliveries"), [("before_emit", 1), ("after_ledger", 1), ("after_emit", 2)])
@@ -72,9 +74,12 @@ def test_sigkill_between_parse_and_archive_loses_nothing_and_moves_only_after_du
         restarted.kill()
         restarted.wait()
     events = _tested(tmp_path)
-    by_source = Counter((e["source"]["sha256"], e["source"]["board_index"]) for e in events)  # type: ignore[index]
+    by_source = Counter((e["source"]["sha256"], e["source"]["board_index"]) for e in events)
     assert sorted(e["serial"] for e in events) == sorted(["PCB-2026-000201", "PCB-2026-000202"] * deliveries)
-    # every board delivered the same number of times; a redelivery carries the same source ids
+    # every board delivered the same number of times; a redelivery carries the same message id and source
     assert set(by_source.values()) == {deliveries} and len(by_source) == 2
+    ids = {(r["event"]["source"]["board_index"], r["id"]) for r in _journal(tmp_path)
+           if r["event"]["type"] == "unit_tested"}
+    assert len(ids) == 2 and {index for index, _ in ids} == {0, 1}, ids
     assert not (tmp_path / "in" / "panel.log").exists()
     assert (tmp_path / "done" / "panel.log").read_bytes() == PANEL

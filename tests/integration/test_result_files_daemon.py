@@ -6,9 +6,9 @@ vanishing and coming back, and a SIGKILL while a processed file is still waiting
 archive. MES must see exactly one `unit_tested` per board and test run (by message `id` and by source),
 with the serial, verdict, failed tests, measurements, limits and UTC times the files hold.
 
-The SIGKILL inside the emit-to-ledger window (events durable, ledger not yet written) is exercised at
-the exact instruction by tests/faults/test_result_files_kill.py; here the kill comes while the archive
-is unusable, after the ledger write, which a daemon can be held in from outside.
+The SIGKILL inside the emit-to-ledger window (events durable, ledger not yet written) is exercised with
+a real daemon held at that step by tests/faults/test_result_files_exactly_once.py; here the kill comes
+while the archive is unusable, after the ledger write, which a daemon can be held in from outside.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def stop_here(workdir: Path, point: str) -> None:
 def write_journal(path: Path, records: Sequence[Record]) -> None:
     with open(path, "a", encoding="utf-8") as journal:
         for r in records:
-            journal.write(json.dumps({"ts": r.ts, "event": r.body["event"]}) + "\n")
+            journal.write(json.dumps({"id": r.message_id, "ts": r.ts, "event": r.body["event"]}) + "\n")
         journal.flush()
         os.fsync(journal.fileno())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -97,6 +98,31 @@ async def test_payload_is_the_encoded_envelope_with_id_seq_gateway_and_topic(tmp
     assert lease.messages[0].topic == "ems/plant-a/smt/line-1/oven-1/telemetry"
     assert lease.messages[1].topic == "ems/plant-a/smt/line-1/oven-1/events"
     assert event["event"] == {"type": "connection_lost", "reason": "timed out"}
+
+
+@pytest.mark.asyncio
+async def test_a_record_that_names_its_own_id_keeps_it_and_a_repeat_gets_a_new_seq(tmp_path: Path) -> None:
+    """`Record.message_id` is the envelope id as given (deterministic ids of re-emitted data); records without
+    one get fresh uuid4s. The same id appended again (a re-emit after a crash) is stored again with the
+    next seq: ids may repeat, seqs never do, and no seq is skipped."""
+    named = "0f8b2c1e-5d3a-5e6f-9a7b-1c2d3e4f5a6b"
+    db = tmp_path / "b.db"
+    async with running(db) as buf:
+        first = schema.event("ict-1", "ict", "file_rejected", file="a.log", reason="r", line=None, sha256="x", size=1)
+        first.message_id = named
+        await buf.append([rec(), first, rec()])
+    async with running(db) as buf:  # a restart, then the same record again
+        again = schema.event("ict-1", "ict", "file_rejected", file="a.log", reason="r", line=None, sha256="x", size=1)
+        again.message_id = named
+        await buf.append([again])
+        lease = await buf.lease("mqtt", 10)
+    payloads = [json.loads(m.payload) for m in lease.messages]
+    assert [p["seq"] for p in payloads] == [1, 2, 3, 4]
+    assert [m.id for m in lease.messages] == [p["id"] for p in payloads]
+    assert payloads[1]["id"] == payloads[3]["id"] == named
+    drawn = {payloads[0]["id"], payloads[2]["id"]}
+    assert len(drawn) == 2 and named not in drawn
+    assert all(uuid.UUID(i).version == 4 for i in drawn)
 
 
 @pytest.mark.asyncio

@@ -140,16 +140,125 @@ def test_materials_installed_lists_the_reel_and_part_per_location() -> None:
     }]
 
 
-def test_telemetry_maps_to_process_data_recorded() -> None:
+def test_telemetry_maps_to_process_data_recorded_as_the_sdks_generic_process_data() -> None:
     rec = {"schema": "emsedge/telemetry@1", "id": "t1", "seq": 2, "gateway": "gw", "equipment": "reflow-1",
            "equipment_type": "reflow_oven", "ts": "2026-11-24T10:16:40.000Z",
            "readings": [{"signal": "zone1", "value": 151.2, "unit": "Cel", "quality": "good",
-                         "ts": "2026-11-24T10:16:40.000Z"}]}
+                         "ts": "2026-11-24T10:16:40.000Z"},
+                        {"signal": "recipe", "value": "SAC305", "unit": None, "quality": "good"},
+                        {"signal": "door_open", "value": False, "unit": None, "quality": "good"},
+                        {"signal": "zone2", "value": None, "unit": "Cel", "quality": "bad"}]}
     (env,) = cm.map_record(rec, "p.l.reflow-1")
     assert env["MessageName"] == "CFX.ResourcePerformance.ProcessDataRecorded"
-    data = env["MessageBody"]["RecordedData"]
-    assert data["$type"] == "CFX.Structures.ProcessData, CFX"
-    assert data["Readings"][0]["Value"] == 151.2
+    # ProcessDataRecorded.cs: one property, ProcessData; GenericProcessData.cs (2.1): Setpoints, Readings
+    # (GenericValue{Name, Value: NumericValue}), Parameters (GenericParameter{Name, Value: string}), StageData.
+    assert env["MessageBody"] == {"ProcessData": {
+        "$type": "CFX.Structures.Generic.GenericProcessData, CFX",
+        "Setpoints": [],
+        "Readings": [{"Name": "zone1", "Value": {"Value": 151.2, "ValueUnits": "Cel", "ExpectedValue": None,
+                                                 "MinimumAcceptableValue": None, "MaximumAcceptableValue": None}}],
+        "Parameters": [{"Name": "recipe", "Value": "SAC305"}, {"Name": "door_open", "Value": "false"}],
+        "StageData": [],
+    }}
+
+
+def test_unit_bodies_hold_only_fields_the_sdk_classes_have() -> None:
+    """Property names per class, read from the SDK (IPCConnectedFactoryExchange/CFX at 880255d2)."""
+    sdk = {
+        "ProcessedUnit": {"UnitIdentifier", "UnitPositionNumber", "UnitResult", "UnitProcessData"},
+        "InspectedUnit": {"UnitIdentifier", "UnitPositionNumber", "OverallResult", "Inspections", "Verification",
+                          "TotalInspectionCount"},
+        "Inspection": {"UniqueIdentifier", "InspectionName", "InspectionStartTime", "InspectionEndTime",
+                       "TestProcedure", "Comments", "Result", "Verification", "VerificationDetail", "Error",
+                       "DefectsFound", "Symptoms", "Measurements", "RefNo"},
+        "TestedUnit": {"UnitIdentifier", "UnitPositionNumber", "OverallResult", "Tests"},
+        "Test": {"UniqueIdentifier", "TestName", "TestStartTime", "TestEndTime", "TestConditions", "TestProcedure",
+                 "Comments", "Result", "Error", "SymptomsFound", "DefectsFound", "Measurements"},
+        "UnitsProcessed": {"TransactionId", "OverallResult", "CommonProcessData", "UnitProcessData"},
+        "UnitsInspected": {"TransactionId", "InspectionMethod", "SamplingInformation", "Inspector", "RecipeName",
+                           "RecipeRevision", "InspectedUnits", "InspectedPanel"},
+        "UnitsTested": {"TransactionId", "TestMethod", "Tester", "RecipeName", "RecipeRevision",
+                        "SamplingInformation", "TestedUnits"},
+        "Heartbeat": {"CFXHandle", "HeartbeatFrequency", "ActiveFaults", "ActiveRecipes"},
+        "EndpointConnected": {"CFXHandle", "RequestNetworkUri", "RequestTargetAddress"},
+    }
+    values = {"zone1_top_actual": {"value": 151.2, "unit": "Cel"}}
+    processed = cm.map_record(record({"type": "unit_processed", "serial": "S", "values": values}), HANDLE)[1]
+    body = processed["MessageBody"]
+    assert set(body) <= sdk["UnitsProcessed"] and set(body["UnitProcessData"][0]) <= sdk["ProcessedUnit"]
+    assert body["CommonProcessData"]["$type"] == "CFX.Structures.Generic.GenericProcessData, CFX"
+    assert body["UnitProcessData"][0]["UnitResult"] == "Succeeded"
+    inspected = cm.map_record(record({"type": "unit_inspected", "serial": "S", "result": "fail",
+                                      "defects": [{"refdes": "C12", "code": "bridge"}]}), HANDLE)[1]["MessageBody"]
+    unit = inspected["InspectedUnits"][0]
+    assert set(inspected) <= sdk["UnitsInspected"] and set(unit) <= sdk["InspectedUnit"]
+    assert set(unit["Inspections"][0]) <= sdk["Inspection"]
+    assert unit["Inspections"][0]["DefectsFound"] == [
+        {"DefectCode": "bridge", "Description": None, "ComponentOfInterest": {"ReferenceDesignator": "C12"}}]
+    tested = cm.map_record(record({"type": "unit_tested", "serial": "S", "result": "fail", "tests": [
+        {"name": "r1", "result": "fail", "measurements": [{"name": "r1", "value": 5.0, "low": 9.0},
+                                                          {"name": "label", "value": "n/a"}]}],
+        "defects": [{"test": "r1", "code": "test_failed"}]}), HANDLE)[1]["MessageBody"]
+    unit = tested["TestedUnits"][0]
+    assert set(tested) <= sdk["UnitsTested"] and set(unit) <= sdk["TestedUnit"]
+    (test,) = unit["Tests"]
+    assert set(test) <= sdk["Test"]
+    assert test["DefectsFound"][0]["DefectCode"] == "test_failed"
+    (measurement,) = test["Measurements"]  # NumericValue.Value is a double: the text one is left out
+    assert measurement["Result"] == "Failed"  # a non-nullable TestResult: from the limits when not given
+    beat = cm.heartbeat(HANDLE, 60.0, [], now="2026-11-24T10:00:00.000+00:00", unique=str(uuid.uuid4()))
+    assert set(beat["MessageBody"]) == sdk["Heartbeat"]
+    connected = cm.endpoint_connected(HANDLE, request_uri="amqp://h:5672", request_address=None,
+                                      now="2026-11-24T10:00:00.000+00:00", unique=str(uuid.uuid4()))
+    assert connected["MessageBody"] == {"CFXHandle": HANDLE, "RequestNetworkUri": None, "RequestTargetAddress": None}
+
+
+INFO = cm.EndpointInfo(handle=HANDLE, request_uri="amqp://broker:5672", request_address=f"/queue/{HANDLE}")
+
+
+def ask(name: str, body: dict[str, object]) -> dict[str, object] | None:
+    req = {"MessageName": name, "Version": "2.1", "TimeStamp": "2026-11-24T10:00:00+00:00",
+           "UniqueID": str(uuid.uuid4()), "Source": "mes.1", "Target": HANDLE, "RequestID": "REQUEST-1",
+           "MessageBody": body}
+    return cm.respond(req, INFO, now="2026-11-24T10:00:01.000+00:00", unique="u")
+
+
+def test_responses_echo_the_request_id_and_swap_source_and_target() -> None:
+    response = ask("CFX.AreYouThereRequest", {"CFXHandle": HANDLE})
+    assert response is not None
+    assert (response["Source"], response["Target"], response["RequestID"]) == (HANDLE, "mes.1", "REQUEST-1")
+    assert response["MessageBody"] == {"Result": {"Result": "Success", "ResultCode": 0, "Message": None},
+                                       "CFXHandle": HANDLE, "RequestNetworkUri": "amqp://broker:5672",
+                                       "RequestTargetAddress": f"/queue/{HANDLE}"}
+
+
+@pytest.mark.parametrize(
+    ("query", "topics", "answers"),
+    [
+        ("Ignore", [{"TopicName": "CFX.Materials.Storage"}], True),
+        ("Any", [{"TopicName": "CFX.Materials.Storage"}, {"TopicName": "CFX.Production"}], True),
+        ("All", [{"TopicName": "CFX.Materials.Storage"}, {"TopicName": "CFX.Production"}], False),
+        ("All", [{"TopicName": "CFX.Production", "SupportedMessages": ["CFX.Production.WorkStarted"]}], True),
+        ("Any", [{"TopicName": "CFX.Production", "SupportedMessages": ["CFX.Production.UnitsArrived"]}], False),
+    ],
+)
+def test_who_is_there_answers_only_when_its_topic_filter_matches(
+    query: str, topics: list[dict[str, object]], answers: bool
+) -> None:
+    response = ask("CFX.WhoIsThereRequest", {"SupportedTopicQueryType": query, "SupportedTopics": topics})
+    assert (response is not None) == answers
+    if response is not None:
+        assert response["MessageName"] == "CFX.WhoIsThereResponse"
+
+
+def test_any_other_request_gets_not_supported_as_the_sdk_writes_it() -> None:
+    known = ask("CFX.Production.GetActiveRecipeRequest", {})
+    unknown = ask("Acme.Whatever", {})
+    assert known is not None and unknown is not None
+    assert known["MessageName"] == unknown["MessageName"] == "CFX.NotSupportedResponse"
+    assert known["MessageBody"] == {"RequestResult": {"Result": "Failed", "ResultCode": 0,
+                                                      "Message": "Not implemented message"}}
+    assert unknown["MessageBody"]["RequestResult"]["Message"] == "Unknown message"  # type: ignore[index]
 
 
 def test_gateway_events_have_no_cfx_message() -> None:

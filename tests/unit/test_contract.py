@@ -24,7 +24,8 @@ def _docs() -> Path:
 def _topic_for(payload: dict[str, Any]) -> str:
     if payload.get("schema", "").startswith("emsedge/status"):
         return "ems/p/a/l/_gateway/status"
-    kind = {"emsedge/telemetry@1": "telemetry", "emsedge/event@2": "events", "emsedge/state@1": "state"}
+    kind = {"emsedge/telemetry@1": "telemetry", "emsedge/event@2": "events", "emsedge/state@1": "state",
+            "emsedge/telemetry-compact@1": "telemetry", "emsedge/meta@1": "meta"}
     return f"ems/p/a/l/{payload.get('equipment')}/{kind.get(payload.get('schema', ''), 'unknown')}"
 
 
@@ -44,7 +45,7 @@ def test_asyncapi_document_describes_every_topic_with_examples_that_validate() -
     assert doc["asyncapi"].startswith("3.")
     assert {c["address"] for c in doc["channels"].values()} == {
         "{prefix}/{equipment}/telemetry", "{prefix}/{equipment}/events", "{prefix}/{equipment}/state",
-        "{prefix}/_gateway/status",
+        "{prefix}/{equipment}/meta", "{prefix}/_gateway/status",
     }
     text = json.dumps(doc)
     for ref in set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', text)):

@@ -40,6 +40,19 @@ def test_repeated_ids_are_dropped_and_missing_seqs_are_reported_even_out_of_orde
     assert sub.latest["reflow-1"]["t"]["value"] == 9
 
 
+def test_a_re_emitted_copy_with_the_same_id_and_a_new_seq_is_a_duplicate_and_no_gap() -> None:
+    """The contract: duplicates by `id` are possible (a result file re-emitted after a crash), gaps by `seq`
+    are not, so the copy's seq counts as received although the copy itself is dropped."""
+    sub = MesSubscriber()
+    sub.handle(*_msg(1, "ict-1", _tested("PCB-1", "fail", "s1"), message_id="result-1"))
+    sub.handle(*_msg(2, "ict-1", {"type": "connection_restored"}))
+    sub.handle(*_msg(3, "ict-1", _tested("PCB-1", "fail", "s1"), message_id="result-1"))
+    sub.handle(*_msg(4, "ict-1", {"type": "connection_restored"}))
+    assert sub.duplicates == 1 and sub.received == 3
+    assert sub.gaps() == {}
+    assert [r["result"] for r in sub.boards["PCB-1"]["test"]["runs"]] == ["fail"]
+
+
 def test_a_board_record_joins_placement_reflow_and_inspection_by_serial() -> None:
     done: list[dict[str, Any]] = []
     sub = MesSubscriber(on_board=done.append)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tracemalloc
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -209,8 +210,10 @@ async def test_a_restart_after_the_ledger_write_only_moves_the_file(folders: dic
 
 
 @pytest.mark.asyncio
-async def test_a_crash_between_emit_and_ledger_re_emits_the_same_results_once(folders: dict[str, Path]) -> None:
-    """At-least-once: the redelivery carries the same source.sha256/board_index so MES can recognise it."""
+async def test_a_crash_between_emit_and_ledger_re_emits_the_same_results_with_the_same_ids(
+    folders: dict[str, Path],
+) -> None:
+    """The redelivery carries the same message ids (and source.sha256/board_index): MES drops it by `id`."""
     sink = Sink()
     (folders["in"] / "panel.log").write_bytes(PANEL)
 
@@ -231,6 +234,43 @@ async def test_a_crash_between_emit_and_ledger_re_emits_the_same_results_once(fo
     first, second = sink.events("unit_tested")[:2], sink.events("unit_tested")[2:]
     assert [e["source"] for e in first] == [e["source"] for e in second]
     assert len(sink.events("unit_tested")) == 4
+    ids = [r.message_id for r in sink.records if r.event_type == "unit_tested"]
+    assert ids[:2] == ids[2:] and None not in ids and len(set(ids)) == 2
+
+
+@pytest.mark.asyncio
+async def test_file_events_carry_ids_derived_from_gateway_equipment_content_and_board(
+    folders: dict[str, Path],
+) -> None:
+    """uuid5 ids: the same file content read by the same equipment of the same gateway always gets the same
+    ids; another gateway, equipment or content gets others; the buffer keeps them (`Record.message_id`)."""
+    runs: list[str | None] = []
+
+    async def ids(gateway: str | None, equipment: str = "ict-1", data: bytes = PANEL) -> dict[str, list[str]]:
+        sink = Sink()
+        for name, content in (("panel.log", data), ("broken.log", b"not an i3070 log\n")):
+            (folders["in"] / name).write_bytes(content)
+        fresh = {**folders, "ledger": folders["ledger"].with_name(f"{len(runs)}.ledger")}  # every file new again
+        runs.append(gateway)
+        adapter = _adapter(fresh, sink, archive=None, error=None, id=equipment)
+        adapter.ctx.gateway = gateway
+        async with adapter:
+            assert await adapter.scan_once() == 2
+        found: dict[str, list[str]] = {}
+        for r in sink.records:
+            assert r.message_id is not None and str(uuid.UUID(r.message_id)) == r.message_id
+            found.setdefault(str(r.event_type), []).append(r.message_id)
+        return found
+
+    first = await ids("gw-1")
+    assert len(first["unit_tested"]) == 2 and len(set(first["unit_tested"])) == 2
+    assert len(first["file_rejected"]) == 1
+    assert await ids("gw-1") == first
+    changed = PANEL.replace(b"PCB-2026-000202", b"PCB-2026-000203")
+    for other in (await ids("gw-2"), await ids("gw-1", "ict-2"), await ids(None)):
+        assert not set(other["unit_tested"]) & set(first["unit_tested"])
+        assert other["file_rejected"] != first["file_rejected"]
+    assert not set((await ids("gw-1", data=changed))["unit_tested"]) & set(first["unit_tested"])
 
 
 @pytest.mark.asyncio

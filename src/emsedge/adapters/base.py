@@ -100,6 +100,8 @@ class AdapterContext:
     on_connected: Connected | None = None
     state_dir: Path | None = None
     """Folder for an adapter's own durable state (e.g. the result_files ledger): the buffer's folder."""
+    gateway: str | None = None
+    """The gateway's id (`gateway.id`), for ids an adapter derives deterministically (`Record.message_id`)."""
 
     def __post_init__(self) -> None:
         if self.log is None:

@@ -22,8 +22,11 @@ no "start buffering when the link drops" moment that could lose data.
   every waiter wakes after COMMIT. When the queue is full, `append()` waits: a slow or failing disk slows
   the producers down instead of growing memory. A producer cancelled while it waits for room leaves nothing
   behind (`stats().queued` does not keep counting it).
-* **Identity.** The owner assigns each record a uuid4 `id` and the next per-gateway `seq`, encodes the
-  payload once (`schema.encode`) and stores the bytes. `seq` is kept in `meta.next_seq`, updated in the
+* **Identity.** The owner assigns each record a uuid4 `id` (or the `message_id` the record carries: a
+  source that re-emits the same data after a crash names it with the same id, see `schema.Record`) and
+  the next per-gateway `seq`, encodes the payload once (`schema.encode`) and stores the bytes. A record
+  carrying an id already stored is appended again with a new seq (no look-up on the hot path): ids may
+  repeat, seqs never do. `seq` is kept in `meta.next_seq`, updated in the
   same transaction as the rows, so it is strictly increasing across restarts and never reused even when
   every row was deleted. A failed transaction is rolled back and its seqs are reused by the retry, so a
   subscriber never sees a gap that is not a real (and announced) loss.

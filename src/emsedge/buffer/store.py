@@ -746,7 +746,7 @@ class Store:
             n_refused = 0
             for given in records:
                 record = given
-                message_id = str(uuid.uuid4())
+                message_id = record.message_id or str(uuid.uuid4())
                 try:
                     payload = schema.encode(record, gateway=gateway, seq=seq, message_id=message_id)
                 except Exception as exc:  # poison: never the writer's or the batch's end (see _replace_poison)

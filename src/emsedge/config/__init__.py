@@ -14,6 +14,7 @@ from __future__ import annotations
 from emsedge.config.core import (
     BufferConfig,
     CfxConfig,
+    CfxRequestsConfig,
     GatewayConfig,
     HttpAuthConfig,
     HttpConfig,
@@ -56,6 +57,7 @@ __all__ = [
     "Backoff",
     "BufferConfig",
     "CfxConfig",
+    "CfxRequestsConfig",
     "ConfigError",
     "ConfigModel",
     "Deadband",

@@ -125,11 +125,20 @@ class MqttConfig(ConfigModel):
     connect_timeout: Duration = Field(10.0, description="Deadline for the TCP/TLS connect and CONNACK.")
     publish_timeout: Duration = Field(30.0, description="Deadline for a PUBACK before the link is recycled.")
     max_inflight: int = Field(1000, ge=1, le=60000, description="Messages published but not yet acknowledged.")
+    status_interval: Duration = Field(
+        10.0, description="How often the retained online status (backlog, loss, equipment) is refreshed; "
+        "`emsedge fleet` calls a line stale after 3x this without a refresh.",
+    )
     tls: TlsConfig | None = Field(None, description="TLS settings for mqtts:// (system CAs when omitted).")
     allow_insecure: bool = Field(
         False, description="Allow a password over plain TCP to a non-loopback broker. Avoid."
     )
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+    telemetry_format: Literal["full", "compact"] = Field(
+        "full", description="full: emsedge/telemetry@1 (every reading with its unit, quality and ts). compact: "
+        "emsedge/telemetry-compact@1 (readings as {signal: value}, units once in the retained "
+        "{prefix}/{equipment}/meta message); see docs/mqtt-contract.md."
+    )
 
     @property
     def urls(self) -> list[str]:
@@ -295,6 +304,24 @@ class HttpConfig(ConfigModel):
         return self
 
 
+class CfxRequestsConfig(ConfigModel):
+    """CFX requests (AreYouThere, WhoIsThere, GetEndpointInformation) taken from the broker, one address per
+    handle; responses go to the request's reply-to address. Off when `cfx.requests` is absent."""
+
+    address: str = Field(
+        "/queue/{handle}",
+        description="AMQP source address each handle takes requests from; {handle} is replaced by the CFX handle "
+        "(RabbitMQ 3.x: /queue/<name> declares the queue). Announced as RequestTargetAddress.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _one_address_per_handle(cls, v: str) -> str:
+        if "{handle}" not in v or any(c in v for c in " #*"):
+            raise ValueError("write an address with {handle} in it, e.g. /queue/{handle}")
+        return v
+
+
 class CfxConfig(ConfigModel):
     """The IPC-CFX (IPC-2591) output: every machine becomes a CFX endpoint on an AMQP 1.0 broker."""
 
@@ -319,6 +346,9 @@ class CfxConfig(ConfigModel):
     publish_timeout: Duration = Field(30.0, description="Deadline for the broker's disposition of a batch.")
     window: int = Field(200, ge=1, le=10000, description="Messages sent but not yet settled by the broker.")
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+    requests: CfxRequestsConfig | None = Field(
+        None, description="Answer CFX requests addressed to each handle through the broker; off when absent."
+    )
 
     _secret_is_text = field_validator("password_file")(utf8_secret_file)
 

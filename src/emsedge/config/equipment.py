@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, GetCoreSchemaHandler, WithJsonSchema, field_validator, model_validator
@@ -259,8 +260,9 @@ class EquipmentBase(ConfigModel):
                     raise ValueError(
                         f"triggers[{i}] names signal {ref!r}, which is not configured{did_you_mean(ref, known)}"
                     )
-        names = self.signal_names()
-        dupes = {n for n in names if names.count(n) > 1}
+        if len(known) == len(names := self.signal_names()):
+            return self
+        dupes = {n for n, count in Counter(names).items() if count > 1}
         if dupes:
             raise ValueError(f"signal names must be unique; repeated: {', '.join(sorted(dupes))}")
         return self

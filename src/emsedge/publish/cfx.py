@@ -111,6 +111,8 @@ class CfxPublisher:
         self._active_faults: dict[str, dict[str, dict[str, Any]]] = {}
         """handle -> FaultOccurrenceId -> Fault: what the heartbeat reports as active."""
         self.last_error: str | None = None
+        self.requests_snapshot: Callable[[], dict[str, Any]] | None = None
+        """The request listener's state (`CfxRequestListener.snapshot`), shown under `requests` when set."""
 
     # ---- forward.Output -----------------------------------------------------------------------------
 
@@ -133,13 +135,16 @@ class CfxPublisher:
 
     def snapshot(self) -> dict[str, Any]:
         """What /healthz and /metrics show (no secrets: the broker URL without user or password)."""
-        return {
+        snapshot = {
             "connected": self.connected,
             "broker": redact_url(self.config.broker),
             "address": self.config.address,
             "last_error": self.last_error,
             "counters": asdict(self.counters),
         }
+        if self.requests_snapshot is not None:
+            snapshot["requests"] = self.requests_snapshot()
+        return snapshot
 
     def handle_of(self, equipment: str) -> str:
         handle = self.handles.get(equipment)
@@ -257,7 +262,10 @@ class CfxPublisher:
         for handle in sorted(set(self.handles.values())):
             unique = str(uuid.uuid4())
             if kind == "connected":
-                env = cm.endpoint_connected(handle, request_uri=self._request_uri(), now=now, unique=unique)
+                env = cm.endpoint_connected(
+                    handle, request_uri=redact_url(self.config.broker),
+                    request_address=request_address(self.config, handle), now=now, unique=unique,
+                )
             elif kind == "heartbeat":
                 faults = list(self._active_faults.get(handle, {}).values())
                 env = cm.heartbeat(handle, self.config.heartbeat, faults, now=now, unique=unique)
@@ -267,11 +275,6 @@ class CfxPublisher:
             future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
             messages.append((cm.to_message(env, self.config.codec), future))
         return messages
-
-    def _request_uri(self) -> str | None:
-        """Where requests to these handles go: nowhere yet (no request listener), so EndpointConnected
-        says null rather than advertise an address nobody answers."""
-        return None
 
     # called from the reactor thread
     def on_link_up(self) -> None:
@@ -321,6 +324,63 @@ def _combine(futures: list[concurrent.futures.Future[Outcome]]) -> PublishResult
     return _OK
 
 
+def connection_options(config: CfxConfig, *, reconnect: Any = False) -> dict[str, Any]:
+    """`Container.connect` keyword arguments for the broker: URL without credentials, SASL PLAIN from the
+    config's user and secret, TLS (CA, client certificate and key) for amqps://. Shared by the output, the
+    request listener and `check-config --online`, so what passes one passes all."""
+    parts = urlsplit(config.broker)
+    kwargs: dict[str, Any] = {
+        "url": f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}",
+        "reconnect": reconnect,
+        "heartbeat": 30,
+    }
+    if config.username is not None:
+        kwargs["user"] = config.username
+        kwargs["password"] = config.secret() or ""
+        kwargs["allowed_mechs"] = "PLAIN"
+        kwargs["allow_insecure_mechs"] = parts.scheme == "amqp"
+    if parts.scheme == "amqps":
+        domain = SSLDomain(SSLDomain.MODE_CLIENT)
+        tls = config.tls
+        if tls is not None and tls.ca_file is not None:
+            domain.set_trusted_ca_db(str(tls.ca_file))
+            domain.set_peer_authentication(
+                SSLDomain.VERIFY_PEER_NAME if tls.verify_hostname else SSLDomain.VERIFY_PEER,
+                str(tls.ca_file),
+            )
+        if tls is not None and tls.cert_file is not None and tls.key_file is not None:
+            domain.set_credentials(str(tls.cert_file), str(tls.key_file), None)
+        kwargs["ssl_domain"] = domain
+    return kwargs
+
+
+def amqp_message(message: cm.CfxMessage, durable: bool) -> Any:
+    """The AMQP message for a CFX envelope, with the properties `AmqpUtilities.SetHeaders` sets:
+    message-id = UniqueID, to = Target, reply-to = Source, correlation-id = RequestID, subject."""
+    env = message.envelope
+    amqp = Message(
+        body=message.body,
+        id=env["UniqueID"],
+        subject=message.subject,
+        content_type=cm.CONTENT_TYPE,
+        content_encoding=message.content_encoding,
+        durable=durable,
+        address=None,
+        reply_to=env["Source"],
+        correlation_id=env["RequestID"],
+        properties=dict(message.application_properties),
+    )
+    amqp.inferred = True  # bytes body goes out as an AMQP Data section, as the SDK sends it
+    if env["Target"] is not None:
+        amqp.address = env["Target"]
+    return amqp
+
+
+def request_address(config: CfxConfig, handle: str) -> str | None:
+    """The address `handle` takes requests on (`RequestTargetAddress`), or None when requests are off."""
+    return None if config.requests is None else config.requests.address.replace("{handle}", handle)
+
+
 def redact_url(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
@@ -344,31 +404,7 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         self._connect()
 
     def _connect(self) -> None:
-        config = self._owner.config
-        parts = urlsplit(config.broker)
-        kwargs: dict[str, Any] = {
-            "url": f"{parts.scheme}://{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}",
-            "reconnect": Backoff(),
-            "heartbeat": 30,
-        }
-        if config.username is not None:
-            kwargs["user"] = config.username
-            kwargs["password"] = config.secret() or ""
-            kwargs["allowed_mechs"] = "PLAIN"
-            kwargs["allow_insecure_mechs"] = parts.scheme == "amqp"
-        if parts.scheme == "amqps":
-            domain = SSLDomain(SSLDomain.MODE_CLIENT)
-            tls = config.tls
-            if tls is not None and tls.ca_file is not None:
-                domain.set_trusted_ca_db(str(tls.ca_file))
-                domain.set_peer_authentication(
-                    SSLDomain.VERIFY_PEER_NAME if tls.verify_hostname else SSLDomain.VERIFY_PEER,
-                    str(tls.ca_file),
-                )
-            if tls is not None and tls.cert_file is not None and tls.key_file is not None:
-                domain.set_credentials(str(tls.cert_file), str(tls.key_file), None)
-            kwargs["ssl_domain"] = domain
-        self._connection = self._container.connect(**kwargs)
+        self._connection = self._container.connect(**connection_options(self._owner.config, reconnect=Backoff()))
         self._attach()
 
     def _attach(self) -> None:
@@ -399,23 +435,7 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         durable = self._owner.config.durable
         while self._backlog and sender.credit > 0:
             message, future = self._backlog.pop(0)
-            env = message.envelope
-            amqp = Message(
-                body=message.body,
-                id=env["UniqueID"],
-                subject=message.subject,
-                content_type=cm.CONTENT_TYPE,
-                content_encoding=message.content_encoding,
-                durable=durable,
-                address=None,
-                reply_to=env["Source"],
-                correlation_id=env["RequestID"],
-                properties=dict(message.application_properties),
-            )
-            amqp.inferred = True  # bytes body goes out as an AMQP Data section, as the SDK sends it
-            if env["Target"] is not None:
-                amqp.address = env["Target"]
-            delivery = sender.send(amqp)
+            delivery = sender.send(amqp_message(message, durable))
             self._pending[delivery.tag] = future
             self._owner.counters.sent += 1
 

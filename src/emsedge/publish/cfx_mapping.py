@@ -30,6 +30,9 @@ NAMESPACE: Final = uuid.UUID("6b0d3c1e-8f1a-5b7e-9a57-3e1f0c2d4a10")
 """UUID5 namespace of the UniqueIDs and TransactionIDs this gateway derives (fixed: replays must match)."""
 CONTENT_TYPE: Final = 'application/json; charset="utf-8"'
 NUMERIC_MEASUREMENT: Final = "CFX.Structures.NumericMeasurement, CFX"
+GENERIC_PROCESS_DATA: Final = "CFX.Structures.Generic.GenericProcessData, CFX"
+"""The SDK's (2.1) ProcessData for equipment without a process-specific structure: Readings (numeric, as
+`GenericValue{Name, Value: NumericValue}`) and Parameters (text, as `GenericParameter{Name, Value}`)."""
 
 Codec = Literal["json", "gzip"]
 
@@ -58,6 +61,8 @@ _SEVERITY: Final = {
 _RESULT: Final = {"pass": "Passed", "fail": "Failed", "error": "Error", "aborted": "Aborted"}
 _TEST_METHOD: Final = {"ict": "ICT", "fpt": "FPT", "fct": "FCT", "bst": "BST"}
 _INSPECTION_METHOD: Final = {"aoi": "AOI", "spi": "SPI", "axi": "AXI"}
+_PROCESSING_RESULT: Final = {"fail": "Failed", "failed": "Failed", "error": "Error", "aborted": "Aborted",
+                             "skipped": "Skipped"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,80 +192,142 @@ def _fault(ev: dict[str, Any], occurred_at: str) -> dict[str, Any]:
     }
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numeric_value(value: float, unit: Any, m: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`NumericValue` (`Structures/NumericValue.cs`); the SDK's `Value` is a double, never null."""
+    m = m or {}
+    return {
+        "Value": value,
+        "ValueUnits": unit,
+        "ExpectedValue": m.get("nominal"),
+        "MinimumAcceptableValue": m.get("low"),
+        "MaximumAcceptableValue": m.get("high"),
+    }
+
+
+def _measurement_result(m: Mapping[str, Any]) -> str:
+    """`Measurement.Result` is a non-nullable `TestResult`: the given verdict, else the limits' verdict."""
+    if m.get("result"):
+        return _RESULT.get(str(m.get("result")).lower(), "Failed")
+    value: float = m["value"]
+    low: Any = m.get("low")
+    high: Any = m.get("high")
+    if (_is_number(low) and value < low) or (_is_number(high) and value > high):
+        return "Failed"
+    return "Passed"
+
+
 def _numeric(m: dict[str, Any], index: int, recorded: str | None) -> dict[str, Any]:
-    value = m.get("value")
+    """`NumericMeasurement` with its `$type` (the .NET SDK cannot build the abstract Measurement without it)."""
     return {
         "$type": NUMERIC_MEASUREMENT,
         "MeasurementName": m.get("name"),
         "TimeRecorded": recorded,
         "Sequence": index,
-        "Result": _RESULT.get(str(m.get("result")).lower(), "Passed") if m.get("result") else None,
-        "MeasuredValue": {
-            "Value": value if isinstance(value, (int, float)) else None,
-            "ValueUnits": m.get("unit"),
-            "ExpectedValue": m.get("nominal"),
-            "MinimumAcceptableValue": m.get("low"),
-            "MaximumAcceptableValue": m.get("high"),
-        },
+        "Result": _measurement_result(m),
+        "MeasuredValue": _numeric_value(m["value"], m.get("unit"), m),
     }
+
+
+def _numeric_measurements(measurements: list[Any], recorded: str) -> list[dict[str, Any]]:
+    """Only numeric measurements: the SDK's NumericValue.Value is a double (a text result stays on MQTT)."""
+    numeric = [m for m in measurements if isinstance(m, dict) and _is_number(m.get("value"))]
+    return [_numeric(m, i, recorded) for i, m in enumerate(numeric, start=1)]
 
 
 def _values_as_measurements(values: Any, recorded: str) -> list[dict[str, Any]]:
     if not isinstance(values, dict):
         return []
-    out = []
-    for i, (name, entry) in enumerate(sorted(values.items()), start=1):
-        value = _value(entry)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out.append(_numeric({"name": name, "value": value, "unit": _unit(entry)}, i, recorded))
-    return out
+    rows = [{"name": name, "value": _value(entry), "unit": _unit(entry)} for name, entry in sorted(values.items())]
+    return _numeric_measurements(rows, recorded)
+
+
+def generic_process_data(rows: list[tuple[Any, Any, Any]]) -> dict[str, Any]:
+    """`GenericProcessData` from (name, value, unit) rows: numbers as Readings, text and booleans as
+    Parameters (`GenericParameter.Value` is a string); rows without a value are left out (CFX has no
+    quality or null reading: MQTT carries them)."""
+    readings, parameters = [], []
+    for name, value, unit in rows:
+        if _is_number(value):
+            readings.append({"Name": name, "Value": _numeric_value(value, unit)})
+        elif isinstance(value, bool):
+            parameters.append({"Name": name, "Value": "true" if value else "false"})
+        elif value is not None:
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+            parameters.append({"Name": name, "Value": text})
+    return {
+        "$type": GENERIC_PROCESS_DATA,
+        "Setpoints": [],
+        "Readings": readings,
+        "Parameters": parameters,
+        "StageData": [],
+    }
+
+
+def _values_as_process_data(values: Any) -> dict[str, Any] | None:
+    if not isinstance(values, dict) or not values:
+        return None
+    return generic_process_data([(name, _value(entry), _unit(entry)) for name, entry in sorted(values.items())])
 
 
 def _tests(ev: dict[str, Any], recorded: str) -> list[dict[str, Any]]:
+    """`Test`s (`Structures/Test.cs`); a defect goes to the test it names (`DefectsFound`), else to the first."""
+    defects = [d for d in ev.get("defects") or [] if isinstance(d, dict)]
     tests = ev.get("tests")
+    out: list[dict[str, Any]]
     if isinstance(tests, list):
-        return [
+        out = [
             {
                 "TestName": t.get("name"),
                 "TestStartTime": cfx_timestamp(ev["started"]) if ev.get("started") else None,
                 "TestEndTime": cfx_timestamp(ev["ended"]) if ev.get("ended") else recorded,
                 "Result": _unit_result(t.get("result")),
-                "Measurements": [
-                    _numeric(m, i, recorded) for i, m in enumerate(t.get("measurements") or [], start=1)
-                ],
                 "SymptomsFound": [],
                 "DefectsFound": [],
+                "Measurements": _numeric_measurements(t.get("measurements") or [], recorded),
             }
             for t in tests
+            if isinstance(t, dict)
         ]
-    measurements = ev.get("measurements")
-    if isinstance(measurements, list):
-        numeric = [_numeric(m, i, recorded) for i, m in enumerate(measurements, start=1) if isinstance(m, dict)]
     else:
-        numeric = _values_as_measurements(ev.get("values"), recorded)
-    return [
-        {
-            "TestName": "overall",
-            "TestStartTime": None,
-            "TestEndTime": recorded,
-            "Result": _unit_result(ev.get("result")),
-            "Measurements": numeric,
-            "SymptomsFound": [],
-            "DefectsFound": [],
-        }
-    ]
+        measurements = ev.get("measurements")
+        if isinstance(measurements, list):
+            numeric = _numeric_measurements(measurements, recorded)
+        else:
+            numeric = _values_as_measurements(ev.get("values"), recorded)
+        out = []
+        if numeric or defects or ev.get("result") is not None:
+            out.append({
+                "TestName": "overall",
+                "TestStartTime": None,
+                "TestEndTime": recorded,
+                "Result": _unit_result(ev.get("result")),
+                "SymptomsFound": [],
+                "DefectsFound": [],
+                "Measurements": numeric,
+            })
+    by_name = {t["TestName"]: t for t in out}
+    for d in defects:
+        test = by_name.get(d.get("test")) or (out[0] if out else None)
+        if test is not None:
+            test["DefectsFound"].append(_defect(d))
+    return out
+
+
+def _defect(d: Mapping[str, Any]) -> dict[str, Any]:
+    """`Defect` (`Structures/Defect.cs`)."""
+    return {
+        "DefectCode": d.get("code"),
+        "Description": d.get("test"),
+        "ComponentOfInterest": {"ReferenceDesignator": d["refdes"]} if d.get("refdes") else None,
+    }
 
 
 def _defects(ev: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {
-            "DefectCode": d.get("code"),
-            "ComponentOfInterest": {"ReferenceDesignator": d["refdes"]} if d.get("refdes") else None,
-            "Description": d.get("test"),
-        }
-        for d in ev.get("defects") or []
-        if isinstance(d, dict)
-    ]
+    return [_defect(d) for d in ev.get("defects") or [] if isinstance(d, dict)]
 
 
 def _position(ev: dict[str, Any]) -> int:
@@ -296,16 +363,18 @@ def _materials(ev: dict[str, Any], serial: str) -> list[dict[str, Any]]:
 
 def _unit_body(kind: str, ev: dict[str, Any], tx: str, serial: str, recorded: str) -> tuple[str, dict[str, Any]]:
     if kind == "unit_processed":
+        result = _PROCESSING_RESULT.get(str(ev.get("result", "")).lower(), "Succeeded")
         return UNITS_PROCESSED, {
             "TransactionId": tx,
-            "OverallResult": "Succeeded",
-            "CommonProcessData": None,
+            "OverallResult": result,
+            "CommonProcessData": _values_as_process_data(ev.get("values")),
             "UnitProcessData": [
-                {"UnitIdentifier": serial, "UnitPositionNumber": _position(ev), "UnitProcessData": None}
+                {"UnitIdentifier": serial, "UnitPositionNumber": _position(ev), "UnitResult": result,
+                 "UnitProcessData": None}
             ],
-            "Readings": _values_as_measurements(ev.get("values"), recorded),
         }
     if kind == "unit_inspected":
+        overall = _unit_result(ev.get("result"))
         return UNITS_INSPECTED, {
             "TransactionId": tx,
             "InspectionMethod": _INSPECTION_METHOD.get(str(ev.get("inspection_method", "aoi")).lower(), "AOI"),
@@ -315,9 +384,17 @@ def _unit_body(kind: str, ev: dict[str, Any], tx: str, serial: str, recorded: st
                 {
                     "UnitIdentifier": serial,
                     "UnitPositionNumber": _position(ev),
-                    "OverallResult": _unit_result(ev.get("result")),
-                    "Inspections": [],
-                    "Defects": _defects(ev),
+                    "OverallResult": overall,
+                    "Inspections": [
+                        {
+                            "InspectionName": "overall",
+                            "InspectionEndTime": recorded,
+                            "Result": overall,
+                            "DefectsFound": _defects(ev),
+                            "Symptoms": [],
+                            "Measurements": _values_as_measurements(ev.get("values"), recorded),
+                        }
+                    ],
                 }
             ],
         }
@@ -335,8 +412,6 @@ def _unit_body(kind: str, ev: dict[str, Any], tx: str, serial: str, recorded: st
                     "UnitPositionNumber": _position(ev),
                     "OverallResult": _unit_result(ev.get("result")),
                     "Tests": _tests(ev, recorded),
-                    "Symptoms": [],
-                    "Defects": _defects(ev),
                 }
             ],
         }
@@ -364,20 +439,9 @@ def map_record(record: Mapping[str, Any], handle: str) -> list[dict[str, Any]]:
             (
                 PROCESS_DATA_RECORDED,
                 {
-                    "TransactionID": None,
-                    "RecordedData": {
-                        "$type": "CFX.Structures.ProcessData, CFX",
-                        "Readings": [
-                            {
-                                "Name": r.get("signal"),
-                                "Value": r.get("value"),
-                                "ValueUnits": r.get("unit"),
-                                "Quality": r.get("quality"),
-                                "TimeRecorded": cfx_timestamp(r["ts"]) if r.get("ts") else stamp,
-                            }
-                            for r in readings
-                        ],
-                    },
+                    "ProcessData": generic_process_data(
+                        [(r.get("signal"), r.get("value"), r.get("unit")) for r in readings if isinstance(r, dict)]
+                    )
                 },
                 stamp,
             )
@@ -473,7 +537,6 @@ def heartbeat(
             "HeartbeatFrequency": time_span(period_s),
             "ActiveFaults": active_faults,
             "ActiveRecipes": [],
-            "Metadata": None,
         },
         source=handle,
         timestamp=now,
@@ -482,19 +545,16 @@ def heartbeat(
 
 
 def endpoint_connected(
-    handle: str, *, request_uri: str | None, now: str, unique: str, vendor: str = "emsedge", model: str = ""
+    handle: str, *, request_uri: str | None, request_address: str | None, now: str, unique: str
 ) -> dict[str, Any]:
-    """CFX.EndpointConnected: the gateway speaks for `handle`; `RequestNetworkUri` is the listener, if any."""
+    """CFX.EndpointConnected (`EndpointConnected.cs`: exactly these three fields): the gateway speaks for
+    `handle`; requests go to `request_address` on `request_uri` (both null when requests are off)."""
     return envelope(
         ENDPOINT_CONNECTED,
         {
             "CFXHandle": handle,
-            "RequestNetworkUri": request_uri,
-            "RequestTargetAddress": handle if request_uri else None,
-            "Vendor": vendor,
-            "ModelNumber": model,
-            "SerialNumber": None,
-            "SoftwareVersion": None,
+            "RequestNetworkUri": request_uri if request_address else None,
+            "RequestTargetAddress": request_address,
         },
         source=handle,
         timestamp=now,
@@ -504,3 +564,148 @@ def endpoint_connected(
 
 def endpoint_shutting_down(handle: str, *, now: str, unique: str) -> dict[str, Any]:
     return envelope(ENDPOINT_SHUTTING_DOWN, {"CFXHandle": handle}, source=handle, timestamp=now, unique=unique)
+
+
+# ---- requests and responses (the request listener, `publish/cfx_requests.py`) ------------------------
+
+ARE_YOU_THERE_REQUEST: Final = "CFX.AreYouThereRequest"
+ARE_YOU_THERE_RESPONSE: Final = "CFX.AreYouThereResponse"
+WHO_IS_THERE_REQUEST: Final = "CFX.WhoIsThereRequest"
+WHO_IS_THERE_RESPONSE: Final = "CFX.WhoIsThereResponse"
+GET_ENDPOINT_INFORMATION_REQUEST: Final = "CFX.GetEndpointInformationRequest"
+GET_ENDPOINT_INFORMATION_RESPONSE: Final = "CFX.GetEndpointInformationResponse"
+NOT_SUPPORTED_RESPONSE: Final = "CFX.NotSupportedResponse"
+
+PUBLISHED: Final = (
+    ENDPOINT_CONNECTED, HEARTBEAT, ENDPOINT_SHUTTING_DOWN, STATION_STATE_CHANGED, FAULT_OCCURRED, FAULT_CLEARED,
+    PROCESS_DATA_RECORDED, COMPONENTS_PLACED, WORK_STARTED, WORK_COMPLETED, MATERIALS_INSTALLED, UNITS_PROCESSED,
+    UNITS_INSPECTED, UNITS_TESTED,
+)
+"""Every CFX message this gateway publishes for a handle."""
+ANSWERED: Final = (ARE_YOU_THERE_REQUEST, WHO_IS_THERE_REQUEST, GET_ENDPOINT_INFORMATION_REQUEST)
+"""The requests the listener answers; any other gets `CFX.NotSupportedResponse`."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """What a handle says about itself in responses (`Structures/Endpoint.cs`)."""
+
+    handle: str
+    request_uri: str
+    """`RequestNetworkUri`: the broker the requests come through (no user or password)."""
+    request_address: str
+    """`RequestTargetAddress`: the AMQP address this handle takes requests on."""
+    friendly_name: str | None = None
+    model: str | None = None
+    software_version: str | None = None
+
+
+def supported_topics() -> list[dict[str, Any]]:
+    """`SupportedTopic`s (`Structures/SupportedTopic.cs`): the namespaces published, and `CFX` (the base
+    topic, whose requests are answered) as PublisherConsumer."""
+    topics: dict[str, list[str]] = {}
+    for name in PUBLISHED:
+        topics.setdefault(name.rpartition(".")[0], []).append(name)
+    topics["CFX"] = [*topics.get("CFX", []), *ANSWERED]
+    return [
+        {"TopicName": topic, "TopicSupportType": "PublisherConsumer" if topic == "CFX" else "Publisher",
+         "SupportedMessages": names}
+        for topic, names in sorted(topics.items())
+    ]
+
+
+def _matches(request_body: Mapping[str, Any]) -> bool:
+    """WhoIsThereRequest's filter (`SupportedTopicQueryType`): Ignore answers always; All when every asked
+    topic (and its listed messages) is supported here; Any when at least one is."""
+    query = str(request_body.get("SupportedTopicQueryType") or "Ignore")
+    asked = request_body.get("SupportedTopics") or []
+    if query == "Ignore" or not isinstance(asked, list) or not asked:
+        return True
+    ours = {t["TopicName"]: set(t["SupportedMessages"]) for t in supported_topics()}
+
+    def supported(topic: Any) -> bool:
+        if not isinstance(topic, dict) or topic.get("TopicName") not in ours:
+            return False
+        wanted = topic.get("SupportedMessages") or []
+        return isinstance(wanted, list) and set(wanted) <= ours[topic["TopicName"]]
+
+    hits = [supported(t) for t in asked]
+    return all(hits) if query == "All" else any(hits)
+
+
+_SUCCESS: Final = {"Result": "Success", "ResultCode": 0, "Message": None}
+
+
+def response_body(name: str, request_body: Mapping[str, Any], info: EndpointInfo) -> tuple[str, dict[str, Any]] | None:
+    """The response (name, body) to request `name` for one handle, as the SDK's classes serialise it;
+    None when a WhoIsThereRequest's filter does not match (the SDK says only matching endpoints answer)."""
+    if name in (ARE_YOU_THERE_REQUEST, WHO_IS_THERE_REQUEST):
+        if name == WHO_IS_THERE_REQUEST and not _matches(request_body):
+            return None
+        return (ARE_YOU_THERE_RESPONSE if name == ARE_YOU_THERE_REQUEST else WHO_IS_THERE_RESPONSE), {
+            "Result": dict(_SUCCESS),
+            "CFXHandle": info.handle,
+            "RequestNetworkUri": info.request_uri,
+            "RequestTargetAddress": info.request_address,
+        }
+    if name == GET_ENDPOINT_INFORMATION_REQUEST:
+        return GET_ENDPOINT_INFORMATION_RESPONSE, {
+            "Result": dict(_SUCCESS),
+            "EndpointInformation": {
+                "CFXHandle": info.handle,
+                "CFXVersion": CFX_VERSION,
+                "RequestNetworkUri": info.request_uri,
+                "RequestTargetAddress": info.request_address,
+                "UniqueIdentifier": info.handle,
+                "FriendlyName": info.friendly_name,
+                "Vendor": "emsedge",
+                "ModelNumber": info.model,
+                "SerialNumber": None,
+                "SoftwareVersion": info.software_version,
+                "FirmwareVersion": None,
+                "OperatingSystem": "OtherLinux",
+                "OperatingSystemPlatform": "Other",
+                "OperatingSystemVersion": None,
+                "Stages": [],
+                "NumberOfLanes": 1,
+                "HermesInformation": None,
+                "OperatingRequirements": None,
+                "SupportedTopics": supported_topics(),
+                "SupportedPCBDimensions": None,
+                "SleepStates": [],
+            },
+        }
+    known = name.startswith("CFX.") and name.endswith("Request")
+    return NOT_SUPPORTED_RESPONSE, {
+        "RequestResult": {"Result": "Failed", "ResultCode": 0,
+                          "Message": "Not implemented message" if known else "Unknown message"},
+    }
+
+
+def respond(request: Mapping[str, Any], info: EndpointInfo, *, now: str, unique: str) -> dict[str, Any] | None:
+    """The response envelope to a request envelope: `Source` = this handle, `Target` = the requester,
+    `RequestID` echoed (as `AmqpRequestProcessor` completes a request); None when nothing is to be sent."""
+    name = str(request.get("MessageName") or "")
+    raw_body = request.get("MessageBody")
+    answer = response_body(name, raw_body if isinstance(raw_body, Mapping) else {}, info)
+    if answer is None:
+        return None
+    response_name, body = answer
+    source = request.get("Source")
+    request_id = request.get("RequestID")
+    return envelope(
+        response_name, body, source=info.handle, timestamp=now, unique=unique,
+        target=None if source is None else str(source), request_id=None if request_id is None else str(request_id),
+    )
+
+
+def decode_envelope(body: bytes, content_encoding: str | None) -> dict[str, Any]:
+    """A received CFX message body (UTF-8 JSON, or gzip when `content_encoding` says so) as one envelope;
+    a JSON list (the SDK may batch) yields its first envelope."""
+    data = gzip.decompress(body) if (content_encoding or "").lower() == "gzip" else body
+    value = orjson.loads(data)
+    if isinstance(value, list) and value:
+        value = value[0]
+    if not isinstance(value, dict) or "MessageName" not in value:
+        raise ValueError("not a CFX envelope")
+    return value

@@ -624,6 +624,10 @@ async def _open_socket(broker: _Broker, context: ssl.SSLContext | None) -> socke
     return tls_sock
 
 
+def _payload(payload: bytes | Callable[[], bytes]) -> bytes:
+    return payload if isinstance(payload, bytes) else payload()
+
+
 class MqttPublisher:
     """Owns the MQTT connection for its whole life; `publish_batch()` resolves on PUBACK.
 
@@ -639,13 +643,17 @@ class MqttPublisher:
         client_id: str,
         status_topic: str,
         online_payload: Callable[[], bytes],
-        offline_payload: bytes,
+        offline_payload: bytes | Callable[[], bytes],
+        stopped_payload: Callable[[], bytes] | None = None,
     ) -> None:
         self._config = config
         self._client_id = client_id
         self._status_topic = status_topic
         self._online_payload = online_payload
         self._offline_payload = offline_payload
+        """The last will, built for each connection when it is a callable."""
+        self._stopped_payload = stopped_payload
+        """The offline status of a clean stop (the will when None)."""
         self._brokers = [_parse_broker(url) for url in config.urls]
         tls_flags = {b.tls for b in self._brokers}
         if len(tls_flags) > 1:
@@ -852,7 +860,7 @@ class MqttPublisher:
                 sock = await _open_socket(broker, self._tls_context)
                 link = _Link(
                     loop, broker, self._config, client_id=self._client_id,
-                    will=(self._status_topic, self._offline_payload), username=username, password=password,
+                    will=(self._status_topic, _payload(self._offline_payload)), username=username, password=password,
                     on_lost=self._link_lost,
                 )
                 link.start(sock)
@@ -934,7 +942,8 @@ class MqttPublisher:
         clean = False
         with anyio.move_on_after(CLOSE_TIMEOUT):
             result = (await self._publish_on(
-                link, [(self._status_topic, self._offline_payload)], qos=1, retain=True
+                link, [(self._status_topic, _payload(self._stopped_payload or self._offline_payload))], qos=1,
+                retain=True,
             ))[0]
             if result.ok:
                 link.client.disconnect()

@@ -147,6 +147,16 @@ def _finite(v: float) -> object:
     return v if v - v == 0.0 else _BAD
 
 
+def _all_finite(values: tuple[Any, ...]) -> bool:
+    """True when no float among `values` is NaN or infinite (a sum of finite numbers that overflows says
+    False: the caller then checks one by one)."""
+    try:
+        total = sum(values)
+    except TypeError:  # bytes (strings) in the lane
+        return False
+    return bool(total - total == 0)
+
+
 def _post_processor(signal: ModbusSignal) -> Callable[[Any], object] | None:
     """The per-value fix-up after struct unpacking, or None when the raw value is already final."""
     scale, offset = signal.scale, signal.offset
@@ -175,8 +185,14 @@ class _Lane:
     swapped: bool
     unpack_from: Callable[[bytes], tuple[Any, ...]]
     indices: tuple[int, ...]  # signal indices, in the order the struct yields them
-    meta: tuple[tuple[str, str | None], ...]  # (name, unit) per value
+    names: tuple[str, ...]  # per value
+    units: tuple[str | None, ...]  # per value
     posts: tuple[tuple[int, Callable[[Any], object]], ...]  # (position in lane, fix-up)
+    first: int
+    """indices[0] when the indices are consecutive (the usual case: one lane per block, signals in address
+    order), so the readings go into `out` as one slice; -1 otherwise."""
+    finite_only: bool
+    """Every fix-up is the NaN/inf check: one sum over the values stands for all of them while they are finite."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,13 +250,17 @@ def compile_block(request: ReadRequest, signals: Sequence[ModbusSignal]) -> Comp
                 pos = s.address + s.register_count
                 if (post := _post_processor(s)) is not None:
                     posts.append((n, post))
+            consecutive = lane == list(range(lane[0], lane[0] + len(lane)))
             compiled.append(
                 _Lane(
                     swapped,
                     struct.Struct("".join(fmt)).unpack_from,
                     tuple(lane),
-                    tuple((signals[i].name, signals[i].unit) for i in lane),
+                    tuple(signals[i].name for i in lane),
+                    tuple(signals[i].unit for i in lane),
                     tuple(posts),
+                    lane[0] if consecutive else -1,
+                    all(post is _finite for _, post in posts),
                 )
             )
     return CompiledBlock(
@@ -283,7 +303,7 @@ class ModbusDecoder:
         for lane in block.lanes:
             values = lane.unpack_from(swapped if lane.swapped else buf)
             bad: list[int] | None = None
-            if lane.posts:
+            if lane.posts and not (lane.finite_only and _all_finite(values)):
                 values = list(values)  # type: ignore[assignment]
                 for n, post in lane.posts:
                     v = post(values[n])
@@ -291,14 +311,19 @@ class ModbusDecoder:
                         v = None
                         bad = [*(bad or []), n]
                     values[n] = v  # type: ignore[index]
-            for i, (name, unit), v in zip(lane.indices, lane.meta, values, strict=True):
-                out[i] = {"signal": name, "value": v, "unit": unit, "quality": "good", "ts": ts}
+            readings = [
+                {"signal": name, "value": v, "unit": unit, "quality": "good", "ts": ts}
+                for name, unit, v in zip(lane.names, lane.units, values, strict=True)
+            ]
+            if lane.first >= 0:
+                out[lane.first : lane.first + len(readings)] = readings
+            else:
+                for i, reading in zip(lane.indices, readings, strict=True):
+                    out[i] = reading
             if bad:
                 for n in bad:
-                    reading = out[lane.indices[n]]
-                    assert reading is not None
-                    reading["quality"] = "bad"
-                    reading["status"] = "NotFinite"
+                    readings[n]["quality"] = "bad"
+                    readings[n]["status"] = "NotFinite"
 
     def decode_bits(self, block: CompiledBlock, bits: Sequence[bool], ts: str,
                     out: list[dict[str, Any] | None]) -> None:
@@ -396,9 +421,11 @@ class ModbusAdapter:
             max_bits=equipment.max_bits_per_read,
             max_gap=equipment.max_gap,
         )
-        # The scheduler's backstop for one poll: every request has its own deadline (timeout + 0.5 s),
-        # so a poll cannot legitimately take longer than all of them in a row.
-        self.poll_deadline = len(self.decoder.blocks) * (self.connection.timeout + 0.5) + equipment.poll_interval
+        # Every request has pymodbus' own deadline (timeout); `backstop` bounds a poll at timeout + 0.5 s per
+        # request, so a poll cannot legitimately take longer than all of them in a row. The scheduler's
+        # backstop is one poll interval beyond that.
+        self.backstop = len(self.decoder.blocks) * (self.connection.timeout + 0.5)
+        self.poll_deadline = self.backstop + equipment.poll_interval
         self.requests_sent = 0
         self._client: Any = None
         self._readers: dict[str, Callable[..., Any]] = {}
@@ -443,31 +470,32 @@ class ModbusAdapter:
         decoder = self.decoder
         out: list[dict[str, Any] | None] = [None] * len(decoder.signals)
         unit_id = self.connection.unit_id
-        deadline = self.connection.timeout + 0.5  # pymodbus applies `timeout`; this is the backstop
         readers = self._readers
         from pymodbus.exceptions import ModbusException, ModbusIOException  # noqa: PLC0415
 
-        for block in decoder.blocks:
-            req = block.request
-            try:
-                with anyio.fail_after(deadline):
+        # pymodbus applies `timeout` to every request; the backstop is one deadline per poll, the sum of the
+        # per-request ones (a cancel scope and a timer per request cost as much as decoding its answer).
+        with anyio.move_on_after(self.backstop) as scope:
+            for block in decoder.blocks:
+                req = block.request
+                try:
                     rr = await readers[req.table](req.address, count=req.count, device_id=unit_id)
-            except TimeoutError as exc:
-                raise AdapterError(f"no answer from {self.where} within {self.connection.timeout:g}s") from exc
-            except ModbusIOException as exc:
-                if "No response" in str(exc):  # pymodbus' own timeout (retries=0)
-                    raise AdapterError(
-                        f"no answer from {self.where} within {self.connection.timeout:g}s"
-                    ) from exc
-                raise AdapterError(f"connection to {self.where} failed: {exc}") from exc
-            except (ModbusException, OSError) as exc:
-                raise AdapterError(f"connection to {self.where} lost: {type(exc).__name__}") from exc
-            self.requests_sent += 1
-            if rr.isError() and not hasattr(rr, "exception_code"):
-                raise AdapterError(f"bad answer from {self.where}: {rr}")
-            problem = decoder.decode_answer(block, rr, ts, out)
-            if problem is not None and problem != (_exception_status(rr) if rr.isError() else None):
-                self._log_malformed(req, problem, rr)
+                except ModbusIOException as exc:
+                    if "No response" in str(exc):  # pymodbus' own timeout (retries=0)
+                        raise AdapterError(
+                            f"no answer from {self.where} within {self.connection.timeout:g}s"
+                        ) from exc
+                    raise AdapterError(f"connection to {self.where} failed: {exc}") from exc
+                except (ModbusException, OSError) as exc:
+                    raise AdapterError(f"connection to {self.where} lost: {type(exc).__name__}") from exc
+                self.requests_sent += 1
+                if rr.isError() and not hasattr(rr, "exception_code"):
+                    raise AdapterError(f"bad answer from {self.where}: {rr}")
+                problem = decoder.decode_answer(block, rr, ts, out)
+                if problem is not None and problem != (_exception_status(rr) if rr.isError() else None):
+                    self._log_malformed(req, problem, rr)
+        if scope.cancelled_caught:
+            raise AdapterError(f"no answer from {self.where} within {self.connection.timeout:g}s")
         return [telemetry(self.equipment.id, self.equipment.type, out, ts)]  # type: ignore[arg-type]
 
     def _log_malformed(self, request: ReadRequest, problem: str, rr: Any) -> None:

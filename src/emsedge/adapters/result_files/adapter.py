@@ -6,7 +6,8 @@ One cycle (`scan_once`) takes every settled file, oldest first, one at a time:
    the ledger write, or an identical file dropped again): it is only moved, nothing is emitted;
 2. it is hashed in chunks and, when not larger than `max_file_size`, read and parsed (in a worker thread);
 3. its events, one `unit_tested` per board, go to `ctx.emit()` in one call, which returns only once the
-   buffer made them durable;
+   buffer made them durable; each carries a deterministic message id (`model.record_id`), so a crash
+   before step 4 re-emits them with the same ids and MES drops the copy by `id`;
 4. only then the ledger records it, and then it moves to `archive` (or stays, when none is configured).
 
 A file that cannot be parsed (or is too large, or a plug-in parser crashed on it) becomes one
@@ -38,7 +39,7 @@ from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.result_files import parsers
 from emsedge.adapters.result_files.config import ResultFilesEquipment
 from emsedge.adapters.result_files.ledger import Ledger, LedgerEntry
-from emsedge.adapters.result_files.model import SourceFile, TestedBoard, event_fields, to_utc
+from emsedge.adapters.result_files.model import SourceFile, TestedBoard, event_fields, record_id, to_utc
 from emsedge.adapters.result_files.scanner import Candidate, FileChanged, FileContent, Scanner, read
 from emsedge.errors import AdapterError
 from emsedge.schema import EventType, Record, utc_iso
@@ -289,13 +290,20 @@ class ResultFilesAdapter:
         if self.config.test_method is not None:
             fields["test_method"] = self.config.test_method
         ts = to_utc(board.ended or board.started, self.tz) or utc_iso()
-        return self.ctx.event(EventType.UNIT_TESTED, ts, **fields)
+        record = self.ctx.event(EventType.UNIT_TESTED, ts, **fields)
+        record.message_id = self._record_id(source, EventType.UNIT_TESTED, index)
+        return record
 
     def _rejected_event(self, source: SourceFile, rejection: Rejection) -> Record:
-        return self.ctx.event(
+        record = self.ctx.event(
             FILE_REJECTED, file=source.file, reason=rejection.reason, line=rejection.line, sha256=source.sha256,
             size=source.size,
         )
+        record.message_id = self._record_id(source, FILE_REJECTED)
+        return record
+
+    def _record_id(self, source: SourceFile, kind: str, index: int = 0) -> str:
+        return record_id(self.ctx.gateway or "", self.config.id, source.sha256, kind, index)
 
     async def _move_processed(self, candidate: Candidate) -> None:
         if self.config.archive is None:

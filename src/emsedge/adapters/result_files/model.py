@@ -11,9 +11,10 @@ a non-existent one is shifted forward, both the `zoneinfo` rules); an aware one 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from emsedge.schema import utc_iso
 
@@ -98,6 +99,19 @@ class SourceFile:
     file: str
     sha256: str
     size: int
+
+
+RECORD_ID_NAMESPACE: Final = uuid.UUID("e0ea53eb-4716-5e89-8de2-d47297b64ec0")
+"""uuid5 namespace of the message ids of file-derived events (never change it: MES de-duplicates by id)."""
+
+
+def record_id(gateway: str, equipment: str, sha256: str, kind: str, index: int = 0) -> str:
+    """The envelope `id` of one event derived from a result file: a uuid5 over who read it (gateway,
+    equipment), what was read (the file's content hash), which event (`unit_tested`, `file_rejected`) and
+    which board of the file. The same file content always yields the same ids, so when a crash between the
+    durable emit and the ledger write makes the gateway emit a file's events again, MES receives the same
+    `id`s and drops the second copy, as the contract tells it to (exactly-once by `id`)."""
+    return str(uuid.uuid5(RECORD_ID_NAMESPACE, f"{gateway}/{equipment}/{sha256}/{kind}/{index}"))
 
 
 def to_utc(value: datetime | None, tz: tzinfo) -> str | None:

@@ -1,0 +1,104 @@
+"""Hypothesis: compact telemetry loses nothing. For any telemetry message the gateway encodes (good and bad
+readings, odd timestamps, units that match the meta, differ from it or are missing from it, protocol
+status fields, replayed), full -> compact -> `expand_compact` gives back the full message exactly; what
+cannot be written compactly stays full, and a decoder holding another meta is refused."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emsedge import contract, schema
+
+ENVELOPE_TS = "2026-01-01T00:00:00.000Z"
+
+signal_names = st.text(alphabet="abcdefgz_0123456789.-", min_size=1, max_size=8)
+units = st.sampled_from([None, "Cel", "kPa", "cm/min", "%", "", "µm"])
+timestamps = st.sampled_from([ENVELOPE_TS, "2025-12-31T23:59:59.999Z", "1970-01-01T00:00:00.000Z",
+                              "2026-01-01T00:00:00.001Z"])
+json_values = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=10),
+    st.lists(st.integers(min_value=-5, max_value=5), max_size=3),
+)
+extras = st.fixed_dictionaries({}, optional={
+    "status": st.sampled_from(["IllegalDataAddress", "BadNodeIdUnknown", schema.UNPROCESSABLE_STATUS]),
+    "server_ts": timestamps,
+    "reason": st.text(max_size=8),
+    "raw": st.text(max_size=8),
+})
+
+
+@st.composite
+def telemetry_messages(draw: st.DrawFn) -> tuple[bytes, schema.TelemetryMeta]:
+    names = draw(st.lists(signal_names, unique=True, max_size=12))
+    meta_signals = {n: {"unit": draw(units)} for n in names if draw(st.booleans())}
+    meta_signals.update({n: {"unit": draw(units), "type": "float32"} for n in draw(st.lists(signal_names, max_size=3))
+                         if n not in names})
+    meta = schema.TelemetryMeta.build("m-1", "reflow_oven", meta_signals)
+    readings = []
+    for name in names:
+        unit = meta_signals[name]["unit"] if name in meta_signals and draw(st.booleans()) else draw(units)
+        quality = draw(st.sampled_from(["good", "good", "uncertain", "bad"]))
+        value = None if quality == "bad" and draw(st.booleans()) else draw(json_values)
+        readings.append(schema.reading(name, value, unit=unit, quality=quality, ts=draw(timestamps),
+                                       **draw(extras)))
+    record = schema.telemetry("m-1", "reflow_oven", readings, ts=ENVELOPE_TS)
+    payload = schema.encode(record, gateway="gw", seq=draw(st.integers(1, 2**40)), message_id="id-1")
+    if draw(st.booleans()):
+        payload = schema.mark_replayed(payload)
+    return payload, meta
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=telemetry_messages())
+def test_full_to_compact_to_expanded_is_the_full_message(case: tuple[bytes, schema.TelemetryMeta]) -> None:
+    payload, meta = case
+    full = orjson.loads(payload)
+    compact_bytes = schema.compact_payload(payload, meta)
+    compact = orjson.loads(compact_bytes)
+    assert compact["schema"] == schema.SCHEMA_TELEMETRY_COMPACT
+    schema.CompactTelemetryMessage.model_validate(compact)
+    expanded = schema.expand_compact(compact, meta.message("gw"))
+    assert expanded == full
+    assert list(compact["v"]) == [r["signal"] for r in full["readings"]]  # order kept
+    schema.TelemetryMessage.model_validate(expanded)
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=telemetry_messages())
+def test_a_decoder_holding_another_meta_is_refused(case: tuple[bytes, schema.TelemetryMeta]) -> None:
+    payload, meta = case
+    compact = orjson.loads(schema.compact_payload(payload, meta))
+    other = schema.TelemetryMeta.build("m-1", "reflow_oven", {**meta.signals, "added_later": {"unit": "Cel"}})
+    with pytest.raises(ValueError, match="written against meta"):
+        schema.expand_compact(compact, other)
+
+
+def test_a_message_naming_a_signal_twice_stays_in_the_full_form() -> None:
+    readings = [schema.reading("a", 1, ts=ENVELOPE_TS), schema.reading("a", 2, ts=ENVELOPE_TS)]
+    payload = schema.encode(schema.telemetry("m-1", "press", readings, ts=ENVELOPE_TS), gateway="gw", seq=1,
+                            message_id="i")
+    meta = schema.TelemetryMeta.build("m-1", "press", {"a": {"unit": None}})
+    assert schema.compact_payload(payload, meta) is payload
+
+
+def test_events_and_compact_messages_are_never_rewritten() -> None:
+    meta = schema.TelemetryMeta.build("m-1", "press", {})
+    event = schema.encode(schema.event("m-1", "press", schema.EventType.CONNECTION_RESTORED), gateway="gw", seq=1,
+                          message_id="i")
+    assert schema.compact_payload(event, meta) is event
+    with pytest.raises(ValueError, match="not a compact telemetry message"):
+        schema.expand_compact(orjson.loads(event), meta)
+
+
+def test_the_documented_compact_example_expands_to_the_documented_full_example() -> None:
+    examples: dict[str, Any] = contract.examples()
+    full, compact = examples["telemetry"]
+    assert schema.expand_compact(compact, examples["meta"][0]) == full
+    assert compact["v"] == {"zone1_top_actual": 218.4, "conveyor_speed": 72.5, "board_count": None}
+    assert compact["x"] == {"board_count": {"quality": "bad", "status": "IllegalDataAddress"}}
