@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--speed", type=float, default=1.0, help="line speed factor (config/virtual-line.yaml: 20)")
     parser.add_argument("--window", type=float, default=60.0, help="seconds to count (default 60)")
     parser.add_argument("--outage", type=float, default=30.0, help="seconds with the broker down (default 30)")
+    parser.add_argument("--telemetry-format", choices=["full", "compact"], default=None,
+                        help="mqtt.telemetry_format of the gateway (default: the config's)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="line-sizing-") as tmp_name:
@@ -137,6 +139,8 @@ def main() -> None:
                "EMSEDGE_MQTT__URL": broker.url, "EMSEDGE_BUFFER__PATH": str(buffer_path),
                "EMSEDGE_BUFFER__SYNC": "full", "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{http_port}",
                "EMSEDGE_LOGGING__FORMAT": "json"}
+        if args.telemetry_format is not None:
+            env["EMSEDGE_MQTT__TELEMETRY_FORMAT"] = args.telemetry_format
         logs = open(tmp / "processes.log", "wb")  # noqa: SIM115 - closed below
         simulator = subprocess.Popen([EMSEDGE, "simulate", "-c", str(line_file)], stdout=logs, stderr=logs)
         counter = Counter_(broker.port)
@@ -176,7 +180,8 @@ def main() -> None:
             logs.close()
 
     total_messages, total_payload, total_wire = sum(messages.values()), sum(payload.values()), sum(wire.values())
-    print(f"virtual line, speed {args.speed:g}, {elapsed:.0f} s window, buffer.sync full")
+    print(f"virtual line, speed {args.speed:g}, {elapsed:.0f} s window, buffer.sync full, "
+          f"telemetry {args.telemetry_format or 'as configured'}")
     print(f"{'kind':<10} {'msg/s':>8} {'payload B/s':>12} {'B/msg':>7}")
     for kind in sorted(messages):
         n = messages[kind]

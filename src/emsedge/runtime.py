@@ -34,7 +34,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from emsedge import __version__
+from emsedge import __version__, schema
 from emsedge.adapters import spec_for
 from emsedge.adapters.base import Adapter, AdapterContext, CountLoss, Emit, EquipmentHealth, EquipmentState
 from emsedge.buffer import Buffer, StoredMessage
@@ -43,12 +43,13 @@ from emsedge.errors import AdapterError, ConfigError
 from emsedge.forward import Forwarder
 from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
-from emsedge.publish.compact import CompactOutput, meta_for
+from emsedge.publish.compact import CompactOutput, ExpandingOutput
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
+from emsedge.telemetry_meta import MetaEncoder, TelemetryMetas, meta_for
 from emsedge.topics import Topics
 from emsedge.web.model import LineModel
 
@@ -91,7 +92,12 @@ class Gateway:
         self.topics = Topics(settings.topic_prefix)
         self.started_at = utc_iso()
         outputs = ("mqtt", "cfx") if settings.cfx is not None else ("mqtt",)
-        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=outputs)
+        self.metas: TelemetryMetas | None = None
+        """Metas of compact telemetry (`mqtt.telemetry_format: compact`): the buffer stores it compact."""
+        if settings.mqtt.telemetry_format == "compact":
+            self.metas = TelemetryMetas.beside(settings.buffer.path)
+        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=outputs,
+                             encode=MetaEncoder(self.metas) if self.metas is not None else schema.encode)
         self.publisher = MqttPublisher(
             settings.mqtt,
             client_id=settings.client_id,
@@ -112,9 +118,9 @@ class Gateway:
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
         self.compact: CompactOutput | None = None
-        """Rewrites telemetry compact on its way to the broker (`mqtt.telemetry_format: compact`)."""
-        if settings.mqtt.telemetry_format == "compact":
-            self.compact = CompactOutput(self.publisher, settings.gateway.id, self.topics)
+        """Publishes each compact message's meta (retained) before the message."""
+        if self.metas is not None:
+            self.compact = CompactOutput(self.publisher, self.metas, settings.gateway.id, self.topics)
         self.forwarder = Forwarder(
             self.buffer,
             self.compact or self.publisher,
@@ -139,7 +145,7 @@ class Gateway:
             self.cfx = CfxPublisher(settings.cfx, handles)
             self.cfx_forwarder = Forwarder(
                 self.buffer,
-                self.cfx,
+                ExpandingOutput(self.cfx, self.metas) if self.metas is not None else self.cfx,
                 name="cfx",
                 qos=1,
                 window=settings.cfx.window,
@@ -256,8 +262,9 @@ class Gateway:
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
         self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         self.machine_states.add(equipment.id, equipment.type, health)
-        if self.compact is not None:
-            self.compact.set_meta(meta_for(equipment))
+        if self.metas is not None and self.compact is not None:
+            await anyio.to_thread.run_sync(self.metas.set, meta_for(equipment))  # durable before any record
+            self.compact.keep(equipment.id)
         if not equipment.enabled:
             health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)

@@ -17,6 +17,13 @@ Invariants:
   a session that was connected for at least `stable_after` seconds (0 for equipment: any session that
   delivered data; 10 s for the publisher, so a broker that accepts and then drops us is not hammered).
   `min_interval` is a floor between two attempt starts (HSMS T5).
+* **Early retry (probe).** A session owner may pass `probe`: it is awaited beside every *transient*
+  backoff delay, and when it returns first the next attempt starts at once. It is how the publisher keeps
+  a grown backoff from delaying the first message after a broker outage (it checks the broker's TCP port,
+  a cheap SYN, every `mqtt.probe_interval`; `wait_until_reachable`). A probe that does not apply to the
+  error sleeps forever, and a permanent error never consults it (the slowest rate stays the slowest).
+  Probe checks are spread by `probe_delays` (each interval 0.5-1.5x its nominal length), so gateways that
+  lost one broker at the same instant do not come back in lock-step.
 * **Events once per outage.** `on_lost(reason)` runs once when a session that was connected ends, or
   when the very first attempt fails ("cannot connect"); further failed attempts of the same outage do
   not repeat it. `on_restored()` runs on every transition into `connected`, before the session hands on
@@ -65,10 +72,16 @@ __all__ = [
     "SessionError",
     "Supervisor",
     "backoff_delays",
+    "probe_delays",
     "supervise_adapter",
+    "wait_until_reachable",
 ]
 
 Session = Callable[[], Awaitable[None]]
+
+Probe = Callable[[AdapterError], Awaitable[None]]
+"""Awaited beside a transient backoff delay with the error that ended the session; returning ends the wait
+early (the peer looks reachable again). Sleeps forever when it has nothing to check for that error."""
 
 POLL_DURATION_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 """Upper bounds (seconds) of the `emsedge_poll_duration_seconds` histogram; +Inf is implied."""
@@ -162,6 +175,29 @@ def backoff_delays(config: Backoff, rng: Callable[[], float] = random.random) ->
         delay = min(delay * 2, config.max)
 
 
+def probe_delays(interval: float, rng: Callable[[], float] = random.random) -> Iterator[float]:
+    """Gaps between two reachability checks: each uniform in [interval / 2, 1.5 * interval], mean `interval`.
+
+    The wide spread is the point: gateways that lost a broker together drift apart within a few checks,
+    so when it returns they reconnect spread over about one interval instead of in one burst.
+    """
+    while True:
+        yield interval * (0.5 + rng())
+
+
+async def wait_until_reachable(
+    check: Callable[[], Awaitable[bool]], interval: float, rng: Callable[[], float] = random.random
+) -> None:
+    """Return after the first `check()` that says the peer accepts connections; checks follow `probe_delays`.
+
+    Never checks at once: it is called right after an attempt failed, when a check would tell nothing new.
+    """
+    for delay in probe_delays(interval, rng):
+        await anyio.sleep(delay)
+        if await check():
+            return
+
+
 
 
 class SessionError(AdapterError):
@@ -207,6 +243,7 @@ class Supervisor:
         min_interval: float = 0.0,
         messages: Messages = Messages(),
         rng: Callable[[], float] = random.random,
+        probe: Probe | None = None,
     ) -> None:
         self.backoff = backoff
         self.health = health
@@ -217,6 +254,11 @@ class Supervisor:
         self.min_interval = min_interval
         self.messages = messages
         self._rng = rng
+        self._probe = probe
+        self.attempts = 0
+        """Sessions started since construction (connect attempts), for tests and diagnostics."""
+        self.next_attempt_at: float | None = None
+        """anyio time at which the backoff ends (a probe may end it sooner); None while a session runs."""
         self._session_connected_at: float | None = None
         self._lost_announced = False
         self._logged: set[tuple[EquipmentState, str, tuple[tuple[str, str], ...]]] = set()
@@ -252,6 +294,8 @@ class Supervisor:
                 await anyio.sleep_until(last_start + self.min_interval)
             last_start = anyio.current_time()
             self._session_connected_at = None
+            self.next_attempt_at = None
+            self.attempts += 1
             try:
                 await session()
                 error: AdapterError = AdapterError("session ended")
@@ -262,7 +306,24 @@ class Supervisor:
             if connected_at is not None and anyio.current_time() - connected_at >= self.stable_after:
                 delays = self.delays()
             await self._ended(error, was_connected=connected_at is not None)
-            await anyio.sleep(next(delays) if error.transient else self.backoff.max)
+            delay = next(delays) if error.transient else self.backoff.max
+            self.next_attempt_at = anyio.current_time() + delay
+            if error.transient:
+                await self._wait(delay, error)
+            else:
+                await anyio.sleep(delay)
+
+    async def _wait(self, delay: float, error: AdapterError) -> None:
+        """Sleep `delay`, or less when the probe says the peer is back (see "Early retry")."""
+        if self._probe is None:
+            await anyio.sleep(delay)
+            return
+        with anyio.move_on_after(delay):
+            try:
+                await self._probe(error)
+            except Exception as exc:  # a probe bug must not end the loop: wait out the delay instead
+                self.log.warning("reachability probe failed; waiting out the backoff", error=repr(exc))
+                await anyio.sleep_forever()
 
     def _classify(self, raised: Exception) -> AdapterError:
         exc = _unwrap(raised)

@@ -289,3 +289,22 @@ def test_emsedge_watch_connects_over_tls_with_the_plant_ca_and_refuses_another(
     untrusted = watch(pki.other_ca.pem)
     assert untrusted.returncode == 1
     assert "cannot reach" in untrusted.stderr and "certificate verify failed" in untrusted.stderr
+
+
+def test_emsedge_fleet_connects_over_tls_with_the_plant_ca_and_refuses_another(
+    good_broker: Mosquitto, pki: Pki
+) -> None:
+    url = f"mqtts://127.0.0.1:{good_broker.port}"
+
+    def fleet(ca: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "emsedge.cli", "fleet", "--broker", url, "--prefix", "ems/p",
+             "--ca-file", str(ca), "--wait", "1s"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    trusted = fleet(pki.ca.pem)  # connected and subscribed; no gateway has published a status here
+    assert trusted.returncode == 1 and "no gateway status under ems/p" in trusted.stderr, trusted.stderr
+    untrusted = fleet(pki.other_ca.pem)
+    assert untrusted.returncode == 1
+    assert "cannot reach" in untrusted.stderr and "certificate verify failed" in untrusted.stderr

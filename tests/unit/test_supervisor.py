@@ -14,7 +14,16 @@ from trio.testing import MockClock
 
 from emsedge.config import Backoff
 from emsedge.errors import AdapterError
-from emsedge.supervisor import EquipmentHealth, EquipmentState, Messages, SessionError, Supervisor, backoff_delays
+from emsedge.supervisor import (
+    EquipmentHealth,
+    EquipmentState,
+    Messages,
+    SessionError,
+    Supervisor,
+    backoff_delays,
+    probe_delays,
+    wait_until_reachable,
+)
 
 BACKOFF = Backoff(initial=0.1, max=0.8)
 
@@ -237,3 +246,148 @@ def test_an_adapter_error_inside_a_task_group_is_unwrapped() -> None:
 
 async def _raise(error: Exception) -> None:
     raise error
+
+
+# --- early retry: the probe beside a grown backoff (issue 17: the first message after a broker outage) ---
+
+PLANT_BACKOFF = Backoff(initial=0.5, max=30.0)  # the publisher's default
+
+
+class Peer:
+    """A broker that refuses connections until `back_at` (fake time), then accepts; records attempt times."""
+
+    def __init__(self, back_at: float) -> None:
+        self.back_at = back_at
+        self.attempts: list[float] = []
+        self.connected_at: float | None = None
+        self.supervisor: Supervisor | None = None
+
+    async def session(self) -> None:
+        assert self.supervisor is not None
+        now = anyio.current_time()
+        self.attempts.append(now)
+        if now < self.back_at:
+            raise AdapterError("connection refused")
+        if self.connected_at is None:
+            self.connected_at = now
+        await self.supervisor.connected()
+        await anyio.sleep_forever()
+
+    async def accepts(self) -> bool:
+        return anyio.current_time() >= self.back_at
+
+    def probe(self, interval: float, rng: Callable[[], float]) -> Callable[[AdapterError], Awaitable[None]]:
+        async def probe(error: AdapterError) -> None:
+            await wait_until_reachable(self.accepts, interval, rng)
+
+        return probe
+
+
+def fleet_reconnect_times(n: int, back_at: float, probe_interval: float | None, seed: int = 17) -> list[float]:
+    """Seconds after `back_at` at which each of `n` gateways (lost together at t=0) is connected again."""
+    peers = [Peer(back_at) for _ in range(n)]
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            for index, peer in enumerate(peers):
+                jitter = random.Random(seed * 1000 + index).random
+                peer.supervisor = Supervisor(
+                    PLANT_BACKOFF, EquipmentHealth(), structlog.get_logger("test"), rng=jitter,
+                    probe=peer.probe(probe_interval, jitter) if probe_interval is not None else None,
+                )
+                await tg.start(peer.supervisor.run, peer.session)
+            await anyio.sleep(back_at + 60)
+            tg.cancel_scope.cancel()
+
+    on_mock_clock(main)
+    assert all(peer.connected_at is not None for peer in peers)
+    return sorted(peer.connected_at - back_at for peer in peers)  # type: ignore[operator]
+
+
+def test_probe_gaps_are_spread_evenly_between_half_and_one_and_a_half_intervals() -> None:
+    gaps_drawn = list(itertools.islice(probe_delays(2.0, random.Random(3).random), 20_000))
+    assert min(gaps_drawn) >= 1.0
+    assert max(gaps_drawn) <= 3.0
+    assert sum(gaps_drawn) / len(gaps_drawn) == pytest.approx(2.0, abs=0.02)
+    quarters = [sum(1 for g in gaps_drawn if 1.0 + q * 0.5 <= g < 1.5 + q * 0.5) for q in range(4)]
+    assert all(abs(count - 5000) < 300 for count in quarters), quarters  # uniform, not bunched at one end
+    assert list(itertools.islice(probe_delays(1.0, lambda: 0.0), 2)) == [0.5, 0.5]
+    assert list(itertools.islice(probe_delays(1.0, lambda: 1.0), 2)) == [1.5, 1.5]
+
+
+def test_a_probe_that_sees_the_peer_back_ends_a_grown_backoff_at_its_next_check() -> None:
+    peer = Peer(back_at=19.9)
+
+    async def main() -> None:
+        peer.supervisor = Supervisor(PLANT_BACKOFF, EquipmentHealth(), structlog.get_logger("test"),
+                                     rng=lambda: 1.0, probe=peer.probe(1.0, lambda: 1.0))
+        async with anyio.create_task_group() as tg:
+            await tg.start(peer.supervisor.run, peer.session)
+            await anyio.sleep(40.0)
+            tg.cancel_scope.cancel()
+
+    on_mock_clock(main)
+    # Refused attempts follow the backoff (0.5, 1, 2, 4, 8 s: at 0.5, 1.5, 3.5, 7.5, 15.5 s); the next one
+    # would be 16 s later, at 31.5 s. The probe checks every 1.5 s after 15.5 s and sees the port open at 20 s.
+    assert peer.attempts[:6] == pytest.approx([0.0, 0.5, 1.5, 3.5, 7.5, 15.5], abs=1e-9)
+    assert peer.connected_at == pytest.approx(20.0, abs=1e-9)
+
+
+def test_a_permanent_error_is_never_cut_short_by_the_probe() -> None:
+    calls: list[float] = []
+    probed: list[AdapterError] = []
+
+    async def session() -> None:
+        calls.append(anyio.current_time())
+        raise AdapterError("security refused", transient=False)
+
+    async def probe(error: AdapterError) -> None:
+        probed.append(error)
+
+    async def main() -> None:
+        supervisor = Supervisor(BACKOFF, EquipmentHealth(), structlog.get_logger("test"), probe=probe)
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervisor.run, session)
+            await anyio.sleep(2.0)
+            tg.cancel_scope.cancel()
+
+    on_mock_clock(main)
+    assert gaps(calls) == pytest.approx([0.8, 0.8], abs=1e-9)
+    assert probed == []
+
+
+def test_a_probe_that_raises_is_logged_and_the_backoff_is_waited_out() -> None:
+    calls: list[float] = []
+
+    async def session() -> None:
+        calls.append(anyio.current_time())
+        raise AdapterError("refused")
+
+    async def probe(error: AdapterError) -> None:
+        raise OSError("probe bug")
+
+    async def main() -> None:
+        supervisor = Supervisor(BACKOFF, EquipmentHealth(), structlog.get_logger("test"), rng=lambda: 1.0,
+                                probe=probe)
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervisor.run, session)
+            await anyio.sleep(0.35)
+            tg.cancel_scope.cancel()
+
+    with capture_logs() as logs:
+        on_mock_clock(main)
+    assert gaps(calls) == pytest.approx([0.1, 0.2], abs=1e-9)
+    assert any(e["event"].startswith("reachability probe failed") for e in logs)
+
+
+def test_a_hundred_gateways_that_lost_one_broker_together_come_back_within_one_and_a_half_probe_intervals() -> None:
+    """The plant case: 100 gateways, a 30 s outage, the default backoff (0.5 s to 30 s) and a 1 s probe."""
+    with_probe = fleet_reconnect_times(100, back_at=30.0, probe_interval=1.0)
+    assert with_probe[-1] <= 1.5 + 1e-9, "every gateway is back within one slowest probe gap"
+    assert with_probe[-1] - with_probe[0] >= 0.75, "spread out, not in lock-step"
+    busiest = max(sum(1 for t in with_probe if start <= t < start + 0.1) for start in with_probe)
+    assert busiest <= 25, f"{busiest} of 100 reconnects within 100 ms"
+    # The same fleet without the probe waits out its grown backoff (the 0.1 behaviour of issue 17).
+    without = fleet_reconnect_times(100, back_at=30.0, probe_interval=None)
+    assert without[len(without) // 2] > 5.0
+    assert without[-1] > 10.0

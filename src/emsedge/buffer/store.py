@@ -418,12 +418,15 @@ class Store:
         outputs: Sequence[str],
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        encode: schema.Encode = schema.encode,
     ) -> None:
         if not outputs or len(set(outputs)) != len(outputs):
             raise ValueError("outputs must be distinct names, at least one")
         self.config = config
         self.gateway = gateway
         self.topics = topics
+        self.encode = encode
+        """Record -> payload of an appended record (`schema.encode`; with compact telemetry, the meta's)."""
         self.path = Path(config.path)
         self.clock = clock
         self.wall = wall_clock
@@ -535,7 +538,8 @@ class Store:
         conn = _connect(self.path, self.config.sync)
         try:
             self._upgrade_format_1(conn)
-            conn.executescript(_SCHEMA)
+            # One transaction: a reader (`emsedge buffer stats` on a running gateway) sees all tables or none.
+            conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
             if check:
                 conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM records").fetchone()
         except BaseException:
@@ -742,13 +746,14 @@ class Store:
         seq = self.next_seq
         gateway = self.gateway
         limit = self.max_message_bytes
+        encode = self.encode
         for records in batch:
             n_refused = 0
             for given in records:
                 record = given
                 message_id = record.message_id or str(uuid.uuid4())
                 try:
-                    payload = schema.encode(record, gateway=gateway, seq=seq, message_id=message_id)
+                    payload = encode(record, gateway=gateway, seq=seq, message_id=message_id)
                 except Exception as exc:  # poison: never the writer's or the batch's end (see _replace_poison)
                     replaced = self._replace_poison(record, exc, seq, message_id)
                     if replaced is None:

@@ -134,6 +134,14 @@ class MqttConfig(ConfigModel):
         False, description="Allow a password over plain TCP to a non-loopback broker. Avoid."
     )
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+    probe_interval: Duration | None = Field(
+        1.0,
+        description=(
+            "While no broker accepts TCP connections, check their ports this often (a TCP connect only, "
+            "0.5-1.5x jitter) and reconnect as soon as one accepts instead of waiting out the backoff; "
+            "null: wait out the backoff."
+        ),
+    )
     telemetry_format: Literal["full", "compact"] = Field(
         "full", description="full: emsedge/telemetry@1 (every reading with its unit, quality and ts). compact: "
         "emsedge/telemetry-compact@1 (readings as {signal: value}, units once in the retained "

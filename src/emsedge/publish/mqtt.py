@@ -77,6 +77,14 @@ life. The supervisor owns the backoff, its reset after `STABLE_AFTER`, and loggi
 ("mqtt connect failed" once per broker and reason per outage, "mqtt connection lost", "mqtt connected");
 `health` holds the link's `EquipmentState`. paho only ever handles the socket of one connection.
 
+Reconnect after an outage: the backoff grows while nothing connects (to 30 s by default), so a broker
+that comes back would wait up to a whole delay for the next attempt. While the last attempt failed at
+the TCP connect itself (refused, unreachable, timed out), the publisher checks every broker's port every
+`mqtt.probe_interval` (a TCP connect and close, no TLS, no MQTT; jittered 0.5-1.5x) and cuts the wait
+short when one accepts: the first message follows within about one probe interval. After a failure
+later than TCP (TLS, CONNACK refused, dropped before `STABLE_AFTER`) the backoff alone applies, so a
+broker (or a TCP load balancer) that accepts and then refuses is not hammered.
+
 Failover: `mqtt.url` may be a list. A failed connect moves to the next URL (after a backoff delay that
 grows while nothing connects, and keeps growing across connections that last less than `STABLE_AFTER`);
 a lost connection is retried on the same broker first. The publisher stays
@@ -89,6 +97,7 @@ Only the asyncio backend of anyio is supported (paho's socket is registered with
 from __future__ import annotations
 
 import asyncio
+import random
 import socket
 import ssl
 import time
@@ -107,8 +116,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from emsedge.compat import PahoClient as _PahoClient
 from emsedge.config import MqttConfig, read_secret
-from emsedge.errors import ConfigError
-from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor
+from emsedge.errors import AdapterError, ConfigError
+from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor, wait_until_reachable
 
 __all__ = ["MqttPublisher", "PublishResult"]
 
@@ -275,7 +284,15 @@ def _publish_packet_size(topic: str, payload_len: int, qos: int, mqtt5: bool) ->
 
 
 class _ConnectFailed(Exception):
-    """A connect attempt failed; the message is safe to log (no secrets)."""
+    """A connect attempt failed; the message is safe to log (no secrets).
+
+    `unreachable`: the TCP connect itself failed (refused, unreachable, timed out), so a port probe can
+    tell when trying again is worth it.
+    """
+
+    def __init__(self, message: str, *, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class _Batch:
@@ -553,8 +570,20 @@ class _Link:
             self.abort(f"write failed: {_describe(exc)}")
 
 
-async def _open_socket(broker: _Broker, context: ssl.SSLContext | None) -> socket.socket:
-    """TCP connect (every resolved address in turn) and TLS handshake, on the loop, cancellable."""
+async def _accepts(broker: _Broker, limit: float) -> bool:
+    """True when the broker's port accepts a TCP connection within `limit` s (closed at once, nothing sent)."""
+    with anyio.move_on_after(limit):
+        try:
+            sock = await _tcp_connect(broker)
+        except OSError:
+            return False
+        sock.close()
+        return True
+    return False
+
+
+async def _tcp_connect(broker: _Broker) -> socket.socket:
+    """TCP connect to every resolved address in turn; the connected socket is non-blocking, TCP_NODELAY."""
     loop = asyncio.get_running_loop()
     infos = await anyio.getaddrinfo(broker.host, broker.port, type=socket.SOCK_STREAM)
     error: OSError | None = None
@@ -576,6 +605,11 @@ async def _open_socket(broker: _Broker, context: ssl.SSLContext | None) -> socke
     if sock is None:
         raise error or OSError(f"no address for {broker.host}")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+async def _start_tls(sock: socket.socket, broker: _Broker, context: ssl.SSLContext | None) -> socket.socket:
+    """The TLS handshake on a connected socket (returned as is without a context); closes it on failure."""
     if context is None:
         return sock
     try:
@@ -619,6 +653,7 @@ class MqttPublisher:
         online_payload: Callable[[], bytes],
         offline_payload: bytes | Callable[[], bytes],
         stopped_payload: Callable[[], bytes] | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._config = config
         self._client_id = client_id
@@ -651,7 +686,13 @@ class MqttPublisher:
         self._index = 0
         self.health = EquipmentHealth()
         """The link's supervised state (connecting, connected, retrying, failed), like equipment's."""
-        self._supervisor = Supervisor(config.backoff, self.health, log, stable_after=STABLE_AFTER, messages=_MESSAGES)
+        self._rng = rng
+        self._unreachable: set[int] = set()
+        """Indexes of the brokers whose TCP connect failed in the last attempt: what the probe checks."""
+        self._supervisor = Supervisor(
+            config.backoff, self.health, log, stable_after=STABLE_AFTER, messages=_MESSAGES, rng=rng,
+            probe=self._probe,
+        )
         self._reported_failovers: set[tuple[str, str]] = set()
         self._running = False
         self._status_refusal_logged = False
@@ -782,9 +823,12 @@ class MqttPublisher:
         is retried on the same broker first.
         """
         broker = self._brokers[self._index]
+        self._unreachable.clear()
         try:
             link = await self._connect(broker)
         except _ConnectFailed as exc:
+            if exc.unreachable:
+                self._unreachable.add(self._index)
             self._last_error = f"{broker.display}: {exc}"
             following = (self._index + 1) % len(self._brokers)
             if following != self._index:
@@ -799,9 +843,12 @@ class MqttPublisher:
         username = self._config.username if self._config.username is not None else broker.username
         password = self._password if self._password is not None else broker.password
         link: _Link | None = None
+        reached = False  # the TCP connect succeeded: a later failure is the broker's answer, not its absence
         try:
             with anyio.fail_after(self._config.connect_timeout):
-                sock = await _open_socket(broker, self._tls_context)
+                sock = await _tcp_connect(broker)
+                reached = True
+                sock = await _start_tls(sock, broker, self._tls_context)
                 link = _Link(
                     loop, broker, self._config, client_id=self._client_id,
                     will=(self._status_topic, _payload(self._offline_payload)), username=username, password=password,
@@ -826,12 +873,14 @@ class MqttPublisher:
             if link is not None:
                 link.abort("connect timed out")
             raise _ConnectFailed(
-                f"timed out after {self._config.connect_timeout:g}s waiting for {stage}"
+                f"timed out after {self._config.connect_timeout:g}s waiting for {stage}", unreachable=not reached
             ) from None
         except (OSError, ValueError) as exc:
             if link is not None:
                 link.abort("connect failed")
-            raise _ConnectFailed(_describe(exc)) from None
+            # An unresolvable name is a config or DNS fault that a port probe cannot see being fixed.
+            unreachable = not reached and not isinstance(exc, socket.gaierror)
+            raise _ConnectFailed(_describe(exc), unreachable=unreachable) from None
         except BaseException:
             if link is not None:
                 link.abort("cancelled")
@@ -893,6 +942,38 @@ class MqttPublisher:
                 clean = await link.wait_closed(CLOSE_TIMEOUT)
         link.abort("publisher stopped")
         log.info("mqtt disconnected", broker=link.broker.display, clean=clean)
+
+    async def _probe(self, error: AdapterError) -> None:
+        """The supervisor's early retry: return when a broker whose TCP connect failed accepts TCP again.
+
+        Only brokers that failed at the TCP connect itself in the last attempt are checked (all at once);
+        without one it sleeps forever and the backoff decides. The next attempt starts at the broker that
+        accepted. (`error` is the attempt's last one; which brokers were unreachable is kept here.)
+        """
+        interval = self._config.probe_interval
+        candidates = sorted(self._unreachable)
+        if interval is None or not candidates:
+            await anyio.sleep_forever()
+            return
+        timeout = min(interval, self._config.connect_timeout)
+
+        async def any_accepts() -> bool:
+            accepted: list[int] = []
+            async with anyio.create_task_group() as tg:
+
+                async def check(index: int) -> None:
+                    if await _accepts(self._brokers[index], timeout):
+                        accepted.append(index)
+                        tg.cancel_scope.cancel()
+
+                for index in candidates:
+                    tg.start_soon(check, index)
+            if not accepted:
+                return False
+            self._index = accepted[0]
+            return True
+
+        await wait_until_reachable(any_accepts, interval, self._rng)
 
     def _note_failover(self, broker: _Broker, following: _Broker) -> None:
         key = (broker.display, following.display)
