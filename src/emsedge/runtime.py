@@ -34,7 +34,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
-from emsedge import __version__
+from emsedge import __version__, schema
 from emsedge.adapters import spec_for
 from emsedge.adapters.base import Adapter, AdapterContext, CountLoss, Emit, EquipmentHealth, EquipmentState
 from emsedge.buffer import Buffer, StoredMessage
@@ -43,12 +43,13 @@ from emsedge.errors import AdapterError, ConfigError
 from emsedge.forward import Forwarder
 from emsedge.looplag import LoopLag
 from emsedge.normalise import Normaliser
-from emsedge.publish.compact import CompactOutput, meta_for
+from emsedge.publish.compact import CompactOutput, ExpandingOutput
 from emsedge.publish.mqtt import MqttPublisher
 from emsedge.schema import SCHEMA_STATUS, Record, utc_iso
 from emsedge.service import GatewayState, SystemdNotifier, run_watchdog
 from emsedge.state import MachineStates
 from emsedge.supervisor import supervise_adapter
+from emsedge.telemetry_meta import MetaEncoder, TelemetryMetas, meta_for
 from emsedge.topics import Topics
 from emsedge.web.model import LineModel
 
@@ -91,7 +92,12 @@ class Gateway:
         self.topics = Topics(settings.topic_prefix)
         self.started_at = utc_iso()
         outputs = ("mqtt", "cfx") if settings.cfx is not None else ("mqtt",)
-        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=outputs)
+        self.compact_telemetry = settings.mqtt.telemetry_format == "compact"
+        self.metas = TelemetryMetas.beside(settings.buffer.path)
+        """Metas of compact telemetry: with `mqtt.telemetry_format: compact` the buffer stores telemetry
+        compact against them; in either format a backlog stored compact (by an earlier run) finds its meta."""
+        self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=outputs,
+                             encode=MetaEncoder(self.metas) if self.compact_telemetry else schema.encode)
         self.publisher = MqttPublisher(
             settings.mqtt,
             client_id=settings.client_id,
@@ -109,15 +115,14 @@ class Gateway:
             buffer_stats=self.buffer.stats,
             broker_connected=lambda: self.publisher.connected,
             broker_url=lambda: getattr(self.publisher, "current_url", None),
+            broker_failovers=lambda: int(getattr(self.publisher, "failovers", 0)),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
-        self.compact: CompactOutput | None = None
-        """Rewrites telemetry compact on its way to the broker (`mqtt.telemetry_format: compact`)."""
-        if settings.mqtt.telemetry_format == "compact":
-            self.compact = CompactOutput(self.publisher, settings.gateway.id, self.topics)
+        self.compact = CompactOutput(self.publisher, self.metas, settings.gateway.id, self.topics)
+        """Publishes each compact message's meta (retained) before the message; full messages pass through."""
         self.forwarder = Forwarder(
             self.buffer,
-            self.compact or self.publisher,
+            self.compact,
             name="mqtt",
             qos=settings.mqtt.qos,
             window=settings.mqtt.max_inflight,
@@ -139,7 +144,7 @@ class Gateway:
             self.cfx = CfxPublisher(settings.cfx, handles)
             self.cfx_forwarder = Forwarder(
                 self.buffer,
-                self.cfx,
+                ExpandingOutput(self.cfx, self.metas),
                 name="cfx",
                 qos=1,
                 window=settings.cfx.window,
@@ -256,8 +261,9 @@ class Gateway:
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
         self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         self.machine_states.add(equipment.id, equipment.type, health)
-        if self.compact is not None:
-            self.compact.set_meta(meta_for(equipment))
+        if self.compact_telemetry:
+            await anyio.to_thread.run_sync(self.metas.set, meta_for(equipment))  # durable before any record
+            self.compact.keep(equipment.id)
         if not equipment.enabled:
             health.state = EquipmentState.DISABLED
             log.info("equipment disabled in config", equipment=equipment.id)
@@ -413,7 +419,7 @@ class Gateway:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
                 self.machine_states.remove(equipment_id)
-                if self.compact is not None:
+                if self.compact_telemetry:
                     self.compact.remove(equipment_id)
                 self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})

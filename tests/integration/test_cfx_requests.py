@@ -198,3 +198,30 @@ async def test_a_request_without_a_reply_address_is_answered_on_the_cfx_exchange
     response = orjson.loads(bytes(message.body))
     assert message.subject == f"{handle}.CFX.AreYouThereResponse"
     assert response["Target"] == REQUESTER and response["RequestID"] == ping["RequestID"]
+
+
+@pytest.mark.asyncio
+async def test_a_reply_address_the_broker_refuses_settles_the_request_and_the_listener_keeps_answering(
+    rabbitmq: RabbitMQ,
+) -> None:
+    prefix = f"req-{uuid.uuid4().hex[:6]}"
+    handle = "plant1.line1.aoi-1"
+    listener = CfxRequestListener(config(rabbitmq, prefix), {"aoi-1": handle})
+    async with anyio.create_task_group() as tg:
+        await tg.start(listener.run)
+        await wait_for(lambda: listener.connected)
+        requester = await anyio.to_thread.run_sync(Requester, rabbitmq.url)
+        try:
+            lost = request("CFX.AreYouThereRequest", {"CFXHandle": handle}, target=handle)
+            await anyio.to_thread.run_sync(lambda: requester.ask(
+                f"/queue/{prefix}-{handle}", lost, reply_to=f"/exchange/missing-{uuid.uuid4().hex[:6]}"))
+            await wait_for(lambda: listener.counters.reply_failed == 1)
+            ping = request("CFX.AreYouThereRequest", {"CFXHandle": handle}, target=handle)
+            await anyio.to_thread.run_sync(lambda: requester.ask(f"/queue/{prefix}-{handle}", ping))
+            message, response = await anyio.to_thread.run_sync(requester.receive)
+        finally:
+            await anyio.to_thread.run_sync(requester.close)
+            tg.cancel_scope.cancel()
+    assert response["RequestID"] == ping["RequestID"] == message.correlation_id
+    assert listener.health.reconnects == 0  # the refused reply address did not cost the request link
+    assert (listener.counters.received, listener.counters.answered) == (2, 1)

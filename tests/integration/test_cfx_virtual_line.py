@@ -8,6 +8,7 @@ outage; and the daemon's request listener answers once the broker is back.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import uuid
@@ -105,8 +106,9 @@ def test_every_board_is_traced_by_serial_across_four_machines_and_each_handle_ke
 ) -> None:
     queue = rabbitmq.declare_durable_queue(f"cfx-line-{uuid.uuid4().hex[:8]}")
     simulate_log = open(tmp_path / "simulate.log", "wb")  # noqa: SIM115 - closed below
-    simulator = subprocess.Popen([EMSEDGE, "simulate", "-c", str(line_file(tmp_path)), "--hold"],
-                                 stdout=simulate_log, stderr=simulate_log)
+    truth_file = tmp_path / "line-events.jsonl"
+    simulator = subprocess.Popen([EMSEDGE, "simulate", "-c", str(line_file(tmp_path)), "--hold",
+                                  "--events", str(truth_file)], stdout=simulate_log, stderr=simulate_log)
     line = load_virtual_line(tmp_path / "line.yaml")
     gateway_file = tmp_path / "gateway.yaml"
     env = point_gateway_config(REPO / "config" / "demo.yaml", line, gateway_file)
@@ -163,6 +165,18 @@ def test_every_board_is_traced_by_serial_across_four_machines_and_each_handle_ke
         for serial in serials:
             assert serial in by_serial, f"{name} for {serial} never reached CFX"
             assert by_serial[serial] == {started[serial]} == {completed[serial]}, (equipment, serial)
+    # Down to the component: the reels, part numbers and designators the line used for each board.
+    boards = [json.loads(line)["board"] for line in truth_file.read_text().splitlines()
+              if line.strip() and json.loads(line)["kind"] == "board_inspected"]
+    assert sorted(b["serial"] for b in boards) == sorted(serials)
+    for board in boards:
+        (installed,) = [e["MessageBody"]["InstalledMaterials"] for e in envelopes
+                        if e["MessageName"] == "CFX.Production.Assembly.MaterialsInstalled"
+                        and e["MessageBody"]["InstalledMaterials"][0]["UnitIdentifier"] == board["serial"]][:1]
+        assert {m["CarrierLocation"]["LocationIdentifier"].removeprefix("feeder_"): {
+            "reel_id": m["Material"]["UniqueIdentifier"], "part_number": m["Material"]["InternalPartNumber"],
+            "ref_designators": [c["ReferenceDesignator"] for c in m["InstalledComponents"]]}
+            for m in installed} == board["materials"], board["serial"]
     # Order per handle: first arrivals (a replay repeats a UniqueID) follow the gateway's seq.
     position = {}
     for p in subscriber.payloads():

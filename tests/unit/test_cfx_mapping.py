@@ -140,6 +140,19 @@ def test_materials_installed_lists_the_reel_and_part_per_location() -> None:
     }]
 
 
+def test_materials_installed_lists_the_reference_designators_placed_from_each_location() -> None:
+    ev = {"type": "materials_installed", "serial": "PCB-9",
+          "values": {"feeder_1_reel_id": {"value": "REEL-1", "unit": None},
+                     "feeder_1_part_number": {"value": "RES-10K", "unit": None},
+                     "feeder_1_ref_designators": {"value": ["R1", "R2"], "unit": None},
+                     "feeder_2_reel_id": "REEL-2", "feeder_2_ref_designators": "C1, C2 C3",
+                     "feeder_3_ref_designators": ["C9"]}}
+    installed = cm.map_record(record(ev), HANDLE)[1]["MessageBody"]["InstalledMaterials"]
+    assert [(m["CarrierLocation"]["LocationIdentifier"], m["QuantityInstalled"],
+             [c["ReferenceDesignator"] for c in m["InstalledComponents"]]) for m in installed] == [
+        ("feeder_1", 2, ["R1", "R2"]), ("feeder_2", 3, ["C1", "C2", "C3"])]
+
+
 def test_telemetry_maps_to_process_data_recorded_as_the_sdks_generic_process_data() -> None:
     rec = {"schema": "emsedge/telemetry@1", "id": "t1", "seq": 2, "gateway": "gw", "equipment": "reflow-1",
            "equipment_type": "reflow_oven", "ts": "2026-11-24T10:16:40.000Z",

@@ -139,6 +139,7 @@ class Buffer:
         outputs: Sequence[str] = ("mqtt",),
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        encode: schema.Encode = schema.encode,
     ) -> None:
         self.config = config
         self.gateway = gateway
@@ -147,7 +148,7 @@ class Buffer:
         self.path = config.path
         self._clock = clock
         self._store = Store(config, gateway=gateway, topics=topics, outputs=self.outputs, clock=clock,
-                            wall_clock=wall_clock)
+                            wall_clock=wall_clock, encode=encode)
         self._owner: _Owner | None = None
         self._closed_snapshot: BufferStats = self._store.snapshot(None, 0)
         self._send: MemoryObjectSendStream[_Pending] | None = None

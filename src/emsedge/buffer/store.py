@@ -418,12 +418,15 @@ class Store:
         outputs: Sequence[str],
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        encode: schema.Encode = schema.encode,
     ) -> None:
         if not outputs or len(set(outputs)) != len(outputs):
             raise ValueError("outputs must be distinct names, at least one")
         self.config = config
         self.gateway = gateway
         self.topics = topics
+        self.encode = encode
+        """Record -> payload of an appended record (`schema.encode`; with compact telemetry, the meta's)."""
         self.path = Path(config.path)
         self.clock = clock
         self.wall = wall_clock
@@ -743,13 +746,14 @@ class Store:
         seq = self.next_seq
         gateway = self.gateway
         limit = self.max_message_bytes
+        encode = self.encode
         for records in batch:
             n_refused = 0
             for given in records:
                 record = given
                 message_id = record.message_id or str(uuid.uuid4())
                 try:
-                    payload = schema.encode(record, gateway=gateway, seq=seq, message_id=message_id)
+                    payload = encode(record, gateway=gateway, seq=seq, message_id=message_id)
                 except Exception as exc:  # poison: never the writer's or the batch's end (see _replace_poison)
                     replaced = self._replace_poison(record, exc, seq, message_id)
                     if replaced is None:

@@ -335,30 +335,46 @@ def _position(ev: dict[str, Any]) -> int:
     return n if isinstance(n, int) else 1
 
 
+def _designators(value: Any) -> list[str]:
+    """Reference designators as a list (OPC UA String[]) or one string separated by commas or spaces."""
+    if isinstance(value, str):
+        return [part for part in value.replace(",", " ").split() if part]
+    if isinstance(value, (list, tuple)):
+        return [str(part) for part in value if part not in (None, "")]
+    return []
+
+
 def _materials(ev: dict[str, Any], serial: str) -> list[dict[str, Any]]:
-    """`values` keyed `<location>_reel_id` / `<location>_part_number` (the profiles' naming) -> one
-    InstalledMaterial per location; anything else is not material data and is left out."""
+    """`values` keyed `<location>_reel_id` / `<location>_part_number` / `<location>_ref_designators` (the
+    profiles' naming) -> one InstalledMaterial per location, its reference designators as
+    `InstalledComponents` (and their count as `QuantityInstalled`, else 1); anything else is not material
+    data and is left out."""
     raw = ev.get("values")
     values: dict[str, Any] = raw if isinstance(raw, dict) else {}
     locations: dict[str, dict[str, Any]] = {}
+    suffixes = (("_reel_id", "UniqueIdentifier"), ("_part_number", "InternalPartNumber"),
+                ("_ref_designators", "designators"))
     for key, entry in sorted(values.items()):
-        for suffix, field in (("_reel_id", "UniqueIdentifier"), ("_part_number", "InternalPartNumber")):
+        for suffix, field in suffixes:
             if key.endswith(suffix):
                 locations.setdefault(key[: -len(suffix)], {})[field] = _value(entry)
-    return [
-        {
+    out = []
+    for location, fields in locations.items():
+        if "UniqueIdentifier" not in fields and "InternalPartNumber" not in fields:
+            continue  # designators alone name no material
+        designators = _designators(fields.get("designators"))
+        out.append({
             "UnitIdentifier": serial,
             "UnitPositionNumber": _position(ev),
-            "QuantityInstalled": 1,
+            "QuantityInstalled": len(designators) or 1,
             "Material": {
                 "UniqueIdentifier": fields.get("UniqueIdentifier"),
                 "InternalPartNumber": fields.get("InternalPartNumber"),
             },
             "CarrierLocation": {"LocationIdentifier": location, "LocationName": location},
-            "InstalledComponents": [],
-        }
-        for location, fields in locations.items()
-    ]
+            "InstalledComponents": [{"ReferenceDesignator": designator} for designator in designators],
+        })
+    return out
 
 
 def _unit_body(kind: str, ev: dict[str, Any], tx: str, serial: str, recorded: str) -> tuple[str, dict[str, Any]]:

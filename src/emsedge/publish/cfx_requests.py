@@ -191,6 +191,8 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         """receiver link name -> handle"""
         self._opened: set[str] = set()
         self._senders: OrderedDict[str, Any] = OrderedDict()
+        self._reply_sessions: dict[Any, Any] = {}
+        """reply session -> its one sender link"""
         self._pending: dict[tuple[str, Any], Any] = {}
         """(reply link name, delivery tag) -> the request delivery settled once the reply is."""
 
@@ -279,14 +281,28 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         self._pending[(sender.name, out.tag)] = delivery
 
     def _sender(self, address: str) -> Any:
+        """The reply link to `address`, each in its own AMQP session: a broker that ends the session over a
+        bad reply address (RabbitMQ does for a missing exchange) takes only that link with it, never the
+        request links (else one request with a bad reply-to would end every session it is redelivered to)."""
         sender = self._senders.pop(address, None)
         if sender is None:
-            sender = self._container.create_sender(self._connection, target=address)
+            session = self._connection.session()
+            session.open()
+            sender = session.sender(f"emsedge-cfx-reply-{uuid.uuid4().hex[:12]}")
+            sender.target.address = address
+            sender.open()
+            self._reply_sessions[session] = sender
             if len(self._senders) >= REPLY_SENDERS:
                 _, oldest = self._senders.popitem(last=False)
-                oldest.close()
+                self._close_reply(oldest)
         self._senders[address] = sender
         return sender
+
+    def _close_reply(self, sender: Any) -> None:
+        session = sender.session
+        self._reply_sessions.pop(session, None)
+        sender.close()
+        session.close()
 
     def _replied(self, event: Any, ok: bool) -> None:
         request = self._pending.pop((event.link.name, event.delivery.tag), None)
@@ -318,20 +334,35 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
             self._lost(f"request link to {self._owner.endpoints[self._receivers[link.name]].request_address}: "
                        f"{reason}")
             return
-        for address, sender in list(self._senders.items()):  # a reply address the broker refused
+        self._forget_sender(link, reason)
+
+    def on_link_remote_close(self, event: Any) -> None:
+        link = event.link
+        if link.remote_condition is not None:
+            return  # on_link_error has it
+        if link.name in self._receivers:
+            self._lost("request link closed by the broker")
+        else:
+            self._forget_sender(link, "reply link closed by the broker")
+
+    def _forget_sender(self, link: Any, reason: str) -> None:
+        """A reply link the broker refused or closed: drop it (the next reply there attaches anew) and
+        settle the requests whose responses it still held (they cannot be answered on it)."""
+        for address, sender in list(self._senders.items()):
             if sender.name == link.name:
                 del self._senders[address]
                 log.warning("cfx requests: reply address refused", address=address, reason=reason)
         for key in [k for k in self._pending if k[0] == link.name]:
             self._owner.counters.reply_failed += 1
             self.accept(self._pending.pop(key))
-        link.close()
-
-    def on_link_remote_close(self, event: Any) -> None:
-        if event.link.remote_condition is None and event.link.name in self._receivers:
-            self._lost("request link closed by the broker")
+        self._close_reply(link)
 
     def on_session_error(self, event: Any) -> None:
+        sender = self._reply_sessions.get(event.session)
+        if sender is not None:
+            condition = event.session.remote_condition
+            self._forget_sender(sender, condition.description or condition.name if condition else "session ended")
+            return
         self._lost("session ended by the broker")
 
     def on_connection_error(self, event: Any) -> None:

@@ -1,45 +1,41 @@
-"""Compact telemetry on the MQTT output (`mqtt.telemetry_format: compact`, schema `emsedge/telemetry-compact@1`).
+"""Compact telemetry on the outputs (`mqtt.telemetry_format: compact`, schema `emsedge/telemetry-compact@1`).
 
-`CompactOutput` stands between the forwarder and the MQTT publisher. The buffer keeps storing the full
-form (`emsedge/telemetry@1`, which the CFX output and a replay after a config change read); on the way out
-each telemetry message is rewritten against its equipment's meta (`schema.compact_telemetry`) and the
-meta goes out retained on `{prefix}/{equipment}/meta`.
+The buffer stores telemetry already compact, each message naming the meta it was written against
+(`emsedge.telemetry_meta`). Two output wrappers stand between a forwarder and its output:
 
-Invariants:
+* `CompactOutput` (MQTT) publishes each meta retained on `{prefix}/{equipment}/meta` before the first
+  message that names it.
+* `ExpandingOutput` (CFX) hands the output the full form (`schema.expand_payload`), which its mapping reads.
+
+Invariants of `CompactOutput`:
 * A compact message is published only after the meta it names was acknowledged by the broker on the same
-  connection, so a subscriber (live, or joining later through the retained meta) always holds the meta a
-  message needs before the message; the meta is re-published on every new connection (a broker without
-  persistence forgets retained messages) and when a reload changes the equipment's signals.
-* Nothing is lost by compaction: the meta of a message is the config in force when it is published, and a
-  reading whose unit differs from it (a backlog written under an earlier config) carries its unit in `x`.
-  A message that cannot be written compactly, or whose equipment has no meta (it left the config), is
-  published in the full form.
+  connection, so a subscriber (live, or joining later through the retained meta) holds a message's meta
+  before the message. Within a batch, messages go out in order; where a machine's meta changes (a backlog
+  written under an earlier config, then the current one), the batch is split and the next meta published
+  between the two parts. Every meta is published again on a new connection (a broker without persistence
+  forgets retained messages).
+* A message whose meta cannot be found (its file was deleted) is refused permanently: after the
+  forwarder's attempts it is a dead letter, counted and announced. It is never sent without its units.
 * A machine removed from the config gets an empty retained message on its meta topic (retried until
   acknowledged), as its retained state does.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Protocol
 
-import anyio
-import anyio.lowlevel
 import structlog
 
-from emsedge.config import EquipmentBase
 from emsedge.publish.mqtt import PublishResult
-from emsedge.schema import TelemetryMeta, compact_payload
+from emsedge.schema import compact_meta_id, expand_payload
+from emsedge.telemetry_meta import TelemetryMetas
 from emsedge.topics import Topics
 
 log = structlog.get_logger("emsedge.publish.compact")
 
-YIELD_EVERY = 0.005
-"""Seconds of compaction work after which the event loop gets a turn (a replayed window is large)."""
 
-
-class _Publisher(Protocol):
+class _Output(Protocol):
     @property
     def connected(self) -> bool: ...
 
@@ -53,112 +49,112 @@ class _Publisher(Protocol):
 
     async def publish_batch(self, items: Sequence[tuple[str, bytes]], *, qos: int) -> list[PublishResult]: ...
 
+
+class _Publisher(_Output, Protocol):
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> PublishResult: ...
 
 
-def meta_for(equipment: EquipmentBase) -> TelemetryMeta:
-    """The meta of one equipment from its config: each configured signal's unit (and data type, if any)."""
-    signals: dict[str, dict[str, str | None]] = {}
-    for signal in equipment.configured_signals():
-        entry: dict[str, str | None] = {"unit": signal.unit}
-        data_type = getattr(signal, "type", None)
-        if isinstance(data_type, str):
-            entry["type"] = data_type
-        signals[signal.name] = entry
-    return TelemetryMeta.build(equipment.id, str(equipment.type), signals)
-
-
-class CompactOutput:
-    """The forwarder's output with telemetry written compact (see the module docstring)."""
-
-    def __init__(self, publisher: _Publisher, gateway: str, topics: Topics) -> None:
-        self.publisher = publisher
-        self.gateway = gateway
-        self.topics = topics
-        self._metas: dict[str, TelemetryMeta] = {}
-        self._payloads: dict[str, bytes] = {}
-        self._published: dict[str, str] = {}  # equipment -> meta id acknowledged on this connection
-        self._clear: set[str] = set()
-        self._epoch = -1
-        self._telemetry_prefix = topics.prefix + "/"
+class _Wrapper:
+    def __init__(self, output: _Output, metas: TelemetryMetas) -> None:
+        self.output = output
+        self.metas = metas
 
     @property
     def connected(self) -> bool:
-        return self.publisher.connected
+        return self.output.connected
 
     @property
     def connection_epoch(self) -> int:
-        return self.publisher.connection_epoch
+        return self.output.connection_epoch
 
     @property
     def max_packet_size(self) -> int | None:
-        return self.publisher.max_packet_size
+        return self.output.max_packet_size
 
     async def wait_connected(self) -> None:
-        await self.publisher.wait_connected()
+        await self.output.wait_connected()
 
-    def meta(self, equipment: str) -> TelemetryMeta | None:
-        return self._metas.get(equipment)
 
-    def set_meta(self, meta: TelemetryMeta) -> None:
-        """The equipment's meta from the config (again after a reload; a new id is published before use)."""
-        self._clear.discard(meta.equipment)
-        self._metas[meta.equipment] = meta
-        self._payloads[meta.equipment] = meta.payload(self.gateway)
+class CompactOutput(_Wrapper):
+    """The MQTT output with each compact message's meta published first (see the module docstring)."""
+
+    def __init__(self, publisher: _Publisher, metas: TelemetryMetas, gateway: str, topics: Topics) -> None:
+        super().__init__(publisher, metas)
+        self.publisher = publisher
+        self.gateway = gateway
+        self.topics = topics
+        self._published: dict[str, str] = {}  # equipment -> meta id acknowledged on this connection
+        self._clear: set[str] = set()
+        self._epoch = -1
 
     def remove(self, equipment: str) -> None:
-        """The equipment left the config: its retained meta is cleared, its backlog goes out in the full form."""
-        if self._metas.pop(equipment, None) is not None:
-            self._payloads.pop(equipment, None)
-            self._published.pop(equipment, None)
-            self._clear.add(equipment)
+        """The equipment left the config: its retained meta is cleared (at the next batch)."""
+        self.metas.remove(equipment)
+        self._published.pop(equipment, None)
+        self._clear.add(equipment)
 
-    def _equipment_of(self, topic: str) -> str | None:
-        if topic.endswith("/telemetry") and topic.startswith(self._telemetry_prefix):
-            return topic[len(self._telemetry_prefix): -len("/telemetry")]
-        return None
+    def keep(self, equipment: str) -> None:
+        """The equipment is (again) in the config: its retained meta is not to be cleared."""
+        self._clear.discard(equipment)
 
-    async def _publish_retained(self, topic: str, payload: bytes) -> PublishResult:
-        return await self.publisher.publish(topic, payload, qos=1, retain=True)
+    async def _publish_meta(self, equipment: str, meta_id: str) -> PublishResult:
+        meta = self.metas.lookup(meta_id)
+        if meta is None:
+            return PublishResult(ok=False, permanent=True,
+                                 reason=f"telemetry meta {meta_id} of {equipment} not found (its file is gone)")
+        result = await self.publisher.publish(self.topics.meta(equipment), meta.payload(self.gateway), qos=1,
+                                              retain=True)
+        if not result.ok:
+            return PublishResult(ok=False, reason=f"meta of {equipment} not acknowledged: {result.reason}")
+        self._published[equipment] = meta_id
+        log.info("telemetry meta published", equipment=equipment, meta=meta_id, signals=len(meta.signals))
+        return result
 
-    async def _prepare(self, equipment: set[str]) -> PublishResult | None:
-        """Clear removed machines' metas and publish the metas the batch needs; the failure, if any."""
+    async def publish_batch(self, items: Sequence[tuple[str, bytes]], *, qos: int) -> list[PublishResult]:
         if self.publisher.connection_epoch != self._epoch:
             self._epoch = self.publisher.connection_epoch
             self._published.clear()
         for gone in sorted(self._clear):
-            if (await self._publish_retained(self.topics.meta(gone), b"")).ok:
+            if (await self.publisher.publish(self.topics.meta(gone), b"", qos=1, retain=True)).ok:
                 self._clear.discard(gone)
-        for name in sorted(equipment):
-            meta = self._metas[name]
-            if self._published.get(name) == meta.id:
-                continue
-            result = await self._publish_retained(self.topics.meta(name), self._payloads[name])
-            if not result.ok:
-                return PublishResult(ok=False, reason=f"meta of {name} not acknowledged: {result.reason}")
-            self._published[name] = meta.id
-            log.info("telemetry meta published", equipment=name, meta=meta.id, signals=len(meta.signals))
-        return None
+        results: list[PublishResult] = []
+        pending: list[tuple[str, bytes]] = []
+        prefix = self.topics.prefix + "/"
+        for index, (topic, payload) in enumerate(items):
+            meta_id = compact_meta_id(payload) if topic.endswith("/telemetry") else None
+            if meta_id is not None:
+                equipment = topic[len(prefix): -len("/telemetry")]
+                if self._published.get(equipment) != meta_id:
+                    if pending:
+                        results += await self.publisher.publish_batch(pending, qos=qos)
+                        pending = []
+                    outcome = await self._publish_meta(equipment, meta_id)
+                    if outcome.permanent:
+                        results.append(outcome)  # this message only; the others may have their meta
+                        continue
+                    if not outcome.ok:
+                        return results + [outcome] * (len(items) - index)
+            pending.append((topic, payload))
+        if pending:
+            results += await self.publisher.publish_batch(pending, qos=qos)
+        return results
+
+
+class ExpandingOutput(_Wrapper):
+    """An output that reads the full form (CFX): compact telemetry is expanded before it is handed over."""
 
     async def publish_batch(self, items: Sequence[tuple[str, bytes]], *, qos: int) -> list[PublishResult]:
-        out: list[tuple[str, bytes]] = []
-        needed: set[str] = set()
-        started = time.perf_counter()
-        for topic, payload in items:
-            equipment = self._equipment_of(topic)
-            meta = self._metas.get(equipment) if equipment is not None else None
-            if meta is None:
-                out.append((topic, payload))
-                continue
-            compact = compact_payload(payload, meta)
-            if compact is not payload:
-                needed.add(meta.equipment)
-            out.append((topic, compact))
-            if time.perf_counter() - started > YIELD_EVERY:
-                await anyio.lowlevel.checkpoint()
-                started = time.perf_counter()
-        if needed or self._clear:
-            failed = await self._prepare(needed)
-            if failed is not None:
-                return [failed] * len(items)
-        return await self.publisher.publish_batch(out, qos=qos)
+        full: list[tuple[str, bytes]] = []
+        refused: dict[int, PublishResult] = {}
+        for index, (topic, payload) in enumerate(items):
+            meta_id = compact_meta_id(payload)
+            if meta_id is not None:
+                meta = self.metas.lookup(meta_id)
+                if meta is None:
+                    refused[index] = PublishResult(ok=False, permanent=True,
+                                                   reason=f"telemetry meta {meta_id} not found (its file is gone)")
+                    continue
+                payload = expand_payload(payload, meta)  # noqa: PLW2901 - the item, in the form the output reads
+            full.append((topic, payload))
+        sent = iter(await self.output.publish_batch(full, qos=qos) if full else [])
+        return [refused[i] if i in refused else next(sent) for i in range(len(items))]
