@@ -11,8 +11,8 @@ gateways):
 * first message: per gateway, the first data message that reaches MES after the broker is back
   (p50 / max over gateways; max = every gateway delivered);
 * drain: per gateway, until every message produced before the broker was back has reached MES (p50 / max);
-* live latency during the drain: arrival minus the record's `ts`, for messages produced after the
-  broker was back and delivered before the last gateway drained (p50 / p99);
+* live latency during the drain: arrival minus the record's `ts`, for messages produced after their
+  gateway was connected again and delivered before the last gateway drained (p50 / p99);
 * broker CPU: mosquitto's CPU seconds from "back" to the end of the drain, as the mean % of one core,
   and the busiest 0.5 s.
 
@@ -233,9 +233,9 @@ def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
                 process.wait()
 
 
-def reconnected(work: Path, gateways: int, back: float) -> list[float]:
-    """Per gateway, seconds from `back` to its first `mqtt connected` log line after it."""
-    times = []
+def reconnected(work: Path, gateways: int, back: float) -> dict[str, float]:
+    """Per gateway id, seconds from `back` to its first `mqtt connected` log line after it."""
+    times: dict[str, float] = {}
     for index in range(gateways):
         for line in (work / f"gateway-{index}.log").read_text(errors="replace").splitlines():
             if '"mqtt connected"' not in line:
@@ -243,7 +243,7 @@ def reconnected(work: Path, gateways: int, back: float) -> list[float]:
             with contextlib.suppress(ValueError, KeyError):
                 at = _epoch(json.loads(line)["timestamp"])
                 if at >= back - 0.01:
-                    times.append(at - back)
+                    times[f"gw-{index}"] = at - back
                     break
     return times
 
@@ -324,9 +324,15 @@ def run_mode(args: argparse.Namespace, mode: str, replay_rate: float | None) -> 
             result.missing = len(gateways) - len(drained)
             drain_end = back + (max(result.drain) if result.drain else 0.0)
             result.backlog = sum(1 for a in arrivals if killed_at - 1 <= a.ts < back)
-            result.live_latency = [a.at - a.ts for a in arrivals if a.ts >= back and a.at <= drain_end]
+            connected = reconnected(work, args.gateways, back)
+            result.connected = sorted(connected.values())
+            # Live data during the drain: produced once its gateway was connected again (what waited for the
+            # reconnect itself is the outage, not the drain), delivered before the last gateway drained.
+            result.live_latency = [
+                a.at - a.ts for a in arrivals
+                if a.gateway in connected and a.ts >= back + connected[a.gateway] and a.at <= drain_end
+            ]
             result.broker_cpu_mean, result.broker_cpu_peak = sampler.between(back, drain_end)
-            result.connected = sorted(reconnected(work, args.gateways, back))
         finally:
             sampler.stop()
             broker.stop()
@@ -374,7 +380,7 @@ def main() -> None:
               + (f"   ({r.missing} gateway(s) not drained)" if r.missing else ""))
     print("\nseconds after the broker was started again: conn (the gateway's `mqtt connected` log line), first (its "
           "first message at MES), drain (its whole backlog at MES); live: latency in s (arrival - record ts) of "
-          "messages produced after the broker was back, until the last gateway drained; steady: the same before "
+          "messages produced after their gateway reconnected, until the last gateway drained; steady: the same before "
           "the outage; broker cpu: mean % of one core from back to the last gateway drained")
 
 
