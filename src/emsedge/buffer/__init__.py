@@ -22,6 +22,13 @@ no "start buffering when the link drops" moment that could lose data.
   every waiter wakes after COMMIT. When the queue is full, `append()` waits: a slow or failing disk slows
   the producers down instead of growing memory. A producer cancelled while it waits for room leaves nothing
   behind (`stats().queued` does not keep counting it).
+  Who may overlap work with a commit, and who must wait for it: a *polled* source (Modbus, OPC UA reads)
+  deletes nothing on our word, so the scheduler (`emsedge.scheduler`) starts the next poll while the previous
+  poll's `append` is committing: one poll and one commit in flight per machine, never more (the next emit
+  waits for the previous one, so a slow disk or a full buffer still stops polling, counted as skipped
+  cycles). Polls of all machines that wait at the same moment share one transaction and one fsync. A source
+  that deletes on our word (an HSMS S6F12 reply, a result file moved to its archive) acknowledges only after
+  its own `append` returned, whatever else is in flight.
 * **Identity.** The owner assigns each record a uuid4 `id` (or the `message_id` the record carries: a
   source that re-emits the same data after a crash names it with the same id, see `schema.Record`) and
   the next per-gateway `seq`, encodes the payload once (`schema.encode`) and stores the bytes. A record
