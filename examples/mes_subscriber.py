@@ -53,6 +53,11 @@ What the contract (docs/mqtt-contract.md) asks of a consumer, and how this file 
   incomplete are reported by `check_incomplete()` with the `units_missed` events of the machines that
   lack their record, never silently dropped.
 
+* **Compact telemetry** (`mqtt.telemetry_format: compact`): readings arrive as `{signal: value}` with
+  units in a retained meta message per machine (`{prefix}/{equipment}/meta`), which the gateway publishes
+  before the messages that need it. `expand_compact()` rebuilds the full readings (the recipe of
+  docs/mqtt-contract.md); a message whose meta has not arrived yet is held until it does.
+
 `MesSubscriber.handle(topic, payload)` is pure (no network) so it can be unit-tested and reused; the
 paho wiring is in `connect()` and `main()`.
 """
@@ -74,6 +79,27 @@ from urllib.parse import urlsplit
 FEEDER_VALUE = re.compile(r"^(?:feeder|slot)_?(\d+)_(reel_id|part_number|ref_designators|lot_id)$")
 SEEN_IDS = 100_000
 """How many recent message ids are remembered for de-duplication."""
+
+
+COMPACT_TELEMETRY = "emsedge/telemetry-compact@1"
+WAITING_LIMIT = 10_000
+"""Compact messages held per machine while its meta is missing; beyond that they count as invalid."""
+
+
+def expand_compact(message: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """A compact telemetry message in the full form (`emsedge/telemetry@1`), with its machine's meta."""
+    units = {name: entry.get("unit") for name, entry in meta["signals"].items()}
+    exceptions = message.get("x") or {}
+    readings = []
+    for signal, value in message["v"].items():
+        reading = {"signal": signal, "value": value, "unit": units.get(signal), "quality": "good",
+                   "ts": message["ts"]}
+        reading.update(exceptions.get(signal, {}))
+        readings.append(reading)
+    full = {k: v for k, v in message.items() if k not in ("meta", "v", "x")}
+    full["schema"] = "emsedge/telemetry@1"
+    full["readings"] = readings
+    return full
 
 
 @dataclass
@@ -176,6 +202,10 @@ class MesSubscriber:
         """Per gateway: seqs a `buffer_dropped` announcement said are gone."""
         self.dropped_total: dict[str, int] = {}
         self.loss_reasons: dict[str, dict[str, int]] = {}
+        self.metas: dict[str, dict[str, Any]] = {}
+        """Per equipment: the retained meta its compact telemetry is written against (`emsedge/meta@1`)."""
+        self.waiting: dict[str, list[dict[str, Any]]] = {}
+        """Per equipment: compact telemetry that arrived before its meta (held, at most WAITING_LIMIT)."""
         self.tester_seen = False
         """True once any unit_tested arrived: from then on a board is complete only with its test."""
 
@@ -183,6 +213,9 @@ class MesSubscriber:
     # intake
 
     def handle(self, topic: str, payload: bytes) -> None:
+        if topic.endswith("/meta"):
+            self._meta(topic.rsplit("/", 2)[-2], payload)
+            return
         try:
             message = json.loads(payload)
         except ValueError:
@@ -213,8 +246,37 @@ class MesSubscriber:
             self.received += 1
             if "readings" in message:
                 self._telemetry(message)
+            elif message.get("schema") == COMPACT_TELEMETRY:
+                self._compact(message)
             elif isinstance(message.get("event"), dict):
                 self._event(message)
+
+    def _meta(self, equipment: str, payload: bytes) -> None:
+        with self.lock:
+            if not payload:  # the machine left the gateway's config
+                self.metas.pop(equipment, None)
+                return
+            try:
+                meta = json.loads(payload)
+            except ValueError:
+                self.invalid += 1
+                return
+            self.metas[equipment] = meta
+            held = self.waiting.pop(equipment, [])
+            for message in held:
+                self._compact(message)
+
+    def _compact(self, message: dict[str, Any]) -> None:
+        equipment = str(message.get("equipment"))
+        meta = self.metas.get(equipment)
+        if meta is None or meta.get("meta") != message.get("meta"):
+            held = self.waiting.setdefault(equipment, [])
+            if len(held) < WAITING_LIMIT:
+                held.append(message)
+            else:
+                self.invalid += 1
+            return
+        self._telemetry(expand_compact(message, meta))
 
     def _telemetry(self, message: dict[str, Any]) -> None:
         latest = self.latest.setdefault(message["equipment"], {})

@@ -92,12 +92,12 @@ class Gateway:
         self.topics = Topics(settings.topic_prefix)
         self.started_at = utc_iso()
         outputs = ("mqtt", "cfx") if settings.cfx is not None else ("mqtt",)
-        self.metas: TelemetryMetas | None = None
-        """Metas of compact telemetry (`mqtt.telemetry_format: compact`): the buffer stores it compact."""
-        if settings.mqtt.telemetry_format == "compact":
-            self.metas = TelemetryMetas.beside(settings.buffer.path)
+        self.compact_telemetry = settings.mqtt.telemetry_format == "compact"
+        self.metas = TelemetryMetas.beside(settings.buffer.path)
+        """Metas of compact telemetry: with `mqtt.telemetry_format: compact` the buffer stores telemetry
+        compact against them; in either format a backlog stored compact (by an earlier run) finds its meta."""
         self.buffer = Buffer(settings.buffer, gateway=settings.gateway.id, topics=self.topics, outputs=outputs,
-                             encode=MetaEncoder(self.metas) if self.metas is not None else schema.encode)
+                             encode=MetaEncoder(self.metas) if self.compact_telemetry else schema.encode)
         self.publisher = MqttPublisher(
             settings.mqtt,
             client_id=settings.client_id,
@@ -115,15 +115,14 @@ class Gateway:
             buffer_stats=self.buffer.stats,
             broker_connected=lambda: self.publisher.connected,
             broker_url=lambda: getattr(self.publisher, "current_url", None),
+            broker_failovers=lambda: int(getattr(self.publisher, "failovers", 0)),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
-        self.compact: CompactOutput | None = None
-        """Publishes each compact message's meta (retained) before the message."""
-        if self.metas is not None:
-            self.compact = CompactOutput(self.publisher, self.metas, settings.gateway.id, self.topics)
+        self.compact = CompactOutput(self.publisher, self.metas, settings.gateway.id, self.topics)
+        """Publishes each compact message's meta (retained) before the message; full messages pass through."""
         self.forwarder = Forwarder(
             self.buffer,
-            self.compact or self.publisher,
+            self.compact,
             name="mqtt",
             qos=settings.mqtt.qos,
             window=settings.mqtt.max_inflight,
@@ -145,7 +144,7 @@ class Gateway:
             self.cfx = CfxPublisher(settings.cfx, handles)
             self.cfx_forwarder = Forwarder(
                 self.buffer,
-                ExpandingOutput(self.cfx, self.metas) if self.metas is not None else self.cfx,
+                ExpandingOutput(self.cfx, self.metas),
                 name="cfx",
                 qos=1,
                 window=settings.cfx.window,
@@ -262,7 +261,7 @@ class Gateway:
         health = self.state.equipment.setdefault(equipment.id, EquipmentHealth())
         self.state.equipment_info[equipment.id] = (equipment.type, equipment.adapter)
         self.machine_states.add(equipment.id, equipment.type, health)
-        if self.metas is not None and self.compact is not None:
+        if self.compact_telemetry:
             await anyio.to_thread.run_sync(self.metas.set, meta_for(equipment))  # durable before any record
             self.compact.keep(equipment.id)
         if not equipment.enabled:
@@ -420,7 +419,7 @@ class Gateway:
                 self.state.equipment.pop(equipment_id, None)
                 self.state.equipment_info.pop(equipment_id, None)
                 self.machine_states.remove(equipment_id)
-                if self.compact is not None:
+                if self.compact_telemetry:
                     self.compact.remove(equipment_id)
                 self.line.forget(equipment_id)
         self.settings = self.settings.model_copy(update={"equipment": new.equipment})

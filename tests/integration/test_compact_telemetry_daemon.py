@@ -4,12 +4,14 @@ units, quality) as one reading a `full` run, and the bad readings of a lost mach
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import orjson
-from support import Mosquitto, Subscriber
-from support.daemon import Daemon, Equipment, gateway_config
+from support import Mosquitto, Subscriber, free_port
+from support.daemon import Daemon, Equipment, gateway_config, wait_until
 
 from emsedge import schema
 
@@ -94,3 +96,48 @@ def test_bad_readings_of_a_lost_machine_keep_quality_and_status_in_compact_form(
         assert units == {"zone1_top_temp": "Cel", "conveyor_speed": "cm/min", "board_count": None}
     finally:
         daemon.kill()
+
+
+def stored_telemetry(buffer: Path) -> int:
+    """Telemetry records waiting in a running gateway's buffer (read-only; the buffer runs in WAL mode)."""
+    try:
+        with closing(sqlite3.connect(f"file:{buffer}?mode=ro", uri=True, timeout=1)) as db:
+            row = db.execute("SELECT count(*) FROM records WHERE topic LIKE '%/telemetry'").fetchone()
+    except sqlite3.Error:
+        return 0
+    return int(row[0])
+
+
+def test_a_compact_backlog_is_delivered_with_its_meta_after_a_restart_in_the_full_format(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber: Subscriber, equipment: Equipment
+) -> None:
+    nowhere = f"mqtt://127.0.0.1:{free_port()}"  # no broker: everything stays in the buffer
+    config = gateway_config(tmp_path, nowhere, equipment.port, mqtt={"telemetry_format": "compact"})
+    daemon = Daemon(config, tmp_path / "daemon.log")
+    daemon.start()
+    try:
+        wait_until(lambda: stored_telemetry(tmp_path / "buffer.db") >= 5, 60)
+    finally:
+        daemon.kill()
+    gateway_config(tmp_path, mosquitto.url, equipment.port, mqtt={"telemetry_format": "full"})
+    daemon.start()
+    try:
+        subscriber.wait_for(lambda ps: any(p["schema"] == schema.SCHEMA_TELEMETRY for p in ps), 60,
+                            suffix="/reflow-1/telemetry")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+    with subscriber.lock:
+        received = [(t, p) for t, p, _ in subscriber.messages if "/reflow-1/" in t]
+    meta: dict[str, Any] | None = None
+    compact = 0
+    for topic, payload in received:
+        if topic.endswith("/meta"):
+            meta = orjson.loads(payload)
+        elif topic.endswith("/telemetry") and orjson.loads(payload)["schema"] == schema.SCHEMA_TELEMETRY_COMPACT:
+            assert meta is not None, "a compact message of the backlog arrived before its meta"
+            expanded = schema.expand_compact(orjson.loads(payload), meta)
+            assert expanded["replayed"] is True
+            assert readings_of(expanded)["zone1_top_temp"] == (215.5, "Cel", "good")
+            compact += 1
+    assert compact >= 5

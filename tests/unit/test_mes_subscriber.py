@@ -181,3 +181,27 @@ def test_the_demo_view_shows_each_boards_test_runs_beside_placement_reflow_and_i
     assert "INSPECTION" in header and "TEST" in header
     row = next(line for line in lines if line.startswith("PCB-1"))
     assert "PASS" in row and row.rstrip().endswith("FAIL 1%r101 > PASS")
+
+
+def test_compact_telemetry_is_expanded_with_the_retained_meta_and_held_until_the_meta_arrives() -> None:
+    from mes_subscriber import expand_compact  # noqa: PLC0415
+
+    from emsedge import contract, schema  # noqa: PLC0415
+
+    examples = contract.examples()
+    full, compact = examples["telemetry"]
+    meta = examples["meta"][0]
+    assert expand_compact(compact, meta) == schema.expand_compact(compact, meta) == full
+    sub = MesSubscriber()
+    sub.handle(f"{PREFIX}/reflow-1/telemetry", json.dumps(compact).encode())  # before its meta: held
+    assert "reflow-1" not in sub.latest and sub.received == 1
+    sub.handle(f"{PREFIX}/reflow-1/meta", json.dumps(meta).encode())
+    assert sub.latest["reflow-1"]["zone1_top_actual"] == {
+        "value": 218.4, "unit": "Cel", "quality": "good", "ts": full["ts"]}
+    assert sub.latest["reflow-1"]["board_count"]["quality"] == "bad"
+    later = {**compact, "id": "id-later", "seq": compact["seq"] + 1, "v": {**compact["v"], "conveyor_speed": 80.0}}
+    sub.handle(f"{PREFIX}/reflow-1/telemetry", json.dumps(later).encode())
+    assert sub.latest["reflow-1"]["conveyor_speed"] == {
+        "value": 80.0, "unit": "cm/min", "quality": "good", "ts": full["ts"]}
+    sub.handle(f"{PREFIX}/reflow-1/meta", b"")  # the machine left the config
+    assert "reflow-1" not in sub.metas and sub.invalid == 0 and sub.gaps() == {}
