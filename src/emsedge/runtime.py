@@ -115,6 +115,7 @@ class Gateway:
             buffer_stats=self.buffer.stats,
             broker_connected=lambda: self.publisher.connected,
             broker_url=lambda: getattr(self.publisher, "current_url", None),
+            broker_failovers=lambda: int(getattr(self.publisher, "failovers", 0)),
         )
         self.machine_states = MachineStates(settings.gateway.id, self.topics, self.publisher)
         self.compact = CompactOutput(self.publisher, self.metas, settings.gateway.id, self.topics)

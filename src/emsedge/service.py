@@ -86,6 +86,8 @@ class GatewayState:
     publish_latency_sum: float = 0.0
     started_monotonic: float = field(default_factory=time.monotonic)
     loop_lag: Callable[[], tuple[float, float, float]] | None = None
+    broker_failovers: Callable[[], int] | None = None
+    """Connections made to a different broker of `mqtt.url` than the previous one (`MqttPublisher.failovers`)."""
     cfx: Callable[[], dict[str, Any]] | None = None
     """The CFX output's snapshot (`CfxPublisher.snapshot`: connected, broker, address, counters), when
     `cfx:` is configured."""
@@ -115,6 +117,9 @@ class GatewayState:
         if stats is None or getattr(stats, "writer_busy_since", None) is None:
             return 0.0
         return stats.writer_stuck_for(time.monotonic() if now is None else now)
+
+    def failovers(self) -> int:
+        return self.broker_failovers() if self.broker_failovers is not None else 0
 
     def writer_wedged(self) -> bool:
         return self.writer_stuck_for() > WRITER_STUCK_AFTER
@@ -172,7 +177,7 @@ class GatewayState:
             "version": self.version,
             "started_at": self.started_at,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
-            "broker": {"connected": broker, "url": self.broker_url()},
+            "broker": {"connected": broker, "url": self.broker_url(), "failovers": self.failovers()},
             "buffer": {
                 "writable": writable,
                 "backlog": _stat(stats, "count", None),
@@ -320,6 +325,14 @@ class GatewayCollector:
                          1.0 if _stat(stats, "writable", True) else 0.0)
         yield _gauge("emsedge_broker_connected", "1 while connected to the MQTT broker.",
                      1.0 if s.broker_connected() else 0.0)
+        yield _counter("emsedge_mqtt_failovers", "Connections made to a different broker of mqtt.url than the "
+                       "previous connection (a cluster node lost, the gateway moved on).", s.failovers())
+        current = s.broker_url() if s.broker_connected() else None
+        if current is not None:
+            broker = GaugeMetricFamily("emsedge_mqtt_broker", "1 for the broker (node) the gateway is connected to.",
+                                       labels=["broker"])
+            broker.add_metric([current], 1.0)
+            yield broker
         cfx = s._cfx(s._buffer())
         if cfx is not None:
             yield _gauge("emsedge_cfx_connected", "1 while the CFX output's AMQP link is attached.",

@@ -64,9 +64,11 @@ async def test_losing_the_broker_in_use_moves_to_the_other_one_and_publishing_co
             await anyio.sleep(0.5)
             assert pub.current_url == second.url
             assert pub.connection_epoch == 1
+            assert pub.failovers == 0
             await anyio.to_thread.run_sync(second.stop)
             await wait_until(lambda: pub.connected and pub.current_url == first.url, limit=10)
             assert pub.connection_epoch == 2
+            assert pub.failovers == 1
             assert all(r.ok for r in await pub.publish_batch(items(range(50, 100)), qos=1))
             got = await anyio.to_thread.run_sync(lambda: on_first.wait_for(lambda p: len(p) == 50, timeout=15))
             assert [p["seq"] for p in got] == list(range(50, 100))
@@ -92,3 +94,31 @@ async def test_with_every_broker_down_the_publisher_keeps_trying_and_connects_to
     failures = [e for e in logs if e["event"] == "mqtt connect failed"]
     assert sorted(e["broker"] for e in failures) == sorted([first.url, second.url])
     assert len([e for e in logs if e["event"] == "mqtt failing over"]) == 2
+
+
+@pytest.mark.asyncio
+async def test_a_round_tries_every_broker_without_waiting_the_backoff_between_them(
+    brokers: tuple[Mosquitto, Mosquitto],
+) -> None:
+    first, second = brokers  # the first is down
+    # A 40 s backoff (20-40 s with jitter) between brokers would miss `running`'s 15 s deadline: the
+    # backoff lies between rounds.
+    async with running(make_publisher([first.url, second.url], backoff={"initial": 40.0, "max": 40.0})) as pub:
+        assert pub.current_url == second.url
+        assert pub.failovers == 0  # the first connection is not a failover
+
+
+@pytest.mark.asyncio
+async def test_a_lost_connection_starts_the_next_round_at_the_next_broker_even_when_the_first_still_works(
+    brokers: tuple[Mosquitto, Mosquitto],
+) -> None:
+    first, second = brokers
+    await anyio.to_thread.run_sync(first.start)
+    async with running(make_publisher([first.url, second.url])) as pub:
+        assert pub.current_url == first.url
+        link = pub._link
+        assert link is not None
+        link.abort("test: connection dropped")  # the broker itself keeps working
+        await wait_until(lambda: pub.connected and pub.connection_epoch == 2, limit=10)
+        assert pub.current_url == second.url
+        assert pub.failovers == 1

@@ -45,7 +45,7 @@ def make_state(stats: BufferStats | None = None, broker: bool = True) -> Gateway
         equipment={"reflow-1": up, "aoi-1": down},
         equipment_info={"reflow-1": ("reflow_oven", "modbus"), "aoi-1": ("aoi", "opcua")},
         buffer_stats=lambda: stats, broker_connected=lambda: broker, broker_url=lambda: "mqtt://127.0.0.1:1883",
-        messages_buffered=100, messages_published=90,
+        messages_buffered=100, messages_published=90, broker_failovers=lambda: 2,
     )
 
 
@@ -238,7 +238,7 @@ async def test_healthz_reports_equipment_broker_backlog_and_dropped() -> None:
     assert headers["Content-Type"] == "application/json"
     health: dict[str, Any] = json.loads(body)
     assert health["status"] == "degraded"  # aoi-1 is down
-    assert health["broker"] == {"connected": True, "url": "mqtt://127.0.0.1:1883"}
+    assert health["broker"] == {"connected": True, "url": "mqtt://127.0.0.1:1883", "failovers": 2}
     assert health["buffer"]["backlog"] == 12
     assert health["buffer"]["oldest_age_s"] > 0
     assert health["messages"] == {"buffered": 100, "published": 90, "dropped": 2}
@@ -300,6 +300,8 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_backlog_oldest_age_seconds", ())] == 0
     assert samples[("emsedge_dead_letters", ())] == 3
     assert samples[("emsedge_broker_connected", ())] == 1
+    assert samples[("emsedge_mqtt_failovers_total", ())] == 2
+    assert samples[("emsedge_mqtt_broker", (("broker", "mqtt://127.0.0.1:1883"),))] == 1
     assert samples[("emsedge_publish_latency_seconds_bucket", (("le", "0.05"),))] == 1
     assert samples[("emsedge_publish_latency_seconds_bucket", (("le", "+Inf"),))] == 2
     assert samples[("emsedge_publish_latency_seconds_sum", ())] == pytest.approx(7.02)

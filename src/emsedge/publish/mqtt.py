@@ -85,11 +85,19 @@ short when one accepts: the first message follows within about one probe interva
 later than TCP (TLS, CONNACK refused, dropped before `STABLE_AFTER`) the backoff alone applies, so a
 broker (or a TCP load balancer) that accepts and then refuses is not hammered.
 
-Failover: `mqtt.url` may be a list. A failed connect moves to the next URL (after a backoff delay that
-grows while nothing connects, and keeps growing across connections that last less than `STABLE_AFTER`);
-a lost connection is retried on the same broker first. The publisher stays
-on the broker it is connected to: it does not move back to the first one when that one returns (no
-flapping; at-least-once holds either way).
+Failover: `mqtt.url` may be a list (the nodes of a broker cluster). Each attempt is a *round*: every
+broker once, starting at the current one, without a delay between brokers; the supervisor's backoff
+(growing while nothing connects, and across connections that last less than `STABLE_AFTER`) lies
+between whole rounds. A lost connection starts the next round at the *next* broker, so a gateway whose
+cluster node stops moves to another node at its next attempt. The publisher stays on the broker it is
+connected to: it does not move back when the previous one returns (no flapping; at-least-once holds
+either way). `failovers` counts connections made to a different broker than the previous one
+(`emsedge_mqtt_failovers_total`); `current_url` names the broker in use (/healthz, /metrics).
+
+MQTT 5 refused: a broker that speaks only 3.1.1 (NATS) answers an MQTT 5 CONNECT with "Unsupported
+protocol version". The publisher logs one error naming the fix (`mqtt.protocol: "3.1.1"`) once per run
+and never downgrades by itself; when every broker of the list refuses so, the link is `failed`
+(permanent: retried at `backoff.max`).
 
 Only the asyncio backend of anyio is supported (paho's socket is registered with `loop.add_reader`).
 """
@@ -132,6 +140,13 @@ broker that accepts and then drops us (an ACL denial under mosquitto 2.0) is not
 
 MISC_INTERVAL: Final = 1.0
 """How often paho's `loop_misc()` runs (keepalive PINGREQ and the keepalive deadline)."""
+
+UNSUPPORTED_PROTOCOL_VERSION: Final = 0x84
+"""CONNACK reason code (MQTT 5; paho maps the 3.1.1 return code 1 to it) for a protocol level the broker
+does not speak."""
+
+PROTOCOL_HINT: Final = 'set mqtt.protocol: "3.1.1" in the gateway config'
+"""The fix named in the one log line written when a broker refuses MQTT 5 (`mqtt broker refused MQTT 5`)."""
 
 _MAX_WINDOW: Final = 65_000
 """Below the 16-bit message id space, so an id is never reused while its message is outstanding."""
@@ -295,6 +310,15 @@ class _ConnectFailed(Exception):
         self.unreachable = unreachable
 
 
+class _ProtocolRefused(_ConnectFailed):
+    """The broker refused the MQTT 5 CONNECT for its protocol version (e.g. NATS, which speaks 3.1.1 only).
+
+    A config problem, not an outage: the gateway says once what to change and never downgrades by itself
+    (MQTT 3.1.1 drops PUBACK reason codes, Receive Maximum and Maximum Packet Size, so the semantics of a
+    refusal would change silently).
+    """
+
+
 class _Batch:
     """Results of one publish call, filled in by PUBACK callbacks or by the loss of the connection."""
 
@@ -405,6 +429,8 @@ class _Link:
             raise _ConnectFailed(f"connection closed before CONNACK ({self.close_reason})")
         reason, props = answer
         if reason.is_failure:
+            if self.mqtt5 and reason.value == UNSUPPORTED_PROTOCOL_VERSION:
+                raise _ProtocolRefused(f"broker refused the connection: {reason} (it does not speak MQTT 5)")
             raise _ConnectFailed(f"broker refused the connection: {reason}")
         if props is not None:
             receive_maximum = getattr(props, "ReceiveMaximum", None)
@@ -694,8 +720,12 @@ class MqttPublisher:
             probe=self._probe,
         )
         self._reported_failovers: set[tuple[str, str]] = set()
+        self._reported_failures: set[tuple[str, str]] = set()
         self._running = False
         self._status_refusal_logged = False
+        self._protocol_hint_logged = False
+        self._failovers = 0
+        self._last_broker: str | None = None
 
     def __repr__(self) -> str:
         brokers = ", ".join(b.display for b in self._brokers)
@@ -719,6 +749,12 @@ class MqttPublisher:
     def current_url(self) -> str | None:
         """The broker in use (scheme://host:port, no credentials), or None while disconnected."""
         return self._link.broker.display if self.connected and self._link else None
+
+    @property
+    def failovers(self) -> int:
+        """Connections made to a different broker of `mqtt.url` than the previous connection, since start
+        (exported as `emsedge_mqtt_failovers_total`)."""
+        return self._failovers
 
     @property
     def max_packet_size(self) -> int | None:
@@ -817,25 +853,45 @@ class MqttPublisher:
             self._running = False
 
     async def _session(self) -> None:
-        """One connection: connect to the current broker, serve it until it ends; raise why it ended.
+        """One connection: a round over the brokers until one connects, then serve it; raise why it ended.
 
-        A failed connect moves to the next broker before the supervisor's backoff; a lost connection
-        is retried on the same broker first.
+        A round tries every broker of `mqtt.url` once, starting at the current one, with no delay between
+        brokers: the supervisor's backoff lies between whole rounds (a failed round raises the last
+        broker's error). When a connection ends, the next round starts at the *next* broker, so losing a
+        cluster node moves the gateway to another node at the next attempt (a lone broker is retried).
         """
-        broker = self._brokers[self._index]
+        link: _Link | None = None
+        protocol_refusals = 0
         self._unreachable.clear()
-        try:
-            link = await self._connect(broker)
-        except _ConnectFailed as exc:
-            if exc.unreachable:
-                self._unreachable.add(self._index)
-            self._last_error = f"{broker.display}: {exc}"
-            following = (self._index + 1) % len(self._brokers)
-            if following != self._index:
-                self._note_failover(broker, self._brokers[following])
-                self._index = following
-            raise SessionError(str(exc), fields={"broker": broker.display}) from None
+        for attempt in range(len(self._brokers)):
+            broker = self._brokers[self._index]
+            try:
+                link = await self._connect(broker)
+                break
+            except _ConnectFailed as exc:
+                if exc.unreachable:
+                    self._unreachable.add(self._index)
+                self._last_error = f"{broker.display}: {exc}"
+                if isinstance(exc, _ProtocolRefused):
+                    protocol_refusals += 1
+                    self._hint_protocol(broker)
+                following = (self._index + 1) % len(self._brokers)
+                if following != self._index:
+                    self._note_failover(broker, self._brokers[following])
+                    self._index = following
+                if attempt == len(self._brokers) - 1:
+                    # Every broker refused MQTT 5: a config problem (permanent), retried at the slowest rate.
+                    refused_for_protocol = protocol_refusals == len(self._brokers)
+                    raise SessionError(str(exc), transient=not refused_for_protocol,
+                                       fields={"broker": broker.display}) from None
+                self._note_failure(broker, str(exc))
+        assert link is not None
+        if self._last_broker is not None and self._last_broker != link.broker.display:
+            self._failovers += 1
+        self._last_broker = link.broker.display
         await self._serve(link)
+        if len(self._brokers) > 1:
+            self._index = (self._brokers.index(link.broker) + 1) % len(self._brokers)
         raise SessionError(link.close_reason, fields={"broker": link.broker.display})
 
     async def _connect(self, broker: _Broker) -> _Link:
@@ -901,6 +957,7 @@ class MqttPublisher:
         self._epoch += 1
         self._last_error = None
         self._reported_failovers.clear()
+        self._reported_failures.clear()
         self._event().set()
         await self._supervisor.connected(broker=link.broker.display, protocol=self._config.protocol,
                                          client_id=self._client_id, window=link.window, epoch=self._epoch)
@@ -942,6 +999,23 @@ class MqttPublisher:
                 clean = await link.wait_closed(CLOSE_TIMEOUT)
         link.abort("publisher stopped")
         log.info("mqtt disconnected", broker=link.broker.display, clean=clean)
+
+    def _note_failure(self, broker: _Broker, error: str) -> None:
+        """A broker failed within a round that goes on: log it once per broker and reason per outage (the
+        supervisor logs the round's last failure itself)."""
+        key = (broker.display, error)
+        if key not in self._reported_failures:
+            self._reported_failures.add(key)
+            log.warning(_MESSAGES.cannot_connect, broker=broker.display, error=error)
+
+    def _hint_protocol(self, broker: _Broker) -> None:
+        """One error line for the whole run naming the fix, however many brokers and attempts refuse MQTT 5."""
+        if not self._protocol_hint_logged:
+            self._protocol_hint_logged = True
+            log.error(
+                f'mqtt broker refused MQTT 5; it speaks MQTT 3.1.1 only: {PROTOCOL_HINT}', broker=broker.display,
+                hint=PROTOCOL_HINT,
+            )
 
     async def _probe(self, error: AdapterError) -> None:
         """The supervisor's early retry: return when a broker whose TCP connect failed accepts TCP again.
