@@ -126,7 +126,8 @@ def asyncapi(version: str | None = None) -> dict[str, Any]:
         "events": ("EventMessage", "One event: state change, fault, board result, connection, data loss."),
         "state": ("EquipmentStateMessage", "Retained current state of one machine; an empty retained message "
                   "clears it when the machine leaves the config."),
-        "status": ("StatusMessage", "Retained gateway status: online (refreshed every 10 s) or offline (last will)."),
+        "status": ("StatusMessage", "Retained gateway status: online (refreshed every mqtt.status_interval, "
+                   "10 s by default) or offline (last will, or a clean stop; `cause` says which)."),
     }
     prefix = {"description": "mqtt.topic_prefix, by default ems/{site}/{area}/{line}."}
     equipment = {"description": "Equipment id from the config (_gateway for the gateway's own events)."}

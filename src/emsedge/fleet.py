@@ -12,9 +12,9 @@ by default, so the status topics under `--prefix` are found with single-level wi
 never publishes, and needs read access to those topics alone (docs/broker-acl.md).
 
 Collecting is bounded: once the broker acknowledged the subscriptions (QoS 0: a retained message needs no
-session; within CONNECT_TIMEOUT) it waits until no status arrived for `QUIET` seconds (a broker sends
-retained messages with or right after the SUBACK), until `--expect` lines were seen, or until `--wait` ran
-out, whichever comes first.
+session; within CONNECT_TIMEOUT) it waits until statuses arrived and then none for `QUIET` seconds (a
+broker sends retained messages with or right after the SUBACK), until `--expect` lines were seen, or until
+`--wait` ran out, whichever comes first. With no line at all it waits the whole `--wait`.
 
 A line is **offline** when its status says so, when it is `online` but older than `--stale-after`
 (default 3x the status interval it announces; its gateway stopped refreshing, or its clock is off), when its
@@ -223,7 +223,7 @@ class Collector:
                 self.statuses.pop(message.topic, None)
 
     def collect(self, wait: float, expect: int | None) -> dict[str, bytes]:
-        """Statuses received until quiet, `expect` lines seen, or `wait` seconds after the subscription.
+        """Statuses received until quiet after the first, `expect` lines seen, or `wait` s after the SUBACK.
 
         Raises TimeoutError when the broker did not acknowledge the subscription within CONNECT_TIMEOUT.
         """
@@ -234,7 +234,7 @@ class Collector:
             with self.lock:
                 quiet_for = time.monotonic() - self.last_message
                 seen = len(self.statuses)
-            if quiet_for >= QUIET or (expect is not None and seen >= expect):
+            if (seen and quiet_for >= QUIET) or (expect is not None and seen >= expect):
                 break
             time.sleep(0.02)
         with self.lock:

@@ -22,6 +22,9 @@ Invariants:
   a grown backoff from delaying the first message after a broker outage (it checks the broker's TCP port,
   a cheap SYN, every `mqtt.probe_interval`; `wait_until_reachable`). A probe that does not apply to the
   error sleeps forever, and a permanent error never consults it (the slowest rate stays the slowest).
+  A probe that saw the peer come back also restarts the backoff from `initial`: a peer that accepts
+  connections again but is not ready yet (a cluster node still electing its leader answers "server
+  unavailable") is retried at 0.5, 1, 2 s, not at the 30 s the outage had grown to.
   Probe checks are spread by `probe_delays` (each interval 0.5-1.5x its nominal length), so gateways that
   lost one broker at the same instant do not come back in lock-step.
 * **Events once per outage.** `on_lost(reason)` runs once when a session that was connected ends, or
@@ -308,22 +311,23 @@ class Supervisor:
             await self._ended(error, was_connected=connected_at is not None)
             delay = next(delays) if error.transient else self.backoff.max
             self.next_attempt_at = anyio.current_time() + delay
-            if error.transient:
-                await self._wait(delay, error)
-            else:
+            if not error.transient:
                 await anyio.sleep(delay)
+            elif await self._wait(delay, error):
+                delays = self.delays()  # the peer is back: a new schedule from `initial` (see "Early retry")
 
-    async def _wait(self, delay: float, error: AdapterError) -> None:
-        """Sleep `delay`, or less when the probe says the peer is back (see "Early retry")."""
+    async def _wait(self, delay: float, error: AdapterError) -> bool:
+        """Sleep `delay`, or less when the probe says the peer is back (then True; see "Early retry")."""
         if self._probe is None:
             await anyio.sleep(delay)
-            return
-        with anyio.move_on_after(delay):
+            return False
+        with anyio.move_on_after(delay) as waited:
             try:
                 await self._probe(error)
             except Exception as exc:  # a probe bug must not end the loop: wait out the delay instead
                 self.log.warning("reachability probe failed; waiting out the backoff", error=repr(exc))
                 await anyio.sleep_forever()
+        return not waited.cancelled_caught
 
     def _classify(self, raised: Exception) -> AdapterError:
         exc = _unwrap(raised)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import urllib.error
+import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -97,6 +99,16 @@ def are_you_there(url: str, handle: str) -> dict[str, Any]:
         connection.close()
 
 
+def health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:  # 503 while degraded: the body is the same document
+        return dict(json.loads(exc.read()))
+    except OSError:
+        return {}
+
+
 def events(subscriber: Subscriber, kind: str) -> list[dict[str, Any]]:
     return [p for p in subscriber.payloads() if (p.get("event") or {}).get("type") == kind]
 
@@ -117,9 +129,10 @@ def test_every_board_is_traced_by_serial_across_four_machines_and_each_handle_ke
                    "heartbeat": "300s", "publish_timeout": "5s", "backoff": {"initial": "200ms", "max": "1s"},
                    "requests": {"address": "/queue/vl-{handle}"}}
     gateway_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    http_port = free_port()
     gateway = Daemon(gateway_file, tmp_path / "gateway.log", cwd=tmp_path, env={
         **env, "EMSEDGE_MQTT__URL": mosquitto.url, "EMSEDGE_BUFFER__PATH": str(tmp_path / "buffer.db"),
-        "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{free_port()}",
+        "EMSEDGE_HTTP__LISTEN": f"127.0.0.1:{http_port}",
     })
     try:
         wait_until(lambda: b"virtual line up" in (tmp_path / "simulate.log").read_bytes(), 60)
@@ -135,6 +148,9 @@ def test_every_board_is_traced_by_serial_across_four_machines_and_each_handle_ke
         wait_until(lambda: len({e["event"]["serial"] for e in events(subscriber, "unit_tested")}) >= BOARDS, 60)
         wait_until(lambda: gateway.log().count("cfx requests: listening") >= 2, 30)
         answer = are_you_there(rabbitmq.url, f"{PREFIX}.aoi-1")
+        wait_until(lambda: (health(http_port).get("cfx") or {}).get("requests", {}).get("counters", {})
+                   .get("answered", 0) >= 1, 15)
+        requests_health = health(http_port)["cfx"]["requests"]
         assert gateway.stop(timeout=30) == 0
     except AssertionError:
         print(gateway.log()[-4000:])
@@ -145,6 +161,7 @@ def test_every_board_is_traced_by_serial_across_four_machines_and_each_handle_ke
         simulator.wait(timeout=15)
         simulate_log.close()
     assert answer["MessageName"] == "CFX.AreYouThereResponse" and answer["RequestID"] == "REQUEST-vl"
+    assert requests_health["connected"] is True and requests_health["counters"]["received"] == 1
 
     envelopes = read_queue(rabbitmq.url, queue)
     serials = {e["event"]["serial"] for e in events(subscriber, "materials_installed")}

@@ -96,7 +96,7 @@ def test_fleet_shows_every_line_and_exits_non_zero_when_one_is_stopped_or_killed
         lines["line-2"].signal(signal.SIGTERM)  # clean stop: the offline status says "stopped"
         wait_status(sub, "line-2", lambda s: s["state"] == "offline")
         assert latest_status(sub, "line-2")["cause"] == "stopped"  # type: ignore[index]
-        stopped = fleet(mosquitto.port, "--json")
+        stopped = fleet(mosquitto.port, "--json", "--expect", "3")
         assert stopped.returncode == 3, stopped.stdout + stopped.stderr
         rows = {row["line"]: row for row in json.loads(stopped.stdout)["lines"]}
         assert (rows["smt/line-2"]["state"], rows["smt/line-2"]["cause"]) == ("offline", "stopped")
@@ -105,7 +105,7 @@ def test_fleet_shows_every_line_and_exits_non_zero_when_one_is_stopped_or_killed
 
         lines["line-3"].kill()  # SIGKILL: the broker publishes the last will
         wait_status(sub, "line-3", lambda s: s["state"] == "offline")
-        killed = fleet(mosquitto.port)
+        killed = fleet(mosquitto.port, "--expect", "3")
         assert killed.returncode == 3, killed.stdout + killed.stderr
         table = {line.split()[0]: line for line in killed.stdout.splitlines()[1:]}
         assert "offline (connection_lost)" in table["smt/line-3"]

@@ -333,6 +333,46 @@ def test_a_probe_that_sees_the_peer_back_ends_a_grown_backoff_at_its_next_check(
     assert peer.connected_at == pytest.approx(20.0, abs=1e-9)
 
 
+def test_a_peer_the_probe_saw_return_but_not_ready_yet_is_retried_from_the_initial_delay() -> None:
+    """A cluster node accepts TCP before it serves MQTT ("server unavailable"): the probe fired, so the
+    backoff starts again at `initial` instead of continuing from the 16 s the outage had grown to."""
+    attempts: list[tuple[float, str]] = []
+    back_at = 19.9
+
+    async def session() -> None:
+        now = anyio.current_time()
+        if now < back_at:
+            attempts.append((now, "refused"))
+            raise AdapterError("connection refused")
+        if sum(1 for _, what in attempts if what == "unavailable") < 2:
+            attempts.append((now, "unavailable"))
+            raise AdapterError("server unavailable")
+        attempts.append((now, "connected"))
+        await supervisor.connected()
+        await anyio.sleep_forever()
+
+    async def accepts() -> bool:
+        return anyio.current_time() >= back_at
+
+    async def probe(error: AdapterError) -> None:
+        if str(error) != "connection refused":  # as the publisher's: only a failed TCP connect is probed
+            await anyio.sleep_forever()
+        await wait_until_reachable(accepts, 1.0, lambda: 1.0)
+
+    supervisor = Supervisor(PLANT_BACKOFF, EquipmentHealth(), structlog.get_logger("test"), rng=lambda: 1.0,
+                            probe=probe)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            await tg.start(supervisor.run, session)
+            await anyio.sleep(60.0)
+            tg.cancel_scope.cancel()
+
+    on_mock_clock(main)
+    after = [(round(t, 6), what) for t, what in attempts if t >= back_at]
+    assert after == [(20.0, "unavailable"), (20.5, "unavailable"), (21.5, "connected")]
+
+
 def test_a_permanent_error_is_never_cut_short_by_the_probe() -> None:
     calls: list[float] = []
     probed: list[AdapterError] = []

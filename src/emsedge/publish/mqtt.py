@@ -83,7 +83,9 @@ the TCP connect itself (refused, unreachable, timed out), the publisher checks e
 `mqtt.probe_interval` (a TCP connect and close, no TLS, no MQTT; jittered 0.5-1.5x) and cuts the wait
 short when one accepts: the first message follows within about one probe interval. After a failure
 later than TCP (TLS, CONNACK refused, dropped before `STABLE_AFTER`) the backoff alone applies, so a
-broker (or a TCP load balancer) that accepts and then refuses is not hammered.
+broker (or a TCP load balancer) that accepts and then refuses is not hammered; it restarts from
+`backoff.initial` when the probe has just seen the port open (a cluster node that accepts before it
+serves MQTT is retried within seconds).
 
 Failover: `mqtt.url` may be a list (the nodes of a broker cluster). Each attempt is a *round*: every
 broker once, starting at the current one, without a delay between brokers; the supervisor's backoff
