@@ -69,7 +69,7 @@ def serve(signals: int, ports: list[int]) -> None:
 
 
 def gateway_config(folder: Path, line: str, urls: list[str], ports: list[int], signals: int,
-                   interval: float, sync: str) -> Path:
+                   interval: float, sync: str, http: str | None = None) -> Path:
     equipment = [{
         "id": f"m{k:02d}", "type": "reflow_oven", "adapter": "modbus",
         "connection": {"host": "127.0.0.1", "port": port, "timeout": "1s"},
@@ -80,7 +80,7 @@ def gateway_config(folder: Path, line: str, urls: list[str], ports: list[int], s
         "gateway": {"id": line, "site": SITE, "area": "smt", "line": line},
         "mqtt": {"url": urls, "protocol": "3.1.1", "qos": 1},
         "buffer": {"path": str(folder / "buffer.db"), "sync": sync},
-        "http": {"listen": None},
+        "http": {"listen": http},
         "logging": {"format": "json", "level": "warning"},
         "equipment": equipment,
     }
@@ -145,6 +145,26 @@ def _scan(payload: bytes) -> tuple[float, int, str]:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp(), tail.count(b'"signal":'), gateway
 
 
+def _first_gateway(http: str) -> dict[str, float]:
+    """Polls, skipped cycles, published messages (cumulative) and backlog of the first gateway, from /metrics."""
+    import urllib.request  # noqa: PLC0415
+
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    out = {"polls": 0.0, "skipped": 0.0, "published": 0.0, "backlog": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("emsedge_polls_total"):
+            out["polls"] += float(value)
+        elif name.startswith("emsedge_skipped_cycles_total"):
+            out["skipped"] += float(value)
+        elif name.startswith("emsedge_messages_published_total"):
+            out["published"] += float(value)
+        elif name.startswith("emsedge_backlog_messages"):
+            out["backlog"] += float(value)
+    return out
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
@@ -159,6 +179,7 @@ def run(cluster: NatsCluster, n: int, args: argparse.Namespace, tmp: Path) -> di
     gateways: list[subprocess.Popen[bytes]] = []
     meters: list[Meter] = []
     lines = [f"line-{g:02d}" for g in range(n)]
+    http = f"127.0.0.1:{free_port()}"  # the first gateway's /metrics: its polls, skipped cycles and backlog
     try:
         for port in ports:
             wait_for_port(port)
@@ -170,7 +191,7 @@ def run(cluster: NatsCluster, n: int, args: argparse.Namespace, tmp: Path) -> di
             folder.mkdir(parents=True)
             urls = [cluster.nodes[i].mqtt_url for i in ORDERS[g % len(ORDERS)]]
             config = gateway_config(folder, line, urls, ports[g * args.machines:(g + 1) * args.machines],
-                                    args.signals, args.interval, args.sync)
+                                    args.signals, args.interval, args.sync, http if g == 0 else None)
             with open(folder / "gateway.log", "ab") as log:
                 gateways.append(subprocess.Popen([EMSEDGE, "run", "-c", str(config)], stdout=log, stderr=log))
         # Warm-up: every line delivers, then `--warmup` more seconds.
@@ -192,9 +213,11 @@ def run(cluster: NatsCluster, n: int, args: argparse.Namespace, tmp: Path) -> di
         cpu0 = [proc_cpu(p.pid) for p in gateways]
         node_cpu0 = [proc_cpu(pid) for pid in nodes]
         sim_cpu0, meter_cpu0 = proc_cpu(machines.pid), time.process_time()
+        first0 = _first_gateway(http)
         began = time.monotonic()
         time.sleep(args.seconds)
         elapsed = time.monotonic() - began
+        first1 = _first_gateway(http)
         cpu = [(proc_cpu(p.pid) - c) / elapsed * 100 for p, c in zip(gateways, cpu0, strict=True)]
         node_cpu = [(proc_cpu(pid) - c) / elapsed * 100 for pid, c in zip(nodes, node_cpu0, strict=True)]
         sim_cpu = (proc_cpu(machines.pid) - sim_cpu0) / elapsed * 100
@@ -213,6 +236,10 @@ def run(cluster: NatsCluster, n: int, args: argparse.Namespace, tmp: Path) -> di
             "rss_mean": statistics.mean(rss), "rss_max": max(rss), "peak_max": max(peak),
             "p50_ms": percentile(latencies, 0.5) * 1000, "p99_ms": percentile(latencies, 0.99) * 1000,
             "nodes_cpu": sum(node_cpu), "sim_cpu": sim_cpu, "meter_cpu": meter_cpu,
+            "first_polls_s": (first1["polls"] - first0["polls"]) / elapsed,
+            "first_skipped_s": (first1["skipped"] - first0["skipped"]) / elapsed,
+            "first_published_s": (first1["published"] - first0["published"]) / elapsed,
+            "first_backlog": first1["backlog"],
         }
     finally:
         for p in gateways:
@@ -264,7 +291,9 @@ def main() -> int:
             for n in sizes:
                 row = run(cluster, n, args, Path(tmp))
                 rows.append(row)
-                print(f"  N={n}: {row['values_s']:,.0f} values/s", flush=True)
+                print(f"  N={n}: {row['values_s']:,.0f} values/s; first gateway: {row['first_polls_s']:.1f} polls/s, "
+                      f"{row['first_skipped_s']:.1f} skipped cycles/s, {row['first_published_s']:.1f} published/s, "
+                      f"backlog {row['first_backlog']:.0f} at the end", flush=True)
         finally:
             cluster.stop()
     print()
