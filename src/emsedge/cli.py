@@ -64,6 +64,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # collector need not walk it again each time the readings of a few polls trigger a full collection.
     gc.collect()
     gc.freeze()
+    # A poll of 1,000 signals allocates 1,000 reading dicts (acyclic: freed by reference counting); at the
+    # default threshold (700) every poll would also run the cyclic collector. Measured at 100k values/s:
+    # GC from ~6% of the gateway's CPU to ~2%.
+    gc.set_threshold(10_000, 10, 10)
     try:
         anyio.run(gateway.run)
     except BaseException as exc:

@@ -88,11 +88,11 @@ class TelemetryMetas:
         target = self.directory / f"{meta.id}.json"
         if target.exists():
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # private, like the buffer's files
         tmp = target.with_suffix(".tmp")
         data = orjson.dumps({"equipment": meta.equipment, "equipment_type": meta.equipment_type,
                              "signals": meta.signals})
-        with tmp.open("wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

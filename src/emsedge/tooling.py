@@ -439,7 +439,9 @@ def backup(source: Path, dest: Path) -> int:
     """Copy a buffer file with SQLite's online backup API: a consistent snapshot while the gateway writes.
 
     The copy is written beside `dest` and renamed into place, so `dest` is never half a file. The seq
-    sidecar (`<file>.seq`) is copied too. Returns the number of records in the copy.
+    sidecar (`<file>.seq`) is copied too, and the metas of compact telemetry (`<file>.metas/`) after the
+    snapshot (a meta is on disk before any record names it, so the copy holds every meta its records name).
+    Returns the number of records in the copy.
     """
     if not source.is_file():
         raise BufferError(f"no buffer file at {source}")
@@ -465,6 +467,9 @@ def backup(source: Path, dest: Path) -> int:
     sidecar = source.with_name(source.name + ".seq")
     if sidecar.is_file():
         shutil.copyfile(sidecar, dest.with_name(dest.name + ".seq"))
+    metas = source.with_name(source.name + ".metas")
+    if metas.is_dir():
+        shutil.copytree(metas, dest.with_name(dest.name + ".metas"), dirs_exist_ok=True)
     return count
 
 

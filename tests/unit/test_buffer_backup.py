@@ -88,3 +88,36 @@ def test_buffer_commands_refuse_an_invalid_config_with_exit_status_78(tmp_path: 
 def test_a_backup_of_a_missing_buffer_fails_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main_buffer(["backup", "--path", str(tmp_path / "none.db"), str(tmp_path / "b.db")]) == 1
     assert "no buffer file" in capsys.readouterr().err
+
+
+def test_a_backup_carries_the_metas_its_compact_telemetry_names(tmp_path: Path) -> None:
+    import orjson  # noqa: PLC0415
+
+    from emsedge.schema import SCHEMA_TELEMETRY_COMPACT, TelemetryMeta, compact_meta_id  # noqa: PLC0415
+    from emsedge.telemetry_meta import MetaEncoder, TelemetryMetas  # noqa: PLC0415
+
+    source = tmp_path / "buffer.db"
+    metas = TelemetryMetas.beside(source)
+    metas.set(TelemetryMeta.build("oven-1", "reflow_oven", {"t": {"unit": "Cel"}}))
+
+    async def fill() -> None:
+        buffer = Buffer(BufferConfig(path=source, min_free_bytes=0, linger=0), gateway="gw", topics=Topics("a/b"),
+                        encode=MetaEncoder(metas))
+        async with anyio.create_task_group() as tg:
+            await tg.start(buffer.run)
+            await buffer.append([telemetry("oven-1", "reflow_oven", [reading("t", 1.0, unit="Cel", ts=TS)], ts=TS)])
+            tg.cancel_scope.cancel()
+
+    anyio.run(fill)
+    assert main_buffer(["backup", "--path", str(source), str(tmp_path / "copy.db")]) == 0
+    db = sqlite3.connect(tmp_path / "copy.db")
+    try:
+        (payload,) = db.execute("SELECT payload FROM records").fetchone()
+    finally:
+        db.close()
+    assert orjson.loads(payload)["schema"] == SCHEMA_TELEMETRY_COMPACT
+    meta_id = compact_meta_id(payload)
+    assert meta_id is not None
+    restored = TelemetryMetas.beside(tmp_path / "copy.db").lookup(meta_id)
+    assert restored is not None and restored.signals == {"t": {"unit": "Cel"}}
+    assert (tmp_path / "buffer.db.metas").stat().st_mode & 0o777 == 0o700
