@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -45,8 +46,11 @@ def check_messages(lines: list[dict[str, Any]]) -> None:
 def test_demo_no_tui_prints_every_message_mes_receives_as_json_lines() -> None:
     code, lines, stderr = run_demo()
     assert code == 0, stderr
-    assert len(lines) > 30
     check_messages(lines)
+    # Data keeps flowing, not one poll and done (a count of lines in 8 s would measure the machine's load).
+    per_machine = Counter(line["payload"]["equipment"] for line in lines if line["topic"].endswith("/telemetry"))
+    # (the AOI's status variables report by exception: once is normal for it)
+    assert per_machine["reflow-1"] >= 2 and per_machine["pnp-1"] >= 2, per_machine
 
 
 def test_demo_runs_on_the_embedded_amqtt_broker_when_mosquitto_is_missing() -> None:
