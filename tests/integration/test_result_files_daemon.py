@@ -17,8 +17,10 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +92,19 @@ def _serials(mes: Subscriber) -> list[str]:
     return sorted(p["event"]["serial"] for p in _tested(mes))
 
 
+def _ledger_outcome(tmp_path: Path, name: str) -> str | None:
+    """The outcome the adapter's ledger holds for a file (read-only, beside a running gateway)."""
+    path = tmp_path / "state" / "result_files-ict-1.ledger"
+    if not path.exists():
+        return None
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        try:
+            row = db.execute("SELECT outcome FROM files WHERE name = ? ORDER BY rowid DESC", (name,)).fetchone()
+        except sqlite3.OperationalError:  # the adapter is still creating its table
+            return None
+    return None if row is None else str(row[0])
+
+
 def _peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -154,6 +169,9 @@ def test_result_files_reach_mes_once_per_board_through_chunks_renames_rejects_ou
         (inbox / "b4.log").write_bytes(_board_log("PCB-E2E-0004", fail=True))
         mes.wait_for(lambda _: "PCB-E2E-0004" in _serials(mes))
         assert (inbox / "b4.log").exists()
+        # MES can have the events before the ledger row is written (the forwarder does not wait for it); a
+        # kill inside that window is tests/faults/test_result_files_exactly_once.py's case, not this one.
+        wait_until(lambda: _ledger_outcome(tmp_path, "b4.log") == "processed", 20)
         gateway.signal(signal.SIGKILL)
         assert gateway.process is not None
         gateway.process.wait()
