@@ -321,6 +321,9 @@ class GatewayCollector:
             yield _counter("emsedge_buffer_evicted", "Records evicted by the size or age cap.",
                            _stat(stats, "evicted_total", 0))
             yield _gauge("emsedge_dead_letters", "Messages refused for good.", _stat(stats, "dead_letters", 0))
+            yield _counter("emsedge_buffer_duplicates_suppressed",
+                           "Records not stored because their own id (e.g. a tester result re-read after a crash) "
+                           "was appended before: nothing is sent twice.", _stat(stats, "duplicates_suppressed", 0))
             yield _gauge("emsedge_buffer_writable", "1 while the buffer accepts records.",
                          1.0 if _stat(stats, "writable", True) else 0.0)
         yield _gauge("emsedge_broker_connected", "1 while connected to the MQTT broker.",

@@ -263,7 +263,7 @@ async def test_healthz_is_ok_when_everything_is_up_and_503_when_the_buffer_canno
 
 @pytest.mark.asyncio
 async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_time() -> None:
-    state = make_state(FakeStats(count=5, dead_letters=3))
+    state = make_state(FakeStats(count=5, dead_letters=3, duplicates_suppressed=4))
     state.observe_publish_latency(0.02)
     state.observe_publish_latency(7.0)
     [(code, headers, body)] = await serve_and(state, [("GET", "/metrics")])
@@ -299,6 +299,7 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     assert samples[("emsedge_backlog_messages", ())] == 5
     assert samples[("emsedge_backlog_oldest_age_seconds", ())] == 0
     assert samples[("emsedge_dead_letters", ())] == 3
+    assert samples[("emsedge_buffer_duplicates_suppressed_total", ())] == 4
     assert samples[("emsedge_broker_connected", ())] == 1
     assert samples[("emsedge_mqtt_failovers_total", ())] == 2
     assert samples[("emsedge_mqtt_broker", (("broker", "mqtt://127.0.0.1:1883"),))] == 1

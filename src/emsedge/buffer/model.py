@@ -42,7 +42,9 @@ class AppendResult:
     Evictions of one write transaction are reported once, in the result of the first append of that
     transaction, so summing `evicted` over all results never double counts. `refused` records were
     larger than `max_message_bytes` (the broker's Maximum Packet Size): they got a seq, were not stored,
-    and are counted and announced as `too_large`.
+    and are counted and announced as `too_large`. `duplicates` records carried their own id
+    (`Record.message_id`) and that id had been appended before (within `store.ID_RETENTION`): they were not
+    stored and got no seq, because their first copy is durable already. `accepted` counts neither.
     """
 
     accepted: int
@@ -51,6 +53,7 @@ class AppendResult:
     evicted_first_ts: str | None
     evicted_last_ts: str | None
     refused: int = 0
+    duplicates: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,8 @@ class BufferStats:
     writer_busy_since: float | None = None
     """Monotonic time the owner thread started its current disk command; None when idle."""
     outputs: Mapping[str, OutputStats] = field(default_factory=dict)
+    duplicates_suppressed: int = 0
+    """Records not stored because their own id had been appended before (since the gateway started)."""
 
     def oldest_age_s(self, now: float) -> float:
         """Age of the oldest record by the buffer clock (`now` is the monotonic clock); 0 when empty."""

@@ -30,7 +30,8 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
 
 
 def file_stats(path: str | Path) -> dict[str, Any]:
-    """Counts of a buffer file (format 1 or 2): records, bytes, oldest, next_seq, losses, dead letters."""
+    """Counts of a buffer file (format 1 or 2): records, bytes, oldest, next_seq, losses, dead letters, and
+    the own ids remembered for suppressing re-emitted copies (`ids_remembered`)."""
     conn = _open_readonly(Path(path))
     try:
         tables = _tables(conn)
@@ -53,6 +54,7 @@ def file_stats(path: str | Path) -> dict[str, Any]:
         evictions = {e: n for e, n in evictions.items() if n}
         pending = conn.execute("SELECT count(*) FROM records WHERE pinned = 1").fetchone()[0] if format2 else 0
         dead_rows = conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        ids = conn.execute("SELECT count(*) FROM emitted_ids").fetchone()[0] if "emitted_ids" in tables else 0
         return {
             "path": str(path),
             "format": meta.get("format"),
@@ -69,6 +71,7 @@ def file_stats(path: str | Path) -> dict[str, Any]:
             "announcements_pending": pending,
             "dead_letters_total": meta.get("dead_letters_total", 0),
             "dead_letters_kept": dead_rows,
+            "ids_remembered": ids,
             "file_bytes": Path(path).stat().st_size,
         }
     finally:
@@ -98,7 +101,8 @@ def purge(path: str | Path, *, dead_letters_only: bool = False) -> int:
     """Delete all records (or only dead letters) of a buffer file that no gateway has open.
 
     `meta.next_seq` and the loss counters are kept, so seqs never go back and `dropped_total` never
-    resets. Pending loss announcements are kept too. Returns the number of rows deleted.
+    resets. Pending loss announcements are kept too, and so are the remembered own ids (`emitted_ids`):
+    a purged result that its source emits again is still suppressed. Returns the number of rows deleted.
     """
     p = Path(path)
     if not p.exists():

@@ -57,6 +57,12 @@ ANNOUNCE_MAX_RANGES = 2000
 PACKET_OVERHEAD = 32
 """Bytes a PUBLISH adds to topic + payload (fixed header, lengths, packet id, replayed flag), rounded up."""
 _SQL_VARS = 30_000
+ID_RETENTION = 30 * 86400.0
+"""Seconds (buffer clock) an own id stays in `emitted_ids`: a record carrying an id appended within this
+time is suppressed. Covers a source's crash window (seconds) with a wide margin; a result file re-dropped
+later is recognised by the result_files adapter's ledger (sha256 of the file, `ledger_retention`)."""
+ID_PRUNE_INTERVAL = 3600.0
+"""Seconds (buffer clock) between two prunes of `emitted_ids` (in housekeeping, or in an append of ids)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -74,6 +80,8 @@ CREATE TABLE IF NOT EXISTS acks (output TEXT NOT NULL, seq INTEGER NOT NULL, PRI
 CREATE TABLE IF NOT EXISTS losses (
     equipment TEXT NOT NULL, reason TEXT NOT NULL, count INTEGER NOT NULL, PRIMARY KEY (equipment, reason))
     WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS emitted_ids (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS emitted_ids_at ON emitted_ids(at);
 """
 
 _CORRUPT_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
@@ -320,8 +328,10 @@ class Evicted:
                 self.first_ts = ts if self.first_ts is None or ts < self.first_ts else self.first_ts
                 self.last_ts = ts if self.last_ts is None or ts > self.last_ts else self.last_ts
 
-    def result(self, accepted: int, refused: int = 0) -> AppendResult:
-        return AppendResult(accepted, self.count, dict(self.by_equipment), self.first_ts, self.last_ts, refused)
+    def result(self, accepted: int, refused: int = 0, duplicates: int = 0) -> AppendResult:
+        return AppendResult(
+            accepted, self.count, dict(self.by_equipment), self.first_ts, self.last_ts, refused, duplicates
+        )
 
 
 @dataclass(slots=True)
@@ -458,6 +468,10 @@ class Store:
         self.evict_log_pending = Evicted()
         self.evict_logged_at: float | None = None
         self.poison_logged: set[tuple[str, str, str]] = set()
+        self.duplicates_suppressed = 0
+        """Records not stored because their own id was appended before (since this process started)."""
+        self.ids_pruned_at: float | None = None
+        """Buffer clock of the last prune of `emitted_ids` (None: not yet since open)."""
 
     # -- clock ---------------------------------------------------------------------------------------
 
@@ -741,17 +755,38 @@ class Store:
         unprocessable: list[tuple[int | None, str, str, int]] = []
         """(seq when nothing could be stored, equipment, ts, values replaced)."""
         refused_per: list[int] = []
+        duplicates_per: list[int] = []
+        duplicates: list[tuple[str, str]] = []
+        """(equipment, id) of records suppressed because their own id was appended before."""
+        known: set[str] | None = None
+        """Own ids already in `emitted_ids` or earlier in this batch (looked up at the first own id)."""
+        new_ids: list[tuple[str, float]] = []
         now = self.wall()
         base = self.now_base()
         seq = self.next_seq
         gateway = self.gateway
         limit = self.max_message_bytes
         encode = self.encode
+        # Only this thread writes the file (the sidecar's flock keeps other processes out), so what the
+        # look-up sees before BEGIN is what the transaction sees.
+        conn = self._writable_conn()
         for records in batch:
-            n_refused = 0
+            n_refused = n_duplicates = 0
             for given in records:
                 record = given
-                message_id = record.message_id or str(uuid.uuid4())
+                own = record.message_id
+                if own is None:  # telemetry and most events: no look-up, no extra row
+                    message_id = str(uuid.uuid4())
+                else:
+                    if known is None:
+                        known = self._known_ids(conn, batch)
+                    if own in known:
+                        duplicates.append((record.equipment, own))
+                        n_duplicates += 1
+                        continue
+                    known.add(own)
+                    new_ids.append((own, base))
+                    message_id = own
                 try:
                     payload = encode(record, gateway=gateway, seq=seq, message_id=message_id)
                 except Exception as exc:  # poison: never the writer's or the batch's end (see _replace_poison)
@@ -772,8 +807,8 @@ class Store:
                     rows.append((seq, message_id, topic, record.equipment, record.ts, now, size, payload, base))
                 seq += 1
             refused_per.append(n_refused)
+            duplicates_per.append(n_duplicates)
         incoming = sum(r[6] for r in rows)
-        conn = self._writable_conn()
         self._check_free_space(conn, incoming)
         self._ensure_reserved(seq + 1)
         delta = _Delta(next_seq=seq)
@@ -786,6 +821,10 @@ class Store:
                 rows,
             )
             delta.added, delta.added_bytes = len(rows), incoming
+            pruned = False
+            if new_ids:
+                conn.executemany("INSERT INTO emitted_ids(id, at) VALUES (?, ?)", new_ids)
+                pruned = self._prune_ids_if_due(conn, base)
             total = self.bytes - sum(s for _, s, p in delta.deleted if not p) + incoming
             if total > self.config.max_bytes:
                 self._evict_head(conn, delta, need=total - int(self.config.max_bytes))
@@ -813,6 +852,14 @@ class Store:
             elif self.head is None and rows:
                 delta.head, delta.head_changed = (now, base), True
         self._apply(delta)
+        if pruned:
+            self.ids_pruned_at = base
+        if duplicates:
+            self.duplicates_suppressed += len(duplicates)
+            log.debug(
+                "buffer_duplicates_suppressed", records=len(duplicates),
+                equipment=sorted({e for e, _ in duplicates}), ids=[i for _, i in duplicates][:20],
+            )
         if refused:
             log.error(
                 "buffer_refused_too_large", records=len(refused), max_message_bytes=limit,
@@ -824,10 +871,32 @@ class Store:
         self._log_eviction(delta.evicted)
         results = []
         for i, records in enumerate(batch):
-            accepted = len(records) - refused_per[i]
-            results.append(report.result(accepted, refused_per[i]) if i == 0 else AppendResult(
-                accepted, 0, {}, None, None, refused_per[i]))
+            accepted = len(records) - refused_per[i] - duplicates_per[i]
+            results.append(report.result(accepted, refused_per[i], duplicates_per[i]) if i == 0 else AppendResult(
+                accepted, 0, {}, None, None, refused_per[i], duplicates_per[i]))
         return results
+
+    @staticmethod
+    def _known_ids(conn: sqlite3.Connection, batch: Sequence[Sequence[schema.Record]]) -> set[str]:
+        """The own ids of `batch` that `emitted_ids` already holds (one indexed look-up per chunk)."""
+        own = list({r.message_id for records in batch for r in records if r.message_id is not None})
+        known: set[str] = set()
+        for i in range(0, len(own), _SQL_VARS):
+            chunk = own[i : i + _SQL_VARS]
+            known.update(
+                row[0] for row in conn.execute(
+                    f"SELECT id FROM emitted_ids WHERE id IN ({_placeholders(len(chunk))})", chunk
+                )
+            )
+        return known
+
+    def _prune_ids_if_due(self, conn: sqlite3.Connection, now: float) -> bool:
+        """Forget own ids older than ID_RETENTION, at most once per ID_PRUNE_INTERVAL (inside the caller's
+        transaction). True when it pruned (the caller records the time after COMMIT)."""
+        if self.ids_pruned_at is not None and now - self.ids_pruned_at < ID_PRUNE_INTERVAL:
+            return False
+        conn.execute("DELETE FROM emitted_ids WHERE at < ?", (now - ID_RETENTION,))
+        return True
 
     def _replace_poison(
         self, record: schema.Record, error: Exception, seq: int, message_id: str
@@ -1095,6 +1164,16 @@ class Store:
             todo, self.unsettled = self.unsettled, []
             for lease, acked, dead in todo:
                 self._settle_txn(lease, acked, [], dead)
+        now = self.now_base()
+        if self.ids_pruned_at is None or now - self.ids_pruned_at >= ID_PRUNE_INTERVAL:
+            try:
+                conn = self._writable_conn()
+                with _immediate_transaction(conn):
+                    self._prune_ids_if_due(conn, now)
+            except (sqlite3.Error, OSError) as exc:
+                self.enter_fault(exc)
+                return
+            self.ids_pruned_at = now
         if self.config.max_age is None or self.head is None:
             return
         older_than = self.now_base() - self.config.max_age
@@ -1466,4 +1545,5 @@ class Store:
             base_offset=self.base0 - self.mono0,
             writer_busy_since=busy_since,
             outputs=outputs,
+            duplicates_suppressed=self.duplicates_suppressed,
         )
