@@ -31,12 +31,21 @@ no "start buffering when the link drops" moment that could lose data.
   its own `append` returned, whatever else is in flight.
 * **Identity.** The owner assigns each record a uuid4 `id` (or the `message_id` the record carries: a
   source that re-emits the same data after a crash names it with the same id, see `schema.Record`) and
-  the next per-gateway `seq`, encodes the payload once (`schema.encode`) and stores the bytes. A record
-  carrying an id already stored is appended again with a new seq (no look-up on the hot path): ids may
-  repeat, seqs never do. `seq` is kept in `meta.next_seq`, updated in the
-  same transaction as the rows, so it is strictly increasing across restarts and never reused even when
-  every row was deleted. A failed transaction is rolled back and its seqs are reused by the retry, so a
-  subscriber never sees a gap that is not a real (and announced) loss.
+  the next per-gateway `seq`, encodes the payload once (`schema.encode`) and stores the bytes.
+* **Own ids are stored once.** A record carrying its own id is looked up in `emitted_ids` (one indexed
+  query per batch, only when the batch has such a record) and its id inserted there in the same
+  transaction as the rows; a record whose id is already there (or earlier in the same batch) is
+  suppressed: not stored, no seq (so no gap), counted (`AppendResult.duplicates`,
+  `BufferStats.duplicates_suppressed`, one debug line), and `append` returns normally, since the first
+  copy is durable. This holds after a restart and after the first copy was delivered and deleted, so a
+  source that re-emits after a crash (a result file read again before its ledger row was written) sends
+  nothing twice. Ids are forgotten after `ID_RETENTION` (30 days on the buffer clock; pruned by
+  housekeeping, or inside an append of ids, at most once per `ID_PRUNE_INTERVAL`); older re-drops are the
+  source's business (the result_files ledger). Telemetry has no own id: no look-up, no extra row.
+* **Seq.** `seq` is kept in `meta.next_seq`, updated in the same transaction as the rows, so it is
+  strictly increasing across restarts and never reused even when every row was deleted. A failed
+  transaction is rolled back and its seqs are reused by the retry, so a subscriber never sees a gap that
+  is not a real (and announced) loss.
 * **Seq sidecar.** `<path>.seq` holds a reservation R >= every seq ever committed, written and fsynced
   *before* a commit would pass it (in steps of `SEQ_RESERVE_STEP`). When the database is missing or was
   moved aside as corrupt, the fresh one starts at R: seqs jump (the lost range is a real gap) but never
@@ -108,6 +117,11 @@ On-disk format (format 2; a format-1 file is upgraded in place, in one transacti
     losses(equipment TEXT, reason TEXT, count INTEGER)   -- cumulative, never evicted (format 2)
     dead_letters(seq INTEGER PRIMARY KEY, id, topic, equipment, ts, created, attempts, size, payload,
                  reason TEXT, dead_at REAL)      -- the newest DEAD_LETTER_KEEP rows are kept
+    emitted_ids(id TEXT PRIMARY KEY, at REAL)     -- own ids appended (buffer clock), kept ID_RETENTION;
+                                                  -- indexed by `at`; kept by `purge`
+
+A format-2 file written before `emitted_ids` existed gains it (CREATE TABLE IF NOT EXISTS, in the one
+schema transaction at open); an older emsedge ignores the table, so the format number did not change.
 
 Format 1 had `evictions(equipment, count)`; the upgrade moves those counts to `losses` with reason
 `evicted` and the dead-letter total to `losses` with reason `dead_letter`.
@@ -117,6 +131,7 @@ Invariants
 1. `append` returns only after COMMIT (with `sync: full` the commit is fsynced; with `normal` a power cut
    may lose the last commits, never corrupt the file). Records with a seq <= a returned seq are durable.
 2. `seq` is strictly increasing per buffer file and across restarts; committed seqs are never reused.
+   An own id (`Record.message_id`) gets at most one seq while it is in `emitted_ids`.
 3. A record leaves `records` only when every output acked it, by eviction or as a dead letter, and the last
    two increment `losses` and an announcement's `dropped_seqs` in the same transaction:
    seqs allocated = delivered + announced as dropped + present (records and announcements).
@@ -154,12 +169,13 @@ from emsedge.buffer.model import (
     StoredMessage,
 )
 from emsedge.buffer.offline import export, file_stats, purge
-from emsedge.buffer.store import ANNOUNCE_INTERVAL, FORMAT_VERSION, ROW_OVERHEAD, SEQ_RESERVE_STEP
+from emsedge.buffer.store import ANNOUNCE_INTERVAL, FORMAT_VERSION, ID_RETENTION, ROW_OVERHEAD, SEQ_RESERVE_STEP
 
 __all__ = [
     "ANNOUNCE_INTERVAL",
     "FORMAT_VERSION",
     "HOUSEKEEPING_INTERVAL",
+    "ID_RETENTION",
     "QUEUE_APPENDS",
     "REASON_DEAD_LETTER",
     "REASON_MAX_AGE",

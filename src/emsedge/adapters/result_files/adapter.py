@@ -7,7 +7,7 @@ One cycle (`scan_once`) takes every settled file, oldest first, one at a time:
 2. it is hashed in chunks and, when not larger than `max_file_size`, read and parsed (in a worker thread);
 3. its events, one `unit_tested` per board, go to `ctx.emit()` in one call, which returns only once the
    buffer made them durable; each carries a deterministic message id (`model.record_id`), so a crash
-   before step 4 re-emits them with the same ids and MES drops the copy by `id`;
+   before step 4 re-emits them with the same ids and the buffer suppresses the copy (sent once);
 4. only then the ledger records it, and then it moves to `archive` (or stays, when none is configured).
 
 A file that cannot be parsed (or is too large, or a plug-in parser crashed on it) becomes one

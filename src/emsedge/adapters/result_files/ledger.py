@@ -5,8 +5,8 @@ returned for the file's events (or after its `file_rejected` event was durable),
 moved. So after a crash:
 
 * between emit and the ledger write: the file is read again and its events are emitted again, with the
-  same message ids (`model.record_id`: a uuid5 of the result), so MES drops the redelivery by `id` as it
-  does any redelivery (exactly once by `id`; the window is one SQLite commit long);
+  same message ids (`model.record_id`: a uuid5 of the result), so the buffer recognises the ids and
+  suppresses the copy (nothing is sent twice; the window is one SQLite commit long);
 * between the ledger write and the move: the file is recognised by its hash and only moved.
 
 A file is recognised by its content hash (`sha256`), so a re-dropped identical file under any name emits

@@ -109,8 +109,8 @@ def record_id(gateway: str, equipment: str, sha256: str, kind: str, index: int =
     """The envelope `id` of one event derived from a result file: a uuid5 over who read it (gateway,
     equipment), what was read (the file's content hash), which event (`unit_tested`, `file_rejected`) and
     which board of the file. The same file content always yields the same ids, so when a crash between the
-    durable emit and the ledger write makes the gateway emit a file's events again, MES receives the same
-    `id`s and drops the second copy, as the contract tells it to (exactly-once by `id`)."""
+    durable emit and the ledger write makes the gateway emit a file's events again, the buffer recognises
+    the `id`s and suppresses the second copy (`emitted_ids`): MES receives each result once."""
     return str(uuid.uuid5(RECORD_ID_NAMESPACE, f"{gateway}/{equipment}/{sha256}/{kind}/{index}"))
 
 
