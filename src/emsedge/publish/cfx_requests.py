@@ -164,14 +164,21 @@ class CfxRequestListener:
 
     def answer(self, handle: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
         """The response envelope to `request` for `handle` (None: not to be answered); counts it."""
-        response = cm.respond(
-            request, self.endpoints[handle], now=cm.cfx_timestamp(utc_iso(self._wall())), unique=str(uuid.uuid4())
-        )
-        if response is None:
-            self.counters.not_answered += 1
-        elif response["MessageName"] == cm.NOT_SUPPORTED_RESPONSE:
-            self.counters.not_supported += 1
-        return response
+        return answer(self.endpoints[handle], request, self.counters, self._wall)
+
+
+def answer(
+    info: cm.EndpointInfo, request: Mapping[str, Any], counters: RequestCounters, wall: Callable[[], float]
+) -> dict[str, Any] | None:
+    """The response envelope to `request` for the handle `info` describes (None: not to be answered), counted
+    in `counters`. The one place both transports (broker: `CfxRequestListener`, direct: `CfxDirectListener`)
+    build their answers."""
+    response = cm.respond(request, info, now=cm.cfx_timestamp(utc_iso(wall())), unique=str(uuid.uuid4()))
+    if response is None:
+        counters.not_answered += 1
+    elif response["MessageName"] == cm.NOT_SUPPORTED_RESPONSE:
+        counters.not_supported += 1
+    return response
 
 
 class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
