@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -137,7 +138,20 @@ class CfxDirectListener:
         host = host.strip("[]") or "0.0.0.0"  # ":port": every interface, as for http.listen
         return f"amqp://{f'[{host}]' if ':' in host else host}:{port}"
 
+    def _probe(self) -> None:
+        """Bind the address once with the socket options proton uses, and let go: an address in use or not
+        of this machine fails here with the OS's error (proton's own bind leaks its socket when it fails)."""
+        host, _, port = self.address.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, int(port)))
+
     async def _session(self) -> None:
+        try:
+            self._probe()
+        except OSError as exc:
+            raise SessionError(f"cannot listen on {self.address}: {exc.strerror or exc}") from exc
         handler = _Handler(self)
         container = Container(handler)
         container.container_id = f"emsedge-{uuid.uuid4().hex[:8]}"
