@@ -3,9 +3,13 @@ way the CFX SDK's `AmqpCFXEndpoint.ExecuteRequest` does (no broker involved)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
+import urllib.error
+import urllib.request
 import uuid
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,7 +18,10 @@ import pytest
 from proton import Message
 from proton.reactor import LinkOption
 from proton.utils import BlockingConnection, LinkDetached, SendException
-from support import free_port
+from support import Mosquitto, free_port
+from support.daemon import Daemon, Equipment, gateway_config, wait_until
+from support.rabbitmq import RabbitMQ
+from support.rabbitmq import available as rabbitmq_available
 
 from emsedge.config import CfxConfig
 from emsedge.publish.cfx_listen import THREAD_NAME, CfxDirectListener
@@ -227,3 +234,63 @@ async def test_a_port_in_use_is_a_clear_error_and_the_listener_binds_once_it_is_
         again.bind(("127.0.0.1", port))
     finally:
         again.close()
+
+
+@pytest.mark.skipif(not rabbitmq_available(), reason="rabbitmq-server is not installed (make rabbitmq)")
+@pytest.mark.timeout(120)
+def test_the_daemon_announces_its_listener_answers_on_it_and_shows_it_in_healthz(
+    tmp_path: Path, mosquitto: Mosquitto, equipment: Equipment, rabbitmq: RabbitMQ
+) -> None:
+    queue = rabbitmq.declare_durable_queue(f"cfx-listen-{uuid.uuid4().hex[:8]}")
+    http_port, port = free_port(), free_port()
+    handle = "plant-t.line-t.reflow-1"
+    config = gateway_config(
+        tmp_path, f"mqtt://127.0.0.1:{mosquitto.port}", equipment.port,
+        http={"listen": f"127.0.0.1:{http_port}"},
+        cfx={"broker": rabbitmq.url, "address": queue, "username": "guest", "password": "guest",
+             "listen": f"127.0.0.1:{port}"},
+    )
+    daemon = Daemon(config, tmp_path / "gateway.log")
+    daemon.start()
+    try:
+        wait_until(lambda: "cfx link up" in daemon.log() and "cfx listen: answering requests" in daemon.log(),
+                   timeout=30)
+        asked = request("CFX.AreYouThereRequest", {"CFXHandle": handle}, target=handle)
+        requester = SdkRequester(port)
+        try:
+            message, answer = requester.execute(handle, asked)
+        finally:
+            requester.close()
+        wait_until(lambda: health(http_port).get("cfx", {}).get("listen", {}).get("counters", {})
+                   .get("answered", 0) >= 1, timeout=15)
+        listen_health = health(http_port)["cfx"]["listen"]
+        assert daemon.stop(timeout=30) == 0
+    except AssertionError:
+        print(daemon.log()[-4000:])
+        raise
+    finally:
+        daemon.kill()
+    uri = f"amqp://127.0.0.1:{port}"
+    assert answer["MessageName"] == "CFX.AreYouThereResponse" and message.correlation_id == asked["RequestID"]
+    assert answer["MessageBody"]["RequestNetworkUri"] == uri
+    assert listen_health["listening"] is True and listen_health["request_uri"] == uri
+    assert listen_health["counters"]["received"] == 1
+    connection = BlockingConnection(rabbitmq.url, user="guest", password="guest", allowed_mechs="PLAIN")
+    try:
+        first = connection.create_receiver(queue, credit=1).receive(timeout=10)
+    finally:
+        connection.close()
+    connected = orjson.loads(bytes(first.body))
+    assert connected["MessageName"] == "CFX.EndpointConnected"
+    assert connected["MessageBody"] == {"CFXHandle": handle, "RequestNetworkUri": uri,
+                                        "RequestTargetAddress": handle}
+
+
+def health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:  # 503 while degraded: the body is the same document
+        return dict(json.loads(exc.read()))
+    except OSError:
+        return {}
