@@ -9,8 +9,9 @@ Shape (one object owns the proton reactor of each connection it makes):
 * Addressing. The SDK's own request/response is point to point (`AmqpRequestProcessor`: the endpoint hosts
   an AMQP listener on `RequestNetworkUri` and the request processor at `RequestTargetAddress`); emsedge does
   that with `cfx.listen` (`cfx_listen.CfxDirectListener`). A gateway that should not open a port to the
-  plant takes requests from the broker it already publishes to instead (this module): every handle reads its own source address (`cfx.requests.address` with `{handle}`,
-  default `/queue/{handle}`), announced in `EndpointConnected` and in every response as
+  plant takes requests from the broker it already publishes to instead (this module): every handle reads
+  its own source address (`cfx.requests.address` with `{handle}`,
+  default `/queue/{handle}`), announced in `EndpointConnected` (unless `cfx.listen` is on) and in every response as
   `RequestNetworkUri` (the broker, without credentials) and `RequestTargetAddress`.
 * Replies go to the request's AMQP `reply-to` when it is an address (it holds a `/`); a requester that
   leaves the SDK's default there (its own handle) gets the response on the output's `cfx.address`, where a
