@@ -55,6 +55,7 @@ from emsedge.web.model import LineModel
 
 if TYPE_CHECKING:
     from emsedge.publish.cfx import CfxPublisher
+    from emsedge.publish.cfx_listen import CfxDirectListener
     from emsedge.publish.cfx_requests import CfxRequestListener
 
 log = structlog.get_logger("emsedge.runtime")
@@ -134,6 +135,8 @@ class Gateway:
         self.cfx_forwarder: Forwarder | None = None
         self.cfx_requests: CfxRequestListener | None = None
         """The CFX request listener, when `cfx.requests` is configured."""
+        self.cfx_listen: CfxDirectListener | None = None
+        """The direct CFX request listener, when `cfx.listen` is configured."""
         if settings.cfx is not None:
             from emsedge.publish.cfx import CfxPublisher, handles_for  # noqa: PLC0415 - optional extra emsedge[cfx]
 
@@ -156,6 +159,11 @@ class Gateway:
 
                 self.cfx_requests = CfxRequestListener(settings.cfx, handles)
                 self.cfx.requests_snapshot = self.cfx_requests.snapshot
+            if settings.cfx.listen is not None:
+                from emsedge.publish.cfx_listen import CfxDirectListener  # noqa: PLC0415 - emsedge[cfx]
+
+                self.cfx_listen = CfxDirectListener(settings.cfx, handles)
+                self.cfx.listen_snapshot = self.cfx_listen.snapshot
         self.loop_lag = LoopLag()
         self.state.loop_lag = lambda: (
             self.loop_lag.last_seconds, self.loop_lag.max_seconds, self.loop_lag.busy_max_seconds
@@ -185,6 +193,8 @@ class Gateway:
                     await link.start(self.cfx_forwarder.run)
                 if self.cfx_requests is not None:
                     await link.start(self.cfx_requests.run)
+                if self.cfx_listen is not None:
+                    await link.start(self.cfx_listen.run)
                 await link.start(self._publish_status)
                 await link.start(self.machine_states.run)
                 if self.settings.http.listen:

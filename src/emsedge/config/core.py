@@ -357,6 +357,12 @@ class CfxConfig(ConfigModel):
     requests: CfxRequestsConfig | None = Field(
         None, description="Answer CFX requests addressed to each handle through the broker; off when absent."
     )
+    listen: str | None = Field(
+        None,
+        description="host:port of an AMQP 1.0 listener that answers CFX requests point to point, as the CFX SDK's "
+        "endpoints do (a requester connects to amqp://<host>:<port> and sends to the handle); null turns it off. "
+        "Anonymous and without TLS, like the SDK's default: prefer a loopback or line-network address.",
+    )
 
     _secret_is_text = field_validator("password_file")(utf8_secret_file)
 
@@ -370,6 +376,15 @@ class CfxConfig(ConfigModel):
             )
         if parts.password:
             raise ValueError("do not put the password in the URL; use cfx.password_file or EMSEDGE_CFX__PASSWORD")
+        return v
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            host, sep, port = v.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) <= 65535 or any(c in host for c in " /@"):
+                raise ValueError("write host:port, e.g. 127.0.0.1:5673 (or 0.0.0.0:5673 for every interface)")
         return v
 
     @field_validator("heartbeat")

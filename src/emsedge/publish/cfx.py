@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -113,6 +114,8 @@ class CfxPublisher:
         self.last_error: str | None = None
         self.requests_snapshot: Callable[[], dict[str, Any]] | None = None
         """The request listener's state (`CfxRequestListener.snapshot`), shown under `requests` when set."""
+        self.listen_snapshot: Callable[[], dict[str, Any]] | None = None
+        """The direct request listener's state (`CfxDirectListener.snapshot`), shown under `listen` when set."""
 
     # ---- forward.Output -----------------------------------------------------------------------------
 
@@ -144,6 +147,8 @@ class CfxPublisher:
         }
         if self.requests_snapshot is not None:
             snapshot["requests"] = self.requests_snapshot()
+        if self.listen_snapshot is not None:
+            snapshot["listen"] = self.listen_snapshot()
         return snapshot
 
     def handle_of(self, equipment: str) -> str:
@@ -262,10 +267,8 @@ class CfxPublisher:
         for handle in sorted(set(self.handles.values())):
             unique = str(uuid.uuid4())
             if kind == "connected":
-                env = cm.endpoint_connected(
-                    handle, request_uri=redact_url(self.config.broker),
-                    request_address=request_address(self.config, handle), now=now, unique=unique,
-                )
+                uri, address = announced_request_endpoint(self.config, handle)
+                env = cm.endpoint_connected(handle, request_uri=uri, request_address=address, now=now, unique=unique)
             elif kind == "heartbeat":
                 faults = list(self._active_faults.get(handle, {}).values())
                 env = cm.heartbeat(handle, self.config.heartbeat, faults, now=now, unique=unique)
@@ -379,6 +382,29 @@ def amqp_message(message: cm.CfxMessage, durable: bool) -> Any:
 def request_address(config: CfxConfig, handle: str) -> str | None:
     """The address `handle` takes requests on (`RequestTargetAddress`), or None when requests are off."""
     return None if config.requests is None else config.requests.address.replace("{handle}", handle)
+
+
+def listen_uri(config: CfxConfig) -> str | None:
+    """`RequestNetworkUri` of the direct listener (`cfx.listen`): amqp://<host>:<port>, the host name of this
+    machine when the listener binds every interface; None when the listener is off."""
+    if config.listen is None:
+        return None
+    host, _, port = config.listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.getfqdn()
+    return f"amqp://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def announced_request_endpoint(config: CfxConfig, handle: str) -> tuple[str | None, str | None]:
+    """(`RequestNetworkUri`, `RequestTargetAddress`) that `EndpointConnected` names for `handle`: the direct
+    listener when `cfx.listen` is on (the handle is its address, as in the SDK), else the broker address of
+    `cfx.requests`, else none."""
+    uri = listen_uri(config)
+    if uri is not None:
+        return uri, handle
+    address = request_address(config, handle)
+    return (redact_url(config.broker), address) if address is not None else (None, None)
 
 
 def redact_url(url: str) -> str:

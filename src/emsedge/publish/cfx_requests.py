@@ -7,10 +7,11 @@ Shape (one object owns the proton reactor of each connection it makes):
         broker: <requests.address with {handle}> --request--> answer (cfx_mapping.respond) --> reply-to
 
 * Addressing. The SDK's own request/response is point to point (`AmqpRequestProcessor`: the endpoint hosts
-  an AMQP listener on `RequestNetworkUri` and the request processor at `RequestTargetAddress`). A gateway
-  on a line network should not open a port to the plant, so emsedge takes requests from the broker it
-  already publishes to: every handle reads its own source address (`cfx.requests.address` with `{handle}`,
-  default `/queue/{handle}`), announced in `EndpointConnected` and in every response as
+  an AMQP listener on `RequestNetworkUri` and the request processor at `RequestTargetAddress`); emsedge does
+  that with `cfx.listen` (`cfx_listen.CfxDirectListener`). A gateway that should not open a port to the
+  plant takes requests from the broker it already publishes to instead (this module): every handle reads
+  its own source address (`cfx.requests.address` with `{handle}`,
+  default `/queue/{handle}`), announced in `EndpointConnected` (unless `cfx.listen` is on) and in every response as
   `RequestNetworkUri` (the broker, without credentials) and `RequestTargetAddress`.
 * Replies go to the request's AMQP `reply-to` when it is an address (it holds a `/`); a requester that
   leaves the SDK's default there (its own handle) gets the response on the output's `cfx.address`, where a
@@ -164,14 +165,21 @@ class CfxRequestListener:
 
     def answer(self, handle: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
         """The response envelope to `request` for `handle` (None: not to be answered); counts it."""
-        response = cm.respond(
-            request, self.endpoints[handle], now=cm.cfx_timestamp(utc_iso(self._wall())), unique=str(uuid.uuid4())
-        )
-        if response is None:
-            self.counters.not_answered += 1
-        elif response["MessageName"] == cm.NOT_SUPPORTED_RESPONSE:
-            self.counters.not_supported += 1
-        return response
+        return answer(self.endpoints[handle], request, self.counters, self._wall)
+
+
+def answer(
+    info: cm.EndpointInfo, request: Mapping[str, Any], counters: RequestCounters, wall: Callable[[], float]
+) -> dict[str, Any] | None:
+    """The response envelope to `request` for the handle `info` describes (None: not to be answered), counted
+    in `counters`. The one place both transports (broker: `CfxRequestListener`, direct: `CfxDirectListener`)
+    build their answers."""
+    response = cm.respond(request, info, now=cm.cfx_timestamp(utc_iso(wall())), unique=str(uuid.uuid4()))
+    if response is None:
+        counters.not_answered += 1
+    elif response["MessageName"] == cm.NOT_SUPPORTED_RESPONSE:
+        counters.not_supported += 1
+    return response
 
 
 class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
