@@ -27,6 +27,7 @@ from typing import Protocol
 
 import structlog
 
+from emsedge.forward import Output
 from emsedge.publish.mqtt import PublishResult
 from emsedge.schema import compact_meta_id, expand_payload
 from emsedge.telemetry_meta import TelemetryMetas
@@ -35,27 +36,14 @@ from emsedge.topics import Topics
 log = structlog.get_logger("emsedge.publish.compact")
 
 
-class _Output(Protocol):
-    @property
-    def connected(self) -> bool: ...
+class _Publisher(Output, Protocol):
+    """An output that can also publish one retained message (the meta)."""
 
-    @property
-    def connection_epoch(self) -> int: ...
-
-    @property
-    def max_packet_size(self) -> int | None: ...
-
-    async def wait_connected(self) -> None: ...
-
-    async def publish_batch(self, items: Sequence[tuple[str, bytes]], *, qos: int) -> list[PublishResult]: ...
-
-
-class _Publisher(_Output, Protocol):
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool = False) -> PublishResult: ...
 
 
 class _Wrapper:
-    def __init__(self, output: _Output, metas: TelemetryMetas) -> None:
+    def __init__(self, output: Output, metas: TelemetryMetas) -> None:
         self.output = output
         self.metas = metas
 
