@@ -21,10 +21,15 @@ class AdapterError(EmsedgeError):
     `transient` errors (timeouts, refused connections, dropped sessions) are retried with backoff;
     permanent ones (a node that does not exist, an untrusted certificate, a policy the server does not
     offer) disable that equipment with one clear error until the config changes.
+
+    `unreachable`: the TCP connect to the equipment itself failed (refused, no route, timed out), so a
+    port probe can tell when trying again is worth it (see "Early retry" in `emsedge.supervisor`). An
+    error after the TCP connect succeeded (a protocol-level refusal) leaves it False.
     """
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    def __init__(self, message: str, *, transient: bool = True, unreachable: bool = False) -> None:
         self.transient = transient
+        self.unreachable = unreachable
         super().__init__(message)
 
 

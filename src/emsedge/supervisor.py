@@ -27,6 +27,10 @@ Invariants:
   unavailable") is retried at 0.5, 1, 2 s, not at the 30 s the outage had grown to.
   Probe checks are spread by `probe_delays` (each interval 0.5-1.5x its nominal length), so gateways that
   lost one broker at the same instant do not come back in lock-step.
+  Equipment gets the same (`supervise_adapter`): an adapter with an `endpoint()` (`HasEndpoint`: Modbus
+  TCP, OPC UA, HSMS active) whose last attempt failed at the TCP connect (`AdapterError.unreachable`)
+  has that port checked every `probe_interval` of its equipment config; a machine that accepts TCP and
+  then refuses the session is not probed and keeps the growing backoff.
 * **Events once per outage.** `on_lost(reason)` runs once when a session that was connected ends, or
   when the very first attempt fails ("cannot connect"); further failed attempts of the same outage do
   not repeat it. `on_restored()` runs on every transition into `connected`, before the session hands on
@@ -77,6 +81,7 @@ __all__ = [
     "backoff_delays",
     "probe_delays",
     "supervise_adapter",
+    "tcp_accepts",
     "wait_until_reachable",
 ]
 
@@ -201,6 +206,20 @@ async def wait_until_reachable(
             return
 
 
+async def tcp_accepts(host: str, port: int, limit: float) -> bool:
+    """True when `host:port` accepts a TCP connection within `limit` s (closed at once, nothing sent)."""
+    with anyio.move_on_after(limit):
+        try:
+            stream = await anyio.connect_tcp(host, port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
+Reachable = Callable[[str, int, float], Awaitable[bool]]
+"""(host, port, limit) -> whether the port accepts a TCP connection: `tcp_accepts`, or a fake in tests."""
 
 
 class SessionError(AdapterError):
@@ -371,11 +390,13 @@ async def supervise_adapter(
     interval: float | None = None,
     *,
     rng: Callable[[], float] = random.random,
+    reachable: Reachable = tcp_accepts,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Keep one adapter's sessions alive forever: the poll grid for a polled adapter, `session()` for a push one.
 
     `connection_lost` carries the adapter's offline records (bad-quality readings for every signal).
+    An adapter with an `endpoint()` gets the early-retry probe (`_endpoint_probe`; `reachable` checks a port).
     The adapter imports are local: this module sits below the adapters (the publisher uses it too).
     """
     from emsedge.adapters.base import PolledAdapter, PushAdapter  # noqa: PLC0415 - see the docstring
@@ -390,7 +411,7 @@ async def supervise_adapter(
 
     supervisor = Supervisor(
         ctx.equipment.backoff, ctx.health, ctx.log, on_lost=lost, on_restored=restored,
-        min_interval=_min_interval(ctx), rng=rng,
+        min_interval=_min_interval(ctx), rng=rng, probe=_endpoint_probe(adapter, ctx, reachable, rng),
     )
     ctx.on_connected = supervisor.connected
     if isinstance(adapter, PushAdapter):
@@ -417,3 +438,34 @@ def _min_interval(ctx: AdapterContext) -> float:
     """HSMS T5 (connect separation) is a floor between two connect attempts; 0 for the others."""
     t5 = getattr(getattr(ctx.equipment, "connection", None), "t5", None)
     return float(t5) if isinstance(t5, int | float) else 0.0
+
+
+def _endpoint_probe(
+    adapter: object, ctx: AdapterContext, reachable: Reachable, rng: Callable[[], float]
+) -> Probe | None:
+    """The early retry for equipment (see "Early retry"): after an attempt whose TCP connect failed
+    (`AdapterError.unreachable`), check the adapter's `endpoint()` every `probe_interval` and return when it
+    accepts. None without an endpoint capability or with `probe_interval: null`; for any other error the
+    probe sleeps forever, so a machine that accepts TCP and refuses the session keeps the growing backoff.
+    """
+    from emsedge.adapters.spec import HasEndpoint  # noqa: PLC0415 - see supervise_adapter
+
+    interval = getattr(ctx.equipment, "probe_interval", None)
+    if not isinstance(adapter, HasEndpoint) or not isinstance(interval, int | float) or interval <= 0:
+        return None
+    period = float(interval)
+    endpoint = adapter
+
+    async def probe(error: AdapterError) -> None:
+        target = endpoint.endpoint()
+        if target is None or not error.unreachable:
+            await anyio.sleep_forever()
+            return
+        host, port = target
+
+        async def accepts() -> bool:
+            return await reachable(host, port, period)
+
+        await wait_until_reachable(accepts, period, rng)
+
+    return probe

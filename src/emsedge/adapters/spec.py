@@ -15,6 +15,8 @@ lesson: one-method interfaces instead of a wide base class):
 
 * `ReadsOnce`: `read_once()` connects, reads every signal once and closes (`check-config --online`).
 * `HasPollDeadline`: `poll_deadline` bounds one `poll()` (the scheduler's backstop deadline).
+* `HasEndpoint`: `endpoint()` is the `(host, port)` the adapter connects to over TCP, so the supervisor can
+  probe that port while the machine is down (`probe_interval`) and reconnect as soon as it accepts.
 * `Stateful`: `get_state()` / `set_state()` for state kept for the adapter across restarts (the interface
   is fixed here; the runtime does not store it yet).
 """
@@ -68,6 +70,18 @@ class HasPollDeadline(Protocol):
 
 
 @runtime_checkable
+class HasEndpoint(Protocol):
+    """Capability: the TCP `(host, port)` each session connects to; None when the equipment connects to us.
+
+    With it, and with the session's connect errors marked `AdapterError(unreachable=True)` when the TCP
+    connect itself failed, the supervisor checks that port every `probe_interval` while the machine is
+    down and starts the next attempt as soon as it accepts, instead of waiting out a grown backoff.
+    """
+
+    def endpoint(self) -> tuple[str, int] | None: ...
+
+
+@runtime_checkable
 class Stateful(Protocol):
     """Capability: state stored durably for this adapter and handed back after a restart.
 
@@ -80,4 +94,4 @@ class Stateful(Protocol):
     def set_state(self, state: JsonValue) -> None: ...
 
 
-__all__ = ["AdapterSpec", "ConfigT", "HasPollDeadline", "ReadsOnce", "Stateful"]
+__all__ = ["AdapterSpec", "ConfigT", "HasEndpoint", "HasPollDeadline", "ReadsOnce", "Stateful"]

@@ -213,6 +213,15 @@ class EquipmentBase(ConfigModel):
     profile: str | None = Field(None, description="Equipment profile merged under this entry.")
     triggers: list[Trigger] = Field(default_factory=list, description="Events fired by signal changes.")
     backoff: Backoff = Field(Backoff(initial=0.5, max=30.0), description="Reconnect backoff.")
+    probe_interval: Duration | None = Field(
+        1.0,
+        description=(
+            "While the machine's TCP port refuses connections, check it this often (a TCP connect only, "
+            "0.5-1.5x jitter) and reconnect as soon as it accepts instead of waiting out the backoff; "
+            "null: wait out the backoff. Applies to adapters that connect to a host:port (modbus, opcua, "
+            "hsms active)."
+        ),
+    )
     publish: PublishMode = Field(
         "always",
         description="always: every reading goes to MES; on_change: a reading goes only when its value changed "

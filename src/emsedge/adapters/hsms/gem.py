@@ -26,6 +26,7 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 import uuid
 from collections.abc import Sequence
@@ -154,6 +155,11 @@ class HsmsAdapter:
         """
         raise AdapterError(await self._connect_once())
 
+    def endpoint(self) -> tuple[str, int] | None:
+        """`HasEndpoint`: the equipment's port in active mode (probed while it refuses); None when passive."""
+        conn = self.config.connection
+        return (conn.host, conn.port) if conn.mode == "active" else None
+
     def offline_records(self, reason: str) -> Sequence[Record]:
         """Bad-quality readings for every status variable, emitted with connection_lost."""
         if not self.config.status_variables:
@@ -172,9 +178,12 @@ class HsmsAdapter:
                 with anyio.fail_after(conn.t6):
                     stream: anyio.abc.ByteStream = await anyio.connect_tcp(conn.host, conn.port)
             except TimeoutError:
-                return f"connect to {conn.host}:{conn.port} timed out"
+                raise AdapterError(f"connect to {conn.host}:{conn.port} timed out", unreachable=True) from None
             except OSError as exc:
-                return f"connect to {conn.host}:{conn.port} failed: {exc.strerror or exc}"
+                raise AdapterError(
+                    f"connect to {conn.host}:{conn.port} failed: {exc.strerror or exc}",
+                    unreachable=not isinstance(exc, socket.gaierror),  # a name that does not resolve: config/DNS
+                ) from None
             return await self._session(stream, passive=False)
         try:
             listener = await anyio.create_tcp_listener(local_host=conn.host, local_port=conn.port, reuse_port=False)

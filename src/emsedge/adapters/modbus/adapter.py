@@ -436,7 +436,13 @@ class ModbusAdapter:
     def where(self) -> str:
         return f"{self.connection.host}:{self.connection.port}"
 
+    def endpoint(self) -> tuple[str, int]:
+        """`HasEndpoint`: the supervisor probes this port while the machine refuses connections."""
+        return self.connection.host, self.connection.port
+
     async def __aenter__(self) -> Self:
+        # Modbus TCP has no handshake: entering is the TCP connect alone, so every failure here is
+        # `unreachable` (the supervisor's probe may end the backoff when the port accepts again).
         client = _new_client(self.connection)
         ok = False
         try:
@@ -444,10 +450,10 @@ class ModbusAdapter:
                 ok = bool(await client.connect())
         except OSError as exc:
             client.close()
-            raise AdapterError(f"cannot connect to {self.where}: {exc.strerror or exc}") from exc
+            raise AdapterError(f"cannot connect to {self.where}: {exc.strerror or exc}", unreachable=True) from exc
         if not ok or not client.connected:
             client.close()
-            raise AdapterError(f"cannot connect to {self.where}")
+            raise AdapterError(f"cannot connect to {self.where}", unreachable=True)
         self._client = client
         self._readers = {
             "holding": client.read_holding_registers,

@@ -38,6 +38,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from urllib.parse import urlsplit
 from typing import Any, Self
 
 import anyio
@@ -89,6 +90,15 @@ class _Base:
     def offline_records(self, reason: str = "") -> Sequence[Record]:
         """Bad-quality readings for every signal, emitted with `connection_lost`."""
         return [telemetry(self.config.id, self.config.type, offline_readings(self.config))]
+
+    def endpoint(self) -> tuple[str, int] | None:
+        """`HasEndpoint`: the server's host and port from `opc.tcp://host[:port]` (4840 when omitted)."""
+        parts = urlsplit(self.config.connection.url)
+        try:
+            port = parts.port
+        except ValueError:
+            return None
+        return (parts.hostname, port or 4840) if parts.hostname else None
 
 
 

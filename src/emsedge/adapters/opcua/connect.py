@@ -12,12 +12,16 @@ Security rules (issue 3 item 5), enforced here for both adapter modes and `emsed
 
 `ConnectFailure.transient` separates retryable failures (refused, timeouts, dropped sockets) from
 configuration problems (untrusted certificate, missing policy, unreadable key) that need a human.
+A failure of the TCP connect itself (refused, no route, timed out before the socket opened) is raised as
+`AdapterError(unreachable=True)`, so the supervisor's port probe may end a grown backoff; a server that
+accepts the socket and then fails Hello, the channel or the session is not `unreachable`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +142,15 @@ async def connect(conn: OpcUaConnection, *, watchdog: float | None = None) -> tu
     client.session_timeout = max(30_000, int(timeout * 6_000))
     policy, mode = conn.security.policy, conn.security.mode
     checked = False
+    socket_opened = False
+    open_socket = client.connect_socket  # used by both connect() and connect_and_get_server_endpoints()
+
+    async def connect_socket() -> None:
+        nonlocal socket_opened
+        await open_socket()
+        socket_opened = True
+
+    client.connect_socket = connect_socket  # type: ignore[method-assign]
     try:
         with anyio.fail_after(timeout * 4):
             if policy != "None":
@@ -185,6 +198,11 @@ async def connect(conn: OpcUaConnection, *, watchdog: float | None = None) -> tu
                 if password is not None:
                     client.set_password(password)
             await client.connect()
+    except (OSError, TimeoutError) as exc:
+        await _quiet_disconnect(client)
+        if socket_opened or isinstance(exc, socket.gaierror):
+            raise
+        raise AdapterError(str(classify(exc)), unreachable=True) from exc
     except BaseException:
         await _quiet_disconnect(client)
         raise
