@@ -38,8 +38,8 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from urllib.parse import urlsplit
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import anyio
 from asyncua import ua
