@@ -264,6 +264,8 @@ def test_the_daemon_announces_its_listener_answers_on_it_and_shows_it_in_healthz
         wait_until(lambda: health(http_port).get("cfx", {}).get("listen", {}).get("counters", {})
                    .get("answered", 0) >= 1, timeout=15)
         listen_health = health(http_port)["cfx"]["listen"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as response:
+            metrics = response.read().decode()
         assert daemon.stop(timeout=30) == 0
     except AssertionError:
         print(daemon.log()[-4000:])
@@ -275,6 +277,8 @@ def test_the_daemon_announces_its_listener_answers_on_it_and_shows_it_in_healthz
     assert answer["MessageBody"]["RequestNetworkUri"] == uri
     assert listen_health["listening"] is True and listen_health["request_uri"] == uri
     assert listen_health["counters"]["received"] == 1
+    assert 'emsedge_cfx_requests_total{transport="direct",outcome="answered"} 1.0' in metrics
+    assert 'emsedge_cfx_request_listener_up{transport="direct"} 1.0' in metrics
     connection = BlockingConnection(rabbitmq.url, user="guest", password="guest", allowed_mechs="PLAIN")
     try:
         first = connection.create_receiver(queue, credit=1).receive(timeout=10)
