@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from proton import Message
 from proton.reactor import LinkOption
 from proton.utils import BlockingConnection, LinkDetached, SendException
@@ -277,8 +278,10 @@ def test_the_daemon_announces_its_listener_answers_on_it_and_shows_it_in_healthz
     assert answer["MessageBody"]["RequestNetworkUri"] == uri
     assert listen_health["listening"] is True and listen_health["request_uri"] == uri
     assert listen_health["counters"]["received"] == 1
-    assert 'emsedge_cfx_requests_total{transport="direct",outcome="answered"} 1.0' in metrics
-    assert 'emsedge_cfx_request_listener_up{transport="direct"} 1.0' in metrics
+    samples = {(m.name, tuple(sorted(m.labels.items()))): m.value
+               for family in text_string_to_metric_families(metrics) for m in family.samples}
+    assert samples[("emsedge_cfx_requests_total", (("outcome", "answered"), ("transport", "direct")))] == 1
+    assert samples[("emsedge_cfx_request_listener_up", (("transport", "direct"),))] == 1
     connection = BlockingConnection(rabbitmq.url, user="guest", password="guest", allowed_mechs="PLAIN")
     try:
         first = connection.create_receiver(queue, credit=1).receive(timeout=10)
