@@ -89,8 +89,8 @@ class GatewayState:
     broker_failovers: Callable[[], int] | None = None
     """Connections made to a different broker of `mqtt.url` than the previous one (`MqttPublisher.failovers`)."""
     cfx: Callable[[], dict[str, Any]] | None = None
-    """The CFX output's snapshot (`CfxPublisher.snapshot`: connected, broker, address, counters), when
-    `cfx:` is configured."""
+    """The CFX output's snapshot (`CfxPublisher.snapshot`: connected, broker, address, counters, and the
+    request listeners' snapshots under `requests` and `listen` when configured), when `cfx:` is configured."""
     """Event-loop lateness in seconds (`emsedge.looplag`): latest, longest, longest while busy."""
 
     def observe_publish_latency(self, seconds: float) -> None:
@@ -350,6 +350,7 @@ class GatewayCollector:
                 ("connects", "AMQP links established."),
             ):
                 yield _counter(f"emsedge_cfx_{key}", text, cfx["counters"][key])
+            yield from _cfx_request_metrics(cfx)
         build = GaugeMetricFamily("emsedge_build_info", "Gateway id and version.", labels=["gateway", "version"])
         build.add_metric([s.gateway_id, s.version], 1.0)
         yield build
@@ -362,6 +363,58 @@ class GatewayCollector:
                          "Longest event-loop stall since running (every machine waits that long).", longest)
             yield _gauge("emsedge_event_loop_busy_seconds_max",
                          "Longest event-loop stall the gateway's own work caused (stall capped by CPU used).", busy)
+
+
+CFX_REQUEST_OUTCOMES = ("answered", "not_answered", "rejected", "reply_failed")
+"""How a CFX request ended; each request counts in exactly one (not_supported is a kind of answer, counted
+on its own family), so their sum is the requests received minus those still in flight."""
+
+
+def _cfx_request_metrics(cfx: Mapping[str, Any]) -> Iterator[Metric]:
+    """The CFX request listeners' counters, by transport: `broker` (`cfx.requests`, the snapshot's
+    `requests`) and `direct` (`cfx.listen`, its `listen`). Nothing when neither is configured."""
+    listeners = [
+        (transport, cfx[key], bool(cfx[key][up]))
+        for transport, key, up in (("broker", "requests", "connected"), ("direct", "listen", "listening"))
+        if cfx.get(key) is not None
+    ]
+    if not listeners:
+        return
+    labels = ["transport"]
+    up = GaugeMetricFamily(
+        "emsedge_cfx_request_listener_up",
+        "1 while the CFX request listener answers (broker: its links are attached; direct: it listens).",
+        labels=labels,
+    )
+    received = CounterMetricFamily("emsedge_cfx_requests_received", "CFX requests received.", labels=labels)
+    outcomes = CounterMetricFamily(
+        "emsedge_cfx_requests",
+        "CFX requests by how they ended (answered, not_answered: a WhoIsThere not meant for us, rejected: not a "
+        "CFX envelope or no such handle, reply_failed: the response could not be delivered).",
+        labels=["transport", "outcome"],
+    )
+    not_supported = CounterMetricFamily(
+        "emsedge_cfx_requests_not_supported",
+        "CFX requests answered with NotSupportedResponse (also counted in emsedge_cfx_requests_total).",
+        labels=labels,
+    )
+    for transport, snapshot, is_up in listeners:
+        counters = snapshot["counters"]
+        up.add_metric([transport], 1.0 if is_up else 0.0)
+        received.add_metric([transport], counters["received"])
+        for outcome in CFX_REQUEST_OUTCOMES:
+            outcomes.add_metric([transport, outcome], counters[outcome])
+        not_supported.add_metric([transport], counters["not_supported"])
+    yield from (up, received, outcomes, not_supported)
+    direct = cfx.get("listen")
+    if direct is not None:
+        yield _gauge("emsedge_cfx_listen_connections", "Requester connections open on cfx.listen.",
+                     direct["open_connections"])
+        yield _counter("emsedge_cfx_listen_connections_accepted", "Requester connections accepted on cfx.listen.",
+                       direct["counters"]["connections"])
+        yield _counter("emsedge_cfx_listen_refused_links",
+                       "Links a requester attached to an address that is no handle of this gateway.",
+                       direct["counters"]["refused_links"])
 
 
 def _file_metrics(equipment: Mapping[str, EquipmentHealth]) -> Iterator[Metric]:

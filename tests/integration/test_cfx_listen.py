@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from proton import Message
 from proton.reactor import LinkOption
 from proton.utils import BlockingConnection, LinkDetached, SendException
@@ -264,6 +265,8 @@ def test_the_daemon_announces_its_listener_answers_on_it_and_shows_it_in_healthz
         wait_until(lambda: health(http_port).get("cfx", {}).get("listen", {}).get("counters", {})
                    .get("answered", 0) >= 1, timeout=15)
         listen_health = health(http_port)["cfx"]["listen"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=2) as response:
+            metrics = response.read().decode()
         assert daemon.stop(timeout=30) == 0
     except AssertionError:
         print(daemon.log()[-4000:])
@@ -275,6 +278,10 @@ def test_the_daemon_announces_its_listener_answers_on_it_and_shows_it_in_healthz
     assert answer["MessageBody"]["RequestNetworkUri"] == uri
     assert listen_health["listening"] is True and listen_health["request_uri"] == uri
     assert listen_health["counters"]["received"] == 1
+    samples = {(m.name, tuple(sorted(m.labels.items()))): m.value
+               for family in text_string_to_metric_families(metrics) for m in family.samples}
+    assert samples[("emsedge_cfx_requests_total", (("outcome", "answered"), ("transport", "direct")))] == 1
+    assert samples[("emsedge_cfx_request_listener_up", (("transport", "direct"),))] == 1
     connection = BlockingConnection(rabbitmq.url, user="guest", password="guest", allowed_mechs="PLAIN")
     try:
         first = connection.create_receiver(queue, credit=1).receive(timeout=10)

@@ -7,6 +7,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from emsedge.adapters.base import EquipmentHealth, EquipmentState
 from emsedge.buffer import BufferStats
-from emsedge.service import GatewayState, SystemdNotifier, parse_listen, run_watchdog, serve_http
+from emsedge.publish.cfx_listen import ListenCounters
+from emsedge.publish.cfx_requests import RequestCounters
+from emsedge.service import GatewayState, SystemdNotifier, metrics_text, parse_listen, run_watchdog, serve_http
 
 
 def FakeStats(**fields: Any) -> BufferStats:
@@ -310,6 +313,74 @@ async def test_metrics_are_prometheus_text_with_emsedge_names_read_at_scrape_tim
     state.equipment["aoi-1"].state = EquipmentState.CONNECTED  # live: the next scrape sees it, no copying
     [(_, _, body)] = await serve_and(state, [("GET", "/metrics")])
     assert 'emsedge_equipment_connected{equipment="aoi-1"} 1.0' in body.decode()
+
+
+def metric_samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def cfx_snapshot(requests: bool = True, listen: bool = True) -> dict[str, Any]:
+    """What `CfxPublisher.snapshot` returns, with the request listeners' snapshots under requests/listen."""
+    snapshot: dict[str, Any] = {
+        "connected": True, "broker": "amqp://127.0.0.1:5672", "address": "/exchange/cfx", "last_error": None,
+        "counters": {"sent": 0, "accepted": 0, "rejected": 0, "released": 0, "heartbeats": 0, "connects": 1},
+    }
+    if requests:
+        counters = RequestCounters(received=9, answered=5, not_supported=2, not_answered=1, rejected=2, reply_failed=1)
+        snapshot["requests"] = {"connected": True, "state": "connected", "last_error": None,
+                                "counters": asdict(counters)}
+    if listen:
+        direct = ListenCounters(received=4, answered=3, not_supported=1, rejected=1, connections=6, refused_links=2)
+        snapshot["listen"] = {"listening": False, "address": "127.0.0.1:5673", "request_uri": "amqp://127.0.0.1:5673",
+                              "state": "retrying", "last_error": "in use", "open_connections": 2,
+                              "counters": asdict(direct)}
+    return snapshot
+
+
+def test_metrics_show_the_cfx_request_listeners_by_transport_and_outcome() -> None:
+    state = make_state()
+    snapshot = cfx_snapshot()
+    state.cfx = lambda: snapshot
+    samples = metric_samples(metrics_text(state))
+    broker, direct = (("transport", "broker"),), (("transport", "direct"),)
+
+    def outcome(transport: str, name: str) -> float:
+        return samples[("emsedge_cfx_requests_total", (("outcome", name), ("transport", transport)))]
+
+    assert samples[("emsedge_cfx_request_listener_up", broker)] == 1
+    assert samples[("emsedge_cfx_request_listener_up", direct)] == 0
+    assert samples[("emsedge_cfx_requests_received_total", broker)] == 9
+    assert samples[("emsedge_cfx_requests_received_total", direct)] == 4
+    assert [outcome("broker", o) for o in ("answered", "not_answered", "rejected", "reply_failed")] == [5, 1, 2, 1]
+    assert [outcome("direct", o) for o in ("answered", "not_answered", "rejected", "reply_failed")] == [3, 0, 1, 0]
+    assert samples[("emsedge_cfx_requests_not_supported_total", broker)] == 2
+    assert samples[("emsedge_cfx_requests_not_supported_total", direct)] == 1
+    assert samples[("emsedge_cfx_listen_connections", ())] == 2
+    assert samples[("emsedge_cfx_listen_connections_accepted_total", ())] == 6
+    assert samples[("emsedge_cfx_listen_refused_links_total", ())] == 2
+
+    snapshot["requests"]["counters"]["answered"] = 6  # read at scrape time, nothing copied
+    assert metric_samples(metrics_text(state))[
+        ("emsedge_cfx_requests_total", (("outcome", "answered"), ("transport", "broker")))] == 6
+
+
+def test_metrics_show_only_the_cfx_request_listeners_that_are_configured() -> None:
+    state = make_state()
+    state.cfx = lambda: cfx_snapshot(listen=False)
+    names = {name for name, _ in metric_samples(metrics_text(state))}
+    assert "emsedge_cfx_requests_total" in names
+    assert not {n for n in names if n.startswith("emsedge_cfx_listen_")}
+    assert {labels for name, labels in metric_samples(metrics_text(state))
+            if name == "emsedge_cfx_request_listener_up"} == {(("transport", "broker"),)}
+
+    state.cfx = lambda: cfx_snapshot(requests=False, listen=False)
+    names = {name for name, _ in metric_samples(metrics_text(state))}
+    assert "emsedge_cfx_sent_total" in names
+    assert not {n for n in names if n.startswith(("emsedge_cfx_request", "emsedge_cfx_listen_"))}
 
 
 @pytest.mark.asyncio

@@ -23,6 +23,7 @@ Shape (one object owns everything proton runs):
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import queue
 import socket
 import threading
@@ -220,6 +221,7 @@ class CfxPublisher:
             await anyio.to_thread.run_sync(lambda: concurrent.futures.wait(futures, timeout=timeout))
         self._submit(self._handler.stop)
         await anyio.to_thread.run_sync(lambda: thread.join(timeout + 5.0))
+        self._release_injector(thread)
         self._thread = None
         self._connected.clear()
 
@@ -232,6 +234,13 @@ class CfxPublisher:
         container.selectable(self._injector)
         self._thread = threading.Thread(target=container.run, name="emsedge-cfx-reactor", daemon=True)
         self._thread.start()
+
+    def _release_injector(self, thread: threading.Thread) -> None:
+        """Close the injector's pipe once the reactor thread is gone (each start opens a new one)."""
+        if self._injector is not None and not thread.is_alive():
+            for fd in self._injector.pipe:
+                os.close(fd)
+            self._injector = None
 
     def _submit(self, command: Callable[[], None]) -> None:
         self._commands.put(command)
@@ -308,6 +317,7 @@ def probe(config: CfxConfig, timeout: float = 10.0) -> tuple[bool, str]:
         publisher._submit(publisher._handler.stop)
         if thread is not None:
             thread.join(5.0)
+            publisher._release_injector(thread)
     return ok, detail
 
 

@@ -21,16 +21,13 @@ Shape (one object owns the proton reactor of the listening socket and every conn
   and a request whose `reply_to` names no reply link of its connection are rejected with an AMQP error.
 * Lifecycle. A session binds the listening socket (a port in use fails the session with the OS's error,
   logged by the supervisor, which retries after `cfx.backoff`), runs its own proton `Container` in one
-  thread, started and always joined by the session (also on cancellation), which closes the socket.
-  A requester's connection ending never ends the session; a reactor error does.
+  thread, started and always joined by the session (also on cancellation; `reactor.run_reactor`), which
+  closes the socket. A requester's connection ending never ends the session; a reactor error does.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -44,7 +41,8 @@ from anyio.abc import TaskStatus
 from emsedge import __version__
 from emsedge.publish import cfx_mapping as cm
 from emsedge.publish.cfx import amqp_message, listen_uri
-from emsedge.publish.cfx_requests import JOIN_TIMEOUT, POLL_INTERVAL, RequestCounters, answer
+from emsedge.publish.cfx_requests import RequestCounters, answer
+from emsedge.publish.reactor import ReactorHandler, close_pipe, reactor_container, run_reactor
 from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor
 
 if TYPE_CHECKING:
@@ -52,8 +50,6 @@ if TYPE_CHECKING:
 
 try:
     from proton import Condition
-    from proton.handlers import MessagingHandler
-    from proton.reactor import ApplicationEvent, Container, EventInjector
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the cfx listener needs python-qpid-proton: pip install 'emsedge[cfx]'") from exc
 
@@ -153,98 +149,48 @@ class CfxDirectListener:
         except OSError as exc:
             raise SessionError(f"cannot listen on {self.address}: {exc.strerror or exc}") from exc
         handler = _Handler(self)
-        container = Container(handler)
+        container = reactor_container(handler)
         container.container_id = f"emsedge-{uuid.uuid4().hex[:8]}"
-        injector = EventInjector()
-        container.selectable(injector)
-        handler.injector = injector
         try:
             handler.acceptor = container.listen(self._bind_url())
         except Exception as exc:  # proton raises its IOError/OSError subclasses with the OS's text
-            for fd in injector.pipe:
-                os.close(fd)
+            close_pipe(handler)  # no reactor thread was started
             raise SessionError(f"cannot listen on {self.address}: {exc}") from exc
-        thread = threading.Thread(target=handler.run, args=(container,), name=THREAD_NAME, daemon=True)
-        thread.start()
         try:
-            while not handler.ended.is_set():
-                if handler.started.is_set():
-                    await self._supervisor.connected(listen=self.address, handles=len(self.endpoints))
-                await anyio.sleep(POLL_INTERVAL)
-            raise SessionError(handler.reason or "listener ended")
+            await run_reactor(
+                handler, container, thread_name=THREAD_NAME,
+                on_ready=lambda: self._supervisor.connected(listen=self.address, handles=len(self.endpoints)),
+                ended="listener ended",
+            )
         finally:
-            with anyio.CancelScope(shield=True):
-                handler.submit(handler.stop)
-                await anyio.to_thread.run_sync(thread.join, JOIN_TIMEOUT)
-                if not thread.is_alive():  # the reactor no longer reads the pipe: close it
-                    for fd in injector.pipe:
-                        os.close(fd)
-                self.open_connections = 0
+            self.open_connections = 0
 
     def answer(self, handle: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
         return answer(self.endpoints[handle], request, self.counters, self._wall)
 
 
-class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
-    """Proton event handler of one listening session; lives in the reactor thread only (except `submit`)."""
+class _Handler(ReactorHandler):
+    """Proton event handler of one listening session (`ready`: the reactor runs and the socket listens)."""
 
     def __init__(self, owner: CfxDirectListener) -> None:
         super().__init__(prefetch=CREDIT, auto_accept=False, auto_settle=True, peer_close_is_error=False)
         self._owner = owner
-        self.injector: Any = None
         self.acceptor: Any = None
-        self.started = threading.Event()
-        self.ended = threading.Event()
-        self.reason: str | None = None
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._container: Any = None
         self._replies: dict[tuple[Any, str], Any] = {}
         """(connection, reply address) -> the sender link responses to that address go out on."""
         self._connections: set[Any] = set()
         self._refused: set[Any] = set()
         """Links attached to an address that is no handle here: closed with amqp:not-found once opened."""
 
-    # ---- cross-thread ------------------------------------------------------------------------------
-
-    def run(self, container: Any) -> None:
-        try:
-            container.run()
-        except Exception as exc:  # a proton or handler error ends this session, never the process
-            self._end(f"reactor error: {type(exc).__name__}: {exc}")
-        finally:
-            self._end("stopped")
-
-    def submit(self, command: Callable[[], None]) -> None:
-        self._commands.put(command)
-        if self.injector is not None:
-            self.injector.trigger(ApplicationEvent("cfx_command"))
-
-    def on_cfx_command(self, event: Any) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            command()
-
-    def stop(self) -> None:
-        self._end("stopped")
+    def _release(self) -> None:
         if self.acceptor is not None:
             self.acceptor.close()
-        if self._container is not None:
-            self._container.stop()
-
-    def _end(self, reason: str) -> None:
-        if not self.ended.is_set():
-            self.reason = reason
-            self.started.clear()
-            self.ended.set()
 
     # ---- proton events -----------------------------------------------------------------------------
 
     def on_start(self, event: Any) -> None:
         self._container = event.container
-        self.started.set()
+        self.ready.set()
 
     def on_connection_opening(self, event: Any) -> None:
         self._owner.counters.connections += 1

@@ -22,15 +22,13 @@ Shape (one object owns the proton reactor of each connection it makes):
   that was in flight when the link dropped is delivered again and answered again (same RequestID).
   A body that is not a CFX envelope is rejected (the broker dead-letters or drops it).
 * Lifecycle. A session is one connection: its own proton `Container` in one thread, started and joined by
-  the session (also on cancellation), without proton's reconnect. The session ends when the connection or
-  a link is lost; the supervisor (`cfx.backoff`, jitter, log once per outage) starts the next one.
+  the session (also on cancellation; `reactor.run_reactor`), without proton's reconnect. The session ends
+  when the connection or a link is lost; the supervisor (`cfx.backoff`, jitter, log once per outage) starts
+  the next one.
 """
 
 from __future__ import annotations
 
-import os
-import queue
-import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -45,24 +43,15 @@ from anyio.abc import TaskStatus
 from emsedge import __version__
 from emsedge.publish import cfx_mapping as cm
 from emsedge.publish.cfx import amqp_message, connection_options, redact_url, request_address
+from emsedge.publish.reactor import ReactorHandler, reactor_container, run_reactor
 from emsedge.schema import utc_iso
-from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor
+from emsedge.supervisor import EquipmentHealth, Messages, Supervisor
 
 if TYPE_CHECKING:
     from emsedge.config import CfxConfig
 
-try:
-    from proton.handlers import MessagingHandler
-    from proton.reactor import ApplicationEvent, Container, EventInjector
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise ImportError("the cfx request listener needs python-qpid-proton: pip install 'emsedge[cfx]'") from exc
-
 log = structlog.get_logger("emsedge.publish.cfx_requests")
 
-POLL_INTERVAL = 0.05
-"""Seconds between two looks at the reactor thread's state (a threading.Event cannot wake anyio)."""
-JOIN_TIMEOUT = 10.0
-"""Seconds to wait for the reactor thread to end after it was told to stop."""
 REPLY_SENDERS = 64
 """Reply addresses with an open sender link; the least recently used one is closed beyond this."""
 CREDIT = 10
@@ -140,28 +129,12 @@ class CfxRequestListener:
 
     async def _session(self) -> None:
         handler = _Handler(self)
-        container = Container(handler)
-        injector = EventInjector()
-        container.selectable(injector)
-        handler.injector = injector
-        thread = threading.Thread(target=handler.run, args=(container,), name="emsedge-cfx-requests", daemon=True)
-        thread.start()
-        try:
-            deadline = anyio.current_time() + self.config.connect_timeout
-            while not handler.ended.is_set():
-                if handler.listening.is_set():
-                    await self._supervisor.connected(handles=len(self.endpoints))
-                elif anyio.current_time() > deadline:
-                    raise SessionError(f"no request link in {self.config.connect_timeout:g} s")
-                await anyio.sleep(POLL_INTERVAL)
-            raise SessionError(handler.reason or "connection ended")
-        finally:
-            with anyio.CancelScope(shield=True):
-                handler.submit(handler.stop)
-                await anyio.to_thread.run_sync(thread.join, JOIN_TIMEOUT)
-                if not thread.is_alive():  # the reactor no longer reads the pipe: close it
-                    for fd in injector.pipe:
-                        os.close(fd)
+        await run_reactor(
+            handler, reactor_container(handler), thread_name="emsedge-cfx-requests",
+            on_ready=lambda: self._supervisor.connected(handles=len(self.endpoints)), ended="connection ended",
+            ready_timeout=self.config.connect_timeout,
+            not_ready=f"no request link in {self.config.connect_timeout:g} s",
+        )
 
     def answer(self, handle: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
         """The response envelope to `request` for `handle` (None: not to be answered); counts it."""
@@ -182,18 +155,12 @@ def answer(
     return response
 
 
-class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
-    """Proton event handler of one session; lives in the reactor thread only (except `submit`)."""
+class _Handler(ReactorHandler):
+    """Proton event handler of one session (`ready`: every request link is attached)."""
 
     def __init__(self, owner: CfxRequestListener) -> None:
         super().__init__(prefetch=CREDIT, auto_accept=False, auto_settle=True, peer_close_is_error=True)
         self._owner = owner
-        self.injector: Any = None
-        self.listening = threading.Event()
-        self.ended = threading.Event()
-        self.reason: str | None = None
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self._container: Any = None
         self._connection: Any = None
         self._receivers: dict[str, str] = {}
         """receiver link name -> handle"""
@@ -204,41 +171,9 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         self._pending: dict[tuple[str, Any], Any] = {}
         """(reply link name, delivery tag) -> the request delivery settled once the reply is."""
 
-    # ---- cross-thread ------------------------------------------------------------------------------
-
-    def run(self, container: Any) -> None:
-        try:
-            container.run()
-        except Exception as exc:  # a proton or handler error ends this session, never the process
-            self._end(f"reactor error: {type(exc).__name__}: {exc}")
-        finally:
-            self._end("stopped")
-
-    def submit(self, command: Callable[[], None]) -> None:
-        self._commands.put(command)
-        if self.injector is not None:
-            self.injector.trigger(ApplicationEvent("cfx_command"))
-
-    def on_cfx_command(self, event: Any) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            command()
-
-    def stop(self) -> None:
-        self._end("stopped")
+    def _release(self) -> None:
         if self._connection is not None:
             self._connection.close()
-        if self._container is not None:
-            self._container.stop()
-
-    def _end(self, reason: str) -> None:
-        if not self.ended.is_set():
-            self.reason = reason
-            self.listening.clear()
-            self.ended.set()
 
     def _lost(self, reason: str) -> None:
         """The connection or a link is gone: end this session (the supervisor starts the next one)."""
@@ -261,7 +196,7 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
         if name in self._receivers:
             self._opened.add(name)
             if len(self._opened) == len(self._receivers) and not self.ended.is_set():
-                self.listening.set()
+                self.ready.set()
 
     def on_message(self, event: Any) -> None:
         handle = self._receivers.get(event.link.name)
