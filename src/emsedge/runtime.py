@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -183,6 +183,13 @@ class Gateway:
             "starting", gateway=self.settings.gateway.id, version=__version__,
             equipment=len(self.settings.equipment), prefix=self.topics.prefix,
         )
+        # Signals are taken from here on, before the buffer opens: a stop while machines are still being
+        # connected is a clean stop too (queued until the handler runs), never a death by SIGTERM.
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            await self._run(signals, task_status)
+        log.info("stopped", backlog=self.buffer.stats().count)
+
+    async def _run(self, signals: AsyncIterator[int], task_status: TaskStatus[None]) -> None:
         async with anyio.create_task_group() as core:
             await core.start(self.buffer.run)
             async with anyio.create_task_group() as link:
@@ -220,7 +227,7 @@ class Gateway:
                         self.state,
                     )
                 await link.start(run_watchdog, self.notifier, self.state)
-                link.start_soon(self._handle_signals)
+                link.start_soon(self._handle_signals, signals)
                 async with anyio.create_task_group() as equipment_tg:
                     self._equipment_tg = equipment_tg
                     for equipment in self.settings.equipment:
@@ -237,20 +244,18 @@ class Gateway:
                 await self._drain()
                 link.cancel_scope.cancel()
             core.cancel_scope.cancel()
-        log.info("stopped", backlog=self.buffer.stats().count)
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def _handle_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    await self.reload()
-                else:
-                    log.info("signal received", signal=signal.Signals(signum).name)
-                    self.request_stop()
-                    return
+    async def _handle_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await self.reload()
+            else:
+                log.info("signal received", signal=signal.Signals(signum).name)
+                self.request_stop()
+                return  # a second SIGTERM while draining stays queued: the drain has its own bound
 
     async def _drain(self) -> None:
         """Publish what can be published within DRAIN_TIMEOUT; the rest stays on disk."""

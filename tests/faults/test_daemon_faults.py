@@ -114,15 +114,20 @@ def test_sigkill_while_broker_is_down_then_restart_leaves_no_gap(
     assert unique[-1] - unique[0] > 40
 
 
+# Three rounds of each phase in the default suite (about 30 s); the soak run repeats them twenty times.
+@pytest.mark.parametrize("rounds", [9, pytest.param(60, marks=pytest.mark.soak)])
 def test_repeated_sigkill_during_publish_replay_and_outage_leaves_no_gap(
-    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon]
+    tmp_path: Path, durable_broker: Mosquitto, checker: Subscriber, equipment: Equipment, daemons: list[Daemon],
+    rounds: int,
 ) -> None:
     rng = random.Random(20261124)
     phases = ["publish", "outage", "replay"]
-    for i in range(20):
+    for i in range(rounds):
         daemon = _start(tmp_path, daemons, durable_broker.url, equipment)
-        # This daemon is up and delivering (ten new seqs arrived) before its fault starts, however slow
-        # the machine: twenty rounds deliver more than 200 seqs.
+        # This daemon is up and delivering (running, then ten new seqs arrived) before its fault starts,
+        # however slow the machine: every round delivers at least ten seqs. (New seqs alone can be the
+        # killed one's, queued in the broker for the checker while the broker restarted.)
+        daemon.wait_running()
         _wait_past(checker, 10, 60)
         phase = phases[i % 3]
         if phase == "publish":
@@ -139,11 +144,12 @@ def test_repeated_sigkill_during_publish_replay_and_outage_leaves_no_gap(
         if durable_broker.process is None:
             durable_broker.start()
     final = _start(tmp_path, daemons, durable_broker.url, equipment)
+    final.wait_running()
     _wait_past(checker, 20, 60)
     _drained(final, checker)
-    unique, _, missing = _report("SIGKILL x20 (publish/outage/replay)", checker, tmp_path)
+    unique, _, missing = _report(f"SIGKILL x{rounds} (publish/outage/replay)", checker, tmp_path)
     assert missing == []
-    assert len(unique) > 200
+    assert len(unique) > 10 * rounds
 
 
 def _link_fault(

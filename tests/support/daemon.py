@@ -79,7 +79,11 @@ class Daemon:
     process: subprocess.Popen[bytes] | None = None
     cwd: Path | None = None
 
+    log_offset: int = 0
+    """Size of the (possibly shared) log when this process started: what it wrote comes after."""
+
     def start(self) -> None:
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
                 [EMSEDGE, "run", "-c", str(self.config)],
@@ -108,6 +112,15 @@ class Daemon:
             raise
         self.process = None
         return code
+
+    def wait_running(self, timeout: float = 60.0) -> None:
+        """Until this process logged `running` (every machine started; signals are handled from here)."""
+        def running() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.log()[-3000:]
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                return b'"event": "running"' in log.read()
+        wait_until(running, timeout)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
