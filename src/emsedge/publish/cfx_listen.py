@@ -38,10 +38,9 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from emsedge import __version__
 from emsedge.publish import cfx_mapping as cm
 from emsedge.publish.cfx import amqp_message, listen_uri
-from emsedge.publish.cfx_requests import RequestCounters, answer
+from emsedge.publish.cfx_requests import RequestCounters, answer, endpoint_infos
 from emsedge.publish.reactor import ReactorHandler, close_pipe, reactor_container, run_reactor
 from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor
 
@@ -85,16 +84,7 @@ class CfxDirectListener:
         self.config = config
         self.address = config.listen
         self.request_uri = listen_uri(config) or ""
-        self.endpoints: dict[str, cm.EndpointInfo] = {
-            handle: cm.EndpointInfo(
-                handle=handle,
-                request_uri=self.request_uri,
-                request_address=handle,
-                friendly_name=equipment,
-                software_version=__version__,
-            )
-            for equipment, handle in sorted(handles.items())
-        }
+        self.endpoints = endpoint_infos(handles, self.request_uri, lambda handle: handle)  # the SDK's address
         self.counters = ListenCounters()
         self.health = EquipmentHealth()
         self.open_connections = 0

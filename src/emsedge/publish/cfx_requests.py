@@ -87,16 +87,7 @@ class CfxRequestListener:
             raise ValueError("cfx.requests is not configured")
         self.config = config
         uri = redact_url(config.broker)
-        self.endpoints: dict[str, cm.EndpointInfo] = {
-            handle: cm.EndpointInfo(
-                handle=handle,
-                request_uri=uri,
-                request_address=request_address(config, handle) or "",
-                friendly_name=equipment,
-                software_version=__version__,
-            )
-            for equipment, handle in sorted(handles.items())
-        }
+        self.endpoints = endpoint_infos(handles, uri, lambda handle: request_address(config, handle) or "")
         self.counters = RequestCounters()
         self.health = EquipmentHealth()
         self._wall = wall_clock
@@ -139,6 +130,22 @@ class CfxRequestListener:
     def answer(self, handle: str, request: Mapping[str, Any]) -> dict[str, Any] | None:
         """The response envelope to `request` for `handle` (None: not to be answered); counts it."""
         return answer(self.endpoints[handle], request, self.counters, self._wall)
+
+
+def endpoint_infos(
+    handles: Mapping[str, str], request_uri: str, address_of: Callable[[str], str]
+) -> dict[str, cm.EndpointInfo]:
+    """What a listener tells requesters about each handle (equipment id -> handle in, handle -> info out)."""
+    return {
+        handle: cm.EndpointInfo(
+            handle=handle,
+            request_uri=request_uri,
+            request_address=address_of(handle),
+            friendly_name=equipment,
+            software_version=__version__,
+        )
+        for equipment, handle in sorted(handles.items())
+    }
 
 
 def answer(
