@@ -6,13 +6,10 @@ import time
 import uuid
 from pathlib import Path
 
-import orjson
 import pytest
-from proton import Timeout
-from proton.utils import BlockingConnection
 from support import Subscriber
 from support.daemon import Daemon, Equipment, gateway_config, wait_until
-from support.rabbitmq import RabbitMQ
+from support.rabbitmq import RabbitMQ, read_queue
 
 from emsedge.publish.cfx_mapping import unique_id
 
@@ -20,23 +17,6 @@ pytestmark = pytest.mark.timeout(240)
 
 OUTAGE_SECONDS = 20.0
 """The issue's scenario: the broker is down this long while the line keeps producing."""
-
-
-def read_queue(url: str, address: str) -> list[dict[str, object]]:
-    connection = BlockingConnection(url, user="guest", password="guest", allowed_mechs="PLAIN")
-    receiver = connection.create_receiver(address, credit=500)
-    envelopes = []
-    try:
-        while True:
-            try:
-                message = receiver.receive(timeout=2)
-            except Timeout:
-                break
-            envelopes.append(orjson.loads(bytes(message.body)))
-            receiver.accept()
-    finally:
-        connection.close()
-    return envelopes
 
 
 def test_broker_outage_and_sigkill_lose_nothing_on_either_output_and_duplicates_keep_their_unique_id(

@@ -21,11 +21,11 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from proton import Message, Timeout
+from proton import Message
 from proton.utils import BlockingConnection
 from support import REPO, Mosquitto, Subscriber, free_port
 from support.daemon import EMSEDGE, Daemon, wait_until
-from support.rabbitmq import RabbitMQ, available
+from support.rabbitmq import RabbitMQ, available, read_queue
 
 from emsedge.publish.cfx_mapping import unique_id
 from emsedge.simulate import load_virtual_line
@@ -62,23 +62,6 @@ def line_file(tmp_path: Path) -> Path:
     path = tmp_path / "line.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def read_queue(url: str, address: str) -> list[dict[str, Any]]:
-    connection = BlockingConnection(url, user="guest", password="guest", allowed_mechs="PLAIN")
-    receiver = connection.create_receiver(address, credit=1000)
-    envelopes = []
-    try:
-        while True:
-            try:
-                message = receiver.receive(timeout=2)
-            except Timeout:
-                break
-            envelopes.append(orjson.loads(bytes(message.body)))
-            receiver.accept()
-    finally:
-        connection.close()
-    return envelopes
 
 
 def are_you_there(url: str, handle: str) -> dict[str, Any]:

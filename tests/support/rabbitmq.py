@@ -13,6 +13,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from support import free_port
 
@@ -113,3 +114,25 @@ class RabbitMQ:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+def read_queue(url: str, address: str) -> list[dict[str, Any]]:
+    """Every CFX envelope waiting at `address`, accepted (read until the queue stays quiet for 2 s)."""
+    import orjson  # noqa: PLC0415 - proton only for the CFX tests, not for every test that loads this module
+    from proton import Timeout  # noqa: PLC0415
+    from proton.utils import BlockingConnection  # noqa: PLC0415
+
+    connection = BlockingConnection(url, user="guest", password="guest", allowed_mechs="PLAIN")
+    receiver = connection.create_receiver(address, credit=1000)
+    envelopes = []
+    try:
+        while True:
+            try:
+                message = receiver.receive(timeout=2)
+            except Timeout:
+                break
+            envelopes.append(orjson.loads(bytes(message.body)))
+            receiver.accept()
+    finally:
+        connection.close()
+    return envelopes
