@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import anyio
 import pytest
@@ -200,6 +201,35 @@ def test_line_model_is_bounded_and_joins_boards_by_serial() -> None:
     assert board["placement"]["reels"] == {"feeder_1": "R1"} and board["placement"]["parts"] == {"feeder_1": "RES-10K"}
     assert board["reflow"]["peak"] == 243.5 and board["inspections"][0]["defects"] == ["bridge"]
     assert board["stations"] == ["aoi", "pnp", "oven"]
+
+
+def test_telemetry_is_folded_lazily_but_the_page_always_reads_the_latest_value() -> None:
+    now = [100.0]
+    line = LineModel(sparkline_step=3.0, fold_interval=1.0, clock=lambda: now[0])
+
+    def poll(value: float, quality: str = "good") -> None:
+        line.observe([telemetry("oven", "reflow_oven", [reading("zone1", value, unit="Cel", quality=quality,
+                                                                ts=utc_iso()), reading("belt", 1, ts=utc_iso())])])
+
+    def zone1() -> dict[str, Any]:
+        return next(s for s in line.machine_detail("oven", 10)["signals"] if s["name"] == "zone1")
+
+    poll(1.0)  # the first poll of a machine is folded at once
+    now[0] = 100.5
+    poll(2.0)
+    poll(3.0, quality="bad")
+    assert line.machines["oven"].pending, "polls within fold_interval wait for the next fold"
+    assert zone1()["value"] == 3.0 and zone1()["quality"] == "bad"  # reading the page folds first
+    now[0] = 101.0
+    poll(4.0)
+    now[0] = 102.2  # > fold_interval since the last fold: folded in observe(), without anyone reading
+    poll(5.0)
+    assert not line.machines["oven"].pending
+    now[0] = 103.3  # still the slot [102, 105) of 5.0
+    poll(6.0)
+    assert zone1()["value"] == 6.0
+    assert zone1()["spark"] == [1.0, 6.0]  # one point per slot (99, 102): the slot's latest good value
+    assert line.machine_summary("oven", now[0])["signals"] == 2
 
 
 def test_alarms_come_and_go_with_fault_events_and_e58_state_is_kept() -> None:

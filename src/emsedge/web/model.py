@@ -1,15 +1,22 @@
 """The line model: what the status page shows, kept in memory from the records the runtime emits.
 
 `LineModel.observe(records)` is called on the emit path right after normalisation, before the records go
-to the buffer. It is synchronous, does O(readings) dictionary updates, never awaits and never raises into
-the pipeline (a record it cannot read is skipped and counted): the pipeline never waits for the page.
+to the buffer. It is synchronous, never awaits and never raises into the pipeline (a record it cannot read
+is skipped and counted): the pipeline never waits for the page.
+
+Telemetry is folded lazily: `observe()` only files each reading under its signal name in the machine's
+`pending` map (one C-level `dict.update` per record); the per-signal work (value, quality, sparkline) runs
+when the page reads the machine or `fold_interval` after the last fold, once per signal however many polls
+came in between. Why: the status page is on by default, and folding every reading of every poll cost about
+0.9 µs per value, a fifth of the gateway's CPU on a 100k values/s line; the page shows the latest value of
+each signal and one sparkline point per `sparkline_step`, which the lazy fold still gives.
 
 Memory is bounded whatever the line sends: at most `max_signals` signals per machine (further names are
 counted, not stored), `sparkline_points` points of history (8 bytes each) for at most `max_sparklines`
 numeric signals of the whole line (one point per `sparkline_step` seconds), `max_events` recent events
 per machine, `max_boards` board serials (oldest forgotten first) and `max_alarms` active alarms per
 machine. Strings are cut to `MAX_TEXT` characters. Measured: 10k signals with full sparklines take about
-2.7 MB, and `observe()` of 10k readings about 9 ms.
+2.7 MB; `observe()` of 10k readings takes about 0.6 ms and a fold of them about 9 ms.
 
 Every change bumps `version`, so the live stream sends a new snapshot only when something changed.
 """
@@ -22,6 +29,7 @@ from array import array
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -31,6 +39,8 @@ from emsedge.schema import Record
 log = structlog.get_logger("emsedge.web")
 
 MAX_TEXT = 200
+
+_SIGNAL = itemgetter("signal")
 
 
 def _text(value: Any) -> str:
@@ -83,6 +93,9 @@ class MachineView:
     e58_since: str | None = None
     e58_since_wall: float | None = None
     last_record: str | None = None
+    pending: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    """The latest reading per signal observed since the last fold (see the module docstring)."""
+    folded_at: float = 0.0
 
 
 @dataclass(slots=True)
@@ -110,6 +123,7 @@ class LineModel:
         max_events: int = 50,
         max_boards: int = 200,
         max_alarms: int = 100,
+        fold_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.max_signals = max_signals
@@ -119,6 +133,7 @@ class LineModel:
         self.max_events = max_events
         self.max_boards = max_boards
         self.max_alarms = max_alarms
+        self.fold_interval = min(fold_interval, sparkline_step)
         self.clock = clock
         self.machines: dict[str, MachineView] = {}
         self.boards: OrderedDict[str, BoardView] = OrderedDict()
@@ -161,12 +176,34 @@ class LineModel:
         view = self.machine(record.equipment, record.equipment_type)
         view.last_record = record.ts
         if record.kind == "telemetry":
-            for reading in record.body.get("readings", ()):
-                self._reading(view, reading, now)
+            readings = record.body.get("readings", ())
+            try:
+                view.pending.update(zip(map(_SIGNAL, readings), readings, strict=True))
+            except (TypeError, KeyError):  # a reading without a name, or not a dict: one by one, as they come
+                self._fold(view, now)
+                for reading in readings:
+                    self._reading(view, reading, now)
+            if now - view.folded_at >= self.fold_interval or len(view.pending) > self.max_signals:
+                self._fold(view, now)
             return
         ev = record.body.get("event")
         if isinstance(ev, dict):
             self._event(record, view, ev)
+
+    def _fold(self, view: MachineView, now: float) -> None:
+        """Apply the pending readings of one machine to its signals (see the module docstring)."""
+        view.folded_at = now
+        if view.pending:
+            pending, view.pending = view.pending, {}
+            for reading in pending.values():
+                self._reading(view, reading, now)
+
+    def _read(self, equipment: str) -> MachineView | None:
+        """The view of a machine for the page, its pending readings folded in."""
+        view = self.machines.get(equipment)
+        if view is not None and view.pending:
+            self._fold(view, self.clock())
+        return view
 
     def _reading(self, view: MachineView, reading: dict[str, Any], now: float) -> None:
         name = reading.get("signal")
@@ -274,7 +311,7 @@ class LineModel:
     # Views for the page (plain dicts, JSON-ready)
 
     def machine_summary(self, equipment: str, now: float) -> dict[str, Any]:
-        view = self.machines.get(equipment)
+        view = self._read(equipment)
         if view is None:
             return {"e58": None, "alarms": [], "signals": 0, "last_record": None}
         e58 = None
@@ -285,7 +322,7 @@ class LineModel:
                 "last_record": view.last_record}
 
     def machine_detail(self, equipment: str, limit: int) -> dict[str, Any]:
-        view = self.machines.get(equipment)
+        view = self._read(equipment)
         if view is None:
             return {"signals": [], "events": [], "not_shown": 0}
         signals = []
