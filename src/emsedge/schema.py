@@ -152,6 +152,24 @@ def reading(
     return r
 
 
+class PollReadings(list[dict[str, Any]]):
+    """The readings of one poll, from an adapter that knows them to be regular: every reading has exactly the
+    five fields, the poll's `ts`, `good` quality and its signal's configured unit.
+
+    To everyone else a plain list of reading dicts (orjson writes it as one). `names`, `units` and `values`
+    are the same readings as columns, so the compact encoder takes `v` straight from them instead of
+    checking every reading (about 0.3 µs per value). Consumers never modify readings (a stage that changes
+    them builds a new list, a plain one), which is what keeps the columns true.
+    """
+
+    __slots__ = ("names", "ts", "units", "values")
+
+    def __init__(self, readings: list[dict[str, Any]], names: tuple[str, ...], units: tuple[str | None, ...],
+                 values: list[Any], ts: str) -> None:
+        super().__init__(readings)
+        self.names, self.units, self.values, self.ts = names, units, values, ts
+
+
 @dataclass(slots=True)
 class Record:
     """One message on its way to MES, before the buffer gives it an `id` and a `seq`.
@@ -874,6 +892,9 @@ class TelemetryMeta:
     signals: dict[str, dict[str, Any]]
     id: str
     units: dict[str, Any] = field(init=False, repr=False, compare=False)
+    regular_columns: tuple[tuple[str, ...], tuple[str | None, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    """(names, units) of `PollReadings` columns found to match this meta's units (checked once, by identity)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "units", {name: entry.get("unit") for name, entry in self.signals.items()})
@@ -921,6 +942,23 @@ def _compact_readings(
     except (TypeError, KeyError):  # not dicts, a reading without its fields, unhashable parts: the loop decides
         pass
     return _compact_readings_one_by_one(readings, ts, units)
+
+
+def _compact_poll(readings: PollReadings, ts: str, meta: TelemetryMeta) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(`v`, no `x`) of a regular poll, from its columns; None when they do not fit `meta` (the slow path
+    then decides). The units are compared once per meta and columns (the same tuples every poll)."""
+    if readings.ts != ts or not len(readings.values) == len(readings.names) == len(readings):
+        return None
+    checked = meta.regular_columns
+    if checked is None or checked[0] is not readings.names or checked[1] is not readings.units:
+        if (len(set(readings.names)) != len(readings.names)
+                or [meta.units.get(n, _NO_UNIT) for n in readings.names] != list(readings.units)):
+            return None
+        object.__setattr__(meta, "regular_columns", (readings.names, readings.units))
+    return dict(zip(readings.names, readings.values, strict=True)), {}
+
+
+_NO_UNIT = object()
 
 
 def _compact_readings_one_by_one(
@@ -986,7 +1024,9 @@ def encode_compact(record: Record, *, gateway: str, seq: int, message_id: str, m
     readings = record.body.get("readings")
     if meta is None or record.kind != "telemetry" or len(record.body) != 1 or not isinstance(readings, list):
         return encode(record, gateway=gateway, seq=seq, message_id=message_id)
-    compacted = _compact_readings(readings, record.ts, meta.units)
+    compacted = _compact_poll(readings, record.ts, meta) if type(readings) is PollReadings else None
+    if compacted is None:
+        compacted = _compact_readings(readings, record.ts, meta.units)
     if compacted is None:
         return encode(record, gateway=gateway, seq=seq, message_id=message_id)
     message: dict[str, Any] = {

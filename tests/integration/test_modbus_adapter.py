@@ -14,7 +14,7 @@ from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.modbus.adapter import ModbusAdapter
 from emsedge.adapters.modbus.config import ModbusEquipment
 from emsedge.errors import AdapterError
-from emsedge.schema import Record, TelemetryMessage, encode
+from emsedge.schema import PollReadings, Record, TelemetryMessage, encode
 
 NUMERIC = {
     "int16": -12345, "uint16": 54321, "int32": -123456789, "uint32": 3_000_000_000,
@@ -162,6 +162,10 @@ async def test_signals_are_read_with_the_fewest_requests_and_readings_keep_confi
     readings = records[0].body["readings"]
     assert sent == 3
     assert adapter.requests_sent == 3
+    # every reading good: the record carries its columns for the compact encoder, and they agree
+    assert isinstance(readings, PollReadings)
+    assert list(readings.names) == [r["signal"] for r in readings]
+    assert readings.values == [r["value"] for r in readings]
     assert [r["signal"] for r in readings] == [s["name"] for s in signals]
     assert all(r["value"] == int(r["signal"][1:]) / 2 for r in readings)
 
@@ -201,6 +205,7 @@ async def test_nan_and_infinity_become_bad_readings_without_a_value() -> None:
         adapter = ModbusAdapter(context(equipment(server.port, signals)))
         async with adapter:
             record = (await adapter.poll())[0]
+    assert type(record.body["readings"]) is list  # a bad reading: no column claim, the encoder checks each
     readings = by_signal(record.body["readings"])
     assert readings["nan"]["value"] is None
     assert readings["nan"]["quality"] == "bad"

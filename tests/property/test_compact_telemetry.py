@@ -140,3 +140,34 @@ def test_the_documented_compact_example_expands_to_the_documented_full_example()
     assert schema.expand_compact(compact, examples["meta"][0]) == full
     assert compact["v"] == {"zone1_top_actual": 218.4, "conveyor_speed": 72.5, "board_count": None}
     assert compact["x"] == {"board_count": {"quality": "bad", "status": "IllegalDataAddress"}}
+
+
+@st.composite
+def regular_polls(draw: st.DrawFn) -> tuple[schema.Record, schema.Record, schema.TelemetryMeta]:
+    """A poll whose readings are all good at the envelope's ts (what `PollReadings` promises), as a plain list
+    and as `PollReadings`; the meta's units match the readings' or, sometimes, not (a config changed since)."""
+    names = draw(st.lists(signal_names, unique=True, max_size=12))
+    reading_units = [draw(units) for _ in names]
+    meta_signals = {n: {"unit": u if draw(st.integers(0, 9)) else draw(units)}
+                    for n, u in zip(names, reading_units, strict=True)}
+    if names and draw(st.booleans()):
+        meta_signals.pop(draw(st.sampled_from(names)))  # a signal the meta does not know
+    meta = schema.TelemetryMeta.build("m-1", "reflow_oven", meta_signals)
+    values = [draw(json_values) for _ in names]
+    plain = [schema.reading(n, v, unit=u, ts=ENVELOPE_TS) for n, u, v in zip(names, reading_units, values, strict=True)]
+    poll = schema.PollReadings([dict(r) for r in plain], tuple(names), tuple(reading_units), values, ENVELOPE_TS)
+    return (schema.telemetry("m-1", "reflow_oven", plain, ts=ENVELOPE_TS),
+            schema.telemetry("m-1", "reflow_oven", poll, ts=ENVELOPE_TS), meta)
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=regular_polls(), again=st.booleans())
+def test_a_regular_poll_is_written_from_its_columns_exactly_as_from_its_readings(
+    case: tuple[schema.Record, schema.Record, schema.TelemetryMeta], again: bool
+) -> None:
+    plain, poll, meta = case
+    expected = schema.encode_compact(plain, gateway="gw", seq=7, message_id="id-1", meta=meta)
+    for _ in range(2 if again else 1):  # the second time through, the meta remembers the checked columns
+        assert schema.encode_compact(poll, gateway="gw", seq=7, message_id="id-1", meta=meta) == expected
+    assert schema.encode(poll, gateway="gw", seq=7, message_id="id-1") == schema.encode(
+        plain, gateway="gw", seq=7, message_id="id-1")

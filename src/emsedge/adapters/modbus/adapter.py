@@ -47,7 +47,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Self
+from operator import itemgetter
+from typing import Any, Literal, Self, cast
 
 import anyio
 
@@ -55,7 +56,7 @@ from emsedge.adapters.base import AdapterContext
 from emsedge.adapters.modbus.config import ModbusConnection, ModbusEquipment, ModbusSignal
 from emsedge.compat import tolerant_responses
 from emsedge.errors import AdapterError
-from emsedge.schema import Record, telemetry, utc_iso
+from emsedge.schema import PollReadings, Record, telemetry, utc_iso
 
 Table = Literal["holding", "input", "coil", "discrete"]
 TABLES: tuple[Table, ...] = ("holding", "input", "coil", "discrete")
@@ -80,6 +81,8 @@ _STRUCT_CHAR: dict[str, str] = {
 }  # fmt: skip
 
 FUNCTION_CODES: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+
+_VALUE = itemgetter("value")
 
 _BAD = object()
 """Sentinel returned by a post-processor for a value JSON cannot carry (NaN, inf)."""
@@ -282,8 +285,10 @@ class ModbusDecoder:
         self.signals = list(signals)
         self.requests = plan_requests(signals, max_registers=max_registers, max_bits=max_bits, max_gap=max_gap)
         self.blocks = [compile_block(r, self.signals) for r in self.requests]
-        self.names = [s.name for s in self.signals]
-        self.units = [s.unit for s in self.signals]
+        self.names = tuple(s.name for s in self.signals)
+        self.units = tuple(s.unit for s in self.signals)
+        self.regular = True
+        """False once a reading of the current poll was marked bad (reset by the poll): see `PollReadings`."""
 
     def decode_registers(self, block: CompiledBlock, registers: Sequence[int] | bytes, ts: str,
                          out: list[dict[str, Any] | None]) -> None:
@@ -321,6 +326,7 @@ class ModbusDecoder:
                 for i, reading in zip(lane.indices, readings, strict=True):
                     out[i] = reading
             if bad:
+                self.regular = False
                 for n in bad:
                     readings[n]["quality"] = "bad"
                     readings[n]["status"] = "NotFinite"
@@ -342,6 +348,7 @@ class ModbusDecoder:
         return problem
 
     def mark_bad(self, block: CompiledBlock, status: str, ts: str, out: list[dict[str, Any] | None]) -> None:
+        self.regular = False
         for i in block.request.signals:
             out[i] = {"signal": self.names[i], "value": None, "unit": self.units[i], "quality": "bad",
                       "ts": ts, "status": status}
@@ -474,6 +481,7 @@ class ModbusAdapter:
             raise AdapterError(f"not connected to {self.where}")
         ts = utc_iso()
         decoder = self.decoder
+        decoder.regular = True
         out: list[dict[str, Any] | None] = [None] * len(decoder.signals)
         unit_id = self.connection.unit_id
         readers = self._readers
@@ -502,7 +510,10 @@ class ModbusAdapter:
                     self._log_malformed(req, problem, rr)
         if scope.cancelled_caught:
             raise AdapterError(f"no answer from {self.where} within {self.connection.timeout:g}s")
-        return [telemetry(self.equipment.id, self.equipment.type, out, ts)]  # type: ignore[arg-type]
+        readings = cast(list[dict[str, Any]], out)  # every signal is in a block: no None is left
+        if decoder.regular:  # every reading good: the compact encoder may take `v` from the columns
+            readings = PollReadings(readings, decoder.names, decoder.units, list(map(_VALUE, readings)), ts)
+        return [telemetry(self.equipment.id, self.equipment.type, readings, ts)]
 
     def _log_malformed(self, request: ReadRequest, problem: str, rr: Any) -> None:
         key = (request.address << 2 | TABLES.index(request.table), problem)
