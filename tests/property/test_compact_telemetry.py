@@ -155,7 +155,8 @@ def regular_polls(draw: st.DrawFn) -> tuple[schema.Record, schema.Record, schema
     meta = schema.TelemetryMeta.build("m-1", "reflow_oven", meta_signals)
     values = [draw(json_values) for _ in names]
     plain = [schema.reading(n, v, unit=u, ts=ENVELOPE_TS) for n, u, v in zip(names, reading_units, values, strict=True)]
-    poll = schema.PollReadings([dict(r) for r in plain], tuple(names), tuple(reading_units), values, ENVELOPE_TS)
+    poll = schema.PollReadings(tuple(names), tuple(reading_units), values, ENVELOPE_TS)
+    assert poll == plain and list(poll) == plain and len(poll) == len(plain)  # reads as the dicts it stands for
     return (schema.telemetry("m-1", "reflow_oven", plain, ts=ENVELOPE_TS),
             schema.telemetry("m-1", "reflow_oven", poll, ts=ENVELOPE_TS), meta)
 

@@ -242,8 +242,9 @@ def test_any_modbus_answer_is_decoded_or_marks_its_block_bad(index: int, pdu: by
     if rr is None:  # pymodbus cannot frame it at all: no answer, i.e. a timeout (transient), never wrong data
         assert pdu[0] == 0 or pdu[0] >= 0x80
         return
-    out: list[dict[str, Any] | None] = [None] * len(_DECODER.signals)
-    problem = _DECODER.decode_answer(block, rr, "2026-01-01T00:00:00.000Z", out)
+    poll = _DECODER.new_poll()
+    problem = _DECODER.decode_answer(block, rr, poll)
+    out = _DECODER.readings(poll, "2026-01-01T00:00:00.000Z")
     readings = [out[i] for i in block.request.signals]
     assert all(r is not None for r in readings)
     for r in readings:

@@ -105,9 +105,9 @@ def test_overlapping_values_of_different_orders_decode_from_one_block() -> None:
     ]
     decoder = ModbusDecoder(signals)
     assert len(decoder.blocks) == 1
-    out: list[Any] = [None] * len(signals)
-    decoder.decode_registers(decoder.blocks[0], [0x0102, 0x0304], "t", out)
-    values = {r["signal"]: r["value"] for r in out}
+    poll = decoder.new_poll()
+    decoder.decode_registers(decoder.blocks[0], [0x0102, 0x0304], poll)
+    values = {r["signal"]: r["value"] for r in decoder.readings(poll, "t")}
     be = lambda b: struct.unpack(">I", bytes(b))[0]  # noqa: E731
     assert values == {
         "abcd": be([1, 2, 3, 4]), "cdab": be([3, 4, 1, 2]), "badc": be([2, 1, 4, 3]), "dcba": be([4, 3, 2, 1]),
@@ -119,8 +119,10 @@ def test_overlapping_values_of_different_orders_decode_from_one_block() -> None:
 def test_non_finite_floats_are_bad_and_null(bad: float) -> None:
     decoder = ModbusDecoder([sig("t", 0, "float32"), sig("u", 2, "uint16")])
     raw = struct.unpack(">2H", struct.pack(">f", bad))
-    out: list[Any] = [None, None]
-    decoder.decode_registers(decoder.blocks[0], [*raw, 5], "t", out)
+    poll = decoder.new_poll()
+    decoder.decode_registers(decoder.blocks[0], [*raw, 5], poll)
+    out = decoder.readings(poll, "t")
+    assert type(out) is list  # a bad reading: dicts, not columns
     assert out[0]["value"] is None
     assert out[0]["quality"] == "bad"
     assert out[1]["value"] == 5

@@ -17,7 +17,7 @@ from support.daemon import EMSEDGE
 
 from emsedge.adapters.base import EquipmentHealth, EquipmentState
 from emsedge.config import HttpConfig
-from emsedge.schema import EventType, event, reading, telemetry, utc_iso
+from emsedge.schema import EventType, PollReadings, event, reading, telemetry, utc_iso
 from emsedge.service import GatewayState
 from emsedge.web.app import WebSources
 from emsedge.web.model import LineModel
@@ -230,6 +230,31 @@ def test_telemetry_is_folded_lazily_but_the_page_always_reads_the_latest_value()
     assert zone1()["value"] == 6.0
     assert zone1()["spark"] == [1.0, 6.0]  # one point per slot (99, 102): the slot's latest good value
     assert line.machine_summary("oven", now[0])["signals"] == 2
+
+
+def test_polls_kept_as_columns_are_filed_whole_and_never_overtake_newer_readings() -> None:
+    now = [100.0]
+    line = LineModel(fold_interval=1.0, clock=lambda: now[0])
+    names, units = ("zone1", "belt"), ("Cel", None)
+
+    def columns(zone1: float, belt: int) -> None:
+        line.observe([telemetry("oven", "reflow_oven", PollReadings(names, units, [zone1, belt], utc_iso()))])
+
+    def shown() -> dict[str, Any]:
+        return {s["name"]: (s["value"], s["quality"]) for s in line.machine_detail("oven", 10)["signals"]}
+
+    columns(1.0, 1)  # folded at once: the first poll of a machine
+    now[0] = 100.2
+    columns(2.0, 2)
+    line.observe([telemetry("oven", "reflow_oven", [reading("zone1", None, quality="bad", ts=utc_iso())])])
+    assert shown() == {"zone1": (None, "bad"), "belt": (2, "good")}  # the plain record came after the poll
+    columns(3.0, 3)
+    columns(4.0, 4)
+    assert line.machines["oven"].pending_poll is not None  # the newest poll waits, whole, for the next read
+    assert shown() == {"zone1": (4.0, "good"), "belt": (4, "good")}
+    line.observe([telemetry("oven", "reflow_oven", PollReadings(("other",), (None,), [7], utc_iso()))])
+    columns(5.0, 5)  # another signal set in between: the earlier poll's readings are kept
+    assert shown() == {"zone1": (5.0, "good"), "belt": (5, "good"), "other": (7, "good")}
 
 
 def test_alarms_come_and_go_with_fault_events_and_e58_state_is_kept() -> None:

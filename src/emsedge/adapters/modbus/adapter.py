@@ -24,8 +24,10 @@ Why it is shaped this way:
   Signals sharing a pair are decoded by a single precompiled `struct.Struct` (pad bytes for gaps),
   so a block of 60 floats is one C call. Overlapping signals go to extra "lanes". Only values that
   need it get Python post-processing (scale/offset, bit extraction, string clean-up, NaN/inf check).
-* **Hot path invariants**: no model object and no log line per reading; one `ts` per poll (the
-  moment the poll started); readings come out in config order; ints stay ints when scale == 1 and
+* **Hot path invariants**: no model object, no dict and no log line per reading: a poll is decoded into
+  one column of values (`PollValues`) and, when every reading is good, leaves as `schema.PollReadings`
+  (reading dicts are built only if something reads them; a poll with a bad reading leaves as dicts);
+  one `ts` per poll (the moment the poll started); readings come out in config order; ints stay ints when scale == 1 and
   offset == 0; NaN/inf become `value: None, quality: bad` (JSON cannot carry them).
 * **Errors**: a Modbus exception response for one block marks only that block's readings bad (with
   `status` naming the exception, e.g. IllegalDataAddress); a timeout or a lost connection raises
@@ -46,9 +48,8 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any, Literal, Self, cast
+from dataclasses import dataclass, field
+from typing import Any, Literal, Self
 
 import anyio
 
@@ -81,8 +82,6 @@ _STRUCT_CHAR: dict[str, str] = {
 }  # fmt: skip
 
 FUNCTION_CODES: dict[str, int] = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
-
-_VALUE = itemgetter("value")
 
 _BAD = object()
 """Sentinel returned by a post-processor for a value JSON cannot carry (NaN, inf)."""
@@ -188,12 +187,10 @@ class _Lane:
     swapped: bool
     unpack_from: Callable[[bytes], tuple[Any, ...]]
     indices: tuple[int, ...]  # signal indices, in the order the struct yields them
-    names: tuple[str, ...]  # per value
-    units: tuple[str | None, ...]  # per value
     posts: tuple[tuple[int, Callable[[Any], object]], ...]  # (position in lane, fix-up)
     first: int
     """indices[0] when the indices are consecutive (the usual case: one lane per block, signals in address
-    order), so the readings go into `out` as one slice; -1 otherwise."""
+    order), so the values go into the poll's column as one slice; -1 otherwise."""
     finite_only: bool
     """Every fix-up is the NaN/inf check: one sum over the values stands for all of them while they are finite."""
 
@@ -206,7 +203,7 @@ class CompiledBlock:
     lanes: tuple[_Lane, ...]
     need_swapped: bool
     pack_format: str  # ">{count}H" for register blocks
-    bit_meta: tuple[tuple[int, int, str, str | None], ...]  # coil/discrete: (signal index, offset, name, unit)
+    bit_meta: tuple[tuple[int, int], ...]  # coil/discrete: (signal index, bit offset in the answer)
 
 
 def _lane_key(signal: ModbusSignal) -> tuple[bool, str]:
@@ -225,9 +222,7 @@ def _lane_key(signal: ModbusSignal) -> tuple[bool, str]:
 def compile_block(request: ReadRequest, signals: Sequence[ModbusSignal]) -> CompiledBlock:
     """Precompile the decoder of one block (see the module docstring)."""
     if request.table in BIT_TABLES:
-        bit_meta = tuple(
-            (i, signals[i].address - request.address, signals[i].name, signals[i].unit) for i in request.signals
-        )
+        bit_meta = tuple((i, signals[i].address - request.address) for i in request.signals)
         return CompiledBlock(request, (), False, "", bit_meta)
     groups: dict[tuple[bool, str], list[list[int]]] = {}
     for i in sorted(request.signals, key=lambda i: signals[i].address):
@@ -259,8 +254,6 @@ def compile_block(request: ReadRequest, signals: Sequence[ModbusSignal]) -> Comp
                     swapped,
                     struct.Struct("".join(fmt)).unpack_from,
                     tuple(lane),
-                    tuple(signals[i].name for i in lane),
-                    tuple(signals[i].unit for i in lane),
                     tuple(posts),
                     lane[0] if consecutive else -1,
                     all(post is _finite for _, post in posts),
@@ -271,8 +264,18 @@ def compile_block(request: ReadRequest, signals: Sequence[ModbusSignal]) -> Comp
     )
 
 
+@dataclass(slots=True)
+class PollValues:
+    """One poll being decoded: every signal's value in config order and, for the readings that are not plain
+    good ones, what differs (quality, status; their value is None)."""
+
+    values: list[Any]
+    differs: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
 class ModbusDecoder:
-    """All blocks of one equipment, precompiled; turns read results into reading dicts in config order."""
+    """All blocks of one equipment, precompiled; turns read results into the readings of a poll, in config
+    order: values first, as columns (`PollValues`), reading dicts only for a poll with a bad reading."""
 
     def __init__(
         self,
@@ -287,13 +290,24 @@ class ModbusDecoder:
         self.blocks = [compile_block(r, self.signals) for r in self.requests]
         self.names = tuple(s.name for s in self.signals)
         self.units = tuple(s.unit for s in self.signals)
-        self.regular = True
-        """False once a reading of the current poll was marked bad (reset by the poll): see `PollReadings`."""
 
-    def decode_registers(self, block: CompiledBlock, registers: Sequence[int] | bytes, ts: str,
-                         out: list[dict[str, Any] | None]) -> None:
+    def new_poll(self) -> PollValues:
+        return PollValues([None] * len(self.signals))
+
+    def readings(self, poll: PollValues, ts: str) -> Sequence[dict[str, Any]]:
+        """The readings of a decoded poll: `PollReadings` (columns; dicts only when someone reads them) when
+        every reading is good, else the reading dicts with the bad ones marked."""
+        if not poll.differs:
+            return PollReadings(self.names, self.units, poll.values, ts)
+        readings = [{"signal": n, "value": v, "unit": u, "quality": "good", "ts": ts}
+                    for n, u, v in zip(self.names, self.units, poll.values, strict=True)]
+        for i, differs in poll.differs.items():
+            readings[i].update(differs)
+        return readings
+
+    def decode_registers(self, block: CompiledBlock, registers: Sequence[int] | bytes, poll: PollValues) -> None:
         """Decode one register block (register values, or the raw big-endian bytes of the answer)
-        into `out[signal index]`."""
+        into `poll.values[signal index]`."""
         fmt = block.pack_format
         if isinstance(registers, bytes):
             buf = registers
@@ -305,6 +319,7 @@ class ModbusDecoder:
                 swapped = struct.pack("<" + fmt[1:], *registers)
         if not block.need_swapped:
             swapped = buf
+        out = poll.values
         for lane in block.lanes:
             values = lane.unpack_from(swapped if lane.swapped else buf)
             bad: list[int] | None = None
@@ -316,42 +331,35 @@ class ModbusDecoder:
                         v = None
                         bad = [*(bad or []), n]
                     values[n] = v  # type: ignore[index]
-            readings = [
-                {"signal": name, "value": v, "unit": unit, "quality": "good", "ts": ts}
-                for name, unit, v in zip(lane.names, lane.units, values, strict=True)
-            ]
             if lane.first >= 0:
-                out[lane.first : lane.first + len(readings)] = readings
+                out[lane.first : lane.first + len(values)] = values
             else:
-                for i, reading in zip(lane.indices, readings, strict=True):
-                    out[i] = reading
-            if bad:
-                self.regular = False
-                for n in bad:
-                    readings[n]["quality"] = "bad"
-                    readings[n]["status"] = "NotFinite"
+                for i, v in zip(lane.indices, values, strict=True):
+                    out[i] = v
+            for n in bad or ():
+                index = lane.first + n if lane.first >= 0 else lane.indices[n]
+                poll.differs[index] = {"quality": "bad", "status": "NotFinite"}
 
-    def decode_bits(self, block: CompiledBlock, bits: Sequence[bool], ts: str,
-                    out: list[dict[str, Any] | None]) -> None:
-        for i, pos, name, unit in block.bit_meta:
-            out[i] = {"signal": name, "value": bool(bits[pos]), "unit": unit, "quality": "good", "ts": ts}
+    def decode_bits(self, block: CompiledBlock, bits: Sequence[bool], poll: PollValues) -> None:
+        out = poll.values
+        for i, pos in block.bit_meta:
+            out[i] = bool(bits[pos])
 
-    def decode_answer(self, block: CompiledBlock, rr: Any, ts: str, out: list[dict[str, Any] | None]) -> str | None:
+    def decode_answer(self, block: CompiledBlock, rr: Any, poll: PollValues) -> str | None:
         """Validate one block's answer (`answer_problem`) and decode it, or mark the block bad; the problem."""
         problem = answer_problem(block.request, rr)
         if problem is not None:
-            self.mark_bad(block, problem, ts, out)
+            self.mark_bad(block, problem, poll)
         elif block.bit_meta:
-            self.decode_bits(block, rr.bits, ts, out)
+            self.decode_bits(block, rr.bits, poll)
         else:
-            self.decode_registers(block, rr.raw, ts, out)
+            self.decode_registers(block, rr.raw, poll)
         return problem
 
-    def mark_bad(self, block: CompiledBlock, status: str, ts: str, out: list[dict[str, Any] | None]) -> None:
-        self.regular = False
+    def mark_bad(self, block: CompiledBlock, status: str, poll: PollValues) -> None:
         for i in block.request.signals:
-            out[i] = {"signal": self.names[i], "value": None, "unit": self.units[i], "quality": "bad",
-                      "ts": ts, "status": status}
+            poll.values[i] = None
+            poll.differs[i] = {"quality": "bad", "status": status}
 
     def all_bad(self, status: str, ts: str) -> list[dict[str, Any]]:
         return [
@@ -481,8 +489,7 @@ class ModbusAdapter:
             raise AdapterError(f"not connected to {self.where}")
         ts = utc_iso()
         decoder = self.decoder
-        decoder.regular = True
-        out: list[dict[str, Any] | None] = [None] * len(decoder.signals)
+        values = decoder.new_poll()
         unit_id = self.connection.unit_id
         readers = self._readers
         from pymodbus.exceptions import ModbusException, ModbusIOException  # noqa: PLC0415
@@ -505,15 +512,12 @@ class ModbusAdapter:
                 self.requests_sent += 1
                 if rr.isError() and not hasattr(rr, "exception_code"):
                     raise AdapterError(f"bad answer from {self.where}: {rr}")
-                problem = decoder.decode_answer(block, rr, ts, out)
+                problem = decoder.decode_answer(block, rr, values)
                 if problem is not None and problem != (_exception_status(rr) if rr.isError() else None):
                     self._log_malformed(req, problem, rr)
         if scope.cancelled_caught:
             raise AdapterError(f"no answer from {self.where} within {self.connection.timeout:g}s")
-        readings = cast(list[dict[str, Any]], out)  # every signal is in a block: no None is left
-        if decoder.regular:  # every reading good: the compact encoder may take `v` from the columns
-            readings = PollReadings(readings, decoder.names, decoder.units, list(map(_VALUE, readings)), ts)
-        return [telemetry(self.equipment.id, self.equipment.type, readings, ts)]
+        return [telemetry(self.equipment.id, self.equipment.type, decoder.readings(values, ts), ts)]
 
     def _log_malformed(self, request: ReadRequest, problem: str, rr: Any) -> None:
         key = (request.address << 2 | TABLES.index(request.table), problem)
