@@ -55,7 +55,8 @@ READ_FUNCTION_CODES = (1, 2, 3, 4)
 def tolerant_responses() -> list[type[Any]]:
     """Read responses (FC 1-4) that keep the raw bytes, decode in one C call and never raise.
 
-    pymodbus' own register responses unpack every register with its own `struct.unpack` call and format
+    pymodbus' own register responses unpack every register with its own `struct.unpack` call (ours keep the
+    bytes and unpack `registers` only when read: the adapter decodes `raw` in one call per lane) and format
     the whole register list into a debug message (`str(pdu)`) even when debug logging is off; at 125
     registers a response that is most of the client's CPU. And any of its responses that cannot decode
     an answer (a coil answer shorter than asked, a byte count beyond the frame) makes pymodbus drop the
@@ -81,8 +82,18 @@ def tolerant_responses() -> list[type[Any]]:
     def decode_registers(self: Any, data: bytes) -> None:
         self.byte_count = data[0] if data else -1
         self.raw = bytes(data[1:])
-        usable = len(self.raw) // 2
-        self.registers = list(struct.unpack(f">{usable}H", self.raw[: usable * 2]))
+        self._registers = None  # unpacked from `raw` only if something asks (the adapter decodes `raw`)
+
+    def get_registers(self: Any) -> list[int]:
+        if self._registers is None:
+            usable = len(self.raw) // 2
+            self._registers = list(struct.unpack(f">{usable}H", self.raw[: usable * 2]))
+        return self._registers  # type: ignore[no-any-return]
+
+    def set_registers(self: Any, value: Any) -> None:  # pymodbus' __init__ sets `registers`
+        self._registers = list(value)
+
+    registers = property(get_registers, set_registers)
 
     def decode_bits(self: Any, data: bytes) -> None:
         self.byte_count = data[0] if data else -1
@@ -93,13 +104,13 @@ def tolerant_responses() -> list[type[Any]]:
         shown = f"registers={len(self.registers)}" if self.registers else f"bytes={len(getattr(self, 'raw', b''))}"
         return f"{type(self).__name__}(dev_id={self.dev_id}, transaction_id={self.transaction_id}, {shown})"
 
-    for base, decode in (
-        (ReadHoldingRegistersResponse, decode_registers),
-        (ReadInputRegistersResponse, decode_registers),
-        (ReadCoilsResponse, decode_bits),
-        (ReadDiscreteInputsResponse, decode_bits),
+    for base, extra in (
+        (ReadHoldingRegistersResponse, {"decode": decode_registers, "registers": registers}),
+        (ReadInputRegistersResponse, {"decode": decode_registers, "registers": registers}),
+        (ReadCoilsResponse, {"decode": decode_bits}),
+        (ReadDiscreteInputsResponse, {"decode": decode_bits}),
     ):
-        _TOLERANT_RESPONSES.append(type(f"Tolerant{base.__name__}", (base,), {"decode": decode, "__str__": brief}))
+        _TOLERANT_RESPONSES.append(type(f"Tolerant{base.__name__}", (base,), {**extra, "__str__": brief}))
 
     def keep(self: Any, data: bytes) -> None:
         self.byte_count = -1
