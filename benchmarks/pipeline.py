@@ -4,7 +4,11 @@ For each size (default 1k, 10k, 50k signals; equipment of 1,000 signals each: fl
 in holding and input registers of one pymodbus server running in its own process) it prints:
 
 * bare:    a bare pymodbus client (one connection per equipment, the same read requests as the gateway
-           plans) reading flat out for a few seconds: values/s and values per CPU-second of that client.
+           plans) reading flat out for a few seconds: values/s and values per CPU-second of that client;
+           then the same client reading once per `--interval` (the floor of any pymodbus-based gateway's CPU
+           per value on the paced run: reads only, no decoding, buffer or MQTT), and the same paced reads
+           with Modbus TCP framing written out by hand (`raw_client`, not product code: what the reads cost
+           without pymodbus).
 * 1s poll: the gateway polling every equipment once a second (`--interval`): values/s delivered to the subscriber,
            poll-to-delivery latency p50/p99 (subscriber receive time - reading `ts`, which is the poll
            start), gateway CPU (cores used, CPU seconds per 100k values, values per CPU-second), peak RSS.
@@ -14,6 +18,8 @@ in holding and input registers of one pymodbus server running in its own process
            polled by an equivalent flow (see `NODE_RED_FUNCTION`), its CPU per value beside the gateway's.
 
 `--interval 100ms` makes the paced run 100k values/s at 10k signals (the issue's side-by-side setup);
+`--telemetry-format compact` and `--http` (the status page on, as it is by default on a line PC) configure the
+gateway as a plant would;
 `--profile DIR` records the paced run with py-spy (`pip install py-spy`); `--per-equipment 10000` puts the
 same registers in one machine, to see what is per machine and what is per value.
 
