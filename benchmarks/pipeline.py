@@ -7,7 +7,7 @@ in holding and input registers of one pymodbus server running in its own process
            plans) reading flat out for a few seconds: values/s and values per CPU-second of that client;
            then the same client reading once per `--interval` (the floor of any pymodbus-based gateway's CPU
            per value on the paced run: reads only, no decoding, buffer or MQTT), and the same paced reads
-           with Modbus TCP framing written out by hand (`raw_client`, not product code: what the reads cost
+           with Modbus TCP framing written out by hand (`raw_reader`, not product code: what the reads cost
            without pymodbus).
 * 1s poll: the gateway polling every equipment once a second (`--interval`): values/s delivered to the subscriber,
            poll-to-delivery latency p50/p99 (subscriber receive time - reading `ts`, which is the poll
@@ -32,15 +32,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from calendar import timegm
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +56,7 @@ import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from emsedge.adapters.modbus.adapter import plan_requests  # noqa: E402
+from emsedge.adapters.modbus.adapter import ReadRequest, plan_requests  # noqa: E402
 from emsedge.adapters.modbus.config import ModbusEquipment  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -246,13 +250,16 @@ def proc_mem_mb(pid: int, field_: str) -> float:
     return float("nan")
 
 
-async def bare_client(port: int, layout_: list[dict[str, Any]], seconds: float,
-                      interval: float = 0.0) -> tuple[float, float]:
-    """(values/s, values per CPU-second) of bare pymodbus reads of the gateway's own request plan: flat out,
-    or with `interval` each connection reading its plan once per interval (the floor of any pymodbus-based
-    gateway's CPU on the paced run: no decoding to values, no buffer, no MQTT)."""
-    from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
+ReadPlan = Callable[[], Awaitable[None]]
+"""Reads one connection's whole request plan once."""
+Connect = Callable[[list[ReadRequest]], AbstractAsyncContextManager[ReadPlan]]
+"""Opens one connection for a request plan."""
 
+
+async def read_paced(port: int, layout_: list[dict[str, Any]], seconds: float, interval: float,
+                     connect: Connect) -> tuple[float, float]:
+    """(values/s, values per CPU-second of this process) of reading the gateway's own request plan, one
+    connection per equipment (`connect`), flat out (`interval` 0) or once per `interval`."""
     plans = []
     for eq in layout_:
         model = ModbusEquipment.model_validate(equipment_config(eq, port, "1s"))
@@ -262,24 +269,16 @@ async def bare_client(port: int, layout_: list[dict[str, Any]], seconds: float,
     end = start + seconds
     cpu0 = time.process_time()
 
-    async def worker(plan: list[Any], n_values: int) -> None:
+    async def worker(plan: list[ReadRequest], n_values: int) -> None:
         nonlocal values
-        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0, reconnect_delay=0)
-        await client.connect()
-        readers = {"holding": client.read_holding_registers, "input": client.read_input_registers}
-        try:
+        async with connect(plan) as read_plan:
             next_poll = time.perf_counter()
             while time.perf_counter() < end:
                 if interval:
                     await asyncio.sleep(max(0.0, next_poll - time.perf_counter()))
                     next_poll += interval
-                for r in plan:
-                    rr = await readers[r.table](r.address, count=r.count, device_id=1)
-                    if rr.isError():
-                        raise RuntimeError(f"bare client read failed: {rr}")
+                await read_plan()
                 values += n_values
-        finally:
-            client.close()
 
     await asyncio.gather(*(worker(plan, n) for plan, n in plans))
     elapsed = time.perf_counter() - start
@@ -287,57 +286,62 @@ async def bare_client(port: int, layout_: list[dict[str, Any]], seconds: float,
     return values / elapsed, values / cpu if cpu else float("nan")
 
 
-async def raw_client(port: int, layout_: list[dict[str, Any]], seconds: float, interval: float) -> tuple[float, float]:
-    """(values/s, values per CPU-second) of the same reads as `bare_client` without pymodbus: Modbus TCP
-    framing written out here (7-byte MBAP header + function 3/4; answers parsed with `struct`, registers
-    unpacked like pymodbus does), each connection reading its plan once per `interval` (pipelining, i.e. a
-    poll's requests in one write, would save system calls: Modbus TCP allows several outstanding
-    transactions, but pymodbus's own server answers only the first frame of a read, so requests go one at
-    a time here, as in the gateway).
+def pymodbus_reader(port: int) -> Connect:
+    """The bare pymodbus client: the floor of any pymodbus-based gateway (reads only: no decoding to
+    values, no buffer, no MQTT)."""
+    from pymodbus.client import AsyncModbusTcpClient  # noqa: PLC0415
+
+    @contextlib.asynccontextmanager
+    async def connect(plan: list[ReadRequest]) -> AsyncIterator[ReadPlan]:
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=5, retries=0, reconnect_delay=0)
+        await client.connect()
+        readers = {"holding": client.read_holding_registers, "input": client.read_input_registers}
+
+        async def read_plan() -> None:
+            for r in plan:
+                rr = await readers[r.table](r.address, count=r.count, device_id=1)
+                if rr.isError():
+                    raise RuntimeError(f"bare client read failed: {rr}")
+
+        try:
+            yield read_plan
+        finally:
+            client.close()
+
+    return connect
+
+
+def raw_reader(port: int) -> Connect:
+    """The same reads without pymodbus: Modbus TCP framing written out here (7-byte MBAP header + function
+    3/4; answers parsed with `struct`, registers unpacked like pymodbus does). Requests go one at a time, as in
+    the gateway (pipelining a poll's requests in one write would save system calls; Modbus TCP allows several
+    outstanding transactions, but pymodbus's own server answers only the first frame of a read).
 
     Not product code: the floor the gateway would have on a hand-written client, next to pymodbus's."""
-    import struct  # noqa: PLC0415
 
-    plans = []
-    for eq in layout_:
-        model = ModbusEquipment.model_validate(equipment_config(eq, port, "1s"))
-        plans.append((plan_requests(model.signals), len(model.signals)))
-    values = 0
-    start = time.perf_counter()
-    end = start + seconds
-    cpu0 = time.process_time()
-
-    async def worker(plan: list[Any], n_values: int) -> None:
-        nonlocal values
+    @contextlib.asynccontextmanager
+    async def connect(plan: list[ReadRequest]) -> AsyncIterator[ReadPlan]:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         frames = [struct.pack(">HHHBBHH", tid, 0, 6, 1, 3 if r.table == "holding" else 4, r.address, r.count)
                   for tid, r in enumerate(plan, 1)]
         unpackers = [struct.Struct(f">{r.count}H") for r in plan]
 
-        async def answer(i: int) -> None:
-            header = await reader.readexactly(7)
-            tid, _, length, _ = struct.unpack(">HHHB", header)
-            pdu = await reader.readexactly(length - 1)
-            if tid != i + 1 or pdu[0] & 0x80:
-                raise RuntimeError(f"raw client: unexpected answer {header + pdu!r}")
-            unpackers[i].unpack_from(pdu, 2)
+        async def read_plan() -> None:
+            for i, frame in enumerate(frames):
+                writer.write(frame)
+                header = await reader.readexactly(7)
+                tid, _, length, _ = struct.unpack(">HHHB", header)
+                pdu = await reader.readexactly(length - 1)
+                if tid != i + 1 or pdu[0] & 0x80:
+                    raise RuntimeError(f"raw client: unexpected answer {header + pdu!r}")
+                unpackers[i].unpack_from(pdu, 2)
 
         try:
-            next_poll = time.perf_counter()
-            while time.perf_counter() < end:
-                await asyncio.sleep(max(0.0, next_poll - time.perf_counter()))
-                next_poll += interval
-                for i, frame in enumerate(frames):
-                    writer.write(frame)
-                    await answer(i)
-                values += n_values
+            yield read_plan
         finally:
             writer.close()
 
-    await asyncio.gather(*(worker(plan, n) for plan, n in plans))
-    elapsed = time.perf_counter() - start
-    cpu = time.process_time() - cpu0
-    return values / elapsed, values / cpu if cpu else float("nan")
+    return connect
 
 
 @dataclass
@@ -560,19 +564,20 @@ def main() -> int:
                 )
                 try:
                     wait_for_port(port, timeout=30)
-                    bare_rate, bare_per_cpu = asyncio.run(bare_client(port, lay, args.bare_seconds))
+                    interval = parse_interval(args.interval)
+                    bare_rate, bare_per_cpu = asyncio.run(
+                        read_paced(port, lay, args.bare_seconds, 0.0, pymodbus_reader(port)))
                     paced_bare_rate, paced_bare_per_cpu = asyncio.run(
-                        bare_client(port, lay, args.window, interval=parse_interval(args.interval)))
-                    _, raw_per_cpu = asyncio.run(raw_client(port, lay, args.window, parse_interval(args.interval)))
+                        read_paced(port, lay, args.window, interval, pymodbus_reader(port)))
+                    _, raw_per_cpu = asyncio.run(read_paced(port, lay, args.window, interval, raw_reader(port)))
                     paced = run_gateway(gateway_config(lay, port, broker.port, workdir, args.interval), received, n,
                                         warmup=2.0, window=args.window, workdir=workdir, profile=True)
                     check_sample(received)
                     nodered = None
                     if args.node_red:
-                        interval_s = parse_interval(args.interval)
                         nodered = run_gateway(
                             workdir / "node-red", received, n, warmup=4.0, window=args.window, workdir=workdir,
-                            cmd=node_red_setup(Path(args.node_red), lay, port, broker.port, workdir, interval_s))
+                            cmd=node_red_setup(Path(args.node_red), lay, port, broker.port, workdir, interval))
                     flat = None if args.no_flat else run_gateway(
                         gateway_config(lay, port, broker.port, workdir, "1ms"), received, n,
                         warmup=2.0, window=args.window * 0.75, workdir=workdir)
