@@ -478,28 +478,33 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
     def on_sendable(self, event: Any) -> None:
         self._flush()
 
-    def _settle(self, event: Any, outcome: Outcome) -> None:
+    def _settle(self, event: Any, outcome: Outcome) -> bool:
+        """Resolve the transfer's future; False when it was resolved already. Proton calls `on_accepted` (and
+        its siblings) on every disposition update of a delivery, and a broker may send two for one transfer
+        (its state, then settled with the same state): the counters count transfers, once each."""
         future = self._pending.pop(event.delivery.tag, None)
-        if future is not None:
-            _resolve(future, outcome)
+        if future is None:
+            return False
+        _resolve(future, outcome)
+        return True
 
     def on_accepted(self, event: Any) -> None:
-        self._owner.counters.accepted += 1
-        self._settle(event, Outcome(True))
+        if self._settle(event, Outcome(True)):
+            self._owner.counters.accepted += 1
 
     def on_rejected(self, event: Any) -> None:
-        self._owner.counters.rejected += 1
         condition = event.delivery.remote.condition
         reason = f"rejected by broker: {condition.name}" if condition is not None else "rejected by broker"
-        self._settle(event, Outcome(False, permanent=True, reason=reason))
+        if self._settle(event, Outcome(False, permanent=True, reason=reason)):
+            self._owner.counters.rejected += 1
 
     def on_released(self, event: Any) -> None:
-        self._owner.counters.released += 1
-        self._settle(event, Outcome(False, reason="released by broker"))
+        if self._settle(event, Outcome(False, reason="released by broker")):
+            self._owner.counters.released += 1
 
     def on_modified(self, event: Any) -> None:
-        self._owner.counters.released += 1
-        self._settle(event, Outcome(False, reason="modified by broker"))
+        if self._settle(event, Outcome(False, reason="modified by broker")):
+            self._owner.counters.released += 1
 
     def on_settled(self, event: Any) -> None:
         self._settle(event, Outcome(False, reason="settled without outcome"))
