@@ -8,8 +8,8 @@ Shape (one object owns everything proton runs):
 
 * Proton has no asyncio API. Its reactor runs in ONE thread that `CfxPublisher.run()` starts and joins
   (also on cancellation); every proton object is touched only in that thread. The event loop hands work
-  over through a queue and `EventInjector.trigger` (thread-safe), and waits for a batch's dispositions in
-  one worker thread (`anyio.to_thread`), bounded by `publish_timeout`.
+  over through a `reactor.CommandInbox` (a queue and `EventInjector.trigger`, thread-safe), and waits for
+  a batch's dispositions in one worker thread (`anyio.to_thread`), bounded by `publish_timeout`.
 * Delivery: a record counts as delivered only when the broker settled EVERY CFX transfer made from it as
   `accepted`. `rejected` is permanent (the forwarder dead-letters it after `MAX_PUBLISH_ATTEMPTS`,
   counted by the buffer); `released`, `modified`, a lost link and a timeout are retried. Replays give the
@@ -23,8 +23,6 @@ Shape (one object owns everything proton runs):
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import queue
 import socket
 import threading
 import time
@@ -48,9 +46,11 @@ if TYPE_CHECKING:
 try:
     from proton import Message, SSLDomain
     from proton.handlers import MessagingHandler
-    from proton.reactor import ApplicationEvent, Backoff, Container, EventInjector
+    from proton.reactor import Backoff, Container
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("the cfx output needs python-qpid-proton: pip install 'emsedge[cfx]'") from exc
+
+from emsedge.publish.reactor import CommandInbox
 
 log = structlog.get_logger("emsedge.publish.cfx")
 LINK_RETRY_DELAY = 1.0
@@ -104,12 +104,11 @@ class CfxPublisher:
         self.handles = dict(handles)
         self.counters = CfxCounters()
         self._wall = wall_clock
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._inbox = CommandInbox()
         self._connected = threading.Event()
         self._epoch = 0
         self._thread: threading.Thread | None = None
         self._handler: Any = None
-        self._injector: Any = None
         self._active_faults: dict[str, dict[str, dict[str, Any]]] = {}
         """handle -> FaultOccurrenceId -> Fault: what the heartbeat reports as active."""
         self.last_error: str | None = None
@@ -180,7 +179,7 @@ class CfxPublisher:
                 self._track_fault(env)
             per_record.append(futures if futures else _OK)
         if messages:
-            self._submit(lambda: self._handler.send_many(messages))
+            self._inbox.submit(lambda: self._handler.send_many(messages))
             all_futures = [f for _, f in messages]
             timeout = self.config.publish_timeout
 
@@ -219,7 +218,7 @@ class CfxPublisher:
         if self.connected:
             futures = self._send_liveness("shutting_down")
             await anyio.to_thread.run_sync(lambda: concurrent.futures.wait(futures, timeout=timeout))
-        self._submit(self._handler.stop)
+        self._inbox.submit(self._handler.stop)
         await anyio.to_thread.run_sync(lambda: thread.join(timeout + 5.0))
         self._release_injector(thread)
         self._thread = None
@@ -230,32 +229,14 @@ class CfxPublisher:
     def _start_thread(self) -> None:
         self._handler = _Handler(self)
         container = Container(self._handler)
-        self._injector = EventInjector()
-        container.selectable(self._injector)
+        self._inbox.attach(container)
         self._thread = threading.Thread(target=container.run, name="emsedge-cfx-reactor", daemon=True)
         self._thread.start()
 
     def _release_injector(self, thread: threading.Thread) -> None:
         """Close the injector's pipe once the reactor thread is gone (each start opens a new one)."""
-        if self._injector is not None and not thread.is_alive():
-            for fd in self._injector.pipe:
-                os.close(fd)
-            self._injector = None
-
-    def _submit(self, command: Callable[[], None]) -> None:
-        self._commands.put(command)
-        if self._injector is not None:
-            self._injector.trigger(ApplicationEvent("cfx_command"))
-
-    def _drain_commands(self) -> None:
-        """Reactor thread: run what the event loop handed over."""
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            command()
-
+        if not thread.is_alive():
+            self._inbox.close()
     def _track_fault(self, env: dict[str, Any]) -> None:
         name, handle, body = env["MessageName"], env["Source"], env["MessageBody"]
         if name == cm.FAULT_OCCURRED:
@@ -267,7 +248,7 @@ class CfxPublisher:
     def _send_liveness(self, kind: str) -> list[concurrent.futures.Future[Outcome]]:
         messages = self._liveness(kind)
         if messages:
-            self._submit(lambda: self._handler.send_many(messages))
+            self._inbox.submit(lambda: self._handler.send_many(messages))
         return [f for _, f in messages]
 
     def _liveness(self, kind: str) -> list[tuple[cm.CfxMessage, concurrent.futures.Future[Outcome]]]:
@@ -314,7 +295,7 @@ def probe(config: CfxConfig, timeout: float = 10.0) -> tuple[bool, str]:
         ok = publisher._connected.wait(timeout)
         detail = f"link attached to {config.address}" if ok else (publisher.last_error or f"no link in {timeout:g} s")
     finally:
-        publisher._submit(publisher._handler.stop)
+        publisher._inbox.submit(publisher._handler.stop)
         if thread is not None:
             thread.join(5.0)
             publisher._release_injector(thread)
@@ -455,7 +436,7 @@ class _Handler(MessagingHandler):  # proton ships no type hints: its base is Any
             self.send_many(self._owner._liveness("connected"))
 
     def on_cfx_command(self, event: Any) -> None:
-        self._owner._drain_commands()
+        self._owner._inbox.drain()
 
     def send_many(self, messages: list[tuple[cm.CfxMessage, concurrent.futures.Future[Outcome]]]) -> None:
         self._backlog.extend(messages)

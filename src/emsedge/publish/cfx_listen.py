@@ -41,7 +41,7 @@ from anyio.abc import TaskStatus
 from emsedge.publish import cfx_mapping as cm
 from emsedge.publish.cfx import amqp_message, listen_uri
 from emsedge.publish.cfx_requests import RequestCounters, answer, endpoint_infos
-from emsedge.publish.reactor import ReactorHandler, close_pipe, reactor_container, run_reactor
+from emsedge.publish.reactor import ReactorHandler, reactor_container, run_reactor
 from emsedge.supervisor import EquipmentHealth, Messages, SessionError, Supervisor
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ class CfxDirectListener:
         try:
             handler.acceptor = container.listen(self._bind_url())
         except Exception as exc:  # proton raises its IOError/OSError subclasses with the OS's text
-            close_pipe(handler)  # no reactor thread was started
+            handler.inbox.close()  # no reactor thread was started
             raise SessionError(f"cannot listen on {self.address}: {exc}") from exc
         try:
             await run_reactor(

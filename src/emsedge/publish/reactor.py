@@ -14,7 +14,8 @@ the same and lives here, once, so the two cannot drift apart:
   descriptors to another socket while the reactor still selects on them).
 
 The publisher (`cfx.CfxPublisher`) keeps its own reactor: it runs for the whole process with proton's
-reconnect, says goodbye on the link before it stops, and owns its command queue across restarts.
+reconnect, says goodbye on the link before it stops, and owns its `CommandInbox` across restarts; the inbox
+(queue, injector, pipe closing) is the one both use.
 """
 
 from __future__ import annotations
@@ -41,6 +42,43 @@ JOIN_TIMEOUT = 10.0
 """Seconds to wait for the reactor thread to end after it was told to stop."""
 
 
+class CommandInbox:
+    """Commands from any thread, run in the reactor thread: a queue, and the `EventInjector` that wakes the
+    reactor for it (thread-safe; every proton object is touched only in the reactor thread).
+
+    Each container gets a new injector (`attach`); `close` closes its pipe and may only run once no reactor
+    thread reads it (closing it earlier could hand its descriptors to another socket while it is selected)."""
+
+    def __init__(self) -> None:
+        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.injector: Any = None
+
+    def attach(self, container: Any) -> None:
+        self.injector = EventInjector()
+        container.selectable(self.injector)
+
+    def submit(self, command: Callable[[], None]) -> None:
+        """Any thread: run `command` in the reactor thread."""
+        self._commands.put(command)
+        if self.injector is not None:
+            self.injector.trigger(ApplicationEvent("cfx_command"))
+
+    def drain(self) -> None:
+        """Reactor thread: run what was submitted."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            command()
+
+    def close(self) -> None:
+        if self.injector is not None:
+            for fd in self.injector.pipe:
+                os.close(fd)
+            self.injector = None
+
+
 class ReactorHandler(MessagingHandler):  # proton ships no type hints: its base is Any
     """Proton event handler of one session; lives in the reactor thread only (except `submit`).
 
@@ -49,11 +87,10 @@ class ReactorHandler(MessagingHandler):  # proton ships no type hints: its base 
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.injector: Any = None
+        self.inbox = CommandInbox()
         self.ready = threading.Event()
         self.ended = threading.Event()
         self.reason: str | None = None
-        self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._container: Any = None
 
     def run(self, container: Any) -> None:
@@ -67,17 +104,10 @@ class ReactorHandler(MessagingHandler):  # proton ships no type hints: its base 
 
     def submit(self, command: Callable[[], None]) -> None:
         """Any thread: run `command` in the reactor thread."""
-        self._commands.put(command)
-        if self.injector is not None:
-            self.injector.trigger(ApplicationEvent("cfx_command"))
+        self.inbox.submit(command)
 
     def on_cfx_command(self, event: Any) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            command()
+        self.inbox.drain()
 
     def stop(self) -> None:
         self._end("stopped")
@@ -96,17 +126,10 @@ class ReactorHandler(MessagingHandler):  # proton ships no type hints: its base 
 
 
 def reactor_container(handler: ReactorHandler) -> Any:
-    """A proton `Container` for `handler`, with an `EventInjector` (`handler.injector`) for `submit`."""
+    """A proton `Container` for `handler`, with the injector of its `inbox` attached (for `submit`)."""
     container = Container(handler)
-    handler.injector = EventInjector()
-    container.selectable(handler.injector)
+    handler.inbox.attach(container)
     return container
-
-
-def close_pipe(handler: ReactorHandler) -> None:
-    """Close the injector's pipe; only once no reactor thread reads it (or none was ever started)."""
-    for fd in handler.injector.pipe:
-        os.close(fd)
 
 
 async def run_reactor(
@@ -139,4 +162,4 @@ async def run_reactor(
             handler.submit(handler.stop)
             await anyio.to_thread.run_sync(thread.join, JOIN_TIMEOUT)
             if not thread.is_alive():  # the reactor no longer reads the pipe: close it
-                close_pipe(handler)
+                handler.inbox.close()
